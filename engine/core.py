@@ -1,0 +1,165 @@
+"""EngineCore: validation, the step loop (schedule -> run -> sample -> stop checks) and accounting.
+
+Thread-safety: `add`/`abort` may be called from any thread (they only append to inboxes);
+`step` must be called from one thread at a time. Requests are validated before they are queued,
+so a bad request raises in its caller and never disturbs the requests already running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import EngineConfig
+from engine.errors import InvalidRequestError
+from engine.model.config import ModelConfig
+from engine.runner import ModelRunner, kv_bytes_per_block
+from engine.scheduler import Scheduler, blocks_needed
+from engine.sequence import FinishReason, SamplingParams, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one step did to one sequence: tokens appended (possibly none) and whether it finished."""
+
+    seq: Sequence
+    new_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_steps: int = 0
+    num_tokens: int = 0
+    device_seconds: float = 0.0
+
+
+class EngineCore:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_config: ModelConfig,
+        config: EngineConfig,
+        detokenize: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self.model_config = model_config
+        self.config = config
+        self.max_model_len = config.max_model_len or model_config.max_position_embeddings
+        self.eos_token_ids = frozenset(model_config.eos_token_id or ())
+        dtype = next(model.parameters()).dtype
+        num_blocks = config.num_kv_blocks or max(
+            1, int(config.kv_cache_memory_gb * 2**30) // kv_bytes_per_block(model_config, config.block_size, dtype)
+        )
+        self.scheduler = Scheduler(config, num_blocks)
+        self.runner = ModelRunner(model, model_config, config, num_blocks)
+        self.detokenize = detokenize
+        self.stats = EngineStats()
+        self._inbox: deque[Sequence] = deque()
+        self._aborts: deque[str] = deque()
+        self._by_id: dict[str, Sequence] = {}
+        self._lock = threading.Lock()
+
+    # ---- requests ----------------------------------------------------------------------
+    def validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        """Raise InvalidRequestError unless the request can be served."""
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
+        if len(token_ids) == 0:
+            raise InvalidRequestError("prompt is empty: at least one token is required")
+        if len(token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(token_ids)} tokens; the context length is {self.max_model_len}"
+            )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        if params.stop and self.detokenize is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this engine has none")
+        need = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        if blocks_needed(need, self.config.block_size) > self.scheduler.pool.num_blocks:
+            raise InvalidRequestError(
+                f"request needs {need} tokens of KV cache; the cache holds "
+                f"{self.scheduler.pool.num_blocks * self.config.block_size}"
+            )
+
+    def add(self, token_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
+        """Validate and queue a request (any thread). Raises InvalidRequestError."""
+        self.validate(token_ids, params)
+        seq = Sequence(list(token_ids), params, request_id=request_id)
+        with self._lock:
+            if seq.request_id in self._by_id:
+                raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
+            self._by_id[seq.request_id] = seq  # type: ignore[index]
+        self._inbox.append(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request (any thread); it finishes with FinishReason.ABORT at the next step."""
+        self._aborts.append(request_id)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._inbox or self._aborts or self.scheduler.has_unfinished())
+
+    # ---- the step ----------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        """Run one engine step; return an output for every sequence that advanced or finished."""
+        outputs = self._drain()
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return outputs
+        tokens, seconds = self.runner.execute(batch)
+        self.scheduler.advance(batch)
+        self.stats.num_steps += 1
+        self.stats.num_tokens += batch.num_tokens
+        self.stats.device_seconds += seconds
+        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, tokens, strict=True):
+            # Device time is split across the step's requests by the tokens each one processed.
+            seq.usage.device_seconds += seconds * num_new / batch.num_tokens
+            if token is None:
+                continue
+            seq.token_ids.append(token)
+            seq.usage.generated_tokens += 1
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                self._finish(seq, reason)
+            outputs.append(StepOutput(seq, [token]))
+        return outputs
+
+    def _drain(self) -> list[StepOutput]:
+        while self._inbox:
+            self.scheduler.add(self._inbox.popleft())
+        outputs = []
+        while self._aborts:
+            seq = self._by_id.get(self._aborts.popleft())
+            if seq is not None and not seq.is_finished:
+                self._finish(seq, FinishReason.ABORT)
+                outputs.append(StepOutput(seq))
+        return outputs
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.scheduler.finish(seq, reason)
+        with self._lock:
+            self._by_id.pop(seq.request_id, None)  # type: ignore[arg-type]
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        params = seq.params
+        if not params.ignore_eos and token in self.eos_token_ids:
+            return FinishReason.STOP
+        if token in params.stop_token_ids:
+            return FinishReason.STOP
+        if params.stop and self.detokenize is not None:
+            text = self.detokenize(seq.output_token_ids)
+            hits = [text.find(s) for s in params.stop if s in text]
+            if hits:
+                seq.stop_text = text[: min(hits)]
+                return FinishReason.STOP
+        if seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None

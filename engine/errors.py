@@ -1,0 +1,19 @@
+"""The engine's typed errors. Every error raised at the engine boundary is one of these."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidRequestError(EngineError, ValueError):
+    """A request (prompt or sampling parameters) is malformed. Other requests are unaffected."""
+
+
+class ModelLoadError(EngineError):
+    """A checkpoint cannot be loaded: missing/unknown tensors, bad shapes, unsupported architecture."""
+
+
+class OutOfKVCacheError(EngineError):
+    """A single request cannot fit in the KV cache even with every other request preempted."""

@@ -1,0 +1,191 @@
+"""Continuous batching with chunked prefill, prefix caching and recompute preemption. No tensors.
+
+Each `schedule()` call builds one step: running sequences first (decode tokens and the rest of
+chunked prefills), then waiting sequences in arrival order while the token budget, the batch
+slots and the KV blocks allow. When a running sequence needs a block and none is free, unlocked
+prefix-cache entries are evicted first, then the most recently admitted running sequence is
+preempted (its blocks are freed and it is recomputed later, which leaves its output unchanged).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.config import EngineConfig
+from engine.errors import OutOfKVCacheError
+from engine.kv.block_pool import BlockPool
+from engine.kv.radix import RadixCache
+from engine.sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    """One step's work: `num_new_tokens[i]` tokens of `seqs[i]` are computed this step."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    num_preempted: int = 0
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def samples(self, i: int) -> bool:
+        """Whether sequence i reaches its last token this step (so a new token is sampled)."""
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_new_tokens[i] == len(seq)
+
+
+def blocks_needed(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+class Scheduler:
+    """Decides which tokens of which sequences run in the next step and owns their KV blocks."""
+
+    def __init__(self, config: EngineConfig, num_blocks: int) -> None:
+        self.config = config
+        self.block_size = config.block_size
+        self.pool = BlockPool(num_blocks)
+        self.radix = RadixCache(self.pool, self.block_size) if config.enable_prefix_caching else None
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence. It must fit the KV cache on its own, else OutOfKVCacheError."""
+        max_tokens = len(seq) + seq.params.max_tokens
+        if blocks_needed(min(max_tokens, self._max_len()), self.block_size) > self.pool.num_blocks:
+            raise OutOfKVCacheError(
+                f"request {seq.request_id} needs up to {max_tokens} tokens of KV but the cache holds "
+                f"{self.pool.num_blocks * self.block_size}"
+            )
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        """Mark `seq` finished, cache its computed prefix and release its blocks."""
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._cache_prefix(seq)
+        self._release(seq)
+
+    # ---- scheduling ---------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(batch, budget)
+        if batch.num_preempted == 0:
+            self._schedule_waiting(batch, budget)
+        return batch
+
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self._reserve(seq, seq.num_computed_tokens + num_new):
+                victim = self.running[-1]
+                self._preempt(victim)
+                batch.num_preempted += 1
+                if victim is seq:
+                    break
+                continue
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+            i += 1
+        return budget
+
+    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if not seq.block_table:
+                self._match_prefix(seq)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self._reserve(seq, seq.num_computed_tokens + num_new):
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+
+    def _match_prefix(self, seq: Sequence) -> None:
+        if self.radix is None:
+            return
+        # Keep at least one token to compute: its logits give the first sampled token.
+        limit = (len(seq) - 1) // self.block_size * self.block_size
+        match = self.radix.match_prefix(seq.token_ids[:limit])
+        if match.num_tokens == 0:
+            return
+        self.pool.incref(match.block_ids)
+        self.radix.lock(match.node)
+        seq.prefix_node = match.node
+        seq.block_table = list(match.block_ids)
+        seq.num_computed_tokens = match.num_tokens
+        seq.usage.cached_tokens += match.num_tokens
+
+    def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
+        """Ensure `seq` has blocks for `num_tokens` tokens, evicting cached prefixes if needed."""
+        missing = blocks_needed(num_tokens, self.block_size) - len(seq.block_table)
+        if missing <= 0:
+            return True
+        if not self._make_room(missing):
+            return False
+        seq.block_table.extend(self.pool.allocate(missing))
+        return True
+
+    def _make_room(self, num_blocks: int) -> bool:
+        while not self.pool.can_allocate(num_blocks):
+            if self.radix is None or self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._cache_prefix(seq)
+        self._release(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.usage.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.prefix_node is not None and self.radix is not None:
+            self.radix.unlock(seq.prefix_node)  # type: ignore[arg-type]
+        seq.prefix_node = None
+        if seq.block_table:
+            self.pool.decref(seq.block_table)
+        seq.block_table = []
+
+    def _cache_prefix(self, seq: Sequence) -> None:
+        if self.radix is not None and seq.num_computed_tokens >= self.block_size:
+            self.radix.insert(seq.token_ids[: seq.num_computed_tokens], seq.block_table)
+
+    # ---- after the step -----------------------------------------------------------------
+    def advance(self, batch: ScheduledBatch) -> None:
+        """Record that the batch's tokens were computed; share newly completed blocks."""
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start = seq.num_computed_tokens
+            seq.num_computed_tokens += num_new
+            seq.usage.prefill_tokens_computed += max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) - start)
+            if seq.num_computed_tokens // self.block_size > start // self.block_size:
+                self._cache_prefix(seq)
+
+    def _max_len(self) -> int:
+        return self.config.max_model_len or 1 << 30
