@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
+from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,13 @@ class StepOutput:
 
     seq: Sequence
     new_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Pin:
+    node: object  # the locked radix node
+    num_tokens: int  # how many tokens of the pinned prefix were cached when pinned
+    expires: float | None  # time.monotonic() deadline, None = until unpinned
 
 
 @dataclass(slots=True)
@@ -47,6 +56,7 @@ class EngineCore:
         model_config: ModelConfig,
         config: EngineConfig,
         detokenize: Callable[[list[int]], str] | None = None,
+        grammars: GrammarFactory | None = None,
     ) -> None:
         self.model_config = model_config
         self.config = config
@@ -59,9 +69,12 @@ class EngineCore:
         self.scheduler = Scheduler(config, num_blocks)
         self.runner = ModelRunner(model, model_config, config, num_blocks)
         self.detokenize = detokenize
+        self.grammars = grammars
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
+        self._pin_cmds: deque[tuple[str, list[int] | None, float | None]] = deque()
+        self.pins: dict[str, Pin] = {}
         self._by_id: dict[str, Sequence] = {}
         self._lock = threading.Lock()
 
@@ -80,6 +93,8 @@ class EngineCore:
         bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        if params.constrained and self.grammars is None:
+            raise InvalidRequestError("structured output needs a tokenizer; this engine has none")
         if params.stop and self.detokenize is None:
             raise InvalidRequestError("stop strings need a tokenizer; this engine has none")
         need = min(len(token_ids) + params.max_tokens, self.max_model_len)
@@ -93,6 +108,9 @@ class EngineCore:
         """Validate and queue a request (any thread). Raises InvalidRequestError."""
         self.validate(token_ids, params)
         seq = Sequence(list(token_ids), params, request_id=request_id)
+        if params.constrained:
+            assert self.grammars is not None
+            seq.matcher = self.grammars.matcher(params.json_schema, params.grammar)
         with self._lock:
             if seq.request_id in self._by_id:
                 raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")
@@ -103,6 +121,33 @@ class EngineCore:
     def abort(self, request_id: str) -> None:
         """Cancel a request (any thread); it finishes with FinishReason.ABORT at the next step."""
         self._aborts.append(request_id)
+
+    def pin(self, key: str, token_ids: list[int], ttl: float | None = None) -> None:
+        """Keep the cached prefix of `token_ids` (e.g. a conversation between turns) from being
+        evicted until `unpin(key)` or until `ttl` seconds pass. Any thread; applied at the next step.
+        Pinning the same key again moves the pin to the new prefix."""
+        self._pin_cmds.append((key, list(token_ids), ttl))
+
+    def unpin(self, key: str) -> None:
+        """Release a pin (any thread); unknown keys are ignored."""
+        self._pin_cmds.append((key, None, None))
+
+    def _apply_pins(self) -> None:
+        radix = self.scheduler.radix
+        now = time.monotonic()
+        while self._pin_cmds:
+            key, token_ids, ttl = self._pin_cmds.popleft()
+            old = self.pins.pop(key, None)
+            if old is not None and radix is not None:
+                radix.unlock(old.node)  # type: ignore[arg-type]
+            if token_ids is None or radix is None:
+                continue
+            match = radix.match_prefix(token_ids, count=False)
+            radix.lock(match.node)
+            self.pins[key] = Pin(match.node, match.num_tokens, None if ttl is None else now + ttl)
+        for key in [k for k, p in self.pins.items() if p.expires is not None and p.expires <= now]:
+            if radix is not None:
+                radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
 
     def has_unfinished(self) -> bool:
         return bool(self._inbox or self._aborts or self.scheduler.has_unfinished())
@@ -133,6 +178,7 @@ class EngineCore:
         return outputs
 
     def _drain(self) -> list[StepOutput]:
+        self._apply_pins()
         while self._inbox:
             self.scheduler.add(self._inbox.popleft())
         outputs = []
@@ -153,6 +199,8 @@ class EngineCore:
         if not params.ignore_eos and token in self.eos_token_ids:
             return FinishReason.STOP
         if token in params.stop_token_ids:
+            return FinishReason.STOP
+        if seq.matcher is not None and seq.matcher.is_terminated():  # type: ignore[attr-defined]
             return FinishReason.STOP
         if params.stop and self.detokenize is not None:
             text = self.detokenize(seq.output_token_ids)

@@ -21,6 +21,7 @@ from engine.core import EngineCore, StepOutput
 from engine.errors import InvalidRequestError, ModelLoadError
 from engine.model.loader import load_model
 from engine.sequence import RequestOutput, SamplingParams, Sequence
+from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ class LLM:
         self.model.eval()
         self.tokenizer = _load_tokenizer(path)
         detok = self.decode if self.tokenizer is not None else None
-        self.core = EngineCore(self.model, self.model_config, self.config, detokenize=detok)
+        grammars = None
+        if self.tokenizer is not None:
+            eos = list(self.model_config.eos_token_id or ())
+            grammars = GrammarFactory(self.tokenizer, self.model_config.vocab_size, eos)
+        self.core = EngineCore(self.model, self.model_config, self.config, detokenize=detok, grammars=grammars)
         self._step_lock = threading.Lock()
         self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]] = {}
         self._wake = threading.Event()

@@ -12,6 +12,7 @@ from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
 from engine.sampler import sample
 from engine.scheduler import ScheduledBatch
+from engine.structured import mask_logits
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class ModelRunner:
         if rows:
             last = torch.tensor([meta.cu_query_lens[i + 1] - 1 for i in rows], device=self.device)
             logits = self.model.compute_logits(hidden.index_select(0, last))  # [num_rows, vocab]
+            for row, i in enumerate(rows):
+                matcher = batch.seqs[i].matcher
+                if matcher is not None:
+                    mask_logits(logits[row], matcher, logits.shape[-1])  # type: ignore[arg-type]
             sampled = sample(
                 logits,
                 [batch.seqs[i].params for i in rows],
@@ -82,6 +87,9 @@ class ModelRunner:
             )
             for i, tok in zip(rows, sampled, strict=True):
                 tokens[i] = tok
+                matcher = batch.seqs[i].matcher
+                if matcher is not None:
+                    matcher.accept_token(tok)  # type: ignore[attr-defined]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return tokens, time.perf_counter() - start

@@ -116,6 +116,10 @@ class Scheduler:
                 self._match_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self._reserve(seq, seq.num_computed_tokens + num_new):
+                # Give the matched prefix back: a waiting sequence must not hold KV blocks.
+                seq.usage.cached_tokens -= seq.num_computed_tokens
+                self._release(seq)
+                seq.num_computed_tokens = 0
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING

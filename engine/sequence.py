@@ -31,8 +31,12 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
+    json_schema: str | dict | None = None  # constrain the output to JSON matching this schema
+    grammar: str | None = None  # or to this EBNF grammar (xgrammar syntax)
 
     def __post_init__(self) -> None:
+        if self.json_schema is not None and self.grammar is not None:
+            raise InvalidRequestError("give json_schema or grammar, not both")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -51,6 +55,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_schema is not None or self.grammar is not None
 
 
 class SequenceStatus(enum.Enum):
@@ -103,6 +111,7 @@ class Sequence:
     arrival: float = 0.0
     first_token_time: float | None = None
     stop_text: str = ""  # decoded text, kept only when stop strings are set
+    matcher: object | None = None  # xgrammar GrammarMatcher for structured output
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)

@@ -1,0 +1,196 @@
+"""Page-aligned radix prefix tree over token ids (the prefix cache). Pure Python.
+
+Every edge key is a whole number of pages (`block_size` tokens) and every node stores one KV block
+id per page of its key. The tree holds one reference (in the BlockPool) on every block it stores.
+A node's lock count is the number of locks on it or on any descendant (locking a node locks its
+whole path to the root); locked nodes are never evicted. Eviction takes unlocked leaves in LRU order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from engine.kv.block_pool import BlockPool
+
+
+@dataclass(slots=True, eq=False)
+class RadixNode:
+    key: tuple[int, ...]
+    blocks: list[int]
+    parent: RadixNode | None = None
+    children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
+    lock: int = 0
+    last_access: int = 0
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+
+@dataclass(slots=True, frozen=True)
+class PrefixMatch:
+    node: RadixNode  # the deepest matched node; the match ends exactly at its end
+    block_ids: list[int]  # the matched blocks, in order
+    num_tokens: int  # len(block_ids) * block_size
+
+
+class RadixCache:
+    def __init__(self, block_pool: BlockPool, block_size: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.pool = block_pool
+        self.block_size = block_size
+        self._clock = itertools.count(1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop every cached entry (releasing the tree's references) and zero the counters."""
+        root = getattr(self, "root", None)
+        if root is not None:
+            stack = list(root.children.values())
+            while stack:
+                node = stack.pop()
+                stack.extend(node.children.values())
+                self.pool.decref(node.blocks)
+        self.root = RadixNode((), [])
+        self.num_cached_blocks = 0
+        self.num_locked_blocks = 0
+        self.num_queries = 0
+        self.num_query_tokens = 0
+        self.num_hit_tokens = 0
+
+    # ---- lookup ------------------------------------------------------------------------
+    def match_prefix(self, token_ids: Sequence[int], *, count: bool = True) -> PrefixMatch:
+        """Longest cached page-aligned prefix of `token_ids`. Splits an edge so the match ends on a
+        node; refreshes LRU time along the path. `count=False` leaves the hit counters alone."""
+        bs = self.block_size
+        n = len(token_ids) // bs * bs
+        node, i, blocks = self.root, 0, []
+        stamp = next(self._clock)
+        while i < n:
+            child = node.children.get(tuple(token_ids[i : i + bs]))
+            if child is None:
+                break
+            pages = self._common_pages(child.key, token_ids, i, n)
+            if pages * bs < len(child.key):
+                child = self._split(child, pages)
+            node = child
+            node.last_access = stamp
+            blocks.extend(node.blocks)
+            i += len(node.key)
+        if count:
+            self.num_queries += 1
+            self.num_query_tokens += len(token_ids)
+            self.num_hit_tokens += i
+        return PrefixMatch(node, blocks, i)
+
+    def _common_pages(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
+        bs = self.block_size
+        pages = 1  # the first page matched through the children dict
+        while pages * bs < len(key) and start + (pages + 1) * bs <= end:
+            lo = pages * bs
+            if key[lo : lo + bs] != tuple(token_ids[start + lo : start + lo + bs]):
+                break
+            pages += 1
+        return pages
+
+    def _split(self, child: RadixNode, pages: int) -> RadixNode:
+        """Cut `child`'s edge after `pages` pages; return the new upper node."""
+        cut = pages * self.block_size
+        parent = child.parent
+        assert parent is not None
+        upper = RadixNode(child.key[:cut], child.blocks[:pages], parent, lock=child.lock, last_access=child.last_access)
+        child.key, child.blocks, child.parent = child.key[cut:], child.blocks[pages:], upper
+        upper.children[child.key[: self.block_size]] = child
+        parent.children[upper.key[: self.block_size]] = upper
+        return upper
+
+    # ---- insertion ---------------------------------------------------------------------
+    def insert(self, token_ids: Sequence[int], block_ids: Sequence[int]) -> int:
+        """Cache the page-aligned prefix of `token_ids` whose KV lives in `block_ids`.
+
+        Pages already cached keep the tree's blocks; new pages take a reference on the caller's.
+        Returns the number of tokens that were already cached. Raises ValueError when `block_ids`
+        does not cover the page-aligned prefix.
+        """
+        bs = self.block_size
+        n = len(token_ids) // bs * bs
+        if len(block_ids) < n // bs:
+            raise ValueError(f"{n} tokens need {n // bs} blocks, got {len(block_ids)}")
+        match = self.match_prefix(token_ids[:n], count=False)
+        i = match.num_tokens
+        if i < n:
+            new_blocks = list(block_ids[i // bs : n // bs])
+            leaf = RadixNode(tuple(token_ids[i:n]), new_blocks, match.node, last_access=next(self._clock))
+            match.node.children[leaf.key[:bs]] = leaf
+            self.pool.incref(new_blocks)
+            self.num_cached_blocks += len(new_blocks)
+        return i
+
+    # ---- locking -----------------------------------------------------------------------
+    def lock(self, node: RadixNode) -> None:
+        """Protect `node` and its ancestors from eviction until a matching `unlock`."""
+        while node is not self.root and node is not None:
+            if node.lock == 0:
+                self.num_locked_blocks += len(node.blocks)
+            node.lock += 1
+            node = node.parent  # type: ignore[assignment]
+
+    def unlock(self, node: RadixNode) -> None:
+        """Undo one `lock(node)`. Raises ValueError when the node is not locked."""
+        if node is not self.root and node.lock <= 0:
+            raise ValueError("unlock of a node that is not locked")
+        while node is not self.root and node is not None:
+            node.lock -= 1
+            if node.lock == 0:
+                self.num_locked_blocks -= len(node.blocks)
+            node = node.parent  # type: ignore[assignment]
+
+    @property
+    def num_evictable_blocks(self) -> int:
+        return self.num_cached_blocks - self.num_locked_blocks
+
+    # ---- eviction ----------------------------------------------------------------------
+    def evict(self, num_blocks: int) -> int:
+        """Evict unlocked leaves, least recently used first, until `num_blocks` blocks have left
+        the tree or nothing is evictable. Returns the number of blocks released."""
+        heap = [(n.last_access, id(n), n) for n in self._nodes() if n.is_leaf and n.lock == 0]
+        heapq.heapify(heap)
+        released = 0
+        while heap and released < num_blocks:
+            _, _, node = heapq.heappop(heap)
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.key[: self.block_size]]
+            self.pool.decref(node.blocks)
+            released += len(node.blocks)
+            self.num_cached_blocks -= len(node.blocks)
+            if parent is not self.root and parent.is_leaf and parent.lock == 0:
+                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        return released
+
+    def _nodes(self) -> list[RadixNode]:
+        out, stack = [], list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
+
+    @property
+    def hit_rate(self) -> float:
+        return self.num_hit_tokens / self.num_query_tokens if self.num_query_tokens else 0.0
+
+    def pretty(self) -> str:
+        lines: list[str] = []
+
+        def walk(node: RadixNode, depth: int) -> None:
+            for child in node.children.values():
+                lines.append(f"{'  ' * depth}{list(child.key)} blocks={child.blocks} lock={child.lock}")
+                walk(child, depth + 1)
+
+        walk(self.root, 0)
+        return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""ModelConfig: the architecture hyper-parameters the engine needs, parsed from a HF config.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelLoadError
+
+SUPPORTED = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """Decoder-only MoE transformer hyper-parameters. Validated in __post_init__ (ModelLoadError)."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    intermediate_size: int = 0  # dense MLP layers (Qwen3 mlp_only_layers)
+    norm_topk_prob: bool = True
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    qk_norm: bool = False
+    attention_bias: bool = False
+    mlp_only_layers: tuple[int, ...] = ()
+    decoder_sparse_step: int = 1
+    eos_token_id: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    mtp_num_layers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED:
+            raise ModelLoadError(f"unsupported architecture {self.architecture!r}; supported: {', '.join(SUPPORTED)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError(f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ModelLoadError(f"num_experts_per_tok {self.num_experts_per_tok} must be in [1, {self.num_experts}]")
+        if self.mtp_num_layers not in (0, 1):
+            raise ModelLoadError(f"mtp_num_layers must be 0 or 1, got {self.mtp_num_layers}")
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether layer `layer` has a MoE MLP (Qwen3's mlp_only_layers / decoder_sparse_step rule)."""
+        return layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
+
+    @classmethod
+    def from_hf(cls, source: str | Path | dict[str, Any]) -> ModelConfig:
+        """Parse a HF config (a dict, a config.json path or a model directory)."""
+        if isinstance(source, dict):
+            raw = source
+        else:
+            path = Path(source)
+            path = path / "config.json" if path.is_dir() else path
+            try:
+                raw = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ModelLoadError(f"cannot read model config {path}: {exc}") from exc
+        archs = raw.get("architectures") or [raw.get("model_type", "?")]
+        arch = archs[0]
+        if arch not in SUPPORTED:
+            raise ModelLoadError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+        return _parse(arch, raw)
+
+
+def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
+    try:
+        heads = raw["num_attention_heads"]
+        hidden = raw["hidden_size"]
+        rope = raw.get("rope_parameters") or {}
+        eos = raw.get("eos_token_id")
+        qwen = arch == "Qwen3MoeForCausalLM"
+        return ModelConfig(
+            architecture=arch,
+            vocab_size=raw["vocab_size"],
+            hidden_size=hidden,
+            num_layers=raw["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or hidden // heads,
+            num_experts=raw.get("num_experts") or raw["num_local_experts"],
+            num_experts_per_tok=raw["num_experts_per_tok"],
+            moe_intermediate_size=raw["moe_intermediate_size"] if qwen else raw["intermediate_size"],
+            intermediate_size=raw.get("intermediate_size", 0),
+            norm_topk_prob=bool(raw.get("norm_topk_prob", False)) if qwen else True,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", raw.get("rope_theta", 10000.0)),
+            max_position_embeddings=raw.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qk_norm=qwen,
+            attention_bias=bool(raw.get("attention_bias", False)),
+            mlp_only_layers=tuple(raw.get("mlp_only_layers") or ()) if qwen else (),
+            decoder_sparse_step=raw.get("decoder_sparse_step", 1) if qwen else 1,
+            eos_token_id=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+            bos_token_id=raw.get("bos_token_id"),
+            mtp_num_layers=raw.get("mtp_num_layers", 0),
+        )
+    except KeyError as exc:
+        raise ModelLoadError(f"config.json lacks required field {exc.args[0]!r} for {arch}") from exc

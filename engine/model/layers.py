@@ -1,0 +1,132 @@
+"""Building blocks: RMSNorm, rotary embeddings, GQA attention, MoE and dense SwiGLU MLPs.
+
+Attention has two forwards: `forward` over the paged KV cache (serving) and `forward_dense` over
+a whole [batch, seq] block with no cache (training and reference checks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.attention import AttentionMetadata
+from engine.model.config import ModelConfig
+from engine.model.paged_attention import paged_attention, write_kv
+from engine.moe.reference import moe_experts, swiglu
+from engine.moe.routing import route
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in fp32 like the reference implementations, then cast back before the scale.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """RoPE with the rotate-half convention; cos/sin tables in fp32 [max_pos, head_dim]."""
+
+    def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)  # [max_pos, head_dim]
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [..., num_tokens, heads, head_dim] with positions [num_tokens]."""
+        cos = self.cos[positions].unsqueeze(-2)  # [num_tokens, 1, head_dim]
+        sin = self.sin[positions].unsqueeze(-2)
+        x1, x2 = x.float().chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.scale = cfg.head_dim**-0.5
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> tuple[torch.Tensor, ...]:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))  # [..., T, Hq, D]
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))  # [..., T, Hkv, D]
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return rotary(q, positions), rotary(k, positions), v
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+        kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        q, k, v = self._qkv(x, positions, rotary)
+        write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
+        o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
+        return self.o_proj(o.flatten(1))
+
+    def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        q, k, v = self._qkv(x, positions, rotary)  # [B, S, H*, D]
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale, enable_gqa=True
+        )
+        return self.o_proj(o.transpose(1, 2).flatten(2))
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate = nn.Linear(h, e, bias=False)
+        self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, 2I, H]: gate rows then up rows
+        self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
+        self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # [T, H]
+        weights, ids = route(self.gate(flat), self.top_k, self.renormalize)
+        return moe_experts(flat, weights, ids, self.w13, self.w2).view(shape)
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w13 = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size))
+        self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return swiglu(x, self.w13, self.w2)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp: nn.Module = MoE(cfg) if cfg.is_sparse(layer) else DenseMLP(cfg)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+        h = x + self.attn(self.input_norm(x), positions, rotary, kv, meta)
+        return h + self.mlp(self.post_norm(h))
+
+    def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        h = x + self.attn.forward_dense(self.input_norm(x), rotary)
+        return h + self.mlp(self.post_norm(h))

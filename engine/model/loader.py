@@ -1,0 +1,159 @@
+"""Load and save Hugging Face-format checkpoints (config.json + safetensors) of both MoE layouts.
+
+Every tensor in the files must map onto the model and every model tensor must be filled: unknown
+tensors, missing tensors and shape mismatches raise ModelLoadError naming the tensor. Tensors named
+`mtp.*` (the MTP module) live in `mtp.safetensors`, which transformers ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.errors import ModelLoadError
+from engine.model.config import ModelConfig
+from engine.model.qwen3_moe import MoEForCausalLM
+
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(gate_up_proj|down_proj)$")
+
+
+def _targets(model: MoEForCausalLM, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Each classic HF tensor name -> the view of the model parameter it fills."""
+    q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.moe_intermediate_size
+    mix = cfg.architecture == "MixtralForCausalLM"
+    t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.embed.weight.data, "model.norm.weight": model.norm.weight.data}
+    if not cfg.tie_word_embeddings:
+        t["lm_head.weight"] = model.lm_head.weight.data
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        attn = layer.attn
+        t[p + "input_layernorm.weight"] = layer.input_norm.weight.data
+        t[p + "post_attention_layernorm.weight"] = layer.post_norm.weight.data
+        for name, sl in (("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, q + 2 * kv))):
+            t[p + f"self_attn.{name}_proj.weight"] = attn.qkv_proj.weight.data[sl]
+            if cfg.attention_bias:
+                t[p + f"self_attn.{name}_proj.bias"] = attn.qkv_proj.bias.data[sl]
+        t[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
+        if attn.q_norm is not None and attn.k_norm is not None:
+            t[p + "self_attn.q_norm.weight"] = attn.q_norm.weight.data
+            t[p + "self_attn.k_norm.weight"] = attn.k_norm.weight.data
+        mlp = layer.mlp
+        if not cfg.is_sparse(i):
+            di = cfg.intermediate_size
+            t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"] = mlp.w13.data[:di], mlp.w13.data[di:]
+            t[p + "mlp.down_proj.weight"] = mlp.w2.data
+            continue
+        moe = p + ("block_sparse_moe." if mix else "mlp.")
+        t[moe + "gate.weight"] = mlp.gate.weight.data
+        for e in range(cfg.num_experts):
+            names = ("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj")
+            t[moe + f"experts.{e}.{names[0]}.weight"] = mlp.w13.data[e, :inter]
+            t[moe + f"experts.{e}.{names[1]}.weight"] = mlp.w13.data[e, inter:]
+            t[moe + f"experts.{e}.{names[2]}.weight"] = mlp.w2.data[e]
+    if model.mtp is not None:
+        for name, param in model.mtp.named_parameters():
+            t["mtp." + name] = param.data
+    return t
+
+
+def _copy(name: str, dst: torch.Tensor, src: torch.Tensor) -> None:
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ModelLoadError(f"tensor {name}: expected shape {tuple(dst.shape)}, file has {tuple(src.shape)}")
+    dst.copy_(src)
+
+
+def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: dict[str, torch.Tensor], done: set[str]) -> bool:
+    """Fused expert tensors ([E, 2I, H] gate_up / [E, H, I] down, either orientation)."""
+    m = _EXPERT.match(name)
+    if m is None:
+        return False
+    layer, kind = int(m.group(1)), m.group(2)
+    mlp = model.layers[layer].mlp
+    dst = mlp.w13.data if kind == "gate_up_proj" else mlp.w2.data
+    if src.shape != dst.shape and src.transpose(1, 2).shape == dst.shape:
+        src = src.transpose(1, 2)
+    _copy(name, dst, src)
+    key = "gate_proj" if kind == "gate_up_proj" else "down_proj"
+    prefix = name.rsplit("experts.", 1)[0]
+    done.update(k for k in targets if k.startswith(prefix + "experts.") and (key in k or ("up_proj" in k and key == "gate_proj") or (kind == "gate_up_proj" and k.endswith(("w1.weight", "w3.weight"))) or (kind == "down_proj" and k.endswith("w2.weight"))))
+    return True
+
+
+def _files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no *.safetensors files in {path}")
+    return files
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> tuple[MoEForCausalLM, ModelConfig]:
+    """Build the model from a HF directory. Raises ModelLoadError (naming the tensor) on any mismatch."""
+    path = Path(path)
+    cfg = ModelConfig.from_hf(path)
+    if (path / "mtp.safetensors").exists() and cfg.mtp_num_layers == 0:
+        cfg.mtp_num_layers = 1
+    with torch.device("meta"):
+        model = MoEForCausalLM(cfg)
+    model = model.to_empty(device="cpu")
+    model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)  # type: ignore[misc]
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    targets = _targets(model, cfg)
+    done: set[str] = set()
+    for file in _files(path):
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():
+                src = fh.get_tensor(name)
+                if name in targets:
+                    _copy(name, targets[name], src)
+                    done.add(name)
+                elif _load_fused(name, src, model, targets, done):
+                    continue
+                elif name == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue
+                else:
+                    raise ModelLoadError(f"unknown tensor {name} in {file.name} for {cfg.architecture}")
+    missing = sorted(set(targets) - done)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelLoadError(f"missing tensor {missing[0]}{more} in {path}")
+    model = model.to(device=device, dtype=dtype)
+    model.rotary.float()  # RoPE tables stay fp32 whatever the serving dtype
+    return model, cfg
+
+
+def hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """A Qwen3-MoE config.json dict that transformers accepts."""
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "num_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok, "moe_intermediate_size": cfg.moe_intermediate_size,
+        "intermediate_size": cfg.intermediate_size or 4 * cfg.hidden_size, "norm_topk_prob": cfg.norm_topk_prob,
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": cfg.attention_bias, "hidden_act": "silu",
+        "mlp_only_layers": list(cfg.mlp_only_layers), "decoder_sparse_step": cfg.decoder_sparse_step,
+        "eos_token_id": list(cfg.eos_token_id) if len(cfg.eos_token_id) != 1 else cfg.eos_token_id[0],
+        "bos_token_id": cfg.bos_token_id, "mtp_num_layers": cfg.mtp_num_layers, "torch_dtype": "bfloat16",
+    }
+
+
+def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Write config.json + model.safetensors (Qwen3-MoE names) and, with MTP, mtp.safetensors."""
+    if model.config.architecture != "Qwen3MoeForCausalLM":
+        raise ModelLoadError("save_model writes the Qwen3-MoE layout only")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    base, mtp = {}, {}
+    for name, view in _targets(model, model.config).items():
+        (mtp if name.startswith("mtp.") else base)[name] = view.detach().to("cpu", dtype).contiguous()
+    save_file(base, str(path / "model.safetensors"), metadata={"format": "pt"})
+    if mtp:
+        save_file(mtp, str(path / "mtp.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(hf_config(model.config), indent=2) + "\n")

@@ -1,0 +1,72 @@
+"""Attention over the paged KV cache, in torch (the CPU path; a Triton/flash kernel can replace it).
+
+Shapes: q [num_tokens, num_heads, head_dim]; a layer's cache [num_blocks, block_size, num_kv_heads,
+head_dim]. Grouped-query attention: query head h reads KV head h // (num_heads // num_kv_heads).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.model.attention import AttentionMetadata
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+    """Store new keys/values [num_tokens, num_kv_heads, head_dim] at their flat slots."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v)
+
+
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` cached vectors of one sequence: [length, num_kv_heads, head_dim]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-length // block_size)
+    return cache.index_select(0, block_table[:num_blocks]).flatten(0, 1)[:length]
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
+    if meta.is_decode:
+        return _decode(q, k_cache, v_cache, meta, scale)
+    out = torch.empty_like(q)
+    for i, (q_len, ctx) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
+        lo, hi = meta.cu_query_lens[i], meta.cu_query_lens[i + 1]
+        k = gather_context(k_cache, meta.block_tables[i], ctx)  # [ctx, Hkv, D]
+        v = gather_context(v_cache, meta.block_tables[i], ctx)
+        out[lo:hi] = _causal(q[lo:hi], k, v, scale, ctx - q_len)
+    return out
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
+    """q [q_len, Hq, D] at absolute positions offset.. attends to k/v [ctx, Hkv, D] causally."""
+    group = q.shape[1] // k.shape[1]
+    qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
+    kh = k.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)  # [1, Hq, ctx, D]
+    vh = v.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)
+    if offset == 0:
+        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:
+        q_pos = torch.arange(offset, offset + q.shape[0], device=q.device)
+        mask = torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None]  # [q_len, ctx]
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    return o[0].transpose(0, 1)
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One new token per sequence: gather all contexts at once, padded to the longest."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    max_blocks = -(-meta.max_context_len // block_size)
+    tables = meta.block_tables[:, :max_blocks]
+    k = k_cache[tables].view(num_seqs, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
+    v = v_cache[tables].view(num_seqs, max_blocks * block_size, num_kv_heads, head_dim).transpose(1, 2)
+    group = num_heads // num_kv_heads
+    qg = q.view(num_seqs, num_kv_heads, group, head_dim)  # the group's heads act as query rows
+    positions = torch.arange(max_blocks * block_size, device=q.device)
+    mask = (positions[None, :] < meta.context_lens_t[:, None])[:, None, None, :]  # [B, 1, 1, L]
+    o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)  # [B, Hkv, G, D]
+    return o.reshape(num_seqs, num_heads, head_dim)

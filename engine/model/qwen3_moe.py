@@ -1,0 +1,96 @@
+"""MoEForCausalLM: the Qwen3-MoE / Mixtral decoder (one class; layouts differ only in names).
+
+Optionally carries a DeepSeek-V3-style multi-token-prediction (MTP) module: from the last layer's
+hidden state at position t and the embedding of token t+1 it predicts token t+2, through one extra
+decoder layer that shares the embedding and the LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.attention import AttentionMetadata, KVCache
+from engine.model.config import ModelConfig
+from engine.model.layers import DecoderLayer, RMSNorm, Rotary
+
+
+class MTPModule(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.enorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.layer = DecoderLayer(cfg, cfg.num_layers)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class MoEForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        self.mtp = MTPModule(cfg) if cfg.mtp_num_layers else None
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Serving forward over a packed ragged batch: input_ids/positions [T] -> normed hidden [T, H]."""
+        x = self.embed(input_ids)  # [T, H]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, self.rotary, (kv_cache.k[i], kv_cache.v[i]), meta)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] normed hidden -> [N, vocab] fp32 logits."""
+        return self.lm_head(hidden).float()
+
+    def forward_dense(self, input_ids: torch.Tensor, *, return_prenorm: bool = False) -> torch.Tensor:
+        """Full causal forward without a KV cache: input_ids [B, S] -> normed hidden [B, S, H].
+
+        With `return_prenorm=True` returns the last layer's output before the final norm (what the
+        MTP module consumes); autograd-friendly (training uses it)."""
+        x = self.embed(input_ids)  # [B, S, H]
+        for layer in self.layers:
+            x = layer.forward_dense(x, self.rotary)
+        return x if return_prenorm else self.norm(x)
+
+    def forward_mtp_dense(self, prenorm_hidden: torch.Tensor, next_input_ids: torch.Tensor) -> torch.Tensor:
+        """MTP: hidden [B, S, H] at t (pre-norm) and token ids [B, S] at t+1 -> normed hidden whose
+        logits predict token t+2. Raises RuntimeError when the model has no MTP module."""
+        if self.mtp is None:
+            raise RuntimeError("this model has no MTP module (mtp_num_layers == 0)")
+        m = self.mtp
+        h = torch.cat([m.enorm(self.embed(next_input_ids)), m.hnorm(prenorm_hidden)], dim=-1)
+        x = m.layer.forward_dense(m.eh_proj(h), self.rotary)
+        return m.norm(x)
+
+    def loss(self, input_ids: torch.Tensor, mtp_weight: float = 0.0, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token cross-entropy (and the MTP t+2 loss when it has an MTP module) on [B, S] ids.
+
+        `mask` [B, S] (1 = train on predicting this position's token) selects target positions."""
+        pre = self.forward_dense(input_ids, return_prenorm=True)
+        logits = self.compute_logits(self.norm(pre[:, :-1]))
+        targets = input_ids[:, 1:]
+        m1 = None if mask is None else mask[:, 1:]
+        base = _masked_ce(logits, targets, m1)
+        if self.mtp is None or mtp_weight == 0.0:
+            return base, None
+        h2 = self.forward_mtp_dense(pre[:, :-2], input_ids[:, 1:-1])
+        mtp = _masked_ce(self.compute_logits(h2), input_ids[:, 2:], None if mask is None else mask[:, 2:])
+        return base, mtp
+
+
+def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    if mask is None:
+        return ce.mean()
+    m = mask.flatten().float()
+    return (ce * m).sum() / m.sum().clamp(min=1.0)
