@@ -56,7 +56,10 @@ class EngineConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def resolve_dtype(self) -> torch.dtype:
+    def resolve_dtype(self, device: torch.device | None = None) -> torch.dtype:
+        """'auto' is bf16 on CUDA; on CPU it is fp32, because CPUs without native bf16 matmul
+        (AVX2-only, like the CI machine) run bf16 MoE decode slower than fp32 (docs/benchmarks.md)."""
         if self.dtype == "auto":
-            return torch.bfloat16
+            device = device or self.resolve_device()
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[self.dtype]

@@ -47,7 +47,7 @@ class LLM:
         if not (path / "config.json").exists():
             raise ModelLoadError(f"no config.json in model directory {path}")
         self.device = self.config.resolve_device()
-        self.dtype = self.config.resolve_dtype()
+        self.dtype = self.config.resolve_dtype(self.device)
         self.model, self.model_config = load_model(path, dtype=self.dtype, device=self.device)
         self.model.eval()
         self.tokenizer = _load_tokenizer(path)

@@ -112,6 +112,8 @@ class Scheduler:
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
+            if self._prefix_in_flight(seq):
+                break  # wait one step: its prefix is being computed and will be cached
             if not seq.block_table:
                 self._match_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
@@ -127,6 +129,18 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(num_new)
             budget -= num_new
+
+    def _prefix_in_flight(self, seq: Sequence) -> bool:
+        """Whether a running sequence still prefilling starts with the same block of tokens.
+
+        Admitting `seq` now would compute that shared prefix twice; one step later it is cached."""
+        if self.radix is None or len(seq) <= self.block_size or seq.num_computed_tokens:
+            return False
+        head = seq.token_ids[: self.block_size]
+        return any(
+            r.num_computed_tokens < r.num_prompt_tokens and r.token_ids[: self.block_size] == head
+            for r in self.running
+        )
 
     def _match_prefix(self, seq: Sequence) -> None:
         if self.radix is None:

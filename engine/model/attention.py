@@ -10,7 +10,7 @@ tokens, which live in the blocks `block_tables[i, :ceil(context_lens[i] / block_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,6 +52,9 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_num_blocks] int64, padded with 0
     context_lens_t: torch.Tensor  # [num_seqs] int64 (device copy of context_lens)
     max_context_len: int
+    # Decode steps only: groups of sequences whose block tables start with the same full blocks
+    # (a shared cached prefix). Each is (seq indices, number of shared blocks); see cascade_groups.
+    cascade: list[tuple[torch.Tensor, int]] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
@@ -81,6 +84,8 @@ class AttentionMetadata:
         cu = [0]
         for q in query_lens:
             cu.append(cu[-1] + q)
+        decode = all(q == 1 for q in query_lens)
+        groups = cascade_groups(block_tables, context_lens, block_size) if decode else []
         return cls(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
             query_lens=list(query_lens),
@@ -89,4 +94,35 @@ class AttentionMetadata:
             block_tables=torch.tensor(padded, dtype=torch.long, device=device).view(len(block_tables), max_blocks),
             context_lens_t=torch.tensor(context_lens, dtype=torch.long, device=device),
             max_context_len=max(context_lens, default=0),
+            cascade=[(torch.tensor(ix, dtype=torch.long, device=device), n) for ix, n in groups],
         )
+
+
+MIN_CASCADE_BLOCKS = 4
+
+
+def cascade_groups(block_tables: list[list[int]], context_lens: list[int], block_size: int) -> list[tuple[list[int], int]]:
+    """Group sequences that share their leading KV blocks (same prefix-cache entries).
+
+    Returns (member indices, shared block count) for every group of >= 2 sequences sharing at least
+    MIN_CASCADE_BLOCKS full blocks that lie entirely before each member's newest token.
+    """
+    by_first: dict[int, list[int]] = {}
+    for i, table in enumerate(block_tables):
+        if table:
+            by_first.setdefault(table[0], []).append(i)
+    groups = []
+    for members in by_first.values():
+        if len(members) < 2:
+            continue
+        shared = min((context_lens[i] - 1) // block_size for i in members)
+        first = block_tables[members[0]]
+        for i in members[1:]:
+            table = block_tables[i]
+            n = 0
+            while n < shared and table[n] == first[n]:
+                n += 1
+            shared = n
+        if shared >= MIN_CASCADE_BLOCKS:
+            groups.append((members, shared))
+    return groups

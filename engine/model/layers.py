@@ -41,13 +41,17 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [..., num_tokens, heads, head_dim] with positions [num_tokens]."""
-        cos = self.cos[positions].unsqueeze(-2)  # [num_tokens, 1, head_dim]
-        sin = self.sin[positions].unsqueeze(-2)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return (x.float() * cos + rotated * sin).to(x.dtype)
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for `positions` [num_tokens], shaped [num_tokens, 1, head_dim] (fp32)."""
+        return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x [..., num_tokens, heads, head_dim] rotated by the precomputed tables (rotate-half)."""
+    cos, sin = cos_sin
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -62,27 +66,27 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = cfg.head_dim**-0.5
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary) -> tuple[torch.Tensor, ...]:
+    def _qkv(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.unflatten(-1, (self.num_heads, self.head_dim))  # [..., T, Hq, D]
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))  # [..., T, Hkv, D]
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return rotary(q, positions), rotary(k, positions), v
+        return apply_rotary(q, cos_sin), apply_rotary(k, cos_sin), v
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
     ) -> torch.Tensor:
-        q, k, v = self._qkv(x, positions, rotary)
+        q, k, v = self._qkv(x, cos_sin)
         write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
         o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
         return self.o_proj(o.flatten(1))
 
     def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
-        q, k, v = self._qkv(x, positions, rotary)  # [B, S, H*, D]
+        q, k, v = self._qkv(x, rotary.tables(positions))  # [B, S, H*, D]
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale, enable_gqa=True
         )
@@ -123,8 +127,11 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp: nn.Module = MoE(cfg) if cfg.is_sparse(layer) else DenseMLP(cfg)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
-        h = x + self.attn(self.input_norm(x), positions, rotary, kv, meta)
+    def forward(
+        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        h = x + self.attn(self.input_norm(x), cos_sin, kv, meta)
         return h + self.mlp(self.post_norm(h))
 
     def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:

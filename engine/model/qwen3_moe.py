@@ -44,8 +44,9 @@ class MoEForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Serving forward over a packed ragged batch: input_ids/positions [T] -> normed hidden [T, H]."""
         x = self.embed(input_ids)  # [T, H]
+        cos_sin = self.rotary.tables(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, self.rotary, (kv_cache.k[i], kv_cache.v[i]), meta)
+            x = layer(x, cos_sin, (kv_cache.k[i], kv_cache.v[i]), meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

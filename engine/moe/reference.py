@@ -18,6 +18,53 @@ def swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor
     return F.linear(F.silu(gate) * up, w2)
 
 
+SMALL_BATCH_PAIRS = 8
+
+
+def _moe_small(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Decode-sized batches: one host sync for the ids, then each active expert on its rows."""
+    ids = expert_ids.tolist()
+    rows: dict[int, list[int]] = {}
+    for t, row in enumerate(ids):
+        for e in row:
+            rows.setdefault(e, []).append(t)
+    w = weights.to(x.dtype)
+    out = torch.zeros_like(x)
+    for e, tokens in rows.items():
+        sel = [ids[t].index(e) for t in tokens]
+        if len(tokens) == x.shape[0] == 1:
+            out += swiglu(x, w13[e], w2[e]) * w[0, sel[0]]
+            continue
+        idx = torch.tensor(tokens, device=x.device)
+        y = swiglu(x.index_select(0, idx), w13[e], w2[e]) * w[idx, torch.tensor(sel, device=x.device)][:, None]
+        out.index_add_(0, idx, y)
+    return out
+
+
+PADDED_MAX_TOKENS = 64
+
+
+def _moe_padded(
+    x: torch.Tensor, weights: torch.Tensor, order: torch.Tensor, counts: list[int], top_k: int,
+    w13: torch.Tensor, w2: torch.Tensor,
+) -> torch.Tensor:
+    """Decode batches where most experts are hit: every expert's tokens are padded to the same
+    count and all experts run as one batched matmul, which reads each weight once and spreads the
+    (memory-bound) work over all cores."""
+    num_experts, max_n = w13.shape[0], max(counts)
+    counts_t = torch.tensor(counts, device=x.device)
+    starts = torch.cumsum(counts_t, 0) - counts_t
+    expert_of_pair = torch.repeat_interleave(torch.arange(num_experts, device=x.device), counts_t)
+    slot = expert_of_pair * max_n + torch.arange(order.shape[0], device=x.device) - starts[expert_of_pair]
+    token_of_pair = order // top_k
+    xp = x.new_zeros(num_experts * max_n, x.shape[1])
+    xp[slot] = x.index_select(0, token_of_pair)
+    gate, up = torch.bmm(xp.view(num_experts, max_n, -1), w13.transpose(1, 2)).chunk(2, dim=-1)
+    y = torch.bmm(F.silu(gate) * up, w2.transpose(1, 2)).view(num_experts * max_n, -1)  # [E*max_n, H]
+    y = y.index_select(0, slot) * weights.flatten()[order].to(x.dtype)[:, None]
+    return torch.zeros_like(x).index_add_(0, token_of_pair, y)
+
+
 def moe_experts(
     x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -26,7 +73,11 @@ def moe_experts(
     Differentiable (used for training as well as serving).
     """
     num_tokens, top_k = expert_ids.shape
+    if num_tokens * top_k <= SMALL_BATCH_PAIRS and not torch.is_grad_enabled():
+        return _moe_small(x, weights, expert_ids, w13, w2)
     order, counts = group_by_expert(expert_ids, w13.shape[0])
+    if num_tokens <= PADDED_MAX_TOKENS and not torch.is_grad_enabled():
+        return _moe_padded(x, weights, order, counts, top_k, w13, w2)
     token_of_pair = order // top_k  # [T*k] tokens sorted by expert
     pair_weights = weights.flatten()[order].to(x.dtype)  # [T*k]
     out = torch.zeros_like(x)
