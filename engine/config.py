@@ -63,3 +63,25 @@ class EngineConfig:
             device = device or self.resolve_device()
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[self.dtype]
+
+
+class DataDirError(FileNotFoundError):
+    """The public data directory (../shared/data or $AGENTRT_DATA_DIR) is missing a needed file."""
+
+
+def data_dir(override: str | Path | None = None) -> Path:
+    """The public data directory: `override`, else $AGENTRT_DATA_DIR, else <repo>/../shared/data."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("AGENTRT_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def data_file(*parts: str, override: str | Path | None = None) -> Path:
+    """A file under the data directory; raises DataDirError naming the path and the setting."""
+    path = data_dir(override).joinpath(*parts)
+    if not path.exists():
+        raise DataDirError(
+            f"data file {path} not found: set AGENTRT_DATA_DIR (or pass a data dir) to the folder holding {parts[0]}/"
+        )
+    return path

@@ -53,7 +53,7 @@ class LLM:
         self.tokenizer = _load_tokenizer(path)
         detok = self.decode if self.tokenizer is not None else None
         grammars = None
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and _has_xgrammar():
             eos = list(self.model_config.eos_token_id or ())
             grammars = GrammarFactory(self.tokenizer, self.model_config.vocab_size, eos)
         self.core = EngineCore(self.model, self.model_config, self.config, detokenize=detok, grammars=grammars)
@@ -211,3 +211,9 @@ def _load_tokenizer(path: Path) -> Any:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(file))
+
+
+def _has_xgrammar() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xgrammar") is not None

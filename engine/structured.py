@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import torch
-import xgrammar as xgr
 
 from engine.errors import InvalidRequestError
 
@@ -22,6 +21,8 @@ class GrammarFactory:
     """Compiles and caches grammars for one tokenizer; hands out per-request matchers."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> None:
+        import xgrammar as xgr  # imported lazily: engines without structured output do not need it
+
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         encoded = [""] * vocab_size
         for token, idx in vocab.items():
@@ -32,10 +33,10 @@ class GrammarFactory:
         )
         self.vocab_size = vocab_size
         self._compiler = xgr.GrammarCompiler(info)
-        self._cache: dict[tuple[str, str], xgr.CompiledGrammar] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    def compile(self, json_schema: str | dict[str, Any] | None, grammar: str | None) -> xgr.CompiledGrammar:
+    def compile(self, json_schema: str | dict[str, Any] | None, grammar: str | None) -> Any:
         """Compile (or fetch) a grammar. Raises InvalidRequestError for an invalid schema/grammar."""
         if json_schema is not None:
             key = ("json", json_schema if isinstance(json_schema, str) else json.dumps(json_schema, sort_keys=True))
@@ -56,12 +57,16 @@ class GrammarFactory:
             self._cache[key] = compiled
         return compiled
 
-    def matcher(self, json_schema: str | dict[str, Any] | None, grammar: str | None) -> xgr.GrammarMatcher:
+    def matcher(self, json_schema: str | dict[str, Any] | None, grammar: str | None) -> Any:
+        import xgrammar as xgr
+
         return xgr.GrammarMatcher(self.compile(json_schema, grammar))
 
 
-def mask_logits(logits: torch.Tensor, matcher: xgr.GrammarMatcher, vocab_size: int) -> None:
+def mask_logits(logits: torch.Tensor, matcher: Any, vocab_size: int) -> None:
     """Set to -inf, in place, every logit of `logits` [vocab] that the matcher forbids next."""
+    import xgrammar as xgr
+
     bitmask = xgr.allocate_token_bitmask(1, vocab_size)
     matcher.fill_next_token_bitmask(bitmask)
     row = logits.view(1, -1)

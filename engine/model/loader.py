@@ -144,8 +144,9 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    """Write config.json + model.safetensors (Qwen3-MoE names) and, with MTP, mtp.safetensors."""
+def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 15 << 20) -> None:
+    """Write config.json + the base weights (Qwen3-MoE names; HF-style shards with an index when
+    larger than `max_shard_bytes`) and, with MTP, mtp.safetensors."""
     if model.config.architecture != "Qwen3MoeForCausalLM":
         raise ModelLoadError("save_model writes the Qwen3-MoE layout only")
     path = Path(path)
@@ -153,7 +154,32 @@ def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = tor
     base, mtp = {}, {}
     for name, view in _targets(model, model.config).items():
         (mtp if name.startswith("mtp.") else base)[name] = view.detach().to("cpu", dtype).contiguous()
-    save_file(base, str(path / "model.safetensors"), metadata={"format": "pt"})
+    _save_sharded(base, path, max_shard_bytes)
     if mtp:
         save_file(mtp, str(path / "mtp.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf_config(model.config), indent=2) + "\n")
+
+
+def _save_sharded(tensors: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    for old in path.glob("model*.safetensors"):
+        old.unlink()
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

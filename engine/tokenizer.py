@@ -1,0 +1,136 @@
+"""The chat format of agentrt's models: special tokens, chat rendering and tool-call parsing.
+
+A conversation renders as `<|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|>` with tool
+results as `<|tool|>...<|end|>`. An assistant tool call is
+`<tool_call>{"name": "...", "arguments": {...}}</tool_call>` inside the assistant turn. Rendering
+is prefix-stable: the rendering of a conversation followed by the model's output is the rendering
+of the longer conversation, so each turn reuses the previous turn's KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SYSTEM, USER, ASSISTANT, TOOL, END = "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"
+CALL_OPEN, CALL_CLOSE, PAD, EOS = "<tool_call>", "</tool_call>", "<|pad|>", "<|eos|>"
+SPECIAL_TOKENS = [PAD, EOS, SYSTEM, USER, ASSISTANT, TOOL, END, CALL_OPEN, CALL_CLOSE]
+ROLE_TAGS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL}
+
+Message = dict[str, Any]
+
+
+def tool_signature(schema: dict[str, Any]) -> str:
+    """One line per tool: `name(arg: type, ...) - description` from an OpenAI function schema."""
+    fn = schema.get("function", schema)
+    props = fn.get("parameters", {}).get("properties", {})
+    required = set(fn.get("parameters", {}).get("required", []))
+    args = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
+    desc = (fn.get("description") or "").split("\n")[0][:160]
+    return f"{fn['name']}({args}) - {desc}"
+
+
+def render_tools(tools: Sequence[dict[str, Any]]) -> str:
+    return "\n\n# Tools\nCall a tool with <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.\n" + "\n".join(
+        tool_signature(t) for t in tools
+    )
+
+
+def render_tool_call(name: str, arguments: dict[str, Any] | str) -> str:
+    args = json.loads(arguments) if isinstance(arguments, str) else arguments
+    return f"{CALL_OPEN}{json.dumps({'name': name, 'arguments': args}, separators=(', ', ': '))}{CALL_CLOSE}"
+
+
+def render_message(message: Message) -> str:
+    """One turn, OpenAI message format (role, content, optional tool_calls)."""
+    role = message["role"]
+    if role not in ROLE_TAGS:
+        raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_TAGS)}")
+    body = message.get("content") or ""
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function", call)
+        body += render_tool_call(fn["name"], fn.get("arguments", {}))
+    return f"{ROLE_TAGS[role]}{body}{END}"
+
+
+def render_chat(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None, add_generation_prompt: bool = True) -> str:
+    """Render a conversation; `tools` (OpenAI schemas) are listed at the end of the system turn."""
+    parts = []
+    for i, m in enumerate(messages):
+        if i == 0 and m["role"] == "system" and tools:
+            m = {**m, "content": (m.get("content") or "") + render_tools(tools)}
+        parts.append(render_message(m))
+    if add_generation_prompt:
+        parts.append(ASSISTANT)
+    return "".join(parts)
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every well-formed `<tool_call>{"name", "arguments"}</tool_call>` in `text`, in order.
+
+    Malformed calls (bad JSON, missing name, non-object arguments) are skipped; see
+    `find_tool_call_errors` for reporting them."""
+    calls = []
+    for chunk in _call_bodies(text):
+        parsed = _parse_call(chunk)
+        if isinstance(parsed, tuple):
+            calls.append(parsed)
+    return calls
+
+
+def find_tool_call_errors(text: str) -> list[str]:
+    """A message for every malformed tool call in `text` (for reporting back to the model)."""
+    return [p for p in (_parse_call(c) for c in _call_bodies(text)) if isinstance(p, str)]
+
+
+def _call_bodies(text: str) -> list[str]:
+    bodies, pos = [], 0
+    while (start := text.find(CALL_OPEN, pos)) != -1:
+        end = text.find(CALL_CLOSE, start)
+        bodies.append(text[start + len(CALL_OPEN) : end if end != -1 else len(text)])
+        pos = end + len(CALL_CLOSE) if end != -1 else len(text)
+    return bodies
+
+
+def _parse_call(body: str) -> tuple[str, dict[str, Any]] | str:
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return f"tool call is not valid JSON ({exc.msg} at {exc.pos}): {body[:80]!r}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return f"tool call needs a string 'name': {body[:80]!r}"
+    args = obj.get("arguments", {})
+    if not isinstance(args, dict):
+        return f"tool call 'arguments' must be an object: {body[:80]!r}"
+    return obj["name"], args
+
+
+class ChatTokenizer:
+    """A `tokenizers` byte-level BPE with the chat special tokens."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        self.tok = Tokenizer.from_file(str(file))
+        self.special = {t: self.tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in self.special.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer {file} lacks special tokens {missing}")
+        self.end_id: int = self.special[END]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tok.get_vocab_size())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return str(self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None, add_generation_prompt: bool = True) -> list[int]:
+        return self.encode(render_chat(messages, tools, add_generation_prompt))

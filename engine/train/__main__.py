@@ -1,0 +1,79 @@
+"""`python -m engine.train` — train the tokenizer and the default model, then evaluate it.
+
+    python -m engine.train --out engine/assets/default_model --steps 1200 --device cpu
+    python -m engine.train --out DIR --eval-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from engine.tokenizer import ChatTokenizer
+from engine.train.data import AirlineData, load_airline, render_conversations, stdlib_texts
+from engine.train.evaluate import perplexity, tool_call_rate
+from engine.train.loop import Batches, TrainConfig, default_model_config, train
+from engine.train.tokenizer_train import train_tokenizer
+
+
+def main() -> None:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="model directory to write (config, weights, tokenizer)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="public data dir (default $AGENTRT_DATA_DIR or ../shared/data)")
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--seq-len", type=int, default=d.seq_len)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--corpus", type=Path, default=None, help="pre-encoded corpus (.pt); written by --save-corpus")
+    ap.add_argument("--save-corpus", type=Path, default=None, help="encode the corpus, save it here and stop")
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--skip-eval", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data = load_airline(args.data_dir) if args.corpus is None else None
+    if not args.eval_only:
+        _train(args, data)
+    if not args.skip_eval:
+        data = data or load_airline(args.data_dir)
+        figures = perplexity(args.out, data, args.seq_len) | tool_call_rate(args.out, data, args.seq_len)
+        figures["held_out_tasks"] = data.held_out_tasks  # type: ignore[assignment]
+        (args.out / "eval.json").write_text(json.dumps(figures, indent=2) + "\n")
+        logging.info("eval: %s", json.dumps(figures))
+
+
+def _train(args: argparse.Namespace, data: AirlineData | None) -> None:
+    if args.corpus is not None:
+        import torch
+
+        corpus = torch.load(args.corpus)
+        airline_ids, stdlib_ids = corpus["airline"], corpus["stdlib"]
+        tok = ChatTokenizer(args.out)
+    else:
+        assert data is not None
+        airline_texts = render_conversations(data.train, data.tools)
+        code = stdlib_texts()
+        if not (args.out / "tokenizer.json").exists():
+            train_tokenizer(airline_texts + code, args.vocab_size, args.out)
+        tok = ChatTokenizer(args.out)
+        eos = tok.special["<|eos|>"]
+        airline_ids = [tok.encode(t) for t in airline_texts]
+        stdlib_ids = [i for text in code for i in tok.encode(text) + [eos]]
+        if args.save_corpus is not None:
+            import torch
+
+            torch.save({"airline": airline_ids, "stdlib": stdlib_ids}, args.save_corpus)
+            raise SystemExit(0)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
+    logging.info("corpus: %d airline conversations (%d tokens), stdlib %d tokens", len(airline_ids), sum(map(len, airline_ids)), len(stdlib_ids))
+    log = train(default_model_config(tok.vocab_size, tok.end_id), Batches(airline_ids, stdlib_ids, cfg), cfg, args.out)
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

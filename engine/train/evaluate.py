@@ -1,0 +1,82 @@
+"""Quality figures of a trained model on the held-out airline tasks.
+
+* perplexity of the base model (next token) and of the MTP head (token t+2), windows of `seq_len`
+* MTP top-1 accuracy for token t+2
+* tool-call rate: over held-out assistant turns that call a tool, the fraction whose greedy output
+  (prompt = the conversation so far, truncated to the last `seq_len - max_new` tokens) contains a
+  well-formed tool call naming a real tool
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.model.loader import load_model
+from engine.tokenizer import ChatTokenizer, parse_tool_calls, render_chat
+from engine.train.data import AirlineData, render_conversations
+
+
+@torch.no_grad()
+def perplexity(model_dir: Path, data: AirlineData, seq_len: int = 1024, max_windows: int = 64) -> dict[str, float]:
+    model, _ = load_model(model_dir, dtype=torch.float32)
+    model.eval()
+    tok = ChatTokenizer(model_dir)
+    windows: list[list[int]] = []
+    for text in render_conversations(data.held_out, data.tools):
+        ids = tok.encode(text)
+        windows += [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len // 4, seq_len)]
+    windows = [w for w in windows if len(w) > 8][:max_windows]
+    nll = nll2 = 0.0
+    n1 = n2 = correct2 = 0
+    for w in windows:
+        ids = torch.tensor([w])
+        pre = model.forward_dense(ids, return_prenorm=True)
+        logits = model.compute_logits(model.norm(pre[:, :-1]))
+        nll += torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()
+        n1 += ids.shape[1] - 1
+        if model.mtp is not None and ids.shape[1] > 2:
+            l2 = model.compute_logits(model.forward_mtp_dense(pre[:, :-2], ids[:, 1:-1]))
+            nll2 += torch.nn.functional.cross_entropy(l2[0], ids[0, 2:], reduction="sum").item()
+            correct2 += int((l2[0].argmax(-1) == ids[0, 2:]).sum())
+            n2 += ids.shape[1] - 2
+    out = {"perplexity": math.exp(nll / n1), "eval_tokens": float(n1)}
+    if n2:
+        out |= {"mtp_perplexity": math.exp(nll2 / n2), "mtp_top1_accuracy": correct2 / n2}
+    return out
+
+
+def tool_call_turns(data: AirlineData) -> list[tuple[list[dict[str, Any]], str]]:
+    """(conversation so far, expected tool name) for each held-out assistant turn that calls a tool."""
+    cases = []
+    for conv in data.held_out:
+        for i, m in enumerate(conv):
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                cases.append((conv[:i], m["tool_calls"][0]["function"]["name"]))
+    return cases
+
+
+def tool_call_rate(model_dir: Path, data: AirlineData, seq_len: int = 1024, max_new: int = 96, limit: int = 60) -> dict[str, float]:
+    from engine import LLM, SamplingParams
+
+    llm = LLM(model_dir, device="cpu")
+    tok = ChatTokenizer(model_dir)
+    names = {t["function"]["name"] for t in data.tools}
+    cases = tool_call_turns(data)[:limit]
+    prompts = [tok.encode(render_chat(conv, data.tools))[-(seq_len - max_new) :] for conv, _ in cases]
+    params = SamplingParams(temperature=0.0, max_tokens=max_new, stop_token_ids=(tok.end_id,))
+    outs = llm.generate(prompts, params)
+    well_formed = right_name = 0
+    for (_, expected), out in zip(cases, outs, strict=True):
+        calls = parse_tool_calls(out.text)
+        if calls and calls[0][0] in names:
+            well_formed += 1
+            right_name += calls[0][0] == expected
+    return {
+        "tool_call_turns": float(len(cases)),
+        "tool_call_well_formed_rate": well_formed / max(1, len(cases)),
+        "tool_call_expected_name_rate": right_name / max(1, len(cases)),
+    }
