@@ -47,7 +47,7 @@ class GrammarFactory:
                 return self._cache[key]
         try:
             compiled = (
-                self._compiler.compile_json_schema(key[1], any_whitespace=False)
+                self._compiler.compile_json_schema(key[1], any_whitespace=False, separators=(", ", ": "))
                 if key[0] == "json"
                 else self._compiler.compile_grammar(key[1])
             )

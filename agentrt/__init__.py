@@ -1,0 +1,27 @@
+"""agentrt: a runtime for agentic AI workloads (dataflow agent graphs over an embedded MoE engine)."""
+
+from agentrt.api import Agent, Context, Graph, Registry, Tool, agent, graph, tool
+from agentrt.cost import CostModel
+from agentrt.engine_client import EmbeddedEngine, EngineClient
+from agentrt.errors import (
+    AgentrtError,
+    GraphError,
+    JobCancelledError,
+    SchemaError,
+    TaskFailedError,
+    TaskTimeoutError,
+    ToolError,
+    UnknownGraphError,
+    UnknownToolError,
+)
+from agentrt.executor import Runtime
+from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.types import FailurePolicy, Generation, JobResult, JobSpec, RetryPolicy, TaskKind, TaskState, Usage
+
+__all__ = [
+    "Agent", "AgentrtError", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",
+    "Generation", "Graph", "GraphError", "JobCancelledError", "JobResult", "JobSpec", "PoolLimits", "Registry",
+    "RetryPolicy", "Runtime", "SchemaError", "Scheduler", "TaskFailedError", "TaskKind", "TaskState",
+    "TaskTimeoutError", "Tool", "ToolError", "UnknownGraphError", "UnknownToolError", "Usage",
+    "agent", "graph", "tool",
+]

@@ -1,0 +1,265 @@
+"""JobContext: what an agent receives (the implementation of agentrt.api.Context).
+
+Each LLM call, tool call and spawned agent becomes a task of the job's DAG. A context tracks its
+*frontier*, the tasks whose results it has consumed and nothing has depended on yet: a new task
+depends on the frontier, so sequential calls chain, concurrent calls fan out, and the call after a
+gather fans in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from agentrt import telemetry
+from agentrt.api import Agent, Tool
+from agentrt.engine_client import LLMRequest
+from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.sessions import Session
+from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
+from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
+
+if TYPE_CHECKING:
+    from agentrt.executor import JobRun, Runtime
+
+
+class Handle:
+    """A spawned sub-agent. `await handle` returns its result or raises its error."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def _set(self, result: Any = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    async def result(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def __await__(self) -> Any:
+        return self.result().__await__()
+
+
+class JobContext:
+    def __init__(self, runtime: Runtime, job: JobRun, task: Task | None, session: Session | None = None) -> None:
+        self.runtime, self.job, self.task = runtime, job, task
+        self._session = session
+        self._frontier: dict[str, None] = {}
+
+    @property
+    def job_id(self) -> str:
+        return self.job.spec.job_id
+
+    @property
+    def session(self) -> Session:
+        """This context's conversation (created on first use; its KV is pinned between turns)."""
+        if self._session is None:
+            self._session = Session(self.runtime.new_id(f"{self.job_id}/session-"))
+            self.job.sessions.append(self._session)
+        return self._session
+
+    def new_session(self) -> Session:
+        session = Session(self.runtime.new_id(f"{self.job_id}/session-"))
+        self.job.sessions.append(session)
+        return session
+
+    def _task(self, name: str, kind: TaskKind, pool: Pool, est_tokens: int = 0) -> tuple[Task, list[str]]:
+        task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
+                    parent=self.task.id if self.task else None)
+        return task, list(self._frontier)
+
+    def _consumed(self, task: Task) -> None:
+        for dep in task.deps:
+            self._frontier.pop(dep, None)
+        self._frontier[task.id] = None
+
+    # ---- tools ---------------------------------------------------------------------------
+    async def call(self, tool: Tool | str, /, **args: Any) -> Any:
+        """Run a tool as a CPU task. Raises UnknownToolError, SchemaError or ToolError (with the
+        tool's name); the tool's retry/timeout policy applies."""
+        t = tool if isinstance(tool, Tool) else self.runtime.registry.get_tool(tool)
+        validated = t.validate(args)
+        task, deps = self._task(t.name, TaskKind.TOOL, Pool.CPU)
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
+                 "agentrt.job.id": self.job_id}
+        with telemetry.span(f"execute_tool {t.name}", attrs) as sp:
+            result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            sp.set_attribute("agentrt.cpu_seconds", task.usage.cpu_seconds)
+            sp.set_attribute("agentrt.cost.usd", task.usage.cost_usd)
+        self._consumed(task)
+        return result
+
+    async def _run_tool(self, t: Tool, args: dict[str, Any], task: Task) -> Any:
+        try:
+            result, cpu = await self.runtime.tools.run(t, args)
+        except (AgentrtError, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            raise ToolError(t.name, f"raised {type(exc).__name__}: {exc}") from exc
+        try:
+            msgspec.json.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ToolError(t.name, f"returned an unserialisable {type(result).__name__}: {exc}") from exc
+        task.usage.cpu_seconds = cpu
+        task.usage.cost_usd = self.runtime.cost.tool_call(cpu)
+        self.job.usage.add(Usage(cpu_seconds=cpu, cost_usd=task.usage.cost_usd))
+        return result
+
+    # ---- sub-agents ----------------------------------------------------------------------
+    def spawn(self, agent: Agent, *args: Any, **kwargs: Any) -> Handle:
+        """Start `agent(ctx, *args, **kwargs)` now as a sub-agent task; returns its Handle."""
+        task, deps = self._task(agent.name, TaskKind.AGENT, Pool.NONE)
+        handle = Handle()
+        child = JobContext(self.runtime, self.job, task)
+        policy = self.runtime.registry.graphs[self.job.spec.graph].failure
+
+        async def body() -> Any:
+            attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name, "agentrt.job.id": self.job_id}
+            with telemetry.span(f"invoke_agent {agent.name}", attrs):
+                return await agent.fn(child, *args, **kwargs)
+
+        async def runner() -> None:
+            try:
+                handle._set(await self.runtime.run_task(self.job, task, deps, body, RetryPolicy()))
+                self._consumed(task)
+            except Exception as exc:
+                handle._set(error=exc)
+                if policy is FailurePolicy.CANCEL_SIBLINGS:
+                    raise
+
+        self.job.task_group.start_soon(runner)
+        return handle
+
+    async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
+        """Await all concurrently; results in order. The first error propagates (others continue
+        only under FailurePolicy.CONTINUE)."""
+        results: list[Any] = [None] * len(aws)
+
+        async def one(i: int, aw: Awaitable[Any]) -> None:
+            results[i] = await aw
+
+        async with anyio.create_task_group() as tg:
+            for i, aw in enumerate(aws):
+                tg.start_soon(one, i, aw)
+        return results
+
+    # ---- LLM calls -----------------------------------------------------------------------
+    async def generate(
+        self, messages: list[dict[str, Any]] | str | None = None, *, max_tokens: int = 256, temperature: float = 0.0,
+        stop: list[str] | None = None, schema: Any = None, tools: list[Tool] | None = None, name: str = "generate",
+        session: Session | None = None, ignore_eos: bool = False,
+    ) -> Generation:
+        """An LLM call (GPU task) continuing `session` (default: this context's session).
+
+        `messages` (OpenAI format, or a user string) are appended first. With `schema` (a msgspec
+        Struct type or a JSON schema) the output is constrained to that JSON; with `tools`, any tool
+        call the model starts is completed under a grammar of the tools' schemas, so it always parses.
+        """
+        engine = self.runtime.engine
+        if engine is None:
+            raise AgentrtError("this runtime has no engine: LLM calls are unavailable")
+        sess = session or self.session
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode)
+        prompt = sess.prompt(engine.encode)
+        task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": engine.model_name, "gen_ai.conversation.id": sess.id,
+                 "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature, "agentrt.job.id": self.job_id}
+        with telemetry.span(f"chat {engine.model_name}", attrs) as sp:
+            gen = await self.runtime.run_task(
+                self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                RetryPolicy())
+            _llm_span_attributes(sp, gen, task)
+        self._consumed(task)
+        return gen
+
+    async def _generate(self, prompt: list[int], max_tokens: int, temperature: float, stop: list[str] | None,
+                        schema: Any, tools: list[Tool] | None, task: Task, sess: Session, ignore_eos: bool) -> Generation:
+        engine = self.runtime.engine
+        assert engine is not None
+        end_id = engine.special_id(END)
+        stops = [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
+        json_schema = _json_schema(schema)
+        start = time.perf_counter()
+        out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
+                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
+        usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
+        if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
+            call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
+                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools)))
+            usage.add(call.usage)
+            call_ids = [i for i in call.token_ids if i != end_id]
+            ids += call_ids + [engine.special_id(CALL_CLOSE), end_id]
+            text = engine.decode(ids)
+            reason = "tool_calls"
+        text = _trim(text, stop)
+        sess.commit_turn(prompt, ids, end_id, text)
+        engine.pin(sess.id, sess.token_ids, sess.ttl)
+        sess.pinned = True
+        usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
+        task.usage = usage
+        self.job.usage.add(usage)
+        known = set(self.runtime.registry.tools)
+        calls = [ToolCall(f"{task.id}-{i}", n, a) for i, (n, a) in enumerate(parse_tool_calls(text))]
+        errors = find_tool_call_errors(text) + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
+        self.job.emit("llm_output", task, text=text, seconds=time.perf_counter() - start)
+        return Generation(text=text.removesuffix(END), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
+                          finish_reason=reason, usage=usage, tool_call_errors=errors)
+
+
+def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
+    """JSON schema of `{"name": <tool>, "arguments": <its parameters>}` over the given tools."""
+    variants = [
+        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for t in tools
+    ]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def _json_schema(schema: Any) -> dict[str, Any] | None:
+    if schema is None:
+        return None
+    if isinstance(schema, dict):
+        return schema
+    if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
+        from agentrt.api import _schema_of
+
+        return _schema_of(schema)
+    raise SchemaError(f"schema must be a msgspec Struct type or a JSON schema dict, got {schema!r}")
+
+
+def _trim(text: str, stop: list[str] | None) -> str:
+    for s in stop or ():
+        if s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
+    u = gen.usage
+    sp.set_attribute("gen_ai.usage.input_tokens", u.prompt_tokens)
+    sp.set_attribute("gen_ai.usage.output_tokens", u.generated_tokens)
+    sp.set_attribute("gen_ai.usage.cache_read.input_tokens", u.cached_tokens)
+    sp.set_attribute("gen_ai.response.finish_reasons", [gen.finish_reason])
+    sp.set_attribute("agentrt.prefill_tokens_computed", u.prefill_tokens_computed)
+    sp.set_attribute("agentrt.device_seconds", u.device_seconds)
+    sp.set_attribute("agentrt.cost.usd", u.cost_usd)
+
+
+def parse_json_output(gen: Generation, schema: Any) -> Any:
+    """Decode a schema-constrained generation (into the Struct type when one was given)."""
+    if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
+        return msgspec.json.decode(gen.text, type=schema)
+    return json.loads(gen.text)

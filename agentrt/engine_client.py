@@ -1,0 +1,103 @@
+"""The seam between the runtime and inference: the `EngineClient` protocol and its in-process
+implementation over `engine.LLM`. Nothing else in agentrt may assume the engine shares the process."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from agentrt.types import Usage
+
+
+class LLMRequest(msgspec.Struct, kw_only=True):
+    prompt_ids: list[int]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop_token_ids: list[int] = []
+    json_schema: dict[str, Any] | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+
+
+class LLMResponse(msgspec.Struct, kw_only=True):
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+class EngineClient(Protocol):
+    model_name: str
+
+    async def generate(self, request: LLMRequest) -> LLMResponse: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def special_id(self, token: str) -> int: ...
+
+    def pin(self, key: str, token_ids: list[int], ttl: float | None) -> None: ...
+
+    def unpin(self, key: str) -> None: ...
+
+    def kv_capacity_tokens(self) -> int: ...
+
+    def max_batch(self) -> int: ...
+
+
+class EmbeddedEngine:
+    """EngineClient over an in-process `engine.LLM` (the default model when none is given)."""
+
+    def __init__(self, llm: Any = None, model_name: str = "agentrt-default") -> None:
+        from engine import LLM
+
+        self.llm = llm if llm is not None else LLM()
+        if self.llm.tokenizer is None:
+            raise ValueError("the runtime needs a model with a tokenizer (tokenizer.json)")
+        self.model_name = model_name if llm is None else str(self.llm.config.model_path.name)
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        from engine import SamplingParams
+
+        params = SamplingParams(
+            temperature=request.temperature, max_tokens=request.max_tokens,
+            stop_token_ids=tuple(request.stop_token_ids), json_schema=request.json_schema,
+            ignore_eos=request.ignore_eos, seed=request.seed,
+        )
+        last = None
+        async for out in self.llm.stream(request.prompt_ids, params):
+            last = out
+        assert last is not None
+        u = last.usage
+        usage = Usage(prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
+                      prefill_tokens_computed=u.prefill_tokens_computed, generated_tokens=u.generated_tokens,
+                      device_seconds=u.device_seconds)
+        reason = last.finish_reason.value if last.finish_reason else "stop"
+        return LLMResponse(token_ids=list(last.token_ids), text=last.text, finish_reason=reason, usage=usage)
+
+    def encode(self, text: str) -> list[int]:
+        return self.llm.encode(text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.llm.decode(token_ids)
+
+    def special_id(self, token: str) -> int:
+        idx = self.llm.tokenizer.token_to_id(token)
+        if idx is None:
+            raise ValueError(f"the model's tokenizer has no special token {token!r}")
+        return int(idx)
+
+    def pin(self, key: str, token_ids: list[int], ttl: float | None) -> None:
+        self.llm.core.pin(key, token_ids, ttl)
+
+    def unpin(self, key: str) -> None:
+        self.llm.core.unpin(key)
+
+    def kv_capacity_tokens(self) -> int:
+        sched = self.llm.core.scheduler
+        return sched.pool.num_blocks * sched.block_size
+
+    def max_batch(self) -> int:
+        return self.llm.config.max_num_seqs

@@ -1,0 +1,58 @@
+"""agentrt's typed errors, raised at the boundary with the offending value named."""
+
+from __future__ import annotations
+
+
+class AgentrtError(Exception):
+    """Base class of every error agentrt raises on purpose."""
+
+
+class GraphError(AgentrtError):
+    """A graph, agent or tool definition is invalid (or a DAG edit would break the DAG)."""
+
+
+class UnknownGraphError(AgentrtError, KeyError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown graph {name!r}; registered graphs: {', '.join(sorted(known)) or '(none)'}")
+        self.name = name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownToolError(AgentrtError, KeyError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown tool {name!r}; known tools: {', '.join(sorted(known)) or '(none)'}")
+        self.name = name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SchemaError(AgentrtError, ValueError):
+    """Arguments or structured output do not match their schema."""
+
+
+class ToolError(AgentrtError):
+    """A tool raised, timed out, or returned something that is not JSON-serialisable."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        super().__init__(f"tool {tool!r}: {message}")
+        self.tool = tool
+
+
+class TaskTimeoutError(AgentrtError, TimeoutError):
+    """A task ran past its timeout."""
+
+
+class TaskFailedError(AgentrtError):
+    """A task failed after its retries; names the task and carries the cause."""
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        super().__init__(f"task {task!r} failed: {type(cause).__name__}: {cause}")
+        self.task = task
+        self.cause = cause
+
+
+class JobCancelledError(AgentrtError):
+    """The job was cancelled."""

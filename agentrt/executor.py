@@ -1,0 +1,210 @@
+"""The Runtime: runs jobs as dataflow on one anyio task group per job.
+
+Every LLM call, tool call and sub-agent is a Task in the job's DAG. A task waits only for its own
+pool's admission (the pure Scheduler decides who goes next), so a fast branch never waits for a slow
+sibling: there is no superstep barrier. A failing task fails its job and cancels the job's other
+tasks (FailurePolicy.CANCEL_SIBLINGS) unless the graph says CONTINUE; cancelling a job cancels every
+task under it, aborting its engine requests (which frees their KV) and releasing its session pins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+
+from agentrt import telemetry
+from agentrt.api import Registry
+from agentrt.cost import CostModel
+from agentrt.dag import JobDAG
+from agentrt.engine_client import EngineClient
+from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
+from agentrt.pools import LocalToolExecutor, ToolExecutor
+from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.types import JobResult, JobSpec, RetryPolicy, Task, TaskState, Usage
+
+logger = logging.getLogger(__name__)
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True, eq=False)
+class JobRun:
+    spec: JobSpec
+    dag: JobDAG
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    on_event: EventSink | None = None
+    usage: Usage = field(default_factory=Usage)
+    sessions: list[Any] = field(default_factory=list)
+    task_group: Any = None
+
+    def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
+        if self.on_event is not None:
+            event = {"kind": kind, "job_id": self.spec.job_id, **data}
+            if task is not None:
+                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value}
+            self.on_event(event)
+
+
+class Runtime:
+    """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
+
+    Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
+    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model.
+    """
+
+    def __init__(
+        self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
+        policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        if limits is None:
+            limits = PoolLimits(gpu=engine.max_batch() if engine else 64,
+                                gpu_tokens=engine.kv_capacity_tokens() if engine else None)
+        self.scheduler = Scheduler(policy, limits)
+        self.tools = tools or LocalToolExecutor(num_threads=limits.cpu)
+        self.cost = cost or CostModel()
+        self.jobs: dict[str, JobRun] = {}
+        self._grants: dict[str, anyio.Event] = {}
+        self._ids = itertools.count(1)
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids)}"
+
+    # ---- jobs ----------------------------------------------------------------------------
+    async def run_job(self, spec: JobSpec, on_event: EventSink | None = None, traceparent: str | None = None) -> JobResult:
+        """Run one job to completion. Never raises for a job failure: the JobResult says it."""
+        graph = self.registry.get_graph(spec.graph)
+        if not spec.job_id:
+            spec = msgspec.structs.replace(spec, job_id=self.new_id("job-"))
+        job = JobRun(spec, JobDAG(spec.job_id), on_event=on_event)
+        self.jobs[spec.job_id] = job
+        self.scheduler.submit_job(spec.job_id, spec.priority)
+        start = time.perf_counter()
+        status, output, error = "succeeded", None, None
+        attrs = {"gen_ai.operation.name": "invoke_workflow", "agentrt.graph": graph.name, "agentrt.job.id": spec.job_id}
+        from agentrt.context import JobContext
+
+        with telemetry.span(f"invoke_workflow {graph.name}", attrs, parent=telemetry.extract_context(traceparent)) as sp:
+            try:
+                inputs = graph.validate(dict(spec.inputs))
+                with job.scope:
+                    async with anyio.create_task_group() as tg:
+                        job.task_group = tg
+                        output = await graph.fn(JobContext(self, job, None), **inputs)
+                if job.scope.cancelled_caught:
+                    status, error = "cancelled", "job cancelled"
+            except Exception as exc:  # the job fails; the runtime keeps serving
+                status, error = "failed", _describe(exc)
+                sp.set_attribute("error.type", type(_root(exc)).__qualname__)
+            finally:
+                await self._close_job(job)
+            _set_rollup(sp, job.usage)
+        job.emit("job_finished", status=status)
+        return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,
+                         error=error, usage=job.usage, seconds=time.perf_counter() - start)
+
+    async def _close_job(self, job: JobRun) -> None:
+        for session in job.sessions:
+            if session.pinned and self.engine is not None:
+                self.engine.unpin(session.id)
+        self.scheduler.finish_job(job.spec.job_id)
+        for task in job.dag.tasks.values():
+            if task.state in (TaskState.PENDING, TaskState.RUNNING):
+                task.state = TaskState.CANCELLED
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a running job (everything under it). False if it is not running."""
+        job = self.jobs.get(job_id)
+        if job is None or job.dag.is_done and job.task_group is None:
+            return False
+        job.scope.cancel()
+        return True
+
+    # ---- tasks ---------------------------------------------------------------------------
+    async def run_task(self, job: JobRun, task: Task, deps: list[str], fn: Callable[[], Awaitable[Any]], retry: RetryPolicy) -> Any:
+        """Admit `task` to its pool, run `fn` with retries/timeout, record state and usage."""
+        job.dag.add_task(task, deps)
+        await self._admit(task)
+        task.state, task.started = TaskState.RUNNING, time.perf_counter()
+        job.emit("task_started", task)
+        try:
+            result = await self._attempts(task, fn, retry)
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            task.state = TaskState.CANCELLED if cancelled else TaskState.FAILED
+            task.error = None if cancelled else _describe(exc)
+            job.emit("task_finished", task, state=task.state.value, error=task.error)
+            raise
+        finally:
+            task.finished = time.perf_counter()
+            self.scheduler.release(task, task.duration)
+            self._dispatch()
+        task.state = TaskState.SUCCEEDED
+        job.emit("task_finished", task, state="succeeded", usage=msgspec.to_builtins(task.usage))
+        return result
+
+    async def _attempts(self, task: Task, fn: Callable[[], Awaitable[Any]], retry: RetryPolicy) -> Any:
+        for attempt in range(1, retry.max_attempts + 1):
+            task.attempts = attempt
+            try:
+                with anyio.fail_after(retry.timeout) if retry.timeout else nullcontext():
+                    return await fn()
+            except TimeoutError as exc:
+                error: Exception = TaskTimeoutError(f"task {task.name!r} timed out after {retry.timeout}s")
+                error.__cause__ = exc
+            except AgentrtError as exc:
+                error = exc
+            except Exception as exc:
+                error = TaskFailedError(task.name, exc)
+            if attempt == retry.max_attempts:
+                raise error
+            await anyio.sleep(retry.backoff * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def _admit(self, task: Task) -> None:
+        event = anyio.Event()
+        self._grants[task.id] = event
+        self.scheduler.enqueue(task)
+        self._dispatch()
+        try:
+            await event.wait()
+        except BaseException:
+            if not self.scheduler.cancel(task) and self._grants.get(task.id) is None:
+                self.scheduler.release(task, 0.0)  # granted but never started: give it back
+                self._dispatch()
+            self._grants.pop(task.id, None)
+            raise
+
+    def _dispatch(self) -> None:
+        for task in self.scheduler.pick():
+            event = self._grants.pop(task.id, None)
+            if event is not None:
+                event.set()
+
+
+def _root(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    root = _root(exc)
+    return f"{type(root).__name__}: {root}"
+
+
+def _set_rollup(sp: Any, usage: Usage) -> None:
+    sp.set_attribute("agentrt.rollup", True)
+    for name in usage.__struct_fields__:
+        sp.set_attribute(f"agentrt.rollup.{name}", getattr(usage, name))
+
+
+__all__ = ["Runtime", "JobRun", "JobCancelledError"]

@@ -1,0 +1,130 @@
+"""The runtime's vocabulary. Wire-visible types are msgspec Structs; live task state is a dataclass."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+
+class TaskKind(enum.StrEnum):
+    LLM = "llm"
+    TOOL = "tool"
+    AGENT = "agent"
+    IO = "io"
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"  # created, waiting for its pool
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FailurePolicy(enum.StrEnum):
+    CANCEL_SIBLINGS = "cancel_siblings"  # a failing task fails its job and cancels everything else
+    CONTINUE = "continue"  # failures are returned to the awaiting agent; siblings keep running
+
+
+class Pool(enum.StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+    STORAGE = "storage"
+    NONE = "none"  # agents: pure coordination, no resource held
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Resource use of a task (or, summed, of a job)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prefill_tokens_computed: int = 0
+    generated_tokens: int = 0
+    device_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        for name in self.__struct_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """`max_attempts` total tries; `backoff` seconds before retry n is backoff * 2**(n-1)."""
+
+    max_attempts: int = 1
+    backoff: float = 0.0
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be None or > 0, got {self.timeout}")
+
+
+class Generation(msgspec.Struct):
+    """What `Context.generate` returns."""
+
+    text: str
+    token_ids: list[int]
+    tool_calls: list[ToolCall]
+    finish_reason: str
+    usage: Usage
+    tool_call_errors: list[str] = []  # malformed calls / unknown tool names, to report to the model
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    graph: str
+    inputs: dict[str, Any] = {}
+    priority: int = 0
+    job_id: str = ""
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """One node of a job's DAG."""
+
+    id: str
+    job_id: str
+    name: str
+    kind: TaskKind
+    pool: Pool
+    units: int = 1
+    est_tokens: int = 0
+    parent: str | None = None
+    deps: tuple[str, ...] = ()
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    created: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def duration(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.perf_counter()) - self.started
+
+
+class JobResult(msgspec.Struct, kw_only=True):
+    job_id: str
+    graph: str
+    status: str  # succeeded | failed | cancelled
+    output: Any = None
+    error: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    seconds: float = 0.0
