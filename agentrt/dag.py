@@ -77,7 +77,7 @@ class JobDAG:
     def critical_path(self) -> list[str]:
         """The chain of tasks with the longest total duration (task ids, in order)."""
         for u, v in self.graph.edges:
-            self.graph.edges[u, v]["w"] = self.tasks[v].duration
+            self.graph.edges[u, v]["w"] = self.tasks[v].duration + 1e-9  # zero-length tasks still extend a path
         path = nx.dag_longest_path(self.graph, weight="w", default_weight=0.0)
         return list(path)
 

@@ -191,9 +191,12 @@ class Runtime:
 
 
 def _root(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The first real error inside (possibly nested) exception groups."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [_root(e) for e in exc.exceptions]
+    real = [e for e in leaves if not isinstance(e, anyio.get_cancelled_exc_class())]
+    return (real or leaves)[0]
 
 
 def _describe(exc: BaseException) -> str:
