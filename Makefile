@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m engine.demo
+	$(BIN)/agentrt run airline_support --input '{"user_turns": ["Hi, I want to cancel my reservation.", "My user id is mia_li_1000 and the reservation is ABC123."]}'
 
 lint: $(STAMP)
 	$(BIN)/ruff check agentrt engine tools graphs tests benchmarks examples

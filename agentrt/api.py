@@ -227,6 +227,14 @@ class Registry:
         for file in files:
             if file.name.startswith("_"):
                 continue
+            if (file.parent / "__init__.py").exists():
+                # A package (like tools/): import it under its real name so that graphs importing it
+                # share the same module (and the same Tool objects and context variables).
+                root = str(file.parent.parent.resolve())
+                if root not in sys.path:
+                    sys.path.insert(0, root)
+                self.register_module(importlib.import_module(f"{file.parent.name}.{file.stem}"))
+                continue
             mod_name = f"agentrt_user.{file.parent.name}.{file.stem}"
             spec = importlib.util.spec_from_file_location(mod_name, file)
             assert spec is not None and spec.loader is not None

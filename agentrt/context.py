@@ -195,6 +195,8 @@ class JobContext:
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
                                                stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
         usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
+        if json_schema is not None and reason == "length":
+            raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
             call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
                                                     stop_token_ids=[end_id], json_schema=tool_call_schema(tools)))
@@ -225,18 +227,37 @@ def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
          "required": ["name", "arguments"], "additionalProperties": False}
         for t in tools
     ]
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return bound_schema(variants[0] if len(variants) == 1 else {"anyOf": variants})
+
+
+MAX_STRING_CHARS = 64
+MAX_ARRAY_ITEMS = 16
+
+
+def bound_schema(node: Any) -> Any:
+    """Give unbounded strings/arrays a maximum length, so a grammar-constrained output always
+    closes within a few hundred tokens (a small model can otherwise ramble inside a string)."""
+    if isinstance(node, list):
+        return [bound_schema(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: bound_schema(v) for k, v in node.items()}
+    if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
+        out["maxLength"] = MAX_STRING_CHARS
+    if out.get("type") == "array" and "maxItems" not in out:
+        out["maxItems"] = MAX_ARRAY_ITEMS
+    return out
 
 
 def _json_schema(schema: Any) -> dict[str, Any] | None:
     if schema is None:
         return None
     if isinstance(schema, dict):
-        return schema
+        return bound_schema(schema)
     if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
         from agentrt.api import _schema_of
 
-        return _schema_of(schema)
+        return bound_schema(_schema_of(schema))
     raise SchemaError(f"schema must be a msgspec Struct type or a JSON schema dict, got {schema!r}")
 
 
