@@ -16,7 +16,16 @@ from agentrt.errors import (
 )
 from agentrt.executor import Runtime
 from agentrt.scheduler import PoolLimits, Scheduler
-from agentrt.types import FailurePolicy, Generation, JobResult, JobSpec, RetryPolicy, TaskKind, TaskState, Usage
+from agentrt.types import (
+    FailurePolicy,
+    Generation,
+    JobResult,
+    JobSpec,
+    RetryPolicy,
+    TaskKind,
+    TaskState,
+    Usage,
+)
 
 __all__ = [
     "Agent", "AgentrtError", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",

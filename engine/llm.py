@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,9 @@ class LLM:
         Raises InvalidRequestError (a ValueError) for a bad prompt or bad parameters; nothing
         is queued in that case.
         """
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
-        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item]
-        plist = list(params) if isinstance(params, list | tuple) else [params or SamplingParams()] * len(batch)
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int))
+        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item, arg-type]
+        plist: list[SamplingParams] = list(params) if isinstance(params, list | tuple) else [params or SamplingParams()] * len(batch)  # type: ignore[list-item]
         if len(plist) != len(batch):
             raise InvalidRequestError(f"{len(batch)} prompts but {len(plist)} sampling params")
         ids = [self._token_ids(p) for p in batch]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class ModelRunner:
     """Owns the model and the KV cache; runs one scheduled batch per `execute` call."""
 
     def __init__(
-        self, model: torch.nn.Module, model_config: ModelConfig, config: EngineConfig, num_blocks: int
+        self, model: Any, model_config: ModelConfig, config: EngineConfig, num_blocks: int
     ) -> None:
         self.model = model
         self.model_config = model_config

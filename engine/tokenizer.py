@@ -116,11 +116,11 @@ class ChatTokenizer:
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         self.tok = Tokenizer.from_file(str(file))
-        self.special = {t: self.tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        self.special: dict[str, int] = {t: self.tok.token_to_id(t) for t in SPECIAL_TOKENS}  # type: ignore[misc]
         missing = [t for t, i in self.special.items() if i is None]
         if missing:
             raise ValueError(f"tokenizer {file} lacks special tokens {missing}")
-        self.end_id: int = self.special[END]
+        self.end_id: int = int(self.special[END])  # type: ignore[arg-type]
 
     @property
     def vocab_size(self) -> int:

@@ -43,7 +43,9 @@ class Rotary(nn.Module):
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows for `positions` [num_tokens], shaped [num_tokens, 1, head_dim] (fp32)."""
-        return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
+        cos: torch.Tensor = self.cos  # type: ignore[assignment]
+        sin: torch.Tensor = self.sin  # type: ignore[assignment]
+        return cos[positions].unsqueeze(-2), sin[positions].unsqueeze(-2)
 
 
 def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

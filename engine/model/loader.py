@@ -30,7 +30,8 @@ def _targets(model: MoEForCausalLM, cfg: ModelConfig) -> dict[str, torch.Tensor]
     t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.embed.weight.data, "model.norm.weight": model.norm.weight.data}
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = model.lm_head.weight.data
-    for i, layer in enumerate(model.layers):
+    for i, layer_module in enumerate(model.layers):
+        layer: Any = layer_module
         p = f"model.layers.{i}."
         attn = layer.attn
         t[p + "input_layernorm.weight"] = layer.input_norm.weight.data
@@ -74,7 +75,7 @@ def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: di
     if m is None:
         return False
     layer, kind = int(m.group(1)), m.group(2)
-    mlp = model.layers[layer].mlp
+    mlp: Any = model.layers[layer].mlp
     dst = mlp.w13.data if kind == "gate_up_proj" else mlp.w2.data
     if src.shape != dst.shape and src.transpose(1, 2).shape == dst.shape:
         src = src.transpose(1, 2)
@@ -151,7 +152,8 @@ def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = tor
         raise ModelLoadError("save_model writes the Qwen3-MoE layout only")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    base, mtp = {}, {}
+    base: dict[str, torch.Tensor] = {}
+    mtp: dict[str, torch.Tensor] = {}
     for name, view in _targets(model, model.config).items():
         (mtp if name.startswith("mtp.") else base)[name] = view.detach().to("cpu", dtype).contiguous()
     _save_sharded(base, path, max_shard_bytes)

@@ -60,7 +60,7 @@ class MoEForCausalLM(nn.Module):
         MTP module consumes); autograd-friendly (training uses it)."""
         x = self.embed(input_ids)  # [B, S, H]
         for layer in self.layers:
-            x = layer.forward_dense(x, self.rotary)
+            x = layer.forward_dense(x, self.rotary)  # type: ignore[operator]
         return x if return_prenorm else self.norm(x)
 
     def forward_mtp_dense(self, prenorm_hidden: torch.Tensor, next_input_ids: torch.Tensor) -> torch.Tensor:

@@ -27,13 +27,13 @@ def perplexity(model_dir: Path, data: AirlineData, seq_len: int = 1024, max_wind
     tok = ChatTokenizer(model_dir)
     windows: list[list[int]] = []
     for text in render_conversations(data.held_out, data.tools):
-        ids = tok.encode(text)
-        windows += [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len // 4, seq_len)]
+        toks = tok.encode(text)
+        windows += [toks[i : i + seq_len] for i in range(0, len(toks) - seq_len // 4, seq_len)]
     windows = [w for w in windows if len(w) > 8][:max_windows]
     nll = nll2 = 0.0
     n1 = n2 = correct2 = 0
     for w in windows:
-        ids = torch.tensor([w])
+        ids: torch.Tensor = torch.tensor([w])
         pre = model.forward_dense(ids, return_prenorm=True)
         logits = model.compute_logits(model.norm(pre[:, :-1]))
         nll += torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from engine.config import data_dir
-from tools.airline import TOOLS, book_reservation, cancel_reservation, calculate, get_user_details, search_direct_flight, use_database
+from tools.airline import (
+    TOOLS,
+    book_reservation,
+    calculate,
+    cancel_reservation,
+    get_user_details,
+    search_direct_flight,
+    use_database,
+)
 from tools.airline_db import generate_synthetic_db, load_database
 
 DATA = data_dir() / "tau-bench-airline"
