@@ -87,6 +87,22 @@ class RadixCache:
             self.num_hit_tokens += i
         return PrefixMatch(node, blocks, i)
 
+    def cached_prefix_len(self, token_ids: Sequence[int]) -> int:
+        """Tokens of the longest cached page-aligned prefix, without touching LRU state or counters."""
+        bs = self.block_size
+        n = len(token_ids) // bs * bs
+        node, i = self.root, 0
+        while i < n:
+            child = node.children.get(tuple(token_ids[i : i + bs]))
+            if child is None:
+                break
+            pages = self._common_pages(child.key, token_ids, i, n)
+            i += pages * bs
+            if pages * bs < len(child.key):
+                break
+            node = child
+        return i
+
     def _common_pages(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
         bs = self.block_size
         pages = 1  # the first page matched through the children dict
