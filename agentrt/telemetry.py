@@ -31,6 +31,17 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 TRACER_NAME = "agentrt"
 _propagator = TraceContextTextMapPropagator()
+_state = {"enabled": False}
+
+
+def enabled() -> bool:
+    """Whether `configure` installed a provider (spans are skipped entirely otherwise)."""
+    return _state["enabled"]
+
+
+def reset() -> None:
+    """Turn tracing off again (tests and benchmarks)."""
+    _state["enabled"] = False
 
 
 class JsonlSpanExporter(SpanExporter):
@@ -79,7 +90,8 @@ def configure(exporter: str | SpanExporter | None = "none", *, batch: bool = Fal
     provider = TracerProvider()
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
-    trace.set_tracer_provider(provider)
+    _state["provider"] = provider  # type: ignore[assignment]
+    _state["enabled"] = True
     return provider
 
 
@@ -98,7 +110,9 @@ def _named_exporter(name: str) -> SpanExporter:
 
 
 def tracer(provider: TracerProvider | None = None) -> trace.Tracer:
-    return (provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+    """The agentrt tracer of `provider`, else of the provider `configure` installed, else global."""
+    chosen: Any = provider or _state.get("provider") or trace.get_tracer_provider()
+    return chosen.get_tracer(TRACER_NAME)
 
 
 def inject_traceparent() -> str | None:
@@ -115,12 +129,35 @@ def extract_context(traceparent: str | None) -> otel_context.Context | None:
     return _propagator.extract({"traceparent": traceparent})
 
 
-@contextmanager
+class _NoSpan:
+    """What `span` yields when tracing is off: accepts and drops attributes, costs ~nothing."""
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        return None
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
 def span(
     name: str, attributes: dict[str, Any], *, parent: otel_context.Context | None = None,
     provider: TracerProvider | None = None,
-) -> Iterator[Span]:
-    """Open a span; an exception sets `error.type` and the error status, then propagates."""
+) -> Any:
+    """A context manager opening a span (a no-op when tracing is off); an exception sets
+    `error.type` and the error status, then propagates."""
+    if not _state["enabled"] and provider is None:
+        return _NO_SPAN
+    return _span(name, attributes, parent, provider)
+
+
+@contextmanager
+def _span(name: str, attributes: dict[str, Any], parent: otel_context.Context | None, provider: TracerProvider | None) -> Iterator[Span]:
     with tracer(provider).start_as_current_span(
         name, context=parent, attributes=_clean(attributes), record_exception=False, set_status_on_exception=False
     ) as sp:

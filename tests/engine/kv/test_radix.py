@@ -131,7 +131,7 @@ def test_radix_cache_agrees_with_the_naive_reference(program: list[tuple[str, ob
             released = radix.evict(arg)  # type: ignore[arg-type]
             assert released == before - radix.num_cached_blocks
             assert released >= arg or radix.num_evictable_blocks == 0  # type: ignore[operator]
-            for nr, nn in locks:  # locked prefixes survive
+            for _nr, nn in locks:  # locked prefixes survive
                 assert radix.cached_prefix_len(list(nn)) == len(nn)  # type: ignore[arg-type]
             _sync_naive(radix, naive)
         assert radix.num_cached_blocks + pool_r.num_free_blocks == 512

@@ -1,0 +1,126 @@
+"""Orchestration overhead: a 10,000-task no-op DAG run by agentrt and by LangGraph (functional API).
+
+Two shapes, each in both frameworks in this one process: a wide fan-out/fan-in (N tasks started
+at once, then gathered) and a deep chain (N tasks one after another). Reports microseconds per task
+and the LangGraph/agentrt ratio; with `--tracing` it also runs agentrt with an OpenTelemetry SDK
+provider (in-memory exporter) installed, to show what tracing costs.
+
+    python benchmarks/orchestration_overhead.py [--tasks 10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agentrt import JobSpec, PoolLimits, Registry, Runtime, graph, tool  # noqa: E402
+from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
+
+
+@tool
+async def noop(i: int) -> int:
+    return i
+
+
+@graph
+async def wide(ctx: Any, n: int) -> int:
+    return len(await ctx.gather(*[ctx.call(noop, i=i) for i in range(n)]))
+
+
+@graph
+async def deep(ctx: Any, n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await ctx.call(noop, i=x) + 1
+    return x
+
+
+def run_agentrt(shape: str, n: int) -> float:
+    reg = Registry()
+    for obj in (noop, wide, deep):
+        reg.register(obj)
+    rt = Runtime(reg, None, limits=PoolLimits(cpu=n))
+
+    async def main() -> float:
+        start = time.perf_counter()
+        res = await rt.run_job(JobSpec(graph=shape, inputs={"n": n}))
+        elapsed = time.perf_counter() - start
+        assert res.status == "succeeded" and res.output == n, res.error
+        return elapsed
+
+    return asyncio.run(main())
+
+
+def run_langgraph(shape: str, n: int) -> float:
+    from langgraph.func import entrypoint, task
+
+    @task
+    def lg_noop(i: int) -> int:
+        return i
+
+    @entrypoint()
+    def lg_wide(n: int) -> int:
+        futures = [lg_noop(i) for i in range(n)]
+        return len([f.result() for f in futures])
+
+    @entrypoint()
+    def lg_deep(n: int) -> int:
+        x = 0
+        for _ in range(n):
+            x = lg_noop(x).result() + 1
+        return x
+
+    fn = lg_wide if shape == "wide" else lg_deep
+    start = time.perf_counter()
+    out = fn.invoke(n)
+    elapsed = time.perf_counter() - start
+    assert out == n
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="1,000 tasks")
+    ap.add_argument("--tracing", action="store_true", help="also measure agentrt with an OpenTelemetry SDK provider")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    n = 1_000 if args.quick else args.tasks
+    rows, data = [], {}
+    for shape in ("wide", "deep"):
+        run_agentrt(shape, 100)  # warm-up
+        t_ours = run_agentrt(shape, n)
+        t_traced = None
+        if args.tracing:
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+            from agentrt import telemetry
+
+            provider = telemetry.configure(InMemorySpanExporter())
+            t_traced = run_agentrt(shape, n)
+            provider.shutdown()  # type: ignore[union-attr]
+            telemetry.reset()
+        t_lg = run_langgraph(shape, n)
+        row = [shape, n, t_ours / n * 1e6, t_lg / n * 1e6, t_lg / t_ours]
+        if args.tracing:
+            row.append(t_traced / n * 1e6)  # type: ignore[operator]
+        rows.append(row)
+        data[shape] = {"tasks": n, "agentrt_s": t_ours, "langgraph_s": t_lg, "agentrt_traced_s": t_traced}
+    cols = ["shape", "tasks", "agentrt us/task", "LangGraph us/task", "LangGraph/agentrt"]
+    if args.tracing:
+        cols.append("agentrt traced us/task")
+    print_table("orchestration overhead (no-op tasks)", cols, rows)
+    if not args.no_write:
+        cmd = "python benchmarks/orchestration_overhead.py" + (" --quick" if args.quick else f" --tasks {n}") + (" --tracing" if args.tracing else "")
+        body = markdown_table(cols, rows) + "\n\nTargets: <= 100 us per task and >= 10x lower than LangGraph."
+        write_section("orchestration_overhead", "Orchestration overhead: agentrt vs LangGraph", body, cmd, data)
+
+
+if __name__ == "__main__":
+    main()
