@@ -134,5 +134,108 @@ def run(
         raise typer.Exit(1)
 
 
+keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(name: str = typer.Argument(..., help="key name, e.g. server or client1"),
+                  directory: Path = typer.Option(Path("keys"), "--dir", help="where to write NAME.key and NAME.key_secret")) -> None:
+    """Generate a CURVE key pair. Give the server its .key_secret, copy client .key files into the
+    server's allowed-clients folder, and give each client its .key_secret and the server's .key."""
+    from agentrt.keys import generate_keypair
+
+    public, secret = generate_keypair(directory, name)
+    console.print(f"public key: {public}\nsecret key: {secret}")
+
+
+@app.command()
+def serve(
+    graphs: Path = typer.Option(Path("graphs"), help="folder of graph files to load"),
+    tools: Path = typer.Option(Path("tools"), help="folder of tool files to load"),
+    bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ address to bind"),
+    journal: Path = typer.Option(Path("agentrt-journal.sqlite"), help="SQLite job journal (created if absent)"),
+    model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
+    no_engine: bool = typer.Option(False, "--no-engine", help="serve tool-only graphs without loading a model"),
+    curve_secret: Path | None = typer.Option(None, help="server .key_secret file: enables CurveZMQ"),
+    allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
+    max_inflight: int = typer.Option(1000, help="maximum jobs in flight per client"),
+    trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
+) -> None:
+    """Serve registered graphs over ZeroMQ (see docs/protocol.md) until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from agentrt import telemetry
+    from agentrt.executor import Runtime
+    from agentrt.server import Server, ServerConfig
+
+    if trace is not None:
+        telemetry.configure(f"jsonl:{trace}")
+    registry = load_registry(graphs, tools)
+    engine = None
+    if not no_engine:
+        from agentrt.engine_client import EmbeddedEngine
+        from engine import LLM
+
+        engine = EmbeddedEngine(LLM(model))
+    keys: dict[str, Any] = {}
+    if curve_secret is not None:
+        from agentrt.keys import load_keypair
+
+        pub, sec = load_keypair(curve_secret)
+        keys = {"curve_public_key": pub, "curve_secret_key": sec, "curve_allowed_clients": allowed_clients}
+    config = ServerConfig(bind=bind, journal=journal, max_inflight_per_client=max_inflight, **keys)
+    server = Server(Runtime(registry, engine), config)
+    console.print(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")
+    anyio.run(server.serve)
+
+
+def _client(address: str, curve_server: Path | None, curve_secret: Path | None) -> Any:
+    from agentrt.client import Client
+    from agentrt.keys import load_keypair, load_public_key
+
+    if curve_server is None:
+        return Client(address)
+    if curve_secret is None:
+        raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server")
+    return Client(address, server_key=load_public_key(curve_server), keypair=load_keypair(curve_secret))
+
+
+ADDRESS = typer.Option("tcp://127.0.0.1:5555", "--address", "-a", help="server address")
+CURVE_SERVER = typer.Option(None, help="the server's public .key file (CURVE)")
+CURVE_SECRET = typer.Option(None, help="this client's .key_secret file (CURVE)")
+
+
+@app.command()
+def submit(
+    graph: str = typer.Argument(..., help="registered graph name"),
+    input: str = typer.Option("{}", "--input", "-i", help="inputs as a JSON object"),
+    wait: bool = typer.Option(False, help="wait for the result"),
+    follow: bool = typer.Option(False, help="stream task events while waiting (implies --wait)"),
+    priority: int = typer.Option(0),
+    idempotency_key: str | None = typer.Option(None, help="resubmitting with the same key returns the same job"),
+    address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+) -> None:
+    """Submit a job to a running server; print its id, or its result with --wait/--follow."""
+    inputs = json.loads(input)
+    with _client(address, curve_server, curve_secret) as c:
+        on_event = (lambda e: console.print(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")) if follow else None
+        out = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=wait or follow, on_event=on_event)
+        console.print_json(json.dumps(out if isinstance(out, str) else {"job_id": out.job_id, "status": out.status, "output": out.output, "error": out.error}, default=str))
+
+
+@app.command()
+def status(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET) -> None:
+    """Print a job's state (accepted, running, succeeded, failed, cancelled, unknown)."""
+    with _client(address, curve_server, curve_secret) as c:
+        console.print(c.status(job_id))
+
+
+@app.command()
+def cancel(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET) -> None:
+    """Cancel a running job."""
+    with _client(address, curve_server, curve_secret) as c:
+        console.print(c.cancel(job_id))
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,157 @@
+"""The job server over real loopback sockets: submit/stream/cancel/fetch, limits, CURVE, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import zmq
+
+from agentrt import Registry, Runtime
+from agentrt.client import AsyncClient, Client, ClientTimeout, RemoteError
+from agentrt.server import Server, ServerConfig
+
+GRAPHS = Path(__file__).parent / "server_graphs"
+
+
+def registry() -> Registry:
+    reg = Registry()
+    reg.load_path(GRAPHS)
+    return reg
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    srv = Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", max_inflight_per_client=50))
+    async with anyio.create_task_group() as tg:
+        await tg.start(srv.serve)
+        yield srv
+        tg.cancel_scope.cancel()
+
+
+async def test_submit_stream_and_fetch_over_loopback(server: Server) -> None:
+    events: list[Any] = []
+    async with AsyncClient(server.address, timeout=10) as c:
+        res = await c.submit("sleepy", {"seconds": 0.01, "tag": "x"}, on_event=events.append)
+        assert res.status == "succeeded" and res.output == "slept 0.01 x"
+        assert [e.kind for e in events][:1] == ["task_started"] and "task_finished" in [e.kind for e in events]
+        assert (await c.fetch(res.job_id)).output == "slept 0.01 x"  # type: ignore[union-attr]
+        assert await c.status(res.job_id) == "succeeded"
+        failed = await c.submit("fail")
+        assert failed.status == "failed" and "always fails" in failed.error
+
+
+async def test_bad_requests_get_typed_errors_and_the_server_keeps_serving(server: Server) -> None:
+    async with AsyncClient(server.address, timeout=10) as c:
+        with pytest.raises(RemoteError, match="unknown_graph.*'nope'.*echo"):
+            await c.submit("nope")
+        with pytest.raises(RemoteError, match="not_found"):
+            await c.cancel("no-such-job")
+        assert await c.status("no-such-job") == "unknown"
+        assert (await c.submit("echo", {"text": "still here"})).output == "still here"
+
+
+async def test_idempotency_key_deduplicates_and_cancel_stops_a_job(server: Server) -> None:
+    async with AsyncClient(server.address, timeout=10) as c:
+        a = await c.submit("echo", {"text": "once"}, idempotency_key="k1")
+        b = await c.submit("echo", {"text": "twice"}, idempotency_key="k1")
+        assert a.job_id == b.job_id and b.output == "once"
+        job = await c.submit("sleepy", {"seconds": 30}, wait=False)
+        await anyio.sleep(0.1)
+        assert await c.cancel(job) == "cancelling"
+        res = await c.result(job)
+        assert res.status == "cancelled"
+
+
+async def test_a_raw_client_written_from_the_protocol_doc_gets_a_result(server: Server) -> None:
+    def raw() -> list[dict]:
+        import msgspec  # the doc's wire format: one msgpack map per frame, no agentrt imports
+
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.connect(server.address)
+        s.send(msgspec.msgpack.encode({"type": "submit", "v": 1, "request_id": "r-1", "graph": "echo", "inputs": {"text": "raw"}}))
+        out = []
+        while len(out) < 2 and s.poll(5000):
+            out.append(msgspec.msgpack.decode(s.recv()))
+        s.close(0)
+        return out
+
+    accepted, result = await anyio.to_thread.run_sync(raw)
+    assert accepted["type"] == "accepted" and accepted["request_id"] == "r-1"
+    assert result["type"] == "result" and result["job_id"] == accepted["job_id"] and result["output"] == "raw"
+
+
+async def test_too_many_inflight_jobs_are_refused(server: Server) -> None:
+    async with AsyncClient(server.address, timeout=10) as c:
+        ids = [await c.submit("sleepy", {"seconds": 5}, wait=False) for _ in range(50)]
+        with pytest.raises(RemoteError, match="too_many_inflight"):
+            await c.submit("echo")
+        for j in ids:
+            await c.cancel(j)
+
+
+async def test_curve_refuses_clients_without_an_allowed_key(tmp_path: Path) -> None:
+    from agentrt.keys import generate_keypair, load_keypair, load_public_key
+
+    generate_keypair(tmp_path / "server", "server")
+    generate_keypair(tmp_path / "allowed", "client")
+    generate_keypair(tmp_path / "other", "intruder")
+    spub, ssec = load_keypair(tmp_path / "server" / "server.key_secret")
+    cfg = ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", curve_public_key=spub, curve_secret_key=ssec,
+                       curve_allowed_clients=tmp_path / "allowed")
+    srv = Server(Runtime(registry()), cfg)
+    async with anyio.create_task_group() as tg:
+        await tg.start(srv.serve)
+        good = load_keypair(tmp_path / "allowed" / "client.key_secret")
+        bad = load_keypair(tmp_path / "other" / "intruder.key_secret")
+        server_key = load_public_key(tmp_path / "server" / "server.key")
+
+        def use(keypair: tuple[bytes, bytes]) -> str:
+            with Client(srv.address, timeout=1.5, server_key=server_key, keypair=keypair) as c:
+                return c.submit("echo", {"text": "secret"}).output
+
+        assert await anyio.to_thread.run_sync(use, good) == "secret"
+        with pytest.raises(ClientTimeout):
+            await anyio.to_thread.run_sync(use, bad)
+        tg.cancel_scope.cancel()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(address: str, journal: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS / "none"),
+           "--bind", address, "--journal", str(journal)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_every_accepted_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    proc = _start_server(address, tmp_path / "j.sqlite")
+    try:
+        with Client(address, timeout=20) as c:
+            ids = [c.submit("sleepy", {"seconds": 1.0, "tag": str(i)}, wait=False) for i in range(6)]
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)  # jobs are in flight
+        proc.wait(10)
+        proc = _start_server(address, tmp_path / "j.sqlite")
+        with Client(address, timeout=20) as c:
+            results = [c.result(j) for j in ids]
+        assert [r.status for r in results] == ["succeeded"] * 6
+        assert [r.output for r in results] == [f"slept 1.0 {i}" for i in range(6)]
+    finally:
+        proc.kill()
+        proc.wait(10)
