@@ -54,7 +54,7 @@ class Client:
 
     def __init__(self, address: str, *, timeout: float = 60.0, server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
         self.timeout = timeout
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         _configure(self.sock, server_key, keypair)
         self.sock.connect(address)
@@ -163,7 +163,8 @@ class AsyncClient:
                 if not fut.done():
                     fut.set_result(msg)
             else:
-                key = ("r", msg.request_id) if getattr(msg, "request_id", None) else ("j", getattr(msg, "job_id", "") or "")
+                rid = getattr(msg, "request_id", None)
+                key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
                 fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
                 if fut is not None and not fut.done():
                     fut.set_result(msg)

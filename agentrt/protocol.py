@@ -23,7 +23,7 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = PROTOCOL_VERSION
 
 
-class Submit(_Msg, tag="submit"):
+class Submit(_Msg, tag="submit", frozen=True):
     request_id: str
     graph: str
     inputs: dict[str, Any] = {}
@@ -33,20 +33,20 @@ class Submit(_Msg, tag="submit"):
     follow: bool = False
 
 
-class Accepted(_Msg, tag="accepted"):
+class Accepted(_Msg, tag="accepted", frozen=True):
     request_id: str
     job_id: str
     duplicate: bool = False
 
 
-class Event(_Msg, tag="event"):
+class Event(_Msg, tag="event", frozen=True):
     job_id: str
     seq: int
     kind: str
     data: dict[str, Any] = {}
 
 
-class Result(_Msg, tag="result"):
+class Result(_Msg, tag="result", frozen=True):
     job_id: str
     status: str  # succeeded | failed | cancelled
     output: Any = None
@@ -55,24 +55,24 @@ class Result(_Msg, tag="result"):
     cost_usd: float = 0.0
 
 
-class Cancel(_Msg, tag="cancel"):
+class Cancel(_Msg, tag="cancel", frozen=True):
     job_id: str
 
 
-class Status(_Msg, tag="status"):
+class Status(_Msg, tag="status", frozen=True):
     job_id: str
 
 
-class StatusReply(_Msg, tag="status_reply"):
+class StatusReply(_Msg, tag="status_reply", frozen=True):
     job_id: str
     state: str  # accepted | running | succeeded | failed | cancelled | unknown
 
 
-class Fetch(_Msg, tag="fetch"):
+class Fetch(_Msg, tag="fetch", frozen=True):
     job_id: str
 
 
-class Error(_Msg, tag="error"):
+class Error(_Msg, tag="error", frozen=True):
     code: str
     message: str
     request_id: str | None = None

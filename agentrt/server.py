@@ -18,6 +18,7 @@ import anyio
 import msgspec
 import zmq
 import zmq.asyncio
+import zmq.auth
 
 from agentrt import protocol as p
 from agentrt.executor import Runtime
@@ -78,7 +79,7 @@ class Server:
         """Bind, recover unfinished jobs, and serve until cancelled."""
         self._setup_curve()
         self.sock.bind(self.config.bind)
-        self.address = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.address = bytes(self.sock.getsockopt(zmq.LAST_ENDPOINT)).decode()  # type: ignore[arg-type]
         logger.info("serving on %s", self.address)
         try:
             async with anyio.create_task_group() as tg:
@@ -91,7 +92,7 @@ class Server:
                     frames = [await self.sock.recv_multipart(copy=True)]
                     while len(frames) < 512:
                         try:
-                            frames.append(self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True).result())  # type: ignore[union-attr]
+                            frames.append(self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True).result())  # type: ignore[attr-defined]
                         except zmq.Again:
                             break
                     await self._handle_batch(frames)
