@@ -134,6 +134,76 @@ def run(
         raise typer.Exit(1)
 
 
+trace_app = typer.Typer(help="Read span files written with --trace (JSONL).")
+app.add_typer(trace_app, name="trace")
+
+
+def _read_spans(file: Path) -> list[dict[str, Any]]:
+    if not file.exists():
+        raise typer.BadParameter(f"no such trace file: {file}")
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+@trace_app.command("show")
+def trace_show(file: Path = typer.Argument(..., help="JSONL span file"), job: str | None = typer.Option(None, help="only this job id")) -> None:
+    """Render each job's span tree with tokens and cost per task."""
+    from rich.tree import Tree
+
+    spans = _read_spans(file)
+    if job is not None:
+        spans = [s for s in spans if s["attributes"].get("agentrt.job.id") == job]
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    ids = {s["span_id"] for s in spans}
+    for s in sorted(spans, key=lambda s: s["start_ns"]):
+        children.setdefault(s["parent_id"] if s["parent_id"] in ids else None, []).append(s)
+
+    def label(s: dict[str, Any]) -> str:
+        a = s["attributes"]
+        ms = (s["end_ns"] - s["start_ns"]) / 1e6
+        parts = [f"[bold]{s['name']}[/bold] {ms:.1f} ms"]
+        if "gen_ai.usage.input_tokens" in a:
+            parts.append(f"in {a['gen_ai.usage.input_tokens']} (cached {a.get('gen_ai.usage.cache_read.input_tokens', 0)}) out {a['gen_ai.usage.output_tokens']}")
+        cost = a.get("agentrt.cost.usd", a.get("agentrt.rollup.cost_usd"))
+        if cost is not None:
+            parts.append(f"${cost:.2e}" + (" (roll-up)" if "agentrt.rollup.cost_usd" in a else ""))
+        if s["status"] == "ERROR":
+            parts.append(f"[red]{a.get('error.type', 'error')}[/red]")
+        return "  ".join(parts)
+
+    def add(node: Any, s: dict[str, Any]) -> None:
+        branch = node.add(label(s))
+        for c in children.get(s["span_id"], []):
+            add(branch, c)
+
+    for root in children.get(None, []):
+        tree = Tree(label(root))
+        for c in children.get(root["span_id"], []):
+            add(tree, c)
+        console.print(tree)
+
+
+@trace_app.command("summary")
+def trace_summary(file: Path = typer.Argument(..., help="JSONL span file")) -> None:
+    """Per graph / agent / tool / model: calls, tokens, seconds and cost (leaf costs only)."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    for s in _read_spans(file):
+        a = s["attributes"]
+        op = a.get("gen_ai.operation.name", "?")
+        name = a.get("agentrt.graph") or a.get("gen_ai.agent.name") or a.get("gen_ai.tool.name") or a.get("gen_ai.request.model") or s["name"]
+        r = rows.setdefault((op, name), [0, 0, 0, 0.0, 0.0])
+        r[0] += 1
+        r[1] += a.get("gen_ai.usage.input_tokens", 0)
+        r[2] += a.get("gen_ai.usage.output_tokens", 0)
+        r[3] += (s["end_ns"] - s["start_ns"]) / 1e9
+        r[4] += a.get("agentrt.cost.usd", 0.0)
+    table = Table(title=f"trace summary: {file}")
+    for col in ("operation", "name", "calls", "input tok", "output tok", "seconds", "cost $"):
+        table.add_column(col)
+    for (op, name), r in sorted(rows.items()):
+        table.add_row(op, name, str(int(r[0])), str(int(r[1])), str(int(r[2])), f"{r[3]:.3f}", f"{r[4]:.2e}")
+    console.print(table)
+
+
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
 

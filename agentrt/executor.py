@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -106,6 +107,8 @@ class Runtime:
                 sp.set_attribute("error.type", type(_root(exc)).__qualname__)
             finally:
                 await self._close_job(job)
+            # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
+            job.usage.cost_usd = math.fsum(t.usage.cost_usd for t in job.dag.tasks.values() if t.kind.value in ("llm", "tool"))
             _set_rollup(sp, job.usage)
         job.emit("job_finished", status=status)
         return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,

@@ -1,0 +1,136 @@
+"""OpenTelemetry spans: GenAI attributes per span kind, exact cost roll-up, engine token counts,
+trace context across the ZeroMQ hop, and the `agentrt trace` renderers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from typer.testing import CliRunner
+
+from agentrt import EmbeddedEngine, JobSpec, Registry, Runtime, agent, graph, telemetry, tool
+from agentrt.cli import app
+from engine import LLM
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = telemetry.configure(exporter)
+    yield exporter
+    assert provider is not None
+    provider.shutdown()
+    telemetry.reset()
+
+
+@tool
+def lookup(key: str) -> str:
+    return key.upper()
+
+
+@tool
+def broken() -> str:
+    raise ValueError("nope")
+
+
+@agent
+async def helper(ctx: Any, key: str) -> str:
+    gen = await ctx.generate([{"role": "user", "content": f"Look up {key}"}], max_tokens=8)
+    return await ctx.call(lookup, key=gen.text[:3] or "x")
+
+
+@graph
+async def traced(ctx: Any) -> list[str]:
+    out = await ctx.gather(ctx.spawn(helper, "a"), ctx.spawn(helper, "b"))
+    try:
+        await ctx.call(broken)
+    except Exception:
+        pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Runtime:
+    reg = Registry()
+    for o in (lookup, broken, helper, traced):
+        reg.register(o)
+    return Runtime(reg, EmbeddedEngine(LLM(kv_cache_memory_gb=0.25)))
+
+
+async def test_every_span_kind_has_its_attributes_and_costs_add_up(spans: InMemorySpanExporter, runtime: Runtime) -> None:
+    res = await runtime.run_job(JobSpec(graph="traced"))
+    assert res.status == "succeeded", res.error
+    by_op: dict[str, list[Any]] = {}
+    for s in spans.get_finished_spans():
+        by_op.setdefault(s.attributes["gen_ai.operation.name"], []).append(s)
+    (job,) = by_op["invoke_workflow"]
+    assert job.name == "invoke_workflow traced" and job.attributes["agentrt.rollup"] is True
+    assert {s.attributes["gen_ai.agent.name"] for s in by_op["invoke_agent"]} == {"helper"}
+    for s in by_op["execute_tool"]:
+        assert s.attributes["gen_ai.tool.name"] in ("lookup", "broken") and s.attributes["gen_ai.tool.call.id"]
+    failed = [s for s in by_op["execute_tool"] if s.attributes["gen_ai.tool.name"] == "broken"]
+    assert failed[0].attributes["error.type"] == "ToolError" and failed[0].status.status_code.name == "ERROR"
+    llm = by_op["chat"]
+    assert len(llm) == 2
+    for s in llm:
+        a = s.attributes
+        assert s.name == f"chat {a['gen_ai.request.model']}" and a["gen_ai.conversation.id"]
+        for key in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.cache_read.input_tokens",
+                    "gen_ai.response.finish_reasons", "agentrt.device_seconds", "agentrt.cost.usd", "agentrt.prefill_tokens_computed"):
+            assert key in a, key
+    leaves = [s.attributes["agentrt.cost.usd"] for s in llm + by_op["execute_tool"] if "agentrt.cost.usd" in s.attributes]
+    assert math.fsum(leaves) == res.usage.cost_usd == job.attributes["agentrt.rollup.cost_usd"]
+    assert sum(s.attributes["gen_ai.usage.output_tokens"] for s in llm) == res.usage.generated_tokens
+    assert sum(s.attributes["gen_ai.usage.input_tokens"] for s in llm) == res.usage.prompt_tokens
+    # Spans nest: LLM and tool spans sit under their agent span, agents under the job.
+    agent_ids = {s.context.span_id for s in by_op["invoke_agent"]}
+    assert all(s.parent.span_id in agent_ids for s in llm)
+    assert all(s.parent.span_id == job.context.span_id for s in by_op["invoke_agent"])
+
+
+async def test_a_clients_traceparent_parents_the_servers_job_span(spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    from agentrt.client import AsyncClient
+    from agentrt.server import Server, ServerConfig
+
+    reg = Registry()
+    reg.load_path(Path(__file__).parent / "server_graphs")
+    srv = Server(Runtime(reg), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite"))
+    tracer = telemetry.tracer()
+    async with anyio.create_task_group() as tg:
+        await tg.start(srv.serve)
+        with tracer.start_as_current_span("client request") as client_span:
+            async with AsyncClient(srv.address, timeout=10) as c:
+                await c.submit("echo", {"text": "x"}, traceparent=telemetry.inject_traceparent())
+        tg.cancel_scope.cancel()
+    (job,) = [s for s in spans.get_finished_spans() if s.name == "invoke_workflow echo"]
+    assert job.context.trace_id == client_span.get_span_context().trace_id
+    assert job.parent.span_id == client_span.get_span_context().span_id
+
+
+def test_trace_show_and_summary_render_a_jsonl_file(tmp_path: Path) -> None:
+    file = tmp_path / "spans.jsonl"
+    provider = telemetry.configure(f"jsonl:{file}")
+    try:
+        reg = Registry()
+        for o in (lookup, broken):
+            reg.register(o)
+
+        @graph
+        async def tools_only(ctx: Any) -> str:
+            return await ctx.call(lookup, key="k")
+
+        reg.register(tools_only)
+        anyio.run(Runtime(reg).run_job, JobSpec(graph="tools_only"))
+    finally:
+        provider.shutdown()  # type: ignore[union-attr]
+        telemetry.reset()
+    runner = CliRunner()
+    shown = runner.invoke(app, ["trace", "show", str(file)])
+    assert shown.exit_code == 0 and "invoke_workflow tools_only" in shown.output and "execute_tool lookup" in shown.output
+    summary = runner.invoke(app, ["trace", "summary", str(file)])
+    assert summary.exit_code == 0 and "lookup" in summary.output
