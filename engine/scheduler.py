@@ -131,16 +131,22 @@ class Scheduler:
             budget -= num_new
 
     def _prefix_in_flight(self, seq: Sequence) -> bool:
-        """Whether a running sequence still prefilling starts with the same block of tokens.
+        """Whether a running sequence is still computing blocks that `seq` shares with it.
 
-        Admitting `seq` now would compute that shared prefix twice; one step later it is cached."""
+        Admitting `seq` now would compute those blocks twice; a step later they are cached."""
         if self.radix is None or len(seq) <= self.block_size or seq.num_computed_tokens:
             return False
-        head = seq.token_ids[: self.block_size]
-        return any(
-            r.num_computed_tokens < r.num_prompt_tokens and r.token_ids[: self.block_size] == head
-            for r in self.running
-        )
+        bs = self.block_size
+        for r in self.running:
+            if r.num_computed_tokens >= r.num_prompt_tokens or r.token_ids[:bs] != seq.token_ids[:bs]:
+                continue
+            shared = bs
+            limit = min(len(seq) - 1, r.num_prompt_tokens) // bs * bs
+            while shared + bs <= limit and r.token_ids[shared : shared + bs] == seq.token_ids[shared : shared + bs]:
+                shared += bs
+            if r.num_computed_tokens < shared:
+                return True
+        return False
 
     def _match_prefix(self, seq: Sequence) -> None:
         if self.radix is None:
