@@ -1,6 +1,7 @@
 """agentrt: a runtime for agentic AI workloads (dataflow agent graphs over an embedded MoE engine)."""
 
 from agentrt.api import Agent, Context, Graph, Registry, Tool, agent, graph, tool
+from agentrt.client import AsyncClient, Client
 from agentrt.cost import CostModel
 from agentrt.engine_client import EmbeddedEngine, EngineClient
 from agentrt.errors import (
@@ -28,7 +29,7 @@ from agentrt.types import (
 )
 
 __all__ = [
-    "Agent", "AgentrtError", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",
+    "Agent", "AgentrtError", "AsyncClient", "Client", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",
     "Generation", "Graph", "GraphError", "JobCancelledError", "JobResult", "JobSpec", "PoolLimits", "Registry",
     "RetryPolicy", "Runtime", "SchemaError", "Scheduler", "TaskFailedError", "TaskKind", "TaskState",
     "TaskTimeoutError", "Tool", "ToolError", "UnknownGraphError", "UnknownToolError", "Usage",

@@ -198,7 +198,7 @@ class JobContext:
         engine = self.runtime.engine
         assert engine is not None
         end_id = engine.special_id(END)
-        stops = [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
+        stops = [] if ignore_eos else [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
         json_schema = _json_schema(schema)
         start = time.perf_counter()
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
@@ -224,7 +224,8 @@ class JobContext:
         known = set(self.runtime.registry.tools)
         calls = [ToolCall(f"{task.id}-{i}", n, a) for i, (n, a) in enumerate(parse_tool_calls(text))]
         errors = find_tool_call_errors(text) + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
-        self.job.emit("llm_output", task, text=text, seconds=time.perf_counter() - start)
+        self.job.emit("llm_output", task, text=text, seconds=time.perf_counter() - start, ttft=out.ttft,
+                      prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
         return Generation(text=text.removesuffix(END), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
 

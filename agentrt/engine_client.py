@@ -3,6 +3,7 @@ implementation over `engine.LLM`. Nothing else in agentrt may assume the engine 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import msgspec
@@ -25,6 +26,7 @@ class LLMResponse(msgspec.Struct, kw_only=True):
     text: str
     finish_reason: str
     usage: Usage
+    ttft: float = 0.0  # seconds from submission to the first generated token
 
 
 class EngineClient(Protocol):
@@ -67,7 +69,11 @@ class EmbeddedEngine:
             ignore_eos=request.ignore_eos, seed=request.seed,
         )
         last = None
+        start = time.perf_counter()
+        ttft = 0.0
         async for out in self.llm.stream(request.prompt_ids, params):
+            if last is None:
+                ttft = time.perf_counter() - start
             last = out
         assert last is not None
         u = last.usage
@@ -75,7 +81,7 @@ class EmbeddedEngine:
                       prefill_tokens_computed=u.prefill_tokens_computed, generated_tokens=u.generated_tokens,
                       device_seconds=u.device_seconds)
         reason = last.finish_reason.value if last.finish_reason else "stop"
-        return LLMResponse(token_ids=list(last.token_ids), text=last.text, finish_reason=reason, usage=usage)
+        return LLMResponse(token_ids=list(last.token_ids), text=last.text, finish_reason=reason, usage=usage, ttft=ttft)
 
     def encode(self, text: str) -> list[int]:
         return self.llm.encode(text)

@@ -1,0 +1,22 @@
+"""Smoke test of the agentic benchmark: every configuration completes and usage adds up (no speed asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import data_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not (data_dir() / "tau-bench-airline" / "trajectories.json").exists(), reason="needs ../shared/data/tau-bench-airline")
+def test_agentic_quick_mode_completes_every_configuration() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agentic.py"), "--quick", "--no-write"],
+                         capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("(1) naive", "(2) +batching", "(3) +prefix reuse", "(4) +LAS"):
+        assert name in out.stdout
