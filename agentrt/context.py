@@ -9,12 +9,15 @@ gather fans in.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 import msgspec
 
 from agentrt import telemetry
@@ -52,8 +55,10 @@ class Handle:
 
 
 class JobContext:
-    def __init__(self, runtime: Runtime, job: JobRun, task: Task | None, session: Session | None = None) -> None:
-        self.runtime, self.job, self.task = runtime, job, task
+    def __init__(self, runtime: Runtime, job: JobRun, task: Task | None, session: Session | None = None,
+                 parent: JobContext | None = None) -> None:
+        self.runtime, self.job, self.task, self.parent = runtime, job, task, parent
+        self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
         self._session = session
         self._frontier: dict[str, None] = {}
 
@@ -78,6 +83,14 @@ class JobContext:
         task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
                     parent=self.task.id if self.task else None)
         return task, list(self._frontier)
+
+    def _account(self, usage: Usage) -> None:
+        """Add a leaf's usage to this context, its ancestors and the job."""
+        ctx: JobContext | None = self
+        while ctx is not None:
+            ctx.usage.add(usage)
+            ctx = ctx.parent
+        self.job.usage.add(usage)
 
     def _consumed(self, task: Task) -> None:
         for dep in task.deps:
@@ -113,7 +126,24 @@ class JobContext:
             raise ToolError(t.name, f"returned an unserialisable {type(result).__name__}: {exc}") from exc
         task.usage.cpu_seconds = cpu
         task.usage.cost_usd = self.runtime.cost.tool_call(cpu)
-        self.job.usage.add(Usage(cpu_seconds=cpu, cost_usd=task.usage.cost_usd))
+        self._account(Usage(cpu_seconds=cpu, cost_usd=task.usage.cost_usd))
+        return result
+
+    # ---- storage -------------------------------------------------------------------------
+    async def io(self, fn: Callable[..., Any], /, *args: Any, nbytes: int = 0, name: str | None = None, **kwargs: Any) -> Any:
+        """Run blocking I/O `fn(*args, **kwargs)` as a storage-pool task (bounded concurrency)
+        in a worker thread; `nbytes` (bytes it moves) is recorded in the task's usage."""
+        task, deps = self._task(name or getattr(fn, "__name__", "io"), TaskKind.IO, Pool.STORAGE)
+        task.usage.io_bytes = nbytes
+
+        async def body() -> Any:
+            ctx = contextvars.copy_context()
+            return await anyio.to_thread.run_sync(ctx.run, functools.partial(fn, *args, **kwargs))
+
+        with telemetry.span(f"io {task.name}", {"gen_ai.operation.name": "io", "agentrt.io.bytes": nbytes, "agentrt.job.id": self.job_id}):
+            result = await self.runtime.run_task(self.job, task, deps, body, RetryPolicy())
+        self._account(Usage(io_bytes=nbytes))
+        self._consumed(task)
         return result
 
     # ---- sub-agents ----------------------------------------------------------------------
@@ -121,13 +151,16 @@ class JobContext:
         """Start `agent(ctx, *args, **kwargs)` now as a sub-agent task; returns its Handle."""
         task, deps = self._task(agent.name, TaskKind.AGENT, Pool.NONE)
         handle = Handle()
-        child = JobContext(self.runtime, self.job, task)
+        child = JobContext(self.runtime, self.job, task, parent=self)
         policy = self.runtime.registry.graphs[self.job.spec.graph].failure
 
         async def body() -> Any:
             attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name, "agentrt.job.id": self.job_id}
-            with telemetry.span(f"invoke_agent {agent.name}", attrs):
-                return await agent.fn(child, *args, **kwargs)
+            with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp:
+                try:
+                    return await agent.fn(child, *args, **kwargs)
+                finally:
+                    set_rollup(sp, child.usage)
 
         async def runner() -> None:
             try:
@@ -220,7 +253,7 @@ class JobContext:
         sess.pinned = True
         usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
         task.usage = usage
-        self.job.usage.add(usage)
+        self._account(usage)
         known = set(self.runtime.registry.tools)
         calls = [ToolCall(f"{task.id}-{i}", n, a) for i, (n, a) in enumerate(parse_tool_calls(text))]
         errors = find_tool_call_errors(text) + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
@@ -292,7 +325,17 @@ def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     sp.set_attribute("gen_ai.response.finish_reasons", [gen.finish_reason])
     sp.set_attribute("agentrt.prefill_tokens_computed", u.prefill_tokens_computed)
     sp.set_attribute("agentrt.device_seconds", u.device_seconds)
+    sp.set_attribute("agentrt.kv.device.byte_seconds", u.kv_byte_seconds)
+    sp.set_attribute("agentrt.spec.proposed_tokens", 0)  # this engine does not speculate yet
+    sp.set_attribute("agentrt.spec.accepted_tokens", 0)
     sp.set_attribute("agentrt.cost.usd", u.cost_usd)
+
+
+def set_rollup(sp: Any, usage: Usage) -> None:
+    """Parent spans carry sums of their leaves under agentrt.rollup.* (marked, never summed twice)."""
+    sp.set_attribute("agentrt.rollup", True)
+    for name in usage.__struct_fields__:
+        sp.set_attribute(f"agentrt.rollup.{name}", getattr(usage, name))
 
 
 def parse_json_output(gen: Generation, schema: Any) -> Any:

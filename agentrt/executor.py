@@ -23,6 +23,7 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Registry
+from agentrt.context import set_rollup
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
 from agentrt.engine_client import EngineClient
@@ -109,7 +110,7 @@ class Runtime:
                 await self._close_job(job)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
             job.usage.cost_usd = math.fsum(t.usage.cost_usd for t in job.dag.tasks.values() if t.kind.value in ("llm", "tool"))
-            _set_rollup(sp, job.usage)
+            set_rollup(sp, job.usage)
         job.emit("job_finished", status=status)
         return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,
                          error=error, usage=job.usage, seconds=time.perf_counter() - start)
@@ -205,12 +206,6 @@ def _root(exc: BaseException) -> BaseException:
 def _describe(exc: BaseException) -> str:
     root = _root(exc)
     return f"{type(root).__name__}: {root}"
-
-
-def _set_rollup(sp: Any, usage: Usage) -> None:
-    sp.set_attribute("agentrt.rollup", True)
-    for name in usage.__struct_fields__:
-        sp.set_attribute(f"agentrt.rollup.{name}", getattr(usage, name))
 
 
 __all__ = ["Runtime", "JobRun", "JobCancelledError"]

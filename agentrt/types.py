@@ -46,6 +46,8 @@ class Usage(msgspec.Struct, kw_only=True):
     generated_tokens: int = 0
     device_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    io_bytes: int = 0
+    kv_byte_seconds: float = 0.0  # KV cache bytes held x seconds (device tier)
     cost_usd: float = 0.0
 
     def add(self, other: Usage) -> None:

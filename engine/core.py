@@ -67,6 +67,7 @@ class EngineCore:
             1, int(config.kv_cache_memory_gb * 2**30) // kv_bytes_per_block(model_config, config.block_size, dtype)
         )
         self.scheduler = Scheduler(config, num_blocks)
+        self.kv_bytes_per_token = kv_bytes_per_block(model_config, config.block_size, dtype) / config.block_size
         self.runner = ModelRunner(model, model_config, config, num_blocks)
         self.detokenize = detokenize
         self.grammars = grammars
@@ -167,6 +168,7 @@ class EngineCore:
         for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, tokens, strict=True):
             # Device time is split across the step's requests by the tokens each one processed.
             seq.usage.device_seconds += seconds * num_new / batch.num_tokens
+            seq.usage.kv_byte_seconds += seq.num_computed_tokens * self.kv_bytes_per_token * seconds
             if token is None:
                 continue
             seq.token_ids.append(token)

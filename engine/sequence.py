@@ -82,6 +82,7 @@ class Usage:
     prefill_tokens_computed: int = 0
     generated_tokens: int = 0
     device_seconds: float = 0.0
+    kv_byte_seconds: float = 0.0  # KV bytes held x seconds, over the steps the request ran in
     num_preemptions: int = 0
 
 

@@ -279,3 +279,30 @@ def test_sync_tools_stay_plain_callables_with_schemas() -> None:
     assert square.schema()["function"]["name"] == "square"
     start = time.perf_counter()
     assert add.description == "Add two numbers." and time.perf_counter() - start < 1
+
+
+async def test_storage_tasks_respect_the_storage_budget_and_count_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    lock = threading.Lock()
+    active = peak = 0
+
+    def write(i: int) -> int:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        (tmp_path / f"f{i}").write_bytes(b"x" * 1000)
+        time.sleep(0.01)
+        with lock:
+            active -= 1
+        return i
+
+    @graph
+    async def store(ctx) -> int:  # type: ignore[no-untyped-def]
+        return sum(await ctx.gather(*[ctx.io(write, i, nbytes=1000) for i in range(12)]))
+
+    rt = make_runtime(store, limits=PoolLimits(cpu=8, storage=3))
+    res = await rt.run_job(JobSpec(graph="store"))
+    assert res.output == sum(range(12)) and peak <= 3 and res.usage.io_bytes == 12_000
+    assert {t.kind for t in rt.jobs[res.job_id].dag.tasks.values()} == {TaskKind.IO}

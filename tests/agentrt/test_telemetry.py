@@ -71,6 +71,9 @@ async def test_every_span_kind_has_its_attributes_and_costs_add_up(spans: InMemo
     (job,) = by_op["invoke_workflow"]
     assert job.name == "invoke_workflow traced" and job.attributes["agentrt.rollup"] is True
     assert {s.attributes["gen_ai.agent.name"] for s in by_op["invoke_agent"]} == {"helper"}
+    for s in by_op["invoke_agent"]:  # parents carry marked roll-ups, not costs of their own
+        assert s.attributes["agentrt.rollup"] is True and "agentrt.cost.usd" not in s.attributes
+        assert s.attributes["agentrt.rollup.generated_tokens"] > 0
     for s in by_op["execute_tool"]:
         assert s.attributes["gen_ai.tool.name"] in ("lookup", "broken") and s.attributes["gen_ai.tool.call.id"]
     failed = [s for s in by_op["execute_tool"] if s.attributes["gen_ai.tool.name"] == "broken"]
@@ -81,10 +84,14 @@ async def test_every_span_kind_has_its_attributes_and_costs_add_up(spans: InMemo
         a = s.attributes
         assert s.name == f"chat {a['gen_ai.request.model']}" and a["gen_ai.conversation.id"]
         for key in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.cache_read.input_tokens",
-                    "gen_ai.response.finish_reasons", "agentrt.device_seconds", "agentrt.cost.usd", "agentrt.prefill_tokens_computed"):
+                    "gen_ai.response.finish_reasons", "agentrt.device_seconds", "agentrt.cost.usd", "agentrt.prefill_tokens_computed",
+                    "agentrt.spec.proposed_tokens", "agentrt.spec.accepted_tokens"):
             assert key in a, key
+        assert a["agentrt.kv.device.byte_seconds"] > 0
     leaves = [s.attributes["agentrt.cost.usd"] for s in llm + by_op["execute_tool"] if "agentrt.cost.usd" in s.attributes]
     assert math.fsum(leaves) == res.usage.cost_usd == job.attributes["agentrt.rollup.cost_usd"]
+    assert math.isclose(sum(s.attributes["agentrt.rollup.cost_usd"] for s in by_op["invoke_agent"]),
+                        math.fsum(s.attributes["agentrt.cost.usd"] for s in llm + by_op["execute_tool"] if s.parent.span_id != job.context.span_id))
     assert sum(s.attributes["gen_ai.usage.output_tokens"] for s in llm) == res.usage.generated_tokens
     assert sum(s.attributes["gen_ai.usage.input_tokens"] for s in llm) == res.usage.prompt_tokens
     # Spans nest: LLM and tool spans sit under their agent span, agents under the job.
