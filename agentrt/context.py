@@ -133,7 +133,7 @@ class JobContext:
     async def io(self, fn: Callable[..., Any], /, *args: Any, nbytes: int = 0, name: str | None = None, **kwargs: Any) -> Any:
         """Run blocking I/O `fn(*args, **kwargs)` as a storage-pool task (bounded concurrency)
         in a worker thread; `nbytes` (bytes it moves) is recorded in the task's usage."""
-        task, deps = self._task(name or getattr(fn, "__name__", "io"), TaskKind.IO, Pool.STORAGE)
+        task, deps = self._task(name or str(getattr(fn, "__name__", "io")), TaskKind.IO, Pool.STORAGE)
         task.usage.io_bytes = nbytes
 
         async def body() -> Any:
