@@ -1,0 +1,84 @@
+"""Rejection sampling is lossless: emitted tokens follow the target distribution exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.spec.ngram import NgramDrafter
+from engine.spec.rejection import accept, accept_greedy
+
+VOCAB = 20
+
+
+def chi2_sf(chi2: float, dof: int) -> float:
+    """Chi-square survival function (regularised upper incomplete gamma)."""
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(chi2 / 2, dtype=torch.float64)))
+
+
+def _dist(g: torch.Generator, n: int) -> torch.Tensor:
+    return torch.softmax(torch.randn(n, VOCAB, generator=g) * 1.5, dim=-1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("random_drafter", [False, True])
+def test_first_emitted_token_follows_the_target_distribution(k: int, random_drafter: bool) -> None:
+    g = torch.Generator().manual_seed(k)
+    n = 100_000
+    p = _dist(g, k + 1)  # one target distribution per position (same for every sample)
+    q = _dist(g, k)
+    target = p.expand(n, k + 1, VOCAB)
+    if random_drafter:  # drafts sampled from q
+        drafts = torch.multinomial(q, n, replacement=True, generator=g).T  # [n, k]
+        accepted, nxt = accept(target, drafts, q.expand(n, k, VOCAB), generator=g)
+    else:  # a deterministic drafter always proposing the same tokens (q one-hot)
+        drafts = torch.multinomial(q, 1, generator=g).T.expand(n, k)
+        accepted, nxt = accept(target, drafts, None, generator=g)
+    first = torch.where(accepted > 0, drafts[:, 0], nxt)  # the first token the engine emits
+    observed = torch.bincount(first, minlength=VOCAB).numpy()
+    expected = p[0].double().numpy() * n
+    keep = expected > 5
+    chi2 = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    assert chi2_sf(chi2, int(keep.sum()) - 1) > 1e-3, chi2
+
+
+def test_second_token_is_conditionally_correct_given_the_first() -> None:
+    g = torch.Generator().manual_seed(7)
+    n, k = 100_000, 2
+    p = _dist(g, k + 1)
+    drafts = torch.tensor([[3, 5]]).expand(n, k)
+    accepted, nxt = accept(p.expand(n, k + 1, VOCAB), drafts, None, generator=g)
+    # Given the first emitted token was draft 3 (accepted), the second must follow p[1].
+    cond = accepted >= 1
+    second = torch.where(accepted >= 2, drafts[:, 1], nxt)[cond]
+    observed = torch.bincount(second, minlength=VOCAB).numpy()
+    expected = p[1].double().numpy() * int(cond.sum())
+    keep = expected > 5
+    chi2 = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    assert chi2_sf(chi2, int(keep.sum()) - 1) > 1e-3
+
+
+def test_tokens_outside_a_top_k_support_are_never_emitted() -> None:
+    g = torch.Generator().manual_seed(1)
+    p = _dist(g, 3)
+    p[:, 10:] = 0  # a top-k / top-p restricted target
+    p = p / p.sum(-1, keepdim=True)
+    drafts = torch.tensor([[15, 2]]).expand(20_000, 2)  # the first draft lies outside the support
+    accepted, nxt = accept(p.expand(20_000, 3, VOCAB), drafts, None, generator=g)
+    assert int(accepted.max()) == 0 and int(nxt.max()) < 10
+
+
+def test_greedy_acceptance_takes_exactly_the_argmax_prefix() -> None:
+    argmax = torch.tensor([[4, 5, 6, 7], [4, 5, 6, 7], [1, 2, 3, 4]])
+    drafts = torch.tensor([[4, 5, 6], [4, 9, 6], [-1, -1, -1]])
+    accepted, nxt = accept_greedy(argmax, drafts)
+    assert accepted.tolist() == [3, 1, 0] and nxt.tolist() == [7, 5, 1]
+
+
+def test_ngram_drafter_copies_what_followed_the_last_occurrence() -> None:
+    d = NgramDrafter(max_n=3, min_n=1)
+    seq = [1, 2, 3, 4, 5, 9, 1, 2, 3]
+    assert d.propose(seq, 3) == [4, 5, 9]
+    assert d.propose([7, 8], 3) == []
+    assert np.array_equal(d.propose([5, 6, 5], 2), [6, 5])
