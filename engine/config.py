@@ -31,6 +31,8 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int | None = None
+    speculative: str | None = None  # None (off) or "ngram": prompt-lookup drafting
+    num_speculative_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.model is None and os.environ.get("AGENTRT_MODEL"):
@@ -44,6 +46,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be None or >= 1, got {self.num_kv_blocks}")
+        if self.speculative not in (None, "ngram"):
+            raise ValueError(f"speculative must be None or 'ngram', got {self.speculative!r}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError(f"num_speculative_tokens must be in [1, 16], got {self.num_speculative_tokens}")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
 

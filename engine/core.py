@@ -22,6 +22,7 @@ from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
+from engine.spec.ngram import NgramDrafter
 from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class EngineCore:
         self.runner = ModelRunner(model, model_config, config, num_blocks)
         self.detokenize = detokenize
         self.grammars = grammars
+        self.drafter = NgramDrafter() if config.speculative == "ngram" else None
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
@@ -157,27 +159,59 @@ class EngineCore:
     def step(self) -> list[StepOutput]:
         """Run one engine step; return an output for every sequence that advanced or finished."""
         outputs = self._drain()
+        if self.drafter is not None:
+            self._propose_drafts()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return outputs
-        tokens, seconds = self.runner.execute(batch)
-        self.scheduler.advance(batch)
+        tokens, accepted, seconds = self.runner.execute(batch)
         self.stats.num_steps += 1
         self.stats.num_tokens += batch.num_tokens
         self.stats.device_seconds += seconds
-        for seq, num_new, token in zip(batch.seqs, batch.num_new_tokens, tokens, strict=True):
+        for seq, num_new, new, acc in zip(batch.seqs, batch.num_new_tokens, tokens, accepted, strict=True):
             # Device time is split across the step's requests by the tokens each one processed.
             seq.usage.device_seconds += seconds * num_new / batch.num_tokens
-            seq.usage.kv_byte_seconds += seq.num_computed_tokens * self.kv_bytes_per_token * seconds
-            if token is None:
-                continue
-            seq.token_ids.append(token)
-            seq.usage.generated_tokens += 1
-            reason = self._stop_reason(seq, token)
-            if reason is not None:
-                self._finish(seq, reason)
-            outputs.append(StepOutput(seq, [token]))
+            seq.usage.kv_byte_seconds += (seq.num_computed_tokens + num_new) * self.kv_bytes_per_token * seconds
+            rejected = len(seq.draft_ids) - acc
+            if seq.draft_ids:
+                self._record_acceptance(seq, acc)
+            seq.draft_ids = []
+            old_len = len(seq)
+            seq.token_ids.extend(new)
+            self.scheduler.advance(seq, num_new - rejected)  # KV of the accepted tokens is now valid
+            appended = self._check_stops(seq, old_len)
+            if appended:
+                outputs.append(StepOutput(seq, appended))
         return outputs
+
+    def _check_stops(self, seq: Sequence, old_len: int) -> list[int]:
+        """Walk the tokens appended this step; at the first that finishes the request, drop the
+        rest and finish it. Returns the tokens kept."""
+        for j in range(old_len, len(seq)):
+            seq.usage.generated_tokens += 1
+            reason = self._stop_reason(seq, seq.token_ids[j], upto=j + 1)
+            if reason is not None:
+                del seq.token_ids[j + 1 :]
+                seq.num_computed_tokens = min(seq.num_computed_tokens, len(seq) - 1)
+                self._finish(seq, reason)
+                break
+        return seq.token_ids[old_len:]
+
+    def _propose_drafts(self) -> None:
+        assert self.drafter is not None
+        k_max = self.config.num_speculative_tokens
+        for seq in self.scheduler.running:
+            if seq.num_uncomputed_tokens != 1 or seq.matcher is not None or not seq.params.speculative:
+                continue
+            k = max(1, min(k_max, round(seq.spec_acceptance * k_max)))
+            room = min(seq.params.max_tokens - seq.num_output_tokens - 1, self.max_model_len - len(seq) - 1)
+            seq.draft_ids = self.drafter.propose(seq.token_ids, min(k, room)) if room > 0 else []
+
+    @staticmethod
+    def _record_acceptance(seq: Sequence, accepted: int) -> None:
+        seq.usage.spec_proposed_tokens += len(seq.draft_ids)
+        seq.usage.spec_accepted_tokens += accepted
+        seq.spec_acceptance = 0.7 * seq.spec_acceptance + 0.3 * accepted / len(seq.draft_ids)
 
     def _drain(self) -> list[StepOutput]:
         self._apply_pins()
@@ -196,7 +230,7 @@ class EngineCore:
         with self._lock:
             self._by_id.pop(seq.request_id, None)  # type: ignore[arg-type]
 
-    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+    def _stop_reason(self, seq: Sequence, token: int, upto: int | None = None) -> FinishReason | None:
         params = seq.params
         if not params.ignore_eos and token in self.eos_token_ids:
             return FinishReason.STOP
@@ -205,11 +239,12 @@ class EngineCore:
         if seq.matcher is not None and seq.matcher.is_terminated():  # type: ignore[attr-defined]
             return FinishReason.STOP
         if params.stop and self.detokenize is not None:
-            text = self.detokenize(seq.output_token_ids)
+            text = self.detokenize(seq.token_ids[seq.num_prompt_tokens : upto])
             hits = [text.find(s) for s in params.stop if s in text]
             if hits:
                 seq.stop_text = text[: min(hits)]
                 return FinishReason.STOP
-        if seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+        length = len(seq) if upto is None else upto
+        if length - seq.num_prompt_tokens >= params.max_tokens or length >= self.max_model_len:
             return FinishReason.LENGTH
         return None

@@ -11,8 +11,9 @@ import torch
 from engine.config import EngineConfig
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
-from engine.sampler import sample
+from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
+from engine.spec.rejection import accept, accept_greedy
 from engine.structured import mask_logits
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ModelRunner:
         context_lens: list[int] = []
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start = seq.num_computed_tokens
-            token_ids.extend(seq.token_ids[start : start + num_new])
+            tokens = seq.token_ids + seq.draft_ids if seq.draft_ids else seq.token_ids
+            token_ids.extend(tokens[start : start + num_new])
             positions.extend(range(start, start + num_new))
             context_lens.append(start + num_new)
         meta = AttentionMetadata.build(
@@ -66,31 +68,49 @@ class ModelRunner:
         return input_ids, pos, meta
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], float]:
-        """Run the batch; return the sampled token of every sequence that reached its end (else
-        None) and the step's device seconds."""
+    def execute(self, batch: ScheduledBatch) -> tuple[list[list[int]], list[int], float]:
+        """Run the batch. Returns, per sequence, the tokens to append (empty when it did not reach
+        its end), how many of its drafts were accepted, and the step's device seconds."""
         start = time.perf_counter()
         input_ids, positions, meta = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]
         rows = [i for i in range(len(batch)) if batch.samples(i)]
-        tokens: list[int | None] = [None] * len(batch)
-        if rows:
-            last = torch.tensor([meta.cu_query_lens[i + 1] - 1 for i in rows], device=self.device)
-            logits = self.model.compute_logits(hidden.index_select(0, last))  # [num_rows, vocab]
-            for row, i in enumerate(rows):
-                matcher = batch.seqs[i].matcher
-                if matcher is not None:
-                    mask_logits(logits[row], matcher, logits.shape[-1])  # type: ignore[arg-type]
-            sampled = sample(
-                logits,
-                [batch.seqs[i].params for i in rows],
-                [batch.seqs[i].generator for i in rows],
-            )
-            for i, tok in zip(rows, sampled, strict=True):
-                tokens[i] = tok
-                matcher = batch.seqs[i].matcher
-                if matcher is not None:
-                    matcher.accept_token(tok)  # type: ignore[attr-defined]
+        tokens: list[list[int]] = [[] for _ in range(len(batch))]
+        accepted = [0] * len(batch)
+        plain = [i for i in rows if not batch.seqs[i].draft_ids]
+        if plain:
+            for i, tok in zip(plain, self._sample_last(hidden, meta, [batch.seqs[i] for i in plain], plain), strict=True):
+                tokens[i] = [tok]
+        for i in rows:
+            seq = batch.seqs[i]
+            if seq.draft_ids:
+                accepted[i], tokens[i] = self._verify(hidden, meta, seq, i)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return tokens, time.perf_counter() - start
+        return tokens, accepted, time.perf_counter() - start
+
+    def _sample_last(self, hidden: torch.Tensor, meta: AttentionMetadata, seqs: list[Any], rows: list[int]) -> list[int]:
+        last = torch.tensor([meta.cu_query_lens[i + 1] - 1 for i in rows], device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, last))  # [num_rows, vocab]
+        for row, seq in enumerate(seqs):
+            if seq.matcher is not None:
+                mask_logits(logits[row], seq.matcher, logits.shape[-1])
+        sampled = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for seq, tok in zip(seqs, sampled, strict=True):
+            if seq.matcher is not None:
+                seq.matcher.accept_token(tok)
+        return sampled
+
+    def _verify(self, hidden: torch.Tensor, meta: AttentionMetadata, seq: Any, i: int) -> tuple[int, list[int]]:
+        """Score the last token and k drafts in one pass; accept losslessly (engine/spec/rejection.py)."""
+        k = len(seq.draft_ids)
+        end = meta.cu_query_lens[i + 1]
+        logits = self.model.compute_logits(hidden[end - k - 1 : end])  # [k + 1, vocab]
+        drafts = torch.tensor([seq.draft_ids], device=logits.device)
+        if seq.params.greedy:
+            num, nxt = accept_greedy(logits.argmax(-1)[None], drafts)
+        else:
+            probs = torch.stack([probabilities(row, seq.params) for row in logits])[None]  # [1, k + 1, vocab]
+            num, nxt = accept(probs.cpu(), drafts.cpu(), None, generator=seq.generator)
+        a = int(num[0])
+        return a, seq.draft_ids[:a] + [int(nxt[0])]

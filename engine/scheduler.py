@@ -35,9 +35,9 @@ class ScheduledBatch:
         return sum(self.num_new_tokens)
 
     def samples(self, i: int) -> bool:
-        """Whether sequence i reaches its last token this step (so a new token is sampled)."""
+        """Whether sequence i reaches its last token (and drafts) this step, so it samples."""
         seq = self.seqs[i]
-        return seq.num_computed_tokens + self.num_new_tokens[i] == len(seq)
+        return seq.num_computed_tokens + self.num_new_tokens[i] == len(seq) + len(seq.draft_ids)
 
 
 def blocks_needed(num_tokens: int, block_size: int) -> int:
@@ -95,7 +95,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            if seq.draft_ids:  # drafts that do not fit the token budget are dropped
+                seq.draft_ids = seq.draft_ids[: max(0, budget - seq.num_uncomputed_tokens)]
+            num_new = min(seq.num_uncomputed_tokens + len(seq.draft_ids), budget)
             if not self._reserve(seq, seq.num_computed_tokens + num_new):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -180,6 +182,7 @@ class Scheduler:
         return True
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft_ids = []
         self.running.remove(seq)
         self._cache_prefix(seq)
         self._release(seq)
@@ -202,14 +205,14 @@ class Scheduler:
             self.radix.insert(seq.token_ids[: seq.num_computed_tokens], seq.block_table)
 
     # ---- after the step -----------------------------------------------------------------
-    def advance(self, batch: ScheduledBatch) -> None:
-        """Record that the batch's tokens were computed; share newly completed blocks."""
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            start = seq.num_computed_tokens
-            seq.num_computed_tokens += num_new
-            seq.usage.prefill_tokens_computed += max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) - start)
-            if seq.num_computed_tokens // self.block_size > start // self.block_size:
-                self._cache_prefix(seq)
+    def advance(self, seq: Sequence, num_valid: int) -> None:
+        """Record that `num_valid` more tokens of `seq` have KV (computed and, for drafts, accepted)
+        and share newly completed blocks. Call after the step's accepted tokens were appended."""
+        start = seq.num_computed_tokens
+        seq.num_computed_tokens = min(start + num_valid, len(seq))
+        seq.usage.prefill_tokens_computed += max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) - start)
+        if not seq.is_finished and seq.num_computed_tokens // self.block_size > start // self.block_size:
+            self._cache_prefix(seq)
 
     def _max_len(self) -> int:
         return self.config.max_model_len or 1 << 30

@@ -33,6 +33,7 @@ class SamplingParams:
     seed: int | None = None
     json_schema: str | dict | None = None  # constrain the output to JSON matching this schema
     grammar: str | None = None  # or to this EBNF grammar (xgrammar syntax)
+    speculative: bool = True  # allow speculative decoding for this request (when the engine has it)
 
     def __post_init__(self) -> None:
         if self.json_schema is not None and self.grammar is not None:
@@ -83,6 +84,8 @@ class Usage:
     generated_tokens: int = 0
     device_seconds: float = 0.0
     kv_byte_seconds: float = 0.0  # KV bytes held x seconds, over the steps the request ran in
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
     num_preemptions: int = 0
 
 
@@ -113,6 +116,8 @@ class Sequence:
     first_token_time: float | None = None
     stop_text: str = ""  # decoded text, kept only when stop strings are set
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
+    draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
+    spec_acceptance: float = 1.0  # moving average of the accepted fraction (adaptive draft length)
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)
