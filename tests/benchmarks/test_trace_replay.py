@@ -1,0 +1,24 @@
+"""The prefix cache reproduces the Mooncake trace's reference hit rate; capacity limits hold."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import data_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+TRACE = data_dir() / "mooncake" / "synthetic_trace.jsonl"
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="needs ../shared/data/mooncake")
+def test_unlimited_cache_reproduces_the_reference_hit_rate_and_capacity_lowers_it() -> None:
+    from benchmarks.trace_replay import load, replay
+
+    trace = load(TRACE)
+    unlimited, evicted = replay(trace, None)
+    assert round(unlimited * 100, 1) == 65.1 and evicted == 0
+    small, evicted_small = replay(trace[:800], 2e5)
+    assert small < replay(trace[:800], None)[0] and evicted_small > 0
