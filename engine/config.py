@@ -31,6 +31,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int | None = None
+    quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
     speculative: str | None = None  # None (off) or "ngram": prompt-lookup drafting
     num_speculative_tokens: int = 4
 
@@ -46,6 +47,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be None or >= 1, got {self.num_kv_blocks}")
+        if self.quantization not in (None, "nvfp4", "mxfp4"):
+            raise ValueError(f"quantization must be None, 'nvfp4' or 'mxfp4', got {self.quantization!r}")
         if self.speculative not in (None, "ngram"):
             raise ValueError(f"speculative must be None or 'ngram', got {self.speculative!r}")
         if not 1 <= self.num_speculative_tokens <= 16:

@@ -6,6 +6,8 @@ a whole [batch, seq] block with no cache (training and reference checks).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,11 +105,16 @@ class MoE(nn.Module):
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, 2I, H]: gate rows then up rows
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = route(self.gate(flat), self.top_k, self.renormalize)
+        if self.quantized is not None:
+            from engine.moe.quantized import moe_experts_fp4
+
+            return moe_experts_fp4(flat, weights, ids, self.quantized).view(shape)
         return moe_experts(flat, weights, ids, self.w13, self.w2).view(shape)
 
 

@@ -42,6 +42,17 @@ def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
     return torch.where((c & 8) != 0, -mag, mag)
 
 
+_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _byte_table(device: torch.device) -> torch.Tensor:
+    """[256, 2]: the two E2M1 values (low nibble first) of every byte."""
+    if device not in _TABLES:
+        codes = torch.arange(256, dtype=torch.uint8)
+        _TABLES[device] = torch.stack([e2m1_decode(codes & 0x0F), e2m1_decode(codes >> 4)], dim=-1).to(device)
+    return _TABLES[device]
+
+
 def pack(codes: torch.Tensor) -> torch.Tensor:
     """[..., 2n] codes -> [..., n] bytes; element 2i in the low nibble, 2i+1 in the high nibble."""
     if codes.shape[-1] % 2:
@@ -75,8 +86,19 @@ class FP4Tensor:
         return self.packed.numel() + self.scales.numel() * self.scales.element_size() + 4
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        values = e2m1_decode(unpack(self.packed)).view(*self.shape[:-1], -1, self.block)  # [..., nblocks, block]
+        """Fast path: one table lookup per byte (both nibbles at once), then the block scales."""
+        values = _byte_table(self.packed.device)[self.packed.long()]  # [..., cols/2, 2]
+        values = values.view(*self.shape[:-1], -1, self.block)  # [..., nblocks, block]
         return (values * self.block_scales()[..., None]).reshape(self.shape).to(dtype)
+
+    def dequantize_reference(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Slow twin of `dequantize`: unpack nibbles, decode each code."""
+        values = e2m1_decode(unpack(self.packed)).view(*self.shape[:-1], -1, self.block)
+        return (values * self.block_scales()[..., None]).reshape(self.shape).to(dtype)
+
+    def select(self, index: int) -> FP4Tensor:
+        """The sub-tensor at `index` of the first dimension (e.g. one expert of a stacked weight)."""
+        return FP4Tensor(self.packed[index], self.scales[index], self.tensor_scale, self.fmt, self.shape[1:])
 
     def block_scales(self) -> torch.Tensor:
         if self.fmt == "nvfp4":

@@ -71,3 +71,12 @@ def test_packed_weights_are_at_least_3_5x_smaller_than_bf16(fmt: str, bits: floa
     q = quantize(w, fmt)
     assert abs(q.nbytes * 8 / w.numel() - bits) < 0.01
     assert w.numel() * 2 / q.nbytes >= 3.5
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_table_dequantisation_equals_the_reference_twin(fmt: str) -> None:
+    w = torch.randn(3, 8, 64)
+    w[0, 0, 0] = float("nan")
+    q = quantize(w, fmt)
+    torch.testing.assert_close(q.dequantize(), q.dequantize_reference(), equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(q.select(2).dequantize(), q.dequantize()[2], atol=0, rtol=0)
