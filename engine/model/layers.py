@@ -27,6 +27,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Computed in fp32 like the reference implementations, then cast back before the scale.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -77,7 +79,9 @@ class Attention(nn.Module):
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rotary(q, cos_sin), apply_rotary(k, cos_sin), v
+        # Rotate q and k heads together: one set of rotary ops instead of two.
+        qk = apply_rotary(torch.cat([q, k], dim=-2), cos_sin)
+        return qk[..., : self.num_heads, :], qk[..., self.num_heads :, :], v
 
     def forward(
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
