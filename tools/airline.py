@@ -121,6 +121,17 @@ def search_onestop_flight(origin: str, destination: str, date: str) -> str:
     return _dump(out)
 
 
+def _bookable(ref: FlightRef, cabin: str, num_passengers: int) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """(flight, its day record) when `ref` can seat the passengers in `cabin`, else an error string."""
+    f = _flight_on(ref.flight_number, ref.date)
+    day = f["dates"][ref.date] if f else None
+    if f is None or day is None or day["status"] != "available":
+        return f"Error: flight {ref.flight_number} not available on {ref.date}"
+    if day["available_seats"][cabin] < num_passengers:
+        return f"Error: not enough seats on flight {ref.flight_number}"
+    return f, day
+
+
 def _charge(user: dict[str, Any], payment_id: str, amount: float) -> str | None:
     """Take `amount` from a payment method; an error message when impossible."""
     method = user["payment_methods"].get(payment_id)
@@ -149,12 +160,10 @@ def book_reservation(
         return "Error: user not found"
     booked, total = [], 0.0
     for ref in flights:
-        f = _flight_on(ref.flight_number, ref.date)
-        day = f["dates"][ref.date] if f else None
-        if f is None or day is None or day["status"] != "available":
-            return f"Error: flight {ref.flight_number} not available on {ref.date}"
-        if day["available_seats"][cabin] < len(passengers):
-            return f"Error: not enough seats on flight {ref.flight_number}"
+        found = _bookable(ref, cabin, len(passengers))
+        if isinstance(found, str):
+            return found
+        f, day = found
         price = day["prices"][cabin]
         total += price * len(passengers)
         booked.append({"origin": f["origin"], "destination": f["destination"], "flight_number": ref.flight_number, "date": ref.date, "price": price})
@@ -278,12 +287,10 @@ def update_reservation_flights(reservation_id: str, cabin: Literal["basic_econom
             new.append(old)
             total += old["price"]
             continue
-        f = _flight_on(ref.flight_number, ref.date)
-        day = f["dates"][ref.date] if f else None
-        if f is None or day is None or day["status"] != "available":
-            return f"Error: flight {ref.flight_number} not available on {ref.date}"
-        if day["available_seats"][cabin] < len(res["passengers"]):
-            return f"Error: not enough seats on flight {ref.flight_number}"
+        found = _bookable(ref, cabin, len(res["passengers"]))
+        if isinstance(found, str):
+            return found
+        f, day = found
         new.append({"flight_number": ref.flight_number, "date": ref.date, "price": day["prices"][cabin], "origin": f["origin"], "destination": f["destination"]})
         total += day["prices"][cabin]
     diff = (total - sum(x["price"] for x in res["flights"])) * len(res["passengers"])

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from engine.moe.fp4 import FP4Tensor, quantize
-from engine.moe.reference import swiglu
-from engine.moe.routing import group_by_expert
+from engine.moe.reference import moe_grouped
 
 
 class QuantizedExperts:
@@ -31,20 +30,7 @@ class QuantizedExperts:
 
 def moe_experts_fp4(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts) -> torch.Tensor:
     """Like moe/reference.moe_experts, over packed FP4 experts. x [T, H] -> [T, H]."""
-    top_k = expert_ids.shape[1]
-    order, counts = group_by_expert(expert_ids, experts.num_experts)
-    token_of_pair = order // top_k
-    pair_weights = weights.flatten()[order].to(x.dtype)
-    out = torch.zeros_like(x)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        idx = token_of_pair[start : start + n]
-        w13, w2 = experts.expert(e, x.dtype)
-        out.index_add_(0, idx, swiglu(x.index_select(0, idx), w13, w2) * pair_weights[start : start + n, None])
-        start += n
-    return out
+    return moe_grouped(x, weights, expert_ids, experts.num_experts, lambda e: experts.expert(e, x.dtype))
 
 
 def quantize_model_experts(model: nn.Module, fmt: str) -> int:

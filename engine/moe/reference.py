@@ -6,6 +6,8 @@ Only experts that received tokens run; each runs on the contiguous slice of its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -75,9 +77,20 @@ def moe_experts(
     num_tokens, top_k = expert_ids.shape
     if num_tokens * top_k <= SMALL_BATCH_PAIRS and not torch.is_grad_enabled():
         return _moe_small(x, weights, expert_ids, w13, w2)
-    order, counts = group_by_expert(expert_ids, w13.shape[0])
     if num_tokens <= PADDED_MAX_TOKENS and not torch.is_grad_enabled():
+        order, counts = group_by_expert(expert_ids, w13.shape[0])
         return _moe_padded(x, weights, order, counts, top_k, w13, w2)
+    return moe_grouped(x, weights, expert_ids, w13.shape[0], lambda e: (w13[e], w2[e]))
+
+
+def moe_grouped(
+    x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, num_experts: int,
+    expert_weights: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Tokens grouped by expert; each active expert runs on its contiguous group with the weights
+    `expert_weights(e)` returns (dense slices, or dequantised FP4). Differentiable."""
+    top_k = expert_ids.shape[1]
+    order, counts = group_by_expert(expert_ids, num_experts)
     token_of_pair = order // top_k  # [T*k] tokens sorted by expert
     pair_weights = weights.flatten()[order].to(x.dtype)  # [T*k]
     out = torch.zeros_like(x)
@@ -86,7 +99,8 @@ def moe_experts(
         if n == 0:
             continue
         idx = token_of_pair[start : start + n]
-        y = swiglu(x.index_select(0, idx), w13[expert], w2[expert]) * pair_weights[start : start + n, None]
+        w13_e, w2_e = expert_weights(expert)
+        y = swiglu(x.index_select(0, idx), w13_e, w2_e) * pair_weights[start : start + n, None]
         out = out.index_add(0, idx, y) if out.requires_grad or y.requires_grad else out.index_add_(0, idx, y)
         start += n
     return out
