@@ -31,6 +31,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     num_threads: int | None = None
+    host_kv_blocks: int = 0  # host-memory KV tier size in blocks (0 = off)
     quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
     speculative: str | None = None  # None (off) or "ngram": prompt-lookup drafting
     num_speculative_tokens: int = 4

@@ -18,6 +18,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.kv.tiers import HostKVTier, block_keys
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
@@ -73,6 +74,10 @@ class EngineCore:
         self.detokenize = detokenize
         self.grammars = grammars
         self.drafter = NgramDrafter() if config.speculative == "ngram" else None
+        self.host_tier = HostKVTier(config.host_kv_blocks) if config.host_kv_blocks and self.scheduler.radix else None
+        if self.host_tier is not None:
+            self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
+            self.scheduler.extend_prefix = self._restore
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
@@ -80,6 +85,48 @@ class EngineCore:
         self.pins: dict[str, Pin] = {}
         self._by_id: dict[str, Sequence] = {}
         self._lock = threading.Lock()
+
+    # ---- KV tiers ----------------------------------------------------------------------
+    def _offload(self, path: list[int], blocks: list[int]) -> None:
+        """Radix eviction hook: keep the evicted blocks' KV in host memory."""
+        assert self.host_tier is not None
+        bs = self.config.block_size
+        first = len(path) // bs - len(blocks)
+        parent = block_keys(path, bs)[first - 1] if first else b""
+        keys = block_keys(path, bs, first, parent)
+        kv = self.runner.kv_cache
+        for key, block in zip(keys, blocks, strict=True):
+            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block])
+
+    def _restore(self, tokens: list[int], cached: int) -> None:
+        """Scheduler hook: bring the blocks after the cached prefix back from host memory."""
+        assert self.host_tier is not None
+        bs = self.config.block_size
+        keys = block_keys(tokens, bs)
+        start = cached // bs
+        found = 0
+        while start + found < len(keys) and keys[start + found] in self.host_tier:
+            found += 1
+        if found == 0:
+            return
+        sched, radix = self.scheduler, self.scheduler.radix
+        assert radix is not None
+        prefix = radix.match_prefix(tokens[: start * bs], count=False)
+        radix.lock(prefix.node)  # making room must not evict the prefix being extended
+        for key in keys[start : start + found]:
+            self.host_tier.touch(key)  # nor may offloads push these blocks out of host memory
+        try:
+            if not sched._make_room(found):
+                return
+        finally:
+            radix.unlock(prefix.node)
+        found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
+        new = sched.pool.allocate(found)
+        kv = self.runner.kv_cache
+        for key, block in zip(keys[start : start + found], new, strict=True):
+            self.host_tier.restore(key, kv.k[:, block], kv.v[:, block])
+        radix.insert(tokens[: (start + found) * bs], prefix.block_ids + new)
+        sched.pool.decref(new)  # the tree holds them now
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:

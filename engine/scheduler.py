@@ -10,6 +10,7 @@ preempted (its blocks are freed and it is recomputed later, which leaves its out
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
@@ -55,6 +56,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) -> None.
+        self.extend_prefix: Callable[[list[int], int], None] | None = None
 
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -155,6 +158,8 @@ class Scheduler:
             return
         # Keep at least one token to compute: its logits give the first sampled token.
         limit = (len(seq) - 1) // self.block_size * self.block_size
+        if self.extend_prefix is not None:
+            self.extend_prefix(seq.token_ids[:limit], self.radix.cached_prefix_len(seq.token_ids[:limit]))
         match = self.radix.match_prefix(seq.token_ids[:limit])
         if match.num_tokens == 0:
             return

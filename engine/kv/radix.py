@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.kv.block_pool import BlockPool
@@ -44,6 +44,8 @@ class RadixCache:
         self.pool = block_pool
         self.block_size = block_size
         self._clock = itertools.count(1)
+        # Called with (token path up to the node's end, the node's blocks) before a node is evicted.
+        self.on_evict: Callable[[list[int], list[int]], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -181,12 +183,22 @@ class RadixCache:
             parent = node.parent
             assert parent is not None
             del parent.children[node.key[: self.block_size]]
+            if self.on_evict is not None:
+                self.on_evict(self.path_tokens(node), node.blocks)
             self.pool.decref(node.blocks)
             released += len(node.blocks)
             self.num_cached_blocks -= len(node.blocks)
             if parent is not self.root and parent.is_leaf and parent.lock == 0:
                 heapq.heappush(heap, (parent.last_access, id(parent), parent))
         return released
+
+    def path_tokens(self, node: RadixNode) -> list[int]:
+        """All token ids from the root to the end of `node`."""
+        parts = []
+        while node is not None and node is not self.root:
+            parts.append(node.key)
+            node = node.parent  # type: ignore[assignment]
+        return [t for key in reversed(parts) for t in key]
 
     def _nodes(self) -> list[RadixNode]:
         out, stack = [], list(self.root.children.values())
