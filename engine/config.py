@@ -32,6 +32,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None
     host_kv_blocks: int = 0  # host-memory KV tier size in blocks (0 = off)
+    disk_kv_dir: str | Path | None = None  # disk KV tier below the host tier (needs host_kv_blocks)
+    disk_kv_blocks: int = 0
     quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
     speculative: str | None = None  # None (off) or "ngram": prompt-lookup drafting
     num_speculative_tokens: int = 4

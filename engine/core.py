@@ -18,7 +18,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
-from engine.kv.tiers import HostKVTier, block_keys
+from engine.kv.tiers import DiskKVTier, HostKVTier, block_keys
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
@@ -74,7 +74,8 @@ class EngineCore:
         self.detokenize = detokenize
         self.grammars = grammars
         self.drafter = NgramDrafter() if config.speculative == "ngram" else None
-        self.host_tier = HostKVTier(config.host_kv_blocks) if config.host_kv_blocks and self.scheduler.radix else None
+        disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
+        self.host_tier = HostKVTier(config.host_kv_blocks, disk) if config.host_kv_blocks and self.scheduler.radix else None
         if self.host_tier is not None:
             self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
             self.scheduler.extend_prefix = self._restore
@@ -123,10 +124,14 @@ class EngineCore:
         found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
         new = sched.pool.allocate(found)
         kv = self.runner.kv_cache
+        restored = 0
         for key, block in zip(keys[start : start + found], new, strict=True):
-            self.host_tier.restore(key, kv.k[:, block], kv.v[:, block])
-        radix.insert(tokens[: (start + found) * bs], prefix.block_ids + new)
-        sched.pool.decref(new)  # the tree holds them now
+            if not self.host_tier.restore(key, kv.k[:, block], kv.v[:, block]):
+                break  # unreadable (corrupt disk block): recompute from here on
+            restored += 1
+        if restored:
+            radix.insert(tokens[: (start + restored) * bs], prefix.block_ids + new[:restored])
+        sched.pool.decref(new)  # the tree holds the restored ones now; the rest return to the pool
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:

@@ -10,10 +10,16 @@ engine core wires it to the radix cache's eviction hook and the scheduler's pref
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
+_MAGIC = b"AGENTRT-KV1\n"
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, start_block: int = 0, parent: bytes = b"") -> list[bytes]:
@@ -27,12 +33,78 @@ def block_keys(token_ids: Sequence[int], block_size: int, start_block: int = 0, 
     return keys
 
 
-class HostKVTier:
-    """Up to `capacity_blocks` KV blocks in host memory: key -> (k, v), each [layers, block, heads, dim]."""
+class DiskKVTier:
+    """Up to `capacity_blocks` KV blocks as files in `directory` (one file per block, checksummed).
 
-    def __init__(self, capacity_blocks: int) -> None:
+    A missing, truncated or corrupt file reads as absent, so its block is recomputed, never used."""
+
+    def __init__(self, directory: str | Path, capacity_blocks: int) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.capacity = capacity_blocks
+        self.keys: OrderedDict[bytes, None] = OrderedDict()
+        self.num_written = self.num_read = self.num_corrupt = 0
+        self.bytes_moved = 0
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def path(self, key: bytes) -> Path:
+        return self.dir / f"{key.hex()}.kv"
+
+    def store(self, key: bytes, k: torch.Tensor, v: torch.Tensor) -> None:
+        if key in self.keys:
+            self.keys.move_to_end(key)
+            return
+        while len(self.keys) >= self.capacity:
+            old, _ = self.keys.popitem(last=False)
+            self.path(old).unlink(missing_ok=True)
+        payload = b"".join(t.contiguous().cpu().view(torch.uint8).numpy().tobytes() for t in (k, v))
+        header = json.dumps({"shape": list(k.shape), "dtype": str(k.dtype).removeprefix("torch."),
+                             "sum": hashlib.blake2b(payload, digest_size=16).hexdigest()}).encode()
+        self.path(key).write_bytes(_MAGIC + header + b"\n" + payload)
+        self.keys[key] = None
+        self.num_written += 1
+        self.bytes_moved += len(payload)
+
+    def load(self, key: bytes) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The block's (k, v), or None (and the entry dropped) when the file is missing or corrupt."""
+        try:
+            raw = self.path(key).read_bytes()
+            if not raw.startswith(_MAGIC):
+                raise ValueError("bad magic")
+            header, payload = raw[len(_MAGIC) :].split(b"\n", 1)
+            meta = json.loads(header)
+            if hashlib.blake2b(payload, digest_size=16).hexdigest() != meta["sum"]:
+                raise ValueError("checksum mismatch")
+            dtype = getattr(torch, meta["dtype"])
+            flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype)
+            k, v = flat.view(2, *meta["shape"]).unbind(0)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            logger.warning("KV block %s on disk is unusable (%s); it will be recomputed", key.hex(), exc)
+            self.keys.pop(key, None)
+            self.path(key).unlink(missing_ok=True)
+            self.num_corrupt += 1
+            return None
+        self.keys.move_to_end(key)
+        self.num_read += 1
+        self.bytes_moved += len(payload)
+        return k, v
+
+
+class HostKVTier:
+    """Up to `capacity_blocks` KV blocks in host memory: key -> (k, v), each [layers, block, heads, dim].
+    Blocks dropped from host memory go to the `disk` tier when there is one."""
+
+    def __init__(self, capacity_blocks: int, disk: DiskKVTier | None = None) -> None:
+        if capacity_blocks < 1:
+            raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
+        self.disk = disk
         self.capacity = capacity_blocks
         self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.num_offloaded = self.num_restored = self.num_dropped = 0
@@ -42,11 +114,12 @@ class HostKVTier:
         return len(self.blocks)
 
     def __contains__(self, key: bytes) -> bool:
-        return key in self.blocks
+        return key in self.blocks or (self.disk is not None and key in self.disk)
 
     def touch(self, key: bytes) -> None:
         """Mark a block most recently used (it is about to be restored)."""
-        self.blocks.move_to_end(key)
+        if key in self.blocks:
+            self.blocks.move_to_end(key)
 
     def offload(self, key: bytes, k: torch.Tensor, v: torch.Tensor) -> None:
         """Copy one block's KV (device views) into host memory, evicting the LRU block if full."""
@@ -54,8 +127,10 @@ class HostKVTier:
             self.blocks.move_to_end(key)
             return
         while len(self.blocks) >= self.capacity:
-            self.blocks.popitem(last=False)
+            old, (ok, ov) = self.blocks.popitem(last=False)
             self.num_dropped += 1
+            if self.disk is not None:
+                self.disk.store(old, ok, ov)
         pin = torch.cuda.is_available() and k.device.type == "cuda"
         hk = torch.empty(k.shape, dtype=k.dtype, pin_memory=pin)
         hv = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
@@ -65,11 +140,19 @@ class HostKVTier:
         self.num_offloaded += 1
         self.bytes_moved += 2 * k.numel() * k.element_size()
 
-    def restore(self, key: bytes, k_dst: torch.Tensor, v_dst: torch.Tensor) -> None:
-        """Copy a stored block back into device views (it stays stored, refreshed in LRU order)."""
-        hk, hv = self.blocks[key]
-        self.blocks.move_to_end(key)
+    def restore(self, key: bytes, k_dst: torch.Tensor, v_dst: torch.Tensor) -> bool:
+        """Copy a stored block (host, else disk) into device views. False when it cannot be read
+        (a corrupt disk block): the caller recomputes it."""
+        if key in self.blocks:
+            hk, hv = self.blocks[key]
+            self.blocks.move_to_end(key)
+        else:
+            loaded = self.disk.load(key) if self.disk is not None else None
+            if loaded is None:
+                return False
+            hk, hv = loaded
         k_dst.copy_(hk, non_blocking=True)
         v_dst.copy_(hv, non_blocking=True)
         self.num_restored += 1
         self.bytes_moved += 2 * hk.numel() * hk.element_size()
+        return True

@@ -50,3 +50,38 @@ def test_generation_from_restored_blocks_equals_generation_without_eviction(tiny
     sched = llm.core.scheduler
     sched.radix.evict(10**6)  # type: ignore[union-attr]
     assert sched.pool.num_free_blocks == sched.pool.num_blocks
+
+
+def test_disk_tier_round_trips_and_treats_corrupt_blocks_as_absent(tmp_path: Path) -> None:
+    from engine.kv.tiers import DiskKVTier
+
+    disk = DiskKVTier(tmp_path, 2)
+    host = HostKVTier(1, disk)
+    blocks = [torch.randn(2, 4, 2, 8).to(torch.bfloat16) for _ in range(3)]
+    for i, blk in enumerate(blocks):
+        host.offload(bytes([i]), blk, -blk)
+    assert len(host) == 1 and len(disk) == 2 and all(bytes([i]) in host for i in range(3))
+    k, v = torch.empty(2, 4, 2, 8, dtype=torch.bfloat16), torch.empty(2, 4, 2, 8, dtype=torch.bfloat16)
+    assert host.restore(bytes([0]), k, v) and torch.equal(k, blocks[0]) and torch.equal(v, -blocks[0])
+    raw = bytearray(disk.path(bytes([1])).read_bytes())
+    raw[-3] ^= 0xFF  # flip bits in the payload
+    disk.path(bytes([1])).write_bytes(bytes(raw))
+    assert not host.restore(bytes([1]), k, v) and disk.num_corrupt == 1 and bytes([1]) not in host
+    host.offload(bytes([7]), blocks[0], blocks[0])  # pushes block 2 to disk, which drops the oldest
+    assert len(disk) <= 2 and len(list(tmp_path.glob("*.kv"))) == len(disk)
+
+
+def test_generation_with_blocks_restored_from_disk_equals_plain(tiny_qwen: Path, tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(6)
+    shared = torch.randint(2, 128, (40,), generator=g).tolist()
+    others = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(4)]
+    opts = dict(device="cpu", dtype="float32", block_size=4)
+    ref = LLM(tiny_qwen, num_kv_blocks=512, **opts).generate([shared + [3]], GREEDY)[0].token_ids  # type: ignore[arg-type]
+    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=4, disk_kv_dir=tmp_path, disk_kv_blocks=256, **opts)  # type: ignore[arg-type]
+    llm.generate([shared + [1]], GREEDY)
+    for o in others:
+        llm.generate([o], GREEDY)
+    disk = llm.core.host_tier.disk  # type: ignore[union-attr]
+    assert disk is not None and disk.num_written > 0
+    out = llm.generate([shared + [3]], GREEDY)[0]
+    assert disk.num_read > 0 and out.usage.cached_tokens >= 36 and out.token_ids == ref
