@@ -22,3 +22,15 @@ def test_unlimited_cache_reproduces_the_reference_hit_rate_and_capacity_lowers_i
     assert round(unlimited * 100, 1) == 65.1 and evicted == 0
     small, evicted_small = replay(trace[:800], 2e5)
     assert small < replay(trace[:800], None)[0] and evicted_small > 0
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="needs ../shared/data/mooncake")
+def test_host_and_disk_tiers_win_back_what_device_capacity_loses() -> None:
+    from benchmarks.trace_replay import load, replay, replay_tiers
+
+    trace = load(TRACE)[:1500]
+    device_only, _ = replay(trace, 3e5)
+    some = replay_tiers(trace, 3e5, 3e5, 0)
+    ample = replay_tiers(trace, 3e5, 3e6, 3e7)
+    assert device_only < some < ample
+    assert abs(ample - replay(trace, None)[0]) < 1e-9

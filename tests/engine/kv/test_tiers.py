@@ -85,3 +85,22 @@ def test_generation_with_blocks_restored_from_disk_equals_plain(tiny_qwen: Path,
     assert disk is not None and disk.num_written > 0
     out = llm.generate([shared + [3]], GREEDY)[0]
     assert disk.num_read > 0 and out.usage.cached_tokens >= 36 and out.token_ids == ref
+
+
+def test_a_pinned_prefix_survives_eviction_pressure_until_its_ttl(tiny_qwen: Path) -> None:
+    import time as _time
+
+    g = torch.Generator().manual_seed(8)
+    pinned = torch.randint(2, 128, (40,), generator=g).tolist()
+    llm = LLM(tiny_qwen, device="cpu", dtype="float32", block_size=4, num_kv_blocks=40)
+    llm.generate([pinned + [1]], GREEDY)
+    llm.core.pin("session", pinned, ttl=1.0)
+    radix = llm.core.scheduler.radix
+    assert radix is not None
+    for _ in range(3):  # pressure: other requests need the space
+        llm.generate([torch.randint(2, 128, (30,), generator=g).tolist()], GREEDY)
+        assert radix.cached_prefix_len(pinned) == 40
+    _time.sleep(1.05)
+    for _ in range(3):
+        llm.generate([torch.randint(2, 128, (30,), generator=g).tolist()], GREEDY)
+    assert radix.cached_prefix_len(pinned) < 40  # after its TTL the pin no longer protects it
