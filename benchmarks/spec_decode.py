@@ -44,13 +44,13 @@ def turns(num: int, seed: int, max_prompt: int) -> list[list[int]]:
 async def _one(llm: LLM, prompt: list[int], params: SamplingParams) -> tuple[float, int, Any]:
     """Decode seconds (first token to last) and decode tokens of one request."""
     first = last = None
-    out = None
-    async for out in llm.stream(prompt, params):
+    final = None
+    async for chunk in llm.stream(prompt, params):
         now = time.perf_counter()
         first = first if first is not None else now
-        last = now
-    assert out is not None and first is not None and last is not None
-    return last - first, out.usage.generated_tokens - 1, out.usage
+        last, final = now, chunk
+    assert final is not None and first is not None and last is not None
+    return last - first, final.usage.generated_tokens - 1, final.usage
 
 
 def run(prompts: list[list[int]], drafter: str | None, temperature: float, max_tokens: int) -> tuple[float, float, float]:
