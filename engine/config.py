@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+DEFAULT_DRAFT_MODEL_DIR = Path(__file__).parent / "assets" / "draft_model"
+DRAFTERS = ("suffix", "ngram", "mtp", "draft")
 
 
 @dataclass(slots=True)
@@ -34,9 +36,14 @@ class EngineConfig:
     host_kv_blocks: int = 0  # host-memory KV tier size in blocks (0 = off)
     disk_kv_dir: str | Path | None = None  # disk KV tier below the host tier (needs host_kv_blocks)
     disk_kv_blocks: int = 0
+    disk_kv_min_hits: int = 2  # write a block to disk only if it was used at least this often
     quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
-    speculative: str | None = None  # None (off) or "ngram": prompt-lookup drafting
+    # Speculative decoding: None (off), or one or more of "suffix" (global suffix tree over earlier
+    # prompts and outputs), "ngram" (prompt lookup), "mtp" (the model's MTP module, 1 token),
+    # "draft" (a small draft model), comma-separated; the first is the default for requests.
+    speculative: str | None = None
     num_speculative_tokens: int = 4
+    draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
 
     def __post_init__(self) -> None:
         if self.model is None and os.environ.get("AGENTRT_MODEL"):
@@ -52,12 +59,24 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks must be None or >= 1, got {self.num_kv_blocks}")
         if self.quantization not in (None, "nvfp4", "mxfp4"):
             raise ValueError(f"quantization must be None, 'nvfp4' or 'mxfp4', got {self.quantization!r}")
-        if self.speculative not in (None, "ngram"):
-            raise ValueError(f"speculative must be None or 'ngram', got {self.speculative!r}")
+        bad = [d for d in self.drafters if d not in DRAFTERS]
+        if bad or (self.speculative is not None and not self.drafters):
+            raise ValueError(f"speculative must be None or a comma-separated subset of {DRAFTERS}, got {self.speculative!r}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError(f"num_speculative_tokens must be in [1, 16], got {self.num_speculative_tokens}")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
+
+    @property
+    def drafters(self) -> tuple[str, ...]:
+        """The enabled drafters, the default one first."""
+        if not self.speculative:
+            return ()
+        return tuple(d.strip() for d in self.speculative.split(",") if d.strip())
+
+    @property
+    def draft_model_path(self) -> Path:
+        return Path(self.draft_model) if self.draft_model is not None else DEFAULT_DRAFT_MODEL_DIR
 
     @property
     def model_path(self) -> Path:

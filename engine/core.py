@@ -23,7 +23,9 @@ from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
+from engine.spec.draft_model import PLACEHOLDER
 from engine.spec.ngram import NgramDrafter
+from engine.spec.suffix import SuffixDrafter
 from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)
@@ -73,9 +75,15 @@ class EngineCore:
         self.runner = ModelRunner(model, model_config, config, num_blocks)
         self.detokenize = detokenize
         self.grammars = grammars
-        self.drafter = NgramDrafter() if config.speculative == "ngram" else None
+        # Token-level drafters (suffix tree, n-gram); "mtp" and "draft" are run by the runner.
+        self.token_drafters: dict[str, NgramDrafter | SuffixDrafter] = {}
+        self.suffix: SuffixDrafter | None = SuffixDrafter() if "suffix" in config.drafters else None
+        if self.suffix is not None:
+            self.token_drafters["suffix"] = self.suffix
+        if "ngram" in config.drafters:
+            self.token_drafters["ngram"] = NgramDrafter()
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
-        self.host_tier = HostKVTier(config.host_kv_blocks, disk) if config.host_kv_blocks and self.scheduler.radix else None
+        self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits) if config.host_kv_blocks and self.scheduler.radix else None
         if self.host_tier is not None:
             self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
             self.scheduler.extend_prefix = self._restore
@@ -88,7 +96,7 @@ class EngineCore:
         self._lock = threading.Lock()
 
     # ---- KV tiers ----------------------------------------------------------------------
-    def _offload(self, path: list[int], blocks: list[int]) -> None:
+    def _offload(self, path: list[int], blocks: list[int], hits: int = 0) -> None:
         """Radix eviction hook: keep the evicted blocks' KV in host memory."""
         assert self.host_tier is not None
         bs = self.config.block_size
@@ -97,7 +105,7 @@ class EngineCore:
         keys = block_keys(path, bs, first, parent)
         kv = self.runner.kv_cache
         for key, block in zip(keys, blocks, strict=True):
-            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block])
+            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block], hits)
 
     def _restore(self, tokens: list[int], cached: int) -> None:
         """Scheduler hook: bring the blocks after the cached prefix back from host memory."""
@@ -152,6 +160,10 @@ class EngineCore:
             raise InvalidRequestError("structured output needs a tokenizer; this engine has none")
         if params.stop and self.detokenize is None:
             raise InvalidRequestError("stop strings need a tokenizer; this engine has none")
+        if isinstance(params.speculative, str) and params.speculative not in self.config.drafters:
+            raise InvalidRequestError(
+                f"drafter {params.speculative!r} is not enabled on this engine (enabled: {list(self.config.drafters) or 'none'})"
+            )
         need = min(len(token_ids) + params.max_tokens, self.max_model_len)
         if blocks_needed(need, self.config.block_size) > self.scheduler.pool.num_blocks:
             raise InvalidRequestError(
@@ -211,7 +223,7 @@ class EngineCore:
     def step(self) -> list[StepOutput]:
         """Run one engine step; return an output for every sequence that advanced or finished."""
         outputs = self._drain()
-        if self.drafter is not None:
+        if self.config.drafters:
             self._propose_drafts()
         batch = self.scheduler.schedule()
         if not batch.seqs:
@@ -249,15 +261,31 @@ class EngineCore:
                 break
         return seq.token_ids[old_len:]
 
+    def _drafter_for(self, seq: Sequence) -> str | None:
+        choice = seq.params.speculative
+        if choice is False or not self.config.drafters:
+            return None
+        return self.config.drafters[0] if choice is True else str(choice)
+
     def _propose_drafts(self) -> None:
-        assert self.drafter is not None
         k_max = self.config.num_speculative_tokens
         for seq in self.scheduler.running:
-            if seq.num_uncomputed_tokens != 1 or seq.matcher is not None or not seq.params.speculative:
+            if seq.num_uncomputed_tokens != 1 or seq.matcher is not None:
+                continue
+            name = self._drafter_for(seq)
+            if name is None:
                 continue
             k = max(1, min(k_max, round(seq.spec_acceptance * k_max)))
             room = min(seq.params.max_tokens - seq.num_output_tokens - 1, self.max_model_len - len(seq) - 1)
-            seq.draft_ids = self.drafter.propose(seq.token_ids, min(k, room)) if room > 0 else []
+            k = min(k, room)
+            if k <= 0:
+                continue
+            if name == "mtp":  # one token: the module predicts t+2 only
+                seq.draft_ids = [seq.mtp_draft] if seq.mtp_draft is not None else []
+            elif name == "draft":  # slots reserved now, filled by the runner's draft model
+                seq.draft_ids = [PLACEHOLDER] * k
+            else:
+                seq.draft_ids = self.token_drafters[name].propose(seq.token_ids, k)
 
     @staticmethod
     def _record_acceptance(seq: Sequence, accepted: int) -> None:
@@ -268,7 +296,10 @@ class EngineCore:
     def _drain(self) -> list[StepOutput]:
         self._apply_pins()
         while self._inbox:
-            self.scheduler.add(self._inbox.popleft())
+            new = self._inbox.popleft()
+            self.scheduler.add(new)
+            if self.suffix is not None:
+                self.suffix.observe(new.request_id, new.token_ids)
         outputs = []
         while self._aborts:
             seq = self._by_id.get(self._aborts.popleft())
@@ -279,6 +310,8 @@ class EngineCore:
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)
+        if self.suffix is not None:  # its output joins the global tree for later requests
+            self.suffix.observe(seq.request_id, seq.token_ids)
         with self._lock:
             self._by_id.pop(seq.request_id, None)  # type: ignore[arg-type]
 

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from engine.config import EngineConfig
+from engine.errors import ModelLoadError
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
 from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
+from engine.spec.draft_model import PLACEHOLDER, DraftModel
 from engine.spec.rejection import accept, accept_greedy
 from engine.structured import mask_logits
 
@@ -35,8 +37,17 @@ class ModelRunner:
         self.config = config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # The MTP drafter keeps the MTP layer's KV in an extra last layer of the cache.
+        self.mtp = "mtp" in config.drafters
+        if self.mtp and getattr(model, "mtp", None) is None:
+            raise ModelLoadError("speculative='mtp' needs a model with an MTP module (mtp_num_layers >= 1)")
+        self.draft: DraftModel | None = None
+        if "draft" in config.drafters:
+            self.draft = DraftModel(
+                config.draft_model_path, self.device, self.dtype, num_blocks, config.block_size, model_config.vocab_size
+            )
         self.kv_cache = KVCache.allocate(
-            model_config.num_layers,
+            model_config.num_layers + int(self.mtp),
             num_blocks,
             config.block_size,
             model_config.num_kv_heads,
@@ -72,8 +83,11 @@ class ModelRunner:
         """Run the batch. Returns, per sequence, the tokens to append (empty when it did not reach
         its end), how many of its drafts were accepted, and the step's device seconds."""
         start = time.perf_counter()
+        if self.draft is not None:
+            self._fill_drafts(batch)
         input_ids, positions, meta = self.prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]
+        prenorm = self.model.forward_prenorm(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]
+        hidden = self.model.norm(prenorm)
         rows = [i for i in range(len(batch)) if batch.samples(i)]
         tokens: list[list[int]] = [[] for _ in range(len(batch))]
         accepted = [0] * len(batch)
@@ -85,6 +99,10 @@ class ModelRunner:
             seq = batch.seqs[i]
             if seq.draft_ids:
                 accepted[i], tokens[i] = self._verify(hidden, meta, seq, i)
+        if self.mtp:
+            self._mtp_drafts(batch, input_ids, positions, meta, prenorm, tokens, accepted)
+        if self.draft is not None and not all(seq.draft_ids for seq in batch.seqs):
+            self.draft.sync(input_ids, positions, meta)  # drafting already wrote the speculating rows' KV
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return tokens, accepted, time.perf_counter() - start
@@ -114,3 +132,34 @@ class ModelRunner:
             num, nxt = accept(probs.cpu(), drafts.cpu(), None, generator=seq.generator)
         a = int(num[0])
         return a, seq.draft_ids[:a] + [int(nxt[0])]
+
+    def _fill_drafts(self, batch: ScheduledBatch) -> None:
+        """Replace the core's placeholder drafts by the draft model's proposals."""
+        assert self.draft is not None
+        rows = [seq for seq in batch.seqs if seq.draft_ids and seq.draft_ids[0] == PLACEHOLDER]
+        if rows:
+            for seq, draft in zip(rows, self.draft.propose(rows, [len(s.draft_ids) for s in rows]), strict=True):
+                seq.draft_ids = draft
+
+    def _mtp_drafts(
+        self, batch: ScheduledBatch, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+        prenorm: torch.Tensor, tokens: list[list[int]], accepted: list[int],
+    ) -> None:
+        """Run the MTP module over the step (pairs: hidden at t, token t+1), writing its KV, and keep
+        its guess for the token after each sampled one in `seq.mtp_draft`."""
+        next_ids = torch.roll(input_ids, -1)
+        rows: list[int] = []  # the row whose MTP output guesses the token after the new last one
+        for i, seq in enumerate(batch.seqs):
+            end = meta.cu_query_lens[i + 1]
+            if tokens[i]:
+                row = end - 1 - len(seq.draft_ids) + accepted[i]  # the last accepted input position
+                next_ids[row] = tokens[i][-1]
+                rows.append(row)
+            else:  # a prefill chunk: its next token is the prompt's next one
+                next_ids[end - 1] = seq.token_ids[seq.num_computed_tokens + batch.num_new_tokens[i]]
+                seq.mtp_draft = None
+        hidden = self.model.forward_mtp(prenorm, next_ids, positions, self.kv_cache, meta)
+        if rows:
+            guesses = self.model.compute_logits(hidden[rows]).argmax(-1).tolist()
+            for i, guess in zip([i for i in range(len(batch)) if tokens[i]], guesses, strict=True):
+                batch.seqs[i].mtp_draft = guess

@@ -33,7 +33,9 @@ class SamplingParams:
     seed: int | None = None
     json_schema: str | dict | None = None  # constrain the output to JSON matching this schema
     grammar: str | None = None  # or to this EBNF grammar (xgrammar syntax)
-    speculative: bool = True  # allow speculative decoding for this request (when the engine has it)
+    # Speculative decoding for this request: True = the engine's default drafter, False = off, or the
+    # name of one of the engine's drafters ("suffix", "ngram", "mtp", "draft").
+    speculative: bool | str = True
 
     def __post_init__(self) -> None:
         if self.json_schema is not None and self.grammar is not None:
@@ -118,6 +120,7 @@ class Sequence:
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
     spec_acceptance: float = 1.0  # moving average of the accepted fraction (adaptive draft length)
+    mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)

@@ -24,6 +24,7 @@ class RadixNode:
     children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
     lock: int = 0
     last_access: int = 0
+    hits: int = 0  # prefix matches that used this node (the request that computed it not counted)
 
     @property
     def is_leaf(self) -> bool:
@@ -44,8 +45,9 @@ class RadixCache:
         self.pool = block_pool
         self.block_size = block_size
         self._clock = itertools.count(1)
-        # Called with (token path up to the node's end, the node's blocks) before a node is evicted.
-        self.on_evict: Callable[[list[int], list[int]], None] | None = None
+        # Called with (token path up to the node's end, the node's blocks, its hit count) before a
+        # node is evicted.
+        self.on_evict: Callable[[list[int], list[int], int], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -81,6 +83,7 @@ class RadixCache:
                 child = self._split(child, pages)
             node = child
             node.last_access = stamp
+            node.hits += count
             blocks.extend(node.blocks)
             i += len(node.key)
         if count:
@@ -120,7 +123,7 @@ class RadixCache:
         cut = pages * self.block_size
         parent = child.parent
         assert parent is not None
-        upper = RadixNode(child.key[:cut], child.blocks[:pages], parent, lock=child.lock, last_access=child.last_access)
+        upper = RadixNode(child.key[:cut], child.blocks[:pages], parent, lock=child.lock, last_access=child.last_access, hits=child.hits)
         child.key, child.blocks, child.parent = child.key[cut:], child.blocks[pages:], upper
         upper.children[child.key[: self.block_size]] = child
         parent.children[upper.key[: self.block_size]] = upper
@@ -184,7 +187,7 @@ class RadixCache:
             assert parent is not None
             del parent.children[node.key[: self.block_size]]
             if self.on_evict is not None:
-                self.on_evict(self.path_tokens(node), node.blocks)
+                self.on_evict(self.path_tokens(node), node.blocks, node.hits)
             self.pool.decref(node.blocks)
             released += len(node.blocks)
             self.num_cached_blocks -= len(node.blocks)

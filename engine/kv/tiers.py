@@ -99,15 +99,20 @@ class DiskKVTier:
 
 class HostKVTier:
     """Up to `capacity_blocks` KV blocks in host memory: key -> (k, v), each [layers, block, heads, dim].
-    Blocks dropped from host memory go to the `disk` tier when there is one."""
 
-    def __init__(self, capacity_blocks: int, disk: DiskKVTier | None = None) -> None:
+    Blocks dropped from host memory go to the `disk` tier when there is one, but only those used at
+    least `disk_min_hits` times (prefix-cache hits on the device plus restores from this tier):
+    a block nobody reused is unlikely to be reused, and disk writes are the expensive ones."""
+
+    def __init__(self, capacity_blocks: int, disk: DiskKVTier | None = None, disk_min_hits: int = 2) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
         self.disk = disk
         self.capacity = capacity_blocks
+        self.disk_min_hits = disk_min_hits
         self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.num_offloaded = self.num_restored = self.num_dropped = 0
+        self.hits: dict[bytes, int] = {}  # uses of each host block (device hits before offload + restores)
+        self.num_offloaded = self.num_restored = self.num_dropped = self.num_not_admitted = 0
         self.bytes_moved = 0
 
     def __len__(self) -> int:
@@ -121,16 +126,21 @@ class HostKVTier:
         if key in self.blocks:
             self.blocks.move_to_end(key)
 
-    def offload(self, key: bytes, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Copy one block's KV (device views) into host memory, evicting the LRU block if full."""
+    def offload(self, key: bytes, k: torch.Tensor, v: torch.Tensor, hits: int = 0) -> None:
+        """Copy one block's KV (device views) into host memory, evicting the LRU block if full.
+        `hits` is how often the block was used while on the device."""
+        self.hits[key] = self.hits.get(key, 0) + hits
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return
         while len(self.blocks) >= self.capacity:
             old, (ok, ov) = self.blocks.popitem(last=False)
             self.num_dropped += 1
-            if self.disk is not None:
+            if self.disk is not None and self.hits.get(old, 0) >= self.disk_min_hits:
                 self.disk.store(old, ok, ov)
+            elif self.disk is not None:
+                self.num_not_admitted += 1
+            self.hits.pop(old, None)
         pin = torch.cuda.is_available() and k.device.type == "cuda"
         hk = torch.empty(k.shape, dtype=k.dtype, pin_memory=pin)
         hv = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
@@ -144,6 +154,7 @@ class HostKVTier:
         """Copy a stored block (host, else disk) into device views. False when it cannot be read
         (a corrupt disk block): the caller recomputes it."""
         if key in self.blocks:
+            self.hits[key] = self.hits.get(key, 0) + 1
             hk, hv = self.blocks[key]
             self.blocks.move_to_end(key)
         else:

@@ -55,6 +55,7 @@ class AttentionMetadata:
     # Decode steps only: groups of sequences whose block tables start with the same full blocks
     # (a shared cached prefix). Each is (seq indices, number of shared blocks); see cascade_groups.
     cascade: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
 
     @property
     def num_seqs(self) -> int:
@@ -95,6 +96,7 @@ class AttentionMetadata:
             context_lens_t=torch.tensor(context_lens, dtype=torch.long, device=device),
             max_context_len=max(context_lens, default=0),
             cascade=[(torch.tensor(ix, dtype=torch.long, device=device), n) for ix, n in groups],
+            block_table_lists=[list(t) for t in block_tables],
         )
 
 

@@ -26,15 +26,68 @@ def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) 
     return cache.index_select(0, block_table[:num_blocks]).flatten(0, 1)[:length]
 
 
+MAX_RUNS = 8  # a context in more pieces than this is gathered instead
+MAX_RUN_QUERIES = 32  # query rows per sequence up to which the no-copy path is used
+
+
+def block_runs(table: list[int], num_blocks: int) -> list[tuple[int, int]]:
+    """Split the first `num_blocks` entries of a block table into runs of consecutive block ids:
+    [(first block, length)]. Freshly allocated blocks are consecutive (FIFO free list), so a
+    sequence's context is usually a few runs, each a zero-copy view of the cache."""
+    runs: list[tuple[int, int]] = []
+    for b in table[:num_blocks]:
+        if runs and runs[-1][0] + runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((b, 1))
+    return runs
+
+
+def attend_runs(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, runs: list[tuple[int, int]],
+    ctx: int, scale: float,
+) -> torch.Tensor:
+    """Causal attention of a few new tokens q [n, Hq, D] (the last n of a context of `ctx`) over
+    cache views, one per run, without gathering the context: scores per run, one softmax over
+    their concatenation (exact), then the probability-weighted sum of each run's values."""
+    n, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    qg = q.view(n, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, n * group, head_dim)
+    views = [(k_cache[b : b + m].view(m * block_size, num_kv_heads, head_dim),
+              v_cache[b : b + m].view(m * block_size, num_kv_heads, head_dim)) for b, m in runs]
+    scores = torch.cat([torch.matmul(qg, k.permute(1, 2, 0)) for k, _ in views], dim=-1)  # [Hkv, n*G, L]
+    length = scores.shape[-1]
+    if length > ctx or n > 1:  # mask padding past the context and the causal future
+        key_pos = torch.arange(length, device=q.device)
+        q_pos = torch.arange(ctx - n, ctx, device=q.device).repeat_interleave(group)  # row r = token r // G
+        scores = scores.masked_fill(key_pos[None, :] > q_pos[:, None], float("-inf"))
+    probs = torch.softmax(scores.float() * scale, dim=-1).to(q.dtype)
+    out = None
+    start = 0
+    for _, v in views:
+        part = torch.matmul(probs[..., start : start + v.shape[0]], v.transpose(0, 1))  # [Hkv, n*G, D]
+        out = part if out is None else out + part
+        start += v.shape[0]
+    assert out is not None
+    return out.view(num_kv_heads, n, group, head_dim).permute(1, 0, 2, 3).reshape(n, num_heads, head_dim)
+
+
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
-    if meta.is_decode:
+    block_size = k_cache.shape[1]
+    if meta.is_decode and meta.num_seqs > 1:
         return _decode(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     for i, (q_len, ctx) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
         lo, hi = meta.cu_query_lens[i], meta.cu_query_lens[i + 1]
+        if q_len <= MAX_RUN_QUERIES:
+            runs = block_runs(meta.block_table_lists[i], -(-ctx // block_size))
+            if len(runs) <= MAX_RUNS:
+                out[lo:hi] = attend_runs(q[lo:hi], k_cache, v_cache, runs, ctx, scale)
+                continue
         k = gather_context(k_cache, meta.block_tables[i], ctx)  # [ctx, Hkv, D]
         v = gather_context(v_cache, meta.block_tables[i], ctx)
         out[lo:hi] = _causal(q[lo:hi], k, v, scale, ctx - q_len)

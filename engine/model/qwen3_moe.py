@@ -43,11 +43,32 @@ class MoEForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
         """Serving forward over a packed ragged batch: input_ids/positions [T] -> normed hidden [T, H]."""
+        return self.norm(self.forward_prenorm(input_ids, positions, kv_cache, meta))
+
+    def forward_prenorm(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """Like `forward`, returning the last layer's output before the final norm [T, H]."""
         x = self.embed(input_ids)  # [T, H]
         cos_sin = self.rotary.tables(positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos_sin, (kv_cache.k[i], kv_cache.v[i]), meta)
-        return self.norm(x)
+        return x
+
+    def forward_mtp(
+        self, prenorm_hidden: torch.Tensor, next_input_ids: torch.Tensor, positions: torch.Tensor,
+        kv_cache: KVCache, meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Serving MTP over a packed batch: pre-norm hidden [T, H] at positions t and the ids [T] of
+        tokens t+1 -> normed hidden [T, H] predicting t+2. Its attention KV lives in the cache's
+        extra last layer (allocate num_layers + 1). Raises RuntimeError without an MTP module."""
+        if self.mtp is None:
+            raise RuntimeError("this model has no MTP module (mtp_num_layers == 0)")
+        m = self.mtp
+        h = torch.cat([m.enorm(self.embed(next_input_ids)), m.hnorm(prenorm_hidden)], dim=-1)
+        n = self.config.num_layers
+        x = m.layer(m.eh_proj(h), self.rotary.tables(positions), (kv_cache.k[n], kv_cache.v[n]), meta)
+        return m.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, H] normed hidden -> [N, vocab] fp32 logits."""

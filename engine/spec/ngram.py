@@ -18,6 +18,10 @@ class NgramDrafter:
 
     def propose(self, token_ids: list[int], k: int) -> list[int]:
         """Up to `k` draft tokens continuing `token_ids` (empty when nothing matches)."""
+        return self.propose_with_length(token_ids, k)[1]
+
+    def propose_with_length(self, token_ids: list[int], k: int) -> tuple[int, list[int]]:
+        """(length of the matched n-gram, up to `k` draft tokens); (0, []) when nothing matches."""
         tail = np.asarray(token_ids[-self.window :], dtype=np.int64)
         for n in range(self.max_n, self.min_n - 1, -1):
             if len(tail) <= n:
@@ -27,5 +31,5 @@ class NgramDrafter:
             hits = np.flatnonzero((windows == pattern).all(axis=1))
             if len(hits):
                 start = int(hits[-1]) + n
-                return tail[start : start + k].tolist()
-        return []
+                return n, tail[start : start + k].tolist()
+        return 0, []

@@ -2,6 +2,7 @@
 
     python -m engine.train --out engine/assets/default_model --steps 1200 --device cpu
     python -m engine.train --out DIR --eval-only
+    python -m engine.train --draft --out engine/assets/draft_model --tokenizer-from engine/assets/default_model
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from engine.tokenizer import ChatTokenizer
 from engine.train.data import AirlineData, load_airline, render_conversations, stdlib_texts
 from engine.train.evaluate import perplexity, tool_call_rate
-from engine.train.loop import Batches, TrainConfig, default_model_config, train
+from engine.train.loop import Batches, TrainConfig, default_model_config, draft_model_config, train
 from engine.train.tokenizer_train import train_tokenizer
 
 
@@ -30,8 +32,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--tokenizer-from", type=Path, default=None, help="copy tokenizer.json from this model dir (draft models share the target's)")
     ap.add_argument("--corpus", type=Path, default=None, help="pre-encoded corpus (.pt); written by --save-corpus")
     ap.add_argument("--save-corpus", type=Path, default=None, help="encode the corpus, save it here and stop")
+    ap.add_argument("--draft", action="store_true", help="train the small draft model (speculative decoding) instead")
+    ap.add_argument("--threads", type=int, default=d.threads, help="CPU threads for training")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
@@ -58,6 +63,9 @@ def _train(args: argparse.Namespace, data: AirlineData | None) -> None:
         assert data is not None
         airline_texts = render_conversations(data.train, data.tools)
         code = stdlib_texts()
+        if args.tokenizer_from is not None and not (args.out / "tokenizer.json").exists():
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(args.tokenizer_from / "tokenizer.json", args.out / "tokenizer.json")
         if not (args.out / "tokenizer.json").exists():
             train_tokenizer(airline_texts + code, args.vocab_size, args.out)
         tok = ChatTokenizer(args.out)
@@ -69,9 +77,10 @@ def _train(args: argparse.Namespace, data: AirlineData | None) -> None:
 
             torch.save({"airline": airline_ids, "stdlib": stdlib_ids}, args.save_corpus)
             raise SystemExit(0)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device, threads=args.threads)
     logging.info("corpus: %d airline conversations (%d tokens), stdlib %d tokens", len(airline_ids), sum(map(len, airline_ids)), len(stdlib_ids))
-    log = train(default_model_config(tok.vocab_size, tok.end_id), Batches(airline_ids, stdlib_ids, cfg), cfg, args.out)
+    make_config = draft_model_config if args.draft else default_model_config
+    log = train(make_config(tok.vocab_size, tok.end_id), Batches(airline_ids, stdlib_ids, cfg), cfg, args.out)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=2, default=str) + "\n")
 
 

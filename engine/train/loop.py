@@ -52,6 +52,18 @@ def default_model_config(vocab_size: int, end_id: int) -> ModelConfig:
     )
 
 
+def draft_model_config(vocab_size: int, end_id: int) -> ModelConfig:
+    """The shipped draft model for speculative decoding: same tokenizer, 2 dense layers, hidden 128
+    (~1.5M parameters, ~12x fewer than the default model), no MTP module."""
+    return ModelConfig(
+        architecture="Qwen3MoeForCausalLM", vocab_size=vocab_size, hidden_size=128, num_layers=2,
+        num_heads=2, num_kv_heads=1, head_dim=64, num_experts=1, num_experts_per_tok=1,
+        moe_intermediate_size=384, intermediate_size=384, norm_topk_prob=True, rms_norm_eps=1e-6,
+        rope_theta=10000.0, max_position_embeddings=4096, tie_word_embeddings=True, qk_norm=True,
+        eos_token_id=(end_id,), bos_token_id=None, mtp_num_layers=0, mlp_only_layers=(0, 1),
+    )
+
+
 def init_weights(model: MoEForCausalLM, seed: int) -> None:
     """Normal(0, 0.02) weights, residual output projections scaled by 1/sqrt(2 * layers), unit norms."""
     g = torch.Generator().manual_seed(seed)

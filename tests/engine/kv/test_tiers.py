@@ -56,7 +56,7 @@ def test_disk_tier_round_trips_and_treats_corrupt_blocks_as_absent(tmp_path: Pat
     from engine.kv.tiers import DiskKVTier
 
     disk = DiskKVTier(tmp_path, 2)
-    host = HostKVTier(1, disk)
+    host = HostKVTier(1, disk, disk_min_hits=0)
     blocks = [torch.randn(2, 4, 2, 8).to(torch.bfloat16) for _ in range(3)]
     for i, blk in enumerate(blocks):
         host.offload(bytes([i]), blk, -blk)
@@ -71,13 +71,48 @@ def test_disk_tier_round_trips_and_treats_corrupt_blocks_as_absent(tmp_path: Pat
     assert len(disk) <= 2 and len(list(tmp_path.glob("*.kv"))) == len(disk)
 
 
+def test_only_blocks_used_at_least_min_hits_times_are_written_to_disk(tmp_path: Path) -> None:
+    from engine.kv.tiers import DiskKVTier
+
+    disk = DiskKVTier(tmp_path, 8)
+    host = HostKVTier(1, disk, disk_min_hits=2)
+    blk = torch.randn(2, 4, 2, 8)
+    host.offload(b"once", blk, blk, hits=1)  # used by one later request on the device
+    host.offload(b"twice", blk, blk, hits=2)  # pushes "once" out of host memory: not admitted
+    host.offload(b"restored", blk, blk, hits=1)  # pushes "twice" out: written
+    out = torch.empty_like(blk), torch.empty_like(blk)
+    assert host.restore(b"restored", *out)  # its second use
+    host.offload(b"last", blk, blk)  # pushes "restored" out: written
+    assert b"once" not in host and b"twice" in disk and b"restored" in disk
+    assert host.num_not_admitted == 1 and disk.num_written == 2
+
+
+def test_radix_hit_counts_reach_the_host_tier(tiny_qwen: Path, tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(8)
+    hot = torch.randint(2, 128, (40,), generator=g).tolist()
+    cold = torch.randint(2, 128, (40,), generator=g).tolist()
+    others = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(6)]
+    opts = dict(device="cpu", dtype="float32", block_size=4)
+    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=2, disk_kv_dir=tmp_path, disk_kv_blocks=256, **opts)  # type: ignore[arg-type]
+    for prompt in (hot + [1], hot + [2], hot + [3], cold + [1]):  # hot's blocks are hit twice
+        llm.generate([prompt], GREEDY)
+    for o in others:
+        llm.generate([o], GREEDY)
+    disk = llm.core.host_tier.disk  # type: ignore[union-attr]
+    assert disk is not None and disk.num_written > 0 and llm.core.host_tier.num_not_admitted > 0  # type: ignore[union-attr]
+    out = llm.generate([hot + [4]], GREEDY)[0]
+    assert out.usage.cached_tokens >= 36  # hot came back from disk
+    miss = llm.generate([cold + [2]], GREEDY)[0]
+    assert miss.usage.cached_tokens < 36  # cold was used once and never written
+
+
 def test_generation_with_blocks_restored_from_disk_equals_plain(tiny_qwen: Path, tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(6)
     shared = torch.randint(2, 128, (40,), generator=g).tolist()
     others = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(4)]
     opts = dict(device="cpu", dtype="float32", block_size=4)
     ref = LLM(tiny_qwen, num_kv_blocks=512, **opts).generate([shared + [3]], GREEDY)[0].token_ids  # type: ignore[arg-type]
-    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=4, disk_kv_dir=tmp_path, disk_kv_blocks=256, **opts)  # type: ignore[arg-type]
+    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=4, disk_kv_dir=tmp_path, disk_kv_blocks=256, disk_kv_min_hits=0, **opts)  # type: ignore[arg-type]
     llm.generate([shared + [1]], GREEDY)
     for o in others:
         llm.generate([o], GREEDY)

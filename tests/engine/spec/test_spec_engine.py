@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine import LLM, SamplingParams
@@ -55,3 +56,87 @@ def test_stop_tokens_inside_accepted_drafts_end_the_request_there(tiny_qwen: Pat
     assert spec.token_ids == full[: full.index(stop) + 1]
     short = LLM(tiny_qwen, speculative="ngram", **opts).generate([prompt], SamplingParams(temperature=0.0, max_tokens=7, ignore_eos=True))[0]  # type: ignore[arg-type]
     assert short.token_ids == full[:7]
+
+
+def _save_tiny(path: Path, *, layers: int, mtp: int, seed: int) -> Path:
+    from engine.model.config import ModelConfig
+    from engine.model.loader import save_model
+    from engine.model.qwen3_moe import MoEForCausalLM
+    from engine.train.loop import init_weights
+
+    cfg = ModelConfig(
+        architecture="Qwen3MoeForCausalLM", vocab_size=128, hidden_size=64, num_layers=layers, num_heads=4,
+        num_kv_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        intermediate_size=64, norm_topk_prob=True, rms_norm_eps=1e-6, rope_theta=10000.0,
+        max_position_embeddings=512, tie_word_embeddings=False, qk_norm=True, eos_token_id=(1,),
+        bos_token_id=None, mtp_num_layers=mtp,
+    )
+    model = MoEForCausalLM(cfg)
+    init_weights(model, seed)
+    with torch.no_grad():  # larger weights than init: a peaky, repetitive random model
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    save_model(model, path, dtype=torch.float32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A target with an MTP module and a 1-layer draft model of the same vocabulary."""
+    root = tmp_path_factory.mktemp("spec_pair")
+    return _save_tiny(root / "target", layers=2, mtp=1, seed=1), _save_tiny(root / "draft", layers=1, mtp=0, seed=2)
+
+
+@pytest.mark.parametrize("drafter", ["suffix", "ngram", "mtp", "draft"])
+def test_greedy_output_with_each_drafter_equals_plain_decoding(tiny_pair: tuple[Path, Path], drafter: str) -> None:
+    target, draft = tiny_pair
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=512)
+    prompts = _prompts()
+    plain = LLM(target, **opts).generate(prompts, GREEDY)  # type: ignore[arg-type]
+    llm = LLM(target, speculative=drafter, num_speculative_tokens=4, draft_model=draft, **opts)  # type: ignore[arg-type]
+    first = llm.generate(prompts, GREEDY)
+    again = llm.generate(prompts, GREEDY)  # the suffix tree now holds the first outputs; caches are warm
+    assert [o.token_ids for o in first] == [o.token_ids for o in plain]
+    assert [o.token_ids for o in again] == [o.token_ids for o in plain]
+    proposed = sum(o.usage.spec_proposed_tokens for o in first + again)
+    accepted = sum(o.usage.spec_accepted_tokens for o in first + again)
+    assert proposed > 0 and 0 <= accepted <= proposed
+    if drafter == "suffix":  # a repeated request is drafted from the tree almost entirely
+        assert sum(o.usage.spec_accepted_tokens for o in again) > 0.8 * sum(len(o.token_ids) for o in again) - 2 * len(again)
+
+
+def test_sampled_output_with_the_draft_model_is_reproducible_and_in_range(tiny_pair: tuple[Path, Path]) -> None:
+    target, draft = tiny_pair
+    llm = LLM(target, device="cpu", dtype="float32", block_size=4, num_kv_blocks=512, speculative="draft", draft_model=draft)
+    params = SamplingParams(temperature=0.8, max_tokens=24, ignore_eos=True, seed=5)
+    a = llm.generate(_prompts(), params)
+    b = llm.generate(_prompts(), params)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert all(0 <= t < 128 for o in a for t in o.token_ids)
+
+
+def test_requests_choose_among_the_engines_drafters(tiny_pair: tuple[Path, Path]) -> None:
+    from engine.errors import InvalidRequestError
+
+    target, _ = tiny_pair
+    llm = LLM(target, device="cpu", dtype="float32", block_size=4, num_kv_blocks=512, speculative="suffix,mtp")
+    plain = llm.generate(_prompts()[:1], SamplingParams(temperature=0.0, max_tokens=16, speculative=False))[0]
+    assert plain.usage.spec_proposed_tokens == 0
+    mtp = llm.generate(_prompts()[:1], SamplingParams(temperature=0.0, max_tokens=16, speculative="mtp"))[0]
+    assert mtp.token_ids == plain.token_ids and mtp.usage.spec_proposed_tokens > 0
+    assert mtp.usage.spec_proposed_tokens <= len(mtp.token_ids)  # MTP drafts one token per step
+    with pytest.raises(InvalidRequestError, match="not enabled"):
+        llm.generate(_prompts()[:1], SamplingParams(temperature=0.0, speculative="draft"))
+
+
+def test_mtp_drafts_of_the_shipped_model_are_mostly_accepted() -> None:
+    from engine.tokenizer import ChatTokenizer
+
+    llm = LLM(speculative="mtp")
+    tok = ChatTokenizer(llm.config.model_path)
+    prompt = tok.encode_chat([{"role": "user", "content": "I need to change my flight reservation, please."}])
+    out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=48))[0]
+    plain = LLM().generate([prompt], SamplingParams(temperature=0.0, max_tokens=48))[0]
+    assert out.token_ids == plain.token_ids
+    assert out.usage.spec_accepted_tokens >= 0.5 * out.usage.spec_proposed_tokens > 0

@@ -1,0 +1,182 @@
+"""Suffix-tree drafting over everything the engine has seen, in the spirit of SuffixDecoding.
+
+One global, bounded suffix trie holds the windows (up to `max_depth` tokens) starting at every
+position of earlier prompts and outputs, across requests and jobs. Each node counts the distinct
+live windows passing through it, so a node's children say how often each continuation followed
+that context. To draft, the longest suffix of the request's context (up to `max_match` tokens)
+is looked up and the most frequent continuation is followed while it stays likely enough.
+
+Agent traffic is repetitive in a way prompt lookup alone misses: the same tool-call JSON, the
+same phrasing, the same ids show up across turns and across jobs. Memory is bounded by a node
+budget; the oldest documents are evicted first (their windows are removed unless a newer
+document holds them too).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+
+
+class _Node:
+    __slots__ = ("children", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.children: dict[int, _Node] = {}
+
+
+class SuffixTree:
+    """Bounded suffix trie with occurrence counts. Not thread-safe (the engine step thread owns it).
+
+    Args:
+        max_depth: longest window stored; a draft plus the context it matched never exceeds it.
+        max_nodes: node budget; adding beyond it evicts the oldest documents.
+    """
+
+    def __init__(self, max_depth: int = 32, max_nodes: int = 400_000) -> None:
+        if max_depth < 2 or max_nodes < max_depth:
+            raise ValueError(f"need max_depth >= 2 and max_nodes >= max_depth, got {max_depth}, {max_nodes}")
+        self.max_depth, self.max_nodes = max_depth, max_nodes
+        self.root = _Node()
+        self.num_nodes = 0
+        self._refs: dict[int, int] = {}  # window hash -> number of live documents holding it
+        # doc -> (tokens, start positions of its distinct windows, their hashes)
+        self._docs: OrderedDict[Hashable, tuple[array, array, array]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def add(self, doc: Hashable, tokens: Sequence[int]) -> None:
+        """Index `tokens` as document `doc`, replacing what `doc` held before (e.g. first its
+        prompt, later prompt + output: windows the two share are not touched)."""
+        toks = array("q", tokens)
+        positions, hashes, seen = array("q"), array("q"), set()
+        d = self.max_depth
+        for i in range(len(toks)):
+            window = tuple(toks[i : i + d])
+            h = hash(window)
+            if h in seen:
+                continue  # a window repeated inside the document counts once
+            seen.add(h)
+            positions.append(i)
+            hashes.append(h)
+            refs = self._refs.get(h, 0)
+            self._refs[h] = refs + 1
+            if refs == 0:
+                self._insert(window)
+        old = self._docs.pop(doc, None)
+        if old is not None:
+            self._release(old)
+        self._docs[doc] = (toks, positions, hashes)
+        while self.num_nodes > self.max_nodes and len(self._docs) > 1:
+            self._release(self._docs.popitem(last=False)[1])
+
+    def remove(self, doc: Hashable) -> None:
+        """Forget document `doc` (unknown documents are ignored)."""
+        entry = self._docs.pop(doc, None)
+        if entry is not None:
+            self._release(entry)
+
+    def match(self, context: Sequence[int], max_match: int = 24) -> tuple[int, _Node | None]:
+        """The longest suffix of `context` (at most `max_match` tokens) present in the trie whose
+        node has a continuation: (its length, its node); (0, None) when nothing matches."""
+        tail = list(context[-min(max_match, self.max_depth - 1) :])
+        for start in range(len(tail)):
+            node: _Node | None = self.root
+            for tok in tail[start:]:
+                node = node.children.get(tok)  # type: ignore[union-attr]
+                if node is None:
+                    break
+            if node is not None and node.children:
+                return len(tail) - start, node
+        return 0, None
+
+    def propose(
+        self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0
+    ) -> tuple[int, list[int]]:
+        """(match length, up to `k` draft tokens): from the longest matching suffix, follow the most
+        frequent child while its share of its parent's count is at least `min_prob` and the product
+        of those shares along the draft (the chance all of it is right) is at least `min_path_prob`."""
+        length, node = self.match(context, max_match)
+        draft: list[int] = []
+        budget = min(k, self.max_depth - length)
+        path = 1.0
+        while node is not None and node.children and len(draft) < budget:
+            tok, child = max(node.children.items(), key=lambda kv: kv[1].count)
+            share = child.count / node.count
+            path *= share
+            if share < min_prob or path < min_path_prob:
+                break
+            draft.append(tok)
+            node = child
+        return length, draft
+
+    # ---- internals -------------------------------------------------------------------------
+    def _insert(self, window: tuple[int, ...]) -> None:
+        node = self.root
+        node.count += 1
+        for tok in window:
+            child = node.children.get(tok)
+            if child is None:
+                child = node.children[tok] = _Node()
+                self.num_nodes += 1
+            child.count += 1
+            node = child
+
+    def _remove_window(self, window: tuple[int, ...]) -> None:
+        node = self.root
+        node.count -= 1
+        for tok in window:
+            child = node.children[tok]
+            child.count -= 1
+            if child.count == 0:  # counts only shrink along a path: the whole subtree is dead
+                del node.children[tok]
+                self.num_nodes -= _size(child)
+                return
+            node = child
+
+    def _release(self, entry: tuple[array, array, array]) -> None:
+        toks, positions, hashes = entry
+        d = self.max_depth
+        for i, h in zip(positions, hashes, strict=True):
+            refs = self._refs[h]
+            if refs == 1:
+                del self._refs[h]
+                self._remove_window(tuple(toks[i : i + d]))
+            else:
+                self._refs[h] = refs - 1
+
+
+def _size(node: _Node) -> int:
+    total, stack = 1, list(node.children.values())
+    while stack:
+        n = stack.pop()
+        total += 1
+        stack.extend(n.children.values())
+    return total
+
+
+class SuffixDrafter:
+    """The engine's "suffix" drafter: the global SuffixTree (prompts at admission, prompt + output at
+    finish) together with prompt lookup over the request's own context (which covers the output
+    it is still generating). The longer match wins; ties go to the tree (frequency-ranked)."""
+
+    def __init__(
+        self, max_depth: int = 32, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.0
+    ) -> None:
+        from engine.spec.ngram import NgramDrafter
+
+        self.tree = SuffixTree(max_depth, max_nodes)
+        self.ngram = NgramDrafter(max_n=8, min_n=2)
+        self.min_prob, self.min_path_prob = min_prob, min_path_prob
+
+    def observe(self, request_id: Hashable, token_ids: Sequence[int]) -> None:
+        """Index a request's tokens (call at admission with the prompt, at finish with everything)."""
+        self.tree.add(request_id, token_ids)
+
+    def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
+        length, draft = self.tree.propose(token_ids, k, self.min_prob, min_path_prob=self.min_path_prob)
+        n, local = self.ngram.propose_with_length(list(token_ids), k)
+        return local if n > length and local else draft

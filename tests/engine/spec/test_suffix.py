@@ -1,0 +1,112 @@
+"""SuffixTree against a brute-force model of the same definition (distinct live windows)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.spec.suffix import SuffixTree, _Node
+
+
+def _windows(docs: dict[int, list[int]], depth: int) -> set[tuple[int, ...]]:
+    return {tuple(toks[i : i + depth]) for toks in docs.values() for i in range(len(toks))}
+
+
+def _paths(node: _Node, prefix: tuple[int, ...] = ()) -> dict[tuple[int, ...], int]:
+    out = {}
+    for tok, child in node.children.items():
+        path = (*prefix, tok)
+        out[path] = child.count
+        out.update(_paths(child, path))
+    return out
+
+
+def _expected(windows: set[tuple[int, ...]]) -> dict[tuple[int, ...], int]:
+    counts: dict[tuple[int, ...], int] = {}
+    for w in windows:
+        for j in range(1, len(w) + 1):
+            counts[w[:j]] = counts.get(w[:j], 0) + 1
+    return counts
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["add", "extend", "remove"]), st.integers(0, 3), st.lists(st.integers(0, 3), max_size=12)),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_counts_equal_the_distinct_windows_of_live_documents(script: list[tuple[str, int, list[int]]]) -> None:
+    tree, live, depth = SuffixTree(max_depth=4, max_nodes=10**6), {}, 4
+    for op, doc, toks in script:
+        if op == "add":
+            tree.add(doc, toks)
+            live[doc] = list(toks)
+        elif op == "extend":
+            full = live.get(doc, []) + toks
+            tree.add(doc, full)
+            live[doc] = full
+        else:
+            tree.remove(doc)
+            live.pop(doc, None)
+        expected = _expected(_windows(live, depth))
+        assert _paths(tree.root) == expected
+        assert tree.num_nodes == len(expected)
+    for doc in list(live):
+        tree.remove(doc)
+    assert tree.root.children == {} and tree.num_nodes == 0 and tree._refs == {}
+
+
+def test_proposes_the_most_frequent_continuation_of_the_longest_match() -> None:
+    tree = SuffixTree(max_depth=8)
+    tree.add("a", [1, 2, 3, 4, 5, 6])
+    tree.add("b", [9, 2, 3, 7, 8])
+    tree.add("c", [8, 2, 3, 7, 8, 1])
+    # "2 3" is followed by 4 once and by 7 twice; "1 2 3" only by 4.
+    assert tree.propose([0, 2, 3], k=3) == (2, [7, 8, 1])
+    assert tree.propose([1, 2, 3], k=3) == (3, [4, 5, 6])
+    assert tree.propose([5, 5, 42], k=3) == (0, [])
+    assert tree.propose([1, 2, 3], k=1) == (3, [4])
+
+
+def test_min_prob_stops_at_uncertain_branches() -> None:
+    tree = SuffixTree(max_depth=6)
+    for doc, nxt in enumerate([10, 11, 12, 13, 14]):
+        tree.add(doc, [1, 2, nxt])
+    length, draft = tree.propose([1, 2], k=4, min_prob=0.5)
+    assert length == 2 and draft == []
+    assert len(tree.propose([1, 2], k=4, min_prob=0.1)[1]) == 1
+
+
+def test_a_draft_never_runs_past_the_stored_depth() -> None:
+    tree = SuffixTree(max_depth=5)
+    tree.add(0, list(range(20)))
+    length, draft = tree.propose([2, 3, 4], k=10)
+    assert length == 3 and draft == [5, 6]  # 3 matched + 2 drafted = max_depth
+
+
+def test_node_budget_evicts_oldest_documents_first() -> None:
+    tree = SuffixTree(max_depth=4, max_nodes=40)
+    for doc in range(10):
+        tree.add(doc, [doc * 10 + j for j in range(6)])  # disjoint documents of 15 nodes each
+    assert tree.num_nodes <= 40
+    assert tree.propose([91, 92], k=2)[1] == [93, 94]  # newest kept
+    assert tree.propose([1, 2], k=2) == (0, [])  # oldest gone
+    assert len(tree) < 10
+
+
+def test_a_window_shared_by_two_documents_survives_removing_one() -> None:
+    tree = SuffixTree(max_depth=4)
+    tree.add("x", [1, 2, 3, 4])
+    tree.add("y", [1, 2, 3, 4])
+    tree.remove("x")
+    assert tree.propose([1, 2], k=2)[1] == [3, 4]
+    tree.remove("y")
+    assert tree.num_nodes == 0
+
+
+def test_bad_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="max_depth"):
+        SuffixTree(max_depth=1)
