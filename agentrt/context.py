@@ -218,11 +218,19 @@ class JobContext:
         task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
         attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": engine.model_name, "gen_ai.conversation.id": sess.id,
                  "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature, "agentrt.job.id": self.job_id}
-        with telemetry.span(f"chat {engine.model_name}", attrs) as sp:
-            gen = await self.runtime.run_task(
-                self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
-                RetryPolicy())
-            _llm_span_attributes(sp, gen, task)
+        # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
+        # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
+        engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
+        self.runtime.prefix_hints[task.id] = prompt
+        try:
+            with telemetry.span(f"chat {engine.model_name}", attrs) as sp:
+                gen = await self.runtime.run_task(
+                    self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                    RetryPolicy())
+                _llm_span_attributes(sp, gen, task)
+        finally:
+            self.runtime.prefix_hints.pop(task.id, None)
+            engine.unhint(task.id)
         self._consumed(task)
         return gen
 

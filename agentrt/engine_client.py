@@ -44,6 +44,10 @@ class EngineClient(Protocol):
 
     def unpin(self, key: str) -> None: ...
 
+    def hint(self, key: str, token_ids: list[int], steps: float) -> None: ...
+
+    def unhint(self, key: str) -> None: ...
+
     def kv_capacity_tokens(self) -> int: ...
 
     def max_batch(self) -> int: ...
@@ -100,6 +104,13 @@ class EmbeddedEngine:
 
     def unpin(self, key: str) -> None:
         self.llm.core.unpin(key)
+
+    def hint(self, key: str, token_ids: list[int], steps: float) -> None:
+        """Steps-to-execution hint: a queued LLM call will need this prefix in ~`steps` steps."""
+        self.llm.core.hint(key, token_ids, steps)
+
+    def unhint(self, key: str) -> None:
+        self.llm.core.unhint(key)
 
     def kv_capacity_tokens(self) -> int:
         sched = self.llm.core.scheduler

@@ -30,7 +30,7 @@ from agentrt.engine_client import EngineClient
 from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler
-from agentrt.types import JobResult, JobSpec, RetryPolicy, Task, TaskState, Usage
+from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState, Usage
 
 logger = logging.getLogger(__name__)
 EventSink = Callable[[dict[str, Any]], None]
@@ -76,6 +76,8 @@ class Runtime:
         self.jobs: dict[str, JobRun] = {}
         self._grants: dict[str, anyio.Event] = {}
         self._ids = itertools.count(1)
+        # Prefixes of queued LLM calls (task id -> prompt ids), for steps-to-execution hints.
+        self.prefix_hints: dict[str, list[int]] = {}
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}"
@@ -192,6 +194,16 @@ class Runtime:
             event = self._grants.pop(task.id, None)
             if event is not None:
                 event.set()
+        if self.engine is not None and self.prefix_hints:
+            # The next LLM calls in line: announce them as imminent so the engine keeps their
+            # prefixes on the device, or restores them from host memory, while they wait.
+            for steps, task in enumerate(self.scheduler.peek(Pool.GPU, PREFETCH_NEXT)):
+                tokens = self.prefix_hints.get(task.id)
+                if tokens is not None:
+                    self.engine.hint(task.id, tokens, steps)
+
+
+PREFETCH_NEXT = 2  # queued LLM calls re-announced on every dispatch
 
 
 def _root(exc: BaseException) -> BaseException:

@@ -127,3 +127,11 @@ class Scheduler:
     @property
     def num_queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+    def peek(self, pool: Pool, n: int) -> list[Task]:
+        """The next `n` tasks `pick` would consider for `pool`, in order (nothing changes)."""
+        return [t for _, _, t in heapq.nsmallest(n, self._queues.get(pool, []))]
+
+    def num_queued_in(self, pool: Pool) -> int:
+        """Tasks waiting for `pool` (an arriving task's steps-to-execution estimate)."""
+        return len(self._queues.get(pool, []))

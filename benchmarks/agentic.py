@@ -108,18 +108,17 @@ async def replay(ctx: Any, job: int) -> int:
     return len(PLANS[job].turns)
 
 
-def make_runtime(prefix_cache: bool, policy: str, speculative: str | None = None) -> Runtime:
+def make_runtime(policy: str, engine_options: dict[str, Any]) -> Runtime:
     reg = Registry()
     for t in TOOLS:
         reg.register(t)
     reg.register(replay)
-    engine = EmbeddedEngine(LLM(enable_prefix_caching=prefix_cache, kv_cache_memory_gb=1.0, speculative=speculative))
+    engine = EmbeddedEngine(LLM(**engine_options))
     return Runtime(reg, engine, policy=policy, limits=PoolLimits(gpu=4, cpu=4))
 
 
-async def run_config(name: str, plans: list[Plan], concurrent: bool, prefix_cache: bool, policy: str, scale: float,
-                     speculative: str | None = None) -> Stats:
-    rt = make_runtime(prefix_cache, policy, speculative)
+async def run_config(name: str, plans: list[Plan], concurrent: bool, policy: str, scale: float, engine_options: dict[str, Any]) -> Stats:
+    rt = make_runtime(policy, engine_options)
     stats = Stats()
 
     def on_event(ev: dict[str, Any]) -> None:
@@ -229,6 +228,8 @@ def main() -> None:
     ap.add_argument("--max-output", type=int, default=128, help="cap on a replayed turn's output tokens")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-gb", type=float, default=0.125, help="device KV cache budget of every configuration (GiB)")
+    ap.add_argument("--drafter", default="suffix", help="drafter of rows (5)-(7)")
     ap.add_argument("--quick", action="store_true", help="2 jobs, 3 turns each, short outputs; no LangGraph baseline")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -237,12 +238,27 @@ def main() -> None:
     PLANS[:] = build_plans(path, jobs, args.seed, 3 if args.quick else None, 16 if args.quick else args.max_output)
     scale = 1.0 / args.rate
     # (1) one job at a time, no prefix cache; (2) + concurrent jobs on continuous batching;
-    # (3) + prefix/KV reuse across turns; (4) + program-level least-attained-service scheduling.
-    # (5) + speculative decoding (n-gram drafter).
-    configs = [("(1) naive", False, False, "fcfs", None), ("(2) +batching", True, False, "fcfs", None),
-               ("(3) +prefix reuse", True, True, "fcfs", None), ("(4) +LAS", True, True, "las", None),
-               ("(5) +spec (ngram)", True, True, "las", "ngram")]
-    results = {name: asyncio.run(run_config(name, PLANS, c, pc, pol, scale, spec)) for name, c, pc, pol, spec in configs}
+    # (3) + prefix/KV reuse across turns; (4) + program-level least-attained-service scheduling;
+    # (5) + speculative decoding; (6) + FP4 (NVFP4) experts; (7) + host-memory KV tier under the
+    # device KV budget. Every configuration gets the same device KV budget (--kv-gb).
+    import torch
+
+    from engine.model.config import ModelConfig
+    from engine.runner import kv_bytes_per_block
+
+    kv_blocks = int(args.kv_gb * 2**30 // kv_bytes_per_block(ModelConfig.from_hf(DEFAULT_MODEL_DIR), 16, torch.float32))
+    dev = {"num_kv_blocks": kv_blocks}
+    spec = {"speculative": args.drafter, "num_speculative_tokens": 16 if args.drafter == "suffix" else 4}
+    configs: list[tuple[str, bool, str, dict[str, Any]]] = [
+        ("(1) naive", False, "fcfs", dev | {"enable_prefix_caching": False}),
+        ("(2) +batching", True, "fcfs", dev | {"enable_prefix_caching": False}),
+        ("(3) +prefix reuse", True, "fcfs", dev),
+        ("(4) +LAS", True, "las", dev),
+        (f"(5) +spec ({args.drafter})", True, "las", dev | spec),
+        ("(6) +FP4 experts", True, "las", dev | spec | {"quantization": "nvfp4"}),
+        ("(7) +KV tiers", True, "las", dev | spec | {"quantization": "nvfp4", "host_kv_blocks": 4 * kv_blocks}),
+    ]
+    results = {name: asyncio.run(run_config(name, PLANS, c, pol, scale, opts)) for name, c, pol, opts in configs}
     base = results[configs[0][0]]
     rows = [row(name, s, jobs, base) for name, s in results.items()]
     if not args.quick:
@@ -259,10 +275,11 @@ def main() -> None:
         assert s.cached_tokens + s.computed_tokens == s.prompt_tokens, "usage does not add up"
         assert s.generated_tokens == sum(t.out_len for p in PLANS for t in p.turns)
     if not args.no_write and not args.quick:
-        cmd = f"python benchmarks/agentic.py --jobs {jobs} --rate {args.rate} --max-output {args.max_output} --seed {args.seed}"
+        cmd = (f"python benchmarks/agentic.py --jobs {jobs} --rate {args.rate} --max-output {args.max_output} --seed {args.seed} "
+               f"--kv-gb {args.kv_gb} --drafter {args.drafter}")
         body = (markdown_table(cols, rows) + f"\n\n{turns} replayed LLM turns (runs cut where the prompt would pass the model's "
                 f"{CONTEXT}-token context). LangGraph + transformers costs {ratio:.2f}x the full agentrt stack per job. "
-                "Rows (6) FP4 experts and (7) KV tiers are added by their issues. "
+                f"Device KV budget {args.kv_gb} GiB ({kv_blocks} blocks of 16 tokens) in every row; (7) adds a host tier of 4x that. "
                 "Targets: full stack >= 20x lower $/job than (1) and >= 10x lower than LangGraph + transformers, p99 no worse than (2).")
         write_section("agentic", "Agentic benchmark: $ per job, stacked optimisations", body, cmd, {k: vars(v) if hasattr(v, "__dict__") else {f: getattr(v, f) for f in v.__slots__} for k, v in results.items()})
 

@@ -53,7 +53,7 @@ async def _one(llm: LLM, prompt: list[int], params: SamplingParams) -> tuple[flo
     return last - first, final.usage.generated_tokens - 1, final.usage
 
 
-DRAFT_TOKENS = {"suffix": 8, "ngram": 8, "mtp": 1, "draft": 4}
+DRAFT_TOKENS = {"suffix": 16, "ngram": 8, "mtp": 1, "draft": 4}
 
 
 def run(prompts: list[list[int]], drafter: str | None, temperature: float, max_tokens: int) -> tuple[float, float, float]:

@@ -18,6 +18,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.kv.radix import RadixNode
 from engine.kv.tiers import DiskKVTier, HostKVTier, block_keys
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
@@ -92,6 +93,11 @@ class EngineCore:
         self._aborts: deque[str] = deque()
         self._pin_cmds: deque[tuple[str, list[int] | None, float | None]] = deque()
         self.pins: dict[str, Pin] = {}
+        # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
+        self._hint_cmds: deque[tuple[str, list[int] | None, float, float | None]] = deque()
+        self.hints: dict[str, tuple[list[int], float, float | None]] = {}
+        if self.scheduler.radix is not None:
+            self.scheduler.radix.next_use = self._next_use
         self._by_id: dict[str, Sequence] = {}
         self._lock = threading.Lock()
 
@@ -199,6 +205,43 @@ class EngineCore:
         """Release a pin (any thread); unknown keys are ignored."""
         self._pin_cmds.append((key, None, None))
 
+    def hint(self, key: str, token_ids: list[int], steps: float, ttl: float | None = None) -> None:
+        """Tell the cache that a task will need the prefix `token_ids` in about `steps` scheduling
+        steps (the runtime's steps-to-execution, as in KVFlow). Eviction then takes prefixes nobody
+        announced first (LRU), then announced ones, furthest-off first; with a host tier, a prefix
+        announced for `steps <= 1` is restored to the device ahead of its request. Unlike `pin` it
+        never blocks eviction. Any thread; replaces the key's previous hint; `ttl` in seconds."""
+        self._hint_cmds.append((key, list(token_ids), float(steps), ttl))
+
+    def unhint(self, key: str) -> None:
+        """Withdraw a hint (any thread); unknown keys are ignored."""
+        self._hint_cmds.append((key, None, 0.0, None))
+
+    def _apply_hints(self) -> None:
+        now = time.monotonic()
+        while self._hint_cmds:
+            key, token_ids, steps, ttl = self._hint_cmds.popleft()
+            if token_ids is None:
+                self.hints.pop(key, None)
+                continue
+            self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
+            radix = self.scheduler.radix
+            if steps <= 1 and self.host_tier is not None and radix is not None:
+                limit = (len(token_ids) - 1) // self.config.block_size * self.config.block_size
+                self._restore(token_ids[:limit], radix.cached_prefix_len(token_ids[:limit]))  # prefetch
+        for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
+            del self.hints[key]
+
+    def _next_use(self) -> dict[RadixNode, float]:
+        """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it."""
+        radix = self.scheduler.radix
+        assert radix is not None
+        soon: dict[RadixNode, float] = {}
+        for token_ids, steps, _ in self.hints.values():
+            for node in radix.path_nodes(token_ids):
+                soon[node] = min(steps, soon.get(node, steps))
+        return soon
+
     def _apply_pins(self) -> None:
         radix = self.scheduler.radix
         now = time.monotonic()
@@ -217,7 +260,7 @@ class EngineCore:
                 radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
 
     def has_unfinished(self) -> bool:
-        return bool(self._inbox or self._aborts or self.scheduler.has_unfinished())
+        return bool(self._inbox or self._aborts or self._hint_cmds or self.scheduler.has_unfinished())
 
     # ---- the step ----------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
@@ -295,6 +338,7 @@ class EngineCore:
 
     def _drain(self) -> list[StepOutput]:
         self._apply_pins()
+        self._apply_hints()
         while self._inbox:
             new = self._inbox.popleft()
             self.scheduler.add(new)

@@ -48,6 +48,9 @@ class RadixCache:
         # Called with (token path up to the node's end, the node's blocks, its hit count) before a
         # node is evicted.
         self.on_evict: Callable[[list[int], list[int], int], None] | None = None
+        # Graph knowledge for eviction: returns {node: steps until a task needs it}. Leaves nobody
+        # announced go first (LRU among them), then announced ones, the furthest-off first.
+        self.next_use: Callable[[], dict[RadixNode, float]] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -107,6 +110,24 @@ class RadixCache:
                 break
             node = child
         return i
+
+    def path_nodes(self, token_ids: Sequence[int]) -> list[RadixNode]:
+        """The nodes holding any cached page-aligned prefix of `token_ids` (a partly matched last
+        edge included), root excluded; changes nothing (no split, no LRU refresh, no counters)."""
+        bs = self.block_size
+        n = len(token_ids) // bs * bs
+        node, i, out = self.root, 0, []
+        while i < n:
+            child = node.children.get(tuple(token_ids[i : i + bs]))
+            if child is None:
+                break
+            out.append(child)
+            pages = self._common_pages(child.key, token_ids, i, n)
+            if pages * bs < len(child.key):
+                break
+            i += pages * bs
+            node = child
+        return out
 
     def _common_pages(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
         bs = self.block_size
@@ -178,7 +199,13 @@ class RadixCache:
     def evict(self, num_blocks: int) -> int:
         """Evict unlocked leaves, least recently used first, until `num_blocks` blocks have left
         the tree or nothing is evictable. Returns the number of blocks released."""
-        heap = [(n.last_access, id(n), n) for n in self._nodes() if n.is_leaf and n.lock == 0]
+        soon = self.next_use() if self.next_use is not None else {}
+
+        def rank(n: RadixNode) -> tuple[float, float, int]:
+            steps = soon.get(n)
+            return (0.0, 0.0, n.last_access) if steps is None else (1.0, -steps, n.last_access)
+
+        heap = [(rank(n), id(n), n) for n in self._nodes() if n.is_leaf and n.lock == 0]
         heapq.heapify(heap)
         released = 0
         while heap and released < num_blocks:
@@ -192,7 +219,7 @@ class RadixCache:
             released += len(node.blocks)
             self.num_cached_blocks -= len(node.blocks)
             if parent is not self.root and parent.is_leaf and parent.lock == 0:
-                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+                heapq.heappush(heap, (rank(parent), id(parent), parent))
         return released
 
     def path_tokens(self, node: RadixNode) -> list[int]:

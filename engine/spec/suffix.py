@@ -164,7 +164,7 @@ class SuffixDrafter:
     it is still generating). The longer match wins; ties go to the tree (frequency-ranked)."""
 
     def __init__(
-        self, max_depth: int = 32, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.0
+        self, max_depth: int = 32, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.5
     ) -> None:
         from engine.spec.ngram import NgramDrafter
 

@@ -84,3 +84,40 @@ async def test_plan_execute_fans_out_to_workers_and_reduces(engine: EmbeddedEngi
     names = [t.name for t in dag.tasks.values()]
     assert names[0] == "planner" and names[-1] == "reducer" and 1 <= names.count("worker") <= 2
     assert len(res.output["workers"]) == len(res.output["plan"])
+
+
+@graph
+async def one_turn(ctx: Any, n: int) -> int:
+    gen = await ctx.generate(f"Flight number {n}, please check it.", max_tokens=4)
+    return gen.usage.prompt_tokens
+
+
+async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: EmbeddedEngine) -> None:
+    import asyncio
+
+    from agentrt.scheduler import PoolLimits
+
+    calls: list[tuple[str, str, float]] = []
+
+    class Recording(EmbeddedEngine):
+        def hint(self, key: str, token_ids: list[int], steps: float) -> None:
+            calls.append(("hint", key, steps))
+            super().hint(key, token_ids, steps)
+
+        def unhint(self, key: str) -> None:
+            calls.append(("unhint", key, 0.0))
+            super().unhint(key)
+
+    rec = Recording(engine.llm)
+    reg = Registry()
+    reg.register(one_turn)
+    rt = Runtime(reg, rec, limits=PoolLimits(gpu=1))  # one LLM call at a time: the others queue
+    results = await asyncio.gather(*[rt.run_job(JobSpec(graph="one_turn", inputs={"n": i})) for i in range(4)])
+    assert all(r.status == "succeeded" for r in results)
+    hinted = {key for kind, key, _ in calls if kind == "hint"}
+    assert len(hinted) == 4 and hinted == {key for kind, key, _ in calls if kind == "unhint"}
+    assert any(kind == "hint" and steps >= 1 for kind, _, steps in calls)  # someone waited behind another
+    assert any(kind == "hint" and steps == 0 for kind, _, steps in calls)  # and was re-announced as next
+    assert rt.prefix_hints == {}
+    engine.llm.core.step()
+    assert engine.llm.core.hints == {}

@@ -19,5 +19,5 @@ def test_agentic_quick_mode_completes_every_configuration() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agentic.py"), "--quick", "--no-write"],
                          capture_output=True, text=True, timeout=280, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("(1) naive", "(2) +batching", "(3) +prefix reuse", "(4) +LAS", "(5) +spec (ngram)"):
+    for name in ("(1) naive", "(2) +batching", "(3) +prefix reuse", "(4) +LAS", "(5) +spec (suffix)", "(6) +FP4 experts", "(7) +KV tiers"):
         assert name in out.stdout

@@ -150,3 +150,30 @@ def _sync_naive(radix: RadixCache, naive: NaiveCache) -> None:
             assert naive.locks.get(prefix, 0) == 0, "the tree evicted a locked page"
             naive.pool.decref([naive.block.pop(prefix)])
             naive.access.pop(prefix)
+
+
+def test_eviction_takes_unannounced_leaves_first_then_the_furthest_off() -> None:
+    pool = BlockPool(16)
+    cache = RadixCache(pool, 2)
+    paths = {name: [base + j for j in range(4)] for name, base in (("a", 10), ("b", 20), ("c", 30), ("d", 40))}
+    for name in "abcd":  # inserted (and last used) in this order: a is the LRU leaf
+        blocks = pool.allocate(2)
+        cache.insert(paths[name], blocks)
+        pool.decref(blocks)
+    cache.next_use = lambda: {n: steps for name, steps in (("a", 0.0), ("b", 5.0)) for n in cache.path_nodes(paths[name])}
+    evicted: list[list[int]] = []
+    cache.on_evict = lambda path, blocks, hits: evicted.append(path)
+    cache.evict(8)
+    assert evicted == [paths["c"], paths["d"], paths["b"], paths["a"]]
+
+
+def test_path_nodes_changes_nothing_and_covers_partial_edges() -> None:
+    pool = BlockPool(8)
+    cache = RadixCache(pool, 2)
+    blocks = pool.allocate(3)
+    cache.insert([1, 2, 3, 4, 5, 6], blocks)
+    before = (cache.num_queries, [n.last_access for n in cache._nodes()], cache.pretty())
+    nodes = cache.path_nodes([1, 2, 3, 4, 9, 9])
+    assert len(nodes) == 1 and nodes[0].blocks == blocks  # the one edge, partly matched, not split
+    assert (cache.num_queries, [n.last_access for n in cache._nodes()], cache.pretty()) == before
+    assert cache.path_nodes([7, 7]) == []

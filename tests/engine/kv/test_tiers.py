@@ -139,3 +139,27 @@ def test_a_pinned_prefix_survives_eviction_pressure_until_its_ttl(tiny_qwen: Pat
     for _ in range(3):
         llm.generate([torch.randint(2, 128, (30,), generator=g).tolist()], GREEDY)
     assert radix.cached_prefix_len(pinned) < 40  # after its TTL the pin no longer protects it
+
+
+def test_a_hinted_prefix_outlives_newer_ones_and_is_prefetched_from_host(tiny_qwen: Path) -> None:
+    g = torch.Generator().manual_seed(9)
+    soon, later = (torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(2))
+    others = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(3)]
+    opts = dict(device="cpu", dtype="float32", block_size=4)
+    llm = LLM(tiny_qwen, num_kv_blocks=32, host_kv_blocks=64, **opts)  # type: ignore[arg-type]
+    radix = llm.core.scheduler.radix
+    assert radix is not None
+    llm.generate([soon + [1]], GREEDY)
+    llm.core.hint("job-1", soon, steps=3)  # a task of the graph will continue it in ~3 steps
+    llm.generate([later + [1]], GREEDY)
+    for o in others:  # pressure: the device holds about one prompt besides the running one
+        llm.generate([o], GREEDY)
+    assert radix.cached_prefix_len(soon) >= 36  # kept although least recently used
+    assert radix.cached_prefix_len(later) < 36  # the unannounced one went first
+    llm.core.hint("job-2", later, steps=0)  # imminent: restored from host before it is requested
+    llm.core.step()
+    assert radix.cached_prefix_len(later) >= 36 and llm.core.host_tier.num_restored >= 9  # type: ignore[union-attr]
+    llm.core.unhint("job-1")
+    llm.core.unhint("job-2")
+    llm.core.step()
+    assert llm.core.hints == {}
