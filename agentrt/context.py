@@ -334,8 +334,10 @@ def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     sp.set_attribute("agentrt.prefill_tokens_computed", u.prefill_tokens_computed)
     sp.set_attribute("agentrt.device_seconds", u.device_seconds)
     sp.set_attribute("agentrt.kv.device.byte_seconds", u.kv_byte_seconds)
-    sp.set_attribute("agentrt.spec.proposed_tokens", 0)  # this engine does not speculate yet
-    sp.set_attribute("agentrt.spec.accepted_tokens", 0)
+    sp.set_attribute("agentrt.kv.host.restored_bytes", u.kv_restored_bytes_host)
+    sp.set_attribute("agentrt.kv.disk.restored_bytes", u.kv_restored_bytes_disk)
+    sp.set_attribute("agentrt.spec.proposed_tokens", u.spec_proposed_tokens)
+    sp.set_attribute("agentrt.spec.accepted_tokens", u.spec_accepted_tokens)
     sp.set_attribute("agentrt.cost.usd", u.cost_usd)
 
 

@@ -48,6 +48,10 @@ class Usage(msgspec.Struct, kw_only=True):
     cpu_seconds: float = 0.0
     io_bytes: int = 0
     kv_byte_seconds: float = 0.0  # KV cache bytes held x seconds (device tier)
+    kv_restored_bytes_host: int = 0  # KV moved host -> device for this work's prefixes
+    kv_restored_bytes_disk: int = 0  # KV moved disk -> device
+    spec_proposed_tokens: int = 0  # speculative draft tokens proposed / accepted
+    spec_accepted_tokens: int = 0
     cost_usd: float = 0.0
 
     def add(self, other: Usage) -> None:

@@ -7,6 +7,12 @@ cache block here (block_size 1 over ids, 512 tokens per block; a request's last 
 remainder of its input).
 
     python benchmarks/trace_replay.py [--trace FILE] [--capacities 1e6 3e6 1e7] [--host 1e7] [--disk 1e8]
+    python benchmarks/trace_replay.py --model [--model-blocks 16] [--model-requests N]
+
+`--model` also replays a scaled-down trace on the embedded model and reports time to first token
+without and with the host tier: each hash id becomes 16 seeded tokens, each request keeps its first
+`--model-blocks` blocks and generates one token, requests run one at a time in trace order; the
+device KV holds 1/8 of the distinct blocks and the host tier 1/2.
 """
 
 from __future__ import annotations
@@ -132,12 +138,47 @@ def replay_tiers(trace: list[dict], device_tokens: float, host_tokens: float, di
     return hit / total, sim.disk_writes
 
 
+def model_replay(trace: list[dict], max_blocks: int, label: str, **engine_options: object) -> dict[str, float]:
+    """TTFT (prefill + first token, one request at a time) of the scaled-down trace on the model."""
+    import random
+    import statistics
+    import time
+
+    from engine import LLM, SamplingParams
+
+    llm = LLM(block_size=16, **engine_options)  # type: ignore[arg-type]
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    blocks: dict[int, list[int]] = {}
+    ttfts, cached, prompt = [], 0, 0
+    for req in trace:
+        ids = []
+        for h in req["hash_ids"][:max_blocks]:
+            if h not in blocks:
+                blocks[h] = random.Random(h).choices(range(16, llm.model_config.vocab_size), k=16)
+            ids += blocks[h]
+        start = time.perf_counter()
+        out = llm.generate([ids], params)[0]
+        ttfts.append(time.perf_counter() - start)
+        cached += out.usage.cached_tokens
+        prompt += out.usage.prompt_tokens
+    tier = llm.core.host_tier
+    llm.close()
+    ttfts.sort()
+    print(f"{label}: TTFT mean {statistics.mean(ttfts) * 1e3:.1f} ms, hit {cached / prompt:.1%}")
+    return {"ttft_mean_ms": statistics.mean(ttfts) * 1e3, "ttft_p50_ms": ttfts[len(ttfts) // 2] * 1e3,
+            "ttft_p90_ms": ttfts[int(0.9 * len(ttfts))] * 1e3, "hit_rate": cached / prompt,
+            "host_restored_blocks": float(tier.num_restored) if tier is not None else 0.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", type=Path, default=None, help="Mooncake-format JSONL (default: ../shared/data/mooncake/synthetic_trace.jsonl)")
     ap.add_argument("--capacities", type=float, nargs="*", default=[1e6, 3e6, 1e7], help="device KV capacities in tokens")
     ap.add_argument("--host", type=float, default=1e7, help="host-memory tier capacity in tokens")
     ap.add_argument("--disk", type=float, default=1e8, help="disk tier capacity in tokens")
+    ap.add_argument("--model", action="store_true", help="also replay a scaled-down trace on the embedded model (TTFT)")
+    ap.add_argument("--model-blocks", type=int, default=16, help="blocks kept per request in the model replay")
+    ap.add_argument("--model-requests", type=int, default=None, help="requests in the model replay (default: all)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     path = args.trace or data_file("mooncake", "synthetic_trace.jsonl")
@@ -157,11 +198,29 @@ def main() -> None:
         rows[-1 if cap is None else -3].append("-")
     cols = ["device capacity", "tiers", "token hit rate", "evicted blocks", "disk block writes"]
     print_table(f"prefix-cache replay of {path.name} ({len(trace)} requests)", cols, rows)
+    model_rows: list[list[object]] = []
+    if args.model:
+        sub = trace[: args.model_requests]
+        distinct = len({h for r in sub for h in r["hash_ids"][: args.model_blocks]})
+        dev, host = max(64, distinct // 8), distinct // 2
+        configs = [("device only", {"num_kv_blocks": dev}), (f"device + host {host} blocks", {"num_kv_blocks": dev, "host_kv_blocks": host}),
+                   ("unlimited device", {"num_kv_blocks": distinct + 512})]
+        for label, opts in configs:
+            m = model_replay(sub, args.model_blocks, label, **opts)
+            data[f"model {label}"] = m
+            model_rows.append([label, f"{m['hit_rate']:.1%}", m["ttft_mean_ms"], m["ttft_p50_ms"], m["ttft_p90_ms"]])
+        mcols = ["KV (device holds 1/8 of distinct blocks)", "token hit rate", "TTFT mean ms", "TTFT p50 ms", "TTFT p90 ms"]
+        print_table(f"embedded-model replay: {len(sub)} requests x <= {args.model_blocks} blocks of 16 tokens", mcols, model_rows)
     if not args.no_write:
         body = markdown_table(cols, rows) + ("\n\nThe trace's reference hit rate with an unlimited prefix cache is 65.1%. Tier rows "
                                              "use a bookkeeping twin of engine/kv/tiers.py (LRU at each tier; a block reaches disk only after "
                                              "the given number of uses: prefix hits on the device plus restores from host).")
-        write_section("trace_replay", "Prefix-cache trace replay (Mooncake)", body, "python benchmarks/trace_replay.py", data)
+        if model_rows:
+            body += (f"\n\nEmbedded model, scaled down ({len(trace[: args.model_requests])} requests, each hash id = 16 seeded tokens, "
+                     f"first {args.model_blocks} blocks per request, one output token, one request at a time, 2 CPU cores):\n\n"
+                     + markdown_table(mcols, model_rows))
+        cmd = "python benchmarks/trace_replay.py" + (f" --model --model-blocks {args.model_blocks}" if args.model else "")
+        write_section("trace_replay", "Prefix-cache trace replay (Mooncake)", body, cmd, data)
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ class EngineCore:
         for key, block in zip(keys, blocks, strict=True):
             self.host_tier.offload(key, kv.k[:, block], kv.v[:, block], hits)
 
-    def _restore(self, tokens: list[int], cached: int) -> None:
-        """Scheduler hook: bring the blocks after the cached prefix back from host memory."""
+    def _restore(self, tokens: list[int], cached: int) -> tuple[int, int]:
+        """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk).
+        Returns the bytes restored from host and from disk."""
         assert self.host_tier is not None
         bs = self.config.block_size
         keys = block_keys(tokens, bs)
@@ -123,7 +124,7 @@ class EngineCore:
         while start + found < len(keys) and keys[start + found] in self.host_tier:
             found += 1
         if found == 0:
-            return
+            return 0, 0
         sched, radix = self.scheduler, self.scheduler.radix
         assert radix is not None
         prefix = radix.match_prefix(tokens[: start * bs], count=False)
@@ -132,20 +133,27 @@ class EngineCore:
             self.host_tier.touch(key)  # nor may offloads push these blocks out of host memory
         try:
             if not sched._make_room(found):
-                return
+                return 0, 0
         finally:
             radix.unlock(prefix.node)
         found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
         new = sched.pool.allocate(found)
         kv = self.runner.kv_cache
-        restored = 0
+        restored = host_bytes = disk_bytes = 0
+        block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
         for key, block in zip(keys[start : start + found], new, strict=True):
+            from_host = key in self.host_tier.blocks
             if not self.host_tier.restore(key, kv.k[:, block], kv.v[:, block]):
                 break  # unreadable (corrupt disk block): recompute from here on
             restored += 1
+            if from_host:
+                host_bytes += block_bytes
+            else:
+                disk_bytes += block_bytes
         if restored:
             radix.insert(tokens[: (start + restored) * bs], prefix.block_ids + new[:restored])
         sched.pool.decref(new)  # the tree holds the restored ones now; the rest return to the pool
+        return host_bytes, disk_bytes
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:

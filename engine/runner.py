@@ -15,7 +15,7 @@ from engine.model.config import ModelConfig
 from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
 from engine.spec.draft_model import PLACEHOLDER, DraftModel
-from engine.spec.rejection import accept, accept_greedy
+from engine.spec.rejection import accept
 from engine.structured import mask_logits
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,23 @@ logger = logging.getLogger(__name__)
 def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     per_token = 2 * model_config.num_layers * model_config.num_kv_heads * model_config.head_dim
     return per_token * block_size * torch.empty((), dtype=dtype).element_size()
+
+
+GREEDY_VERIFY_CHUNK = 4
+
+
+def verify_greedy(compute_logits: Any, hidden: torch.Tensor, drafts: list[int]) -> tuple[int, int]:
+    """Greedy verification of `drafts` against hidden states [k + 1, H] (the last token's, then each
+    draft's): (number of drafts accepted, the next token). The LM head runs on a few rows at a time
+    and stops at the first mismatch, so a short accepted prefix does not pay for all k + 1 rows.
+    Equals `spec.rejection.accept_greedy` on the full logits (tested)."""
+    k = len(drafts)
+    for lo in range(0, k + 1, GREEDY_VERIFY_CHUNK):
+        preds = compute_logits(hidden[lo : lo + GREEDY_VERIFY_CHUNK]).argmax(-1).tolist()
+        for j, tok in enumerate(preds, start=lo):
+            if j == k or tok != drafts[j]:
+                return j, tok
+    raise AssertionError("unreachable: row k always ends the loop")
 
 
 class ModelRunner:
@@ -123,15 +140,15 @@ class ModelRunner:
         """Score the last token and k drafts in one pass; accept losslessly (engine/spec/rejection.py)."""
         k = len(seq.draft_ids)
         end = meta.cu_query_lens[i + 1]
+        if seq.params.greedy:
+            a, nxt = verify_greedy(self.model.compute_logits, hidden[end - k - 1 : end], seq.draft_ids)
+            return a, seq.draft_ids[:a] + [nxt]
         logits = self.model.compute_logits(hidden[end - k - 1 : end])  # [k + 1, vocab]
         drafts = torch.tensor([seq.draft_ids], device=logits.device)
-        if seq.params.greedy:
-            num, nxt = accept_greedy(logits.argmax(-1)[None], drafts)
-        else:
-            probs = torch.stack([probabilities(row, seq.params) for row in logits])[None]  # [1, k + 1, vocab]
-            num, nxt = accept(probs.cpu(), drafts.cpu(), None, generator=seq.generator)
-        a = int(num[0])
-        return a, seq.draft_ids[:a] + [int(nxt[0])]
+        probs = torch.stack([probabilities(row, seq.params) for row in logits])[None]  # [1, k + 1, vocab]
+        num, bonus = accept(probs.cpu(), drafts.cpu(), None, generator=seq.generator)
+        accepted = int(num[0])
+        return accepted, seq.draft_ids[:accepted] + [int(bonus[0])]
 
     def _fill_drafts(self, batch: ScheduledBatch) -> None:
         """Replace the core's placeholder drafts by the draft model's proposals."""

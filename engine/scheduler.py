@@ -56,8 +56,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) -> None.
-        self.extend_prefix: Callable[[list[int], int], None] | None = None
+        # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
+        # (bytes restored from host, bytes restored from disk).
+        self.extend_prefix: Callable[[list[int], int], tuple[int, int]] | None = None
 
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -159,7 +160,9 @@ class Scheduler:
         # Keep at least one token to compute: its logits give the first sampled token.
         limit = (len(seq) - 1) // self.block_size * self.block_size
         if self.extend_prefix is not None:
-            self.extend_prefix(seq.token_ids[:limit], self.radix.cached_prefix_len(seq.token_ids[:limit]))
+            host, disk = self.extend_prefix(seq.token_ids[:limit], self.radix.cached_prefix_len(seq.token_ids[:limit]))
+            seq.usage.kv_restored_bytes_host += host
+            seq.usage.kv_restored_bytes_disk += disk
         match = self.radix.match_prefix(seq.token_ids[:limit])
         if match.num_tokens == 0:
             return

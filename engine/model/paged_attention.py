@@ -53,16 +53,17 @@ def attend_runs(
     n, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
-    qg = q.view(n, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, n * group, head_dim)
+    qg = (q * scale).view(n, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, n * group, head_dim)
     views = [(k_cache[b : b + m].view(m * block_size, num_kv_heads, head_dim),
               v_cache[b : b + m].view(m * block_size, num_kv_heads, head_dim)) for b, m in runs]
-    scores = torch.cat([torch.matmul(qg, k.permute(1, 2, 0)) for k, _ in views], dim=-1)  # [Hkv, n*G, L]
-    length = scores.shape[-1]
-    if length > ctx or n > 1:  # mask padding past the context and the causal future
-        key_pos = torch.arange(length, device=q.device)
-        q_pos = torch.arange(ctx - n, ctx, device=q.device).repeat_interleave(group)  # row r = token r // G
-        scores = scores.masked_fill(key_pos[None, :] > q_pos[:, None], float("-inf"))
-    probs = torch.softmax(scores.float() * scale, dim=-1).to(q.dtype)
+    parts = [torch.matmul(qg, k.permute(1, 2, 0)) for k, _ in views]
+    scores = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # [Hkv, n*G, L]
+    lo = ctx - n  # keys before the first new token are visible to every row: mask only the tail
+    if scores.shape[-1] > ctx or n > 1:
+        key_pos = torch.arange(lo, scores.shape[-1], device=q.device)
+        q_pos = torch.arange(lo, ctx, device=q.device).repeat_interleave(group)  # row r = token r // G
+        scores[..., lo:].masked_fill_(key_pos[None, :] > q_pos[:, None], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     out = None
     start = 0
     for _, v in views:

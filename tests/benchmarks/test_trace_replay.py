@@ -30,7 +30,11 @@ def test_host_and_disk_tiers_win_back_what_device_capacity_loses() -> None:
 
     trace = load(TRACE)[:1500]
     device_only, _ = replay(trace, 3e5)
-    some = replay_tiers(trace, 3e5, 3e5, 0)
-    ample = replay_tiers(trace, 3e5, 3e6, 3e7)
+    some, _ = replay_tiers(trace, 3e5, 3e5, 0, disk_min_hits=0)
+    ample, writes = replay_tiers(trace, 3e5, 3e6, 3e7, disk_min_hits=0)
     assert device_only < some < ample
     assert abs(ample - replay(trace, None)[0]) < 1e-9
+    # Admitting only blocks used twice to disk writes fewer blocks and keeps most of the benefit.
+    picky, picky_writes = replay_tiers(trace, 3e5, 3e5, 3e7, disk_min_hits=2)
+    everything, all_writes = replay_tiers(trace, 3e5, 3e5, 3e7, disk_min_hits=0)
+    assert picky_writes < all_writes and device_only < picky <= everything

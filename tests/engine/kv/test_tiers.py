@@ -45,6 +45,9 @@ def test_generation_from_restored_blocks_equals_generation_without_eviction(tiny
     assert tier is not None and tier.num_offloaded > 0
     out = llm.generate([shared + [7, 7]], GREEDY)[0]
     assert tier.num_restored >= 9 and out.usage.cached_tokens >= 36
+    kv = llm.core.runner.kv_cache
+    block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
+    assert out.usage.kv_restored_bytes_host == tier.num_restored * block_bytes and out.usage.kv_restored_bytes_disk == 0
     assert out.token_ids == ref
     assert len(tier) <= 64
     sched = llm.core.scheduler
@@ -120,6 +123,7 @@ def test_generation_with_blocks_restored_from_disk_equals_plain(tiny_qwen: Path,
     assert disk is not None and disk.num_written > 0
     out = llm.generate([shared + [3]], GREEDY)[0]
     assert disk.num_read > 0 and out.usage.cached_tokens >= 36 and out.token_ids == ref
+    assert out.usage.kv_restored_bytes_disk > 0
 
 
 def test_a_pinned_prefix_survives_eviction_pressure_until_its_ttl(tiny_qwen: Path) -> None:

@@ -82,3 +82,18 @@ def test_ngram_drafter_copies_what_followed_the_last_occurrence() -> None:
     assert d.propose(seq, 3) == [4, 5, 9]
     assert d.propose([7, 8], 3) == []
     assert np.array_equal(d.propose([5, 6, 5], 2), [6, 5])
+
+
+def test_chunked_greedy_verification_equals_accept_greedy_on_full_logits() -> None:
+    from engine.runner import verify_greedy
+    from engine.spec.rejection import accept_greedy
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.randn(12, 6, generator=g)  # a tiny vocabulary makes matches common
+    for trial in range(300):
+        k = 1 + trial % 11
+        hidden = torch.randn(k + 1, 12, generator=g)
+        argmax = (hidden @ head).argmax(-1)
+        drafts = [int(t) if torch.rand((), generator=g) < 0.7 else int(torch.randint(6, (), generator=g)) for t in argmax[:k]]
+        num, nxt = accept_greedy(argmax[None], torch.tensor([drafts]))
+        assert verify_greedy(lambda h: h @ head, hidden, drafts) == (int(num[0]), int(nxt[0]))
