@@ -15,6 +15,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,24 +57,49 @@ async def _one(llm: LLM, prompt: list[int], params: SamplingParams) -> tuple[flo
 DRAFT_TOKENS = {"suffix": 16, "ngram": 8, "mtp": 1, "draft": 4}
 
 
-def run(prompts: list[list[int]], drafter: str | None, temperature: float, max_tokens: int) -> tuple[float, float, float]:
-    """Decode tokens/s (prefill and first token excluded), tokens per step, draft acceptance."""
-    llm = LLM(speculative=drafter, num_speculative_tokens=DRAFT_TOKENS.get(drafter or "", 4))
+@dataclass(slots=True)
+class Tally:
+    seconds: float = 0.0
+    decode_tokens: int = 0
+    generated: int = 0
+    proposed: int = 0
+    accepted: int = 0
+
+    def add(self, secs: float, toks: int, usage: Any) -> None:
+        self.seconds += secs
+        self.decode_tokens += toks
+        self.generated += usage.generated_tokens
+        self.proposed += usage.spec_proposed_tokens
+        self.accepted += usage.spec_accepted_tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.decode_tokens / self.seconds
+
+    @property
+    def tokens_per_step(self) -> float:  # target forwards that emitted tokens: one per step + accepted drafts
+        return self.generated / max(1, self.generated - self.accepted)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / max(1, self.proposed)
+
+
+def run(prompts: list[list[int]], drafters: list[str | None], temperature: float, max_tokens: int) -> dict[str | None, Tally]:
+    """Every configuration on every turn, interleaved turn by turn (each turn runs under each
+    configuration back to back), so machine noise hits all configurations alike."""
     end = ChatTokenizer(DEFAULT_MODEL_DIR).end_id
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, stop_token_ids=(end,), seed=0)
-    llm.generate(prompts[:1], params)  # warm-up (and the shared system prompt gets cached for all configs alike)
-    generated = proposed = accepted = decode_tokens = 0
-    seconds = 0.0
+    llms = {d: LLM(speculative=d, num_speculative_tokens=DRAFT_TOKENS.get(d or "", 4), kv_cache_memory_gb=0.25) for d in drafters}
+    for llm in llms.values():
+        llm.generate(prompts[:1], params)  # warm-up (and the shared system prompt gets cached for all alike)
+    tallies = {d: Tally() for d in drafters}
     for p in prompts:  # one request at a time: decode latency is what speculation buys
-        secs, toks, usage = asyncio.run(_one(llm, p, params))
-        seconds += secs
-        decode_tokens += toks
-        generated += usage.generated_tokens
-        proposed += usage.spec_proposed_tokens
-        accepted += usage.spec_accepted_tokens
-    llm.close()
-    steps = generated - accepted  # target forwards that emitted tokens (one per step + accepted drafts)
-    return decode_tokens / seconds, generated / max(1, steps), accepted / max(1, proposed)
+        for d, llm in llms.items():
+            tallies[d].add(*asyncio.run(_one(llm, p, params)))
+    for llm in llms.values():
+        llm.close()
+    return tallies
 
 
 def main() -> None:
@@ -86,13 +112,16 @@ def main() -> None:
     args = ap.parse_args()
     prompts = turns(4 if args.quick else args.turns, 0, 3000)
     rows, data = [], {}
+    drafters = args.drafters.split(",")
     for temperature in (0.0, 0.7):
-        base, _, _ = run(prompts, None, temperature, args.max_tokens)
+        tallies = run(prompts, [None, *drafters], temperature, args.max_tokens)
+        base = tallies[None].tokens_per_s
         rows.append([f"{temperature}", "none", base, 1.0, "-", 1.0])
-        for drafter in args.drafters.split(","):
-            tps, mean_len, rate = run(prompts, drafter, temperature, args.max_tokens)
-            rows.append([f"{temperature}", drafter, tps, mean_len, rate, tps / base])
-            data[f"{drafter}@{temperature}"] = {"tokens_per_s": tps, "base_tokens_per_s": base, "mean_accepted_length": mean_len, "acceptance": rate}
+        for drafter in drafters:
+            t = tallies[drafter]
+            rows.append([f"{temperature}", drafter, t.tokens_per_s, t.tokens_per_step, t.acceptance, t.tokens_per_s / base])
+            data[f"{drafter}@{temperature}"] = {"tokens_per_s": t.tokens_per_s, "base_tokens_per_s": base,
+                                                 "mean_accepted_length": t.tokens_per_step, "acceptance": t.acceptance}
     cols = ["temperature", "drafter", "decode tok/s", "tokens per step", "draft acceptance", "speedup"]
     print_table(f"speculative decoding, {len(prompts)} replayed assistant turns", cols, rows)
     if not args.no_write and not args.quick:

@@ -18,13 +18,22 @@ from safetensors.torch import save_file
 
 from engine.errors import ModelLoadError
 from engine.model.config import ModelConfig
+from engine.model.fp4_checkpoint import (
+    QUANT_CONFIGS,
+    drop_dense_experts,
+    export_tensors,
+    import_experts,
+    is_fp4_tensor,
+    quant_format,
+)
 from engine.model.qwen3_moe import MoEForCausalLM
 
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(gate_up_proj|down_proj)$")
 
 
-def _targets(model: MoEForCausalLM, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Each classic HF tensor name -> the view of the model parameter it fills."""
+def _targets(model: MoEForCausalLM, cfg: ModelConfig, skip_experts: bool = False) -> dict[str, torch.Tensor]:
+    """Each classic HF tensor name -> the view of the model parameter it fills (without the
+    decoder layers' expert weights when `skip_experts`: an FP4 checkpoint stores those packed)."""
     q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.moe_intermediate_size
     mix = cfg.architecture == "MixtralForCausalLM"
     t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.embed.weight.data, "model.norm.weight": model.norm.weight.data}
@@ -52,7 +61,7 @@ def _targets(model: MoEForCausalLM, cfg: ModelConfig) -> dict[str, torch.Tensor]
             continue
         moe = p + ("block_sparse_moe." if mix else "mlp.")
         t[moe + "gate.weight"] = mlp.gate.weight.data
-        for e in range(cfg.num_experts):
+        for e in range(0 if skip_experts else cfg.num_experts):
             names = ("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj")
             t[moe + f"experts.{e}.{names[0]}.weight"] = mlp.w13.data[e, :inter]
             t[moe + f"experts.{e}.{names[1]}.weight"] = mlp.w13.data[e, inter:]
@@ -97,21 +106,27 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     """Build the model from a HF directory. Raises ModelLoadError (naming the tensor) on any mismatch."""
     path = Path(path)
     cfg = ModelConfig.from_hf(path)
+    fmt = quant_format(json.loads((path / "config.json").read_text()))
     if (path / "mtp.safetensors").exists() and cfg.mtp_num_layers == 0:
         cfg.mtp_num_layers = 1
     with torch.device("meta"):
         model = MoEForCausalLM(cfg)
+        if fmt is not None:
+            drop_dense_experts(model.layers)  # experts arrive packed: never allocate them dense
     model = model.to_empty(device="cpu")
     model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)  # type: ignore[misc]
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    targets = _targets(model, cfg)
+    targets = _targets(model, cfg, skip_experts=fmt is not None)
     done: set[str] = set()
+    packed: dict[str, torch.Tensor] = {}
     for file in _files(path):
         with safe_open(str(file), framework="pt") as fh:
             for name in fh.keys():
                 src = fh.get_tensor(name)
-                if name in targets:
+                if fmt is not None and is_fp4_tensor(name, fmt):
+                    packed[name] = src
+                elif name in targets:
                     _copy(name, targets[name], src)
                     done.add(name)
                 elif _load_fused(name, src, model, targets, done):
@@ -124,8 +139,18 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelLoadError(f"missing tensor {missing[0]}{more} in {path}")
+    if fmt is not None:
+        for i, layer in enumerate(model.layers):
+            if cfg.is_sparse(i):
+                layer.mlp.quantized = import_experts(cfg, i, fmt, packed)  # type: ignore[union-attr]
+        if packed:
+            raise ModelLoadError(f"unknown tensor {sorted(packed)[0]} in {path} for {fmt}")
     model = model.to(device=device, dtype=dtype)
     model.rotary.float()  # RoPE tables stay fp32 whatever the serving dtype
+    for layer in model.layers:
+        q = getattr(layer.mlp, "quantized", None)
+        if q is not None:
+            layer.mlp.quantized = q.to(device)  # type: ignore[union-attr]
     return model, cfg
 
 
@@ -147,19 +172,33 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
 
 def save_model(model: MoEForCausalLM, path: str | Path, dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 15 << 20) -> None:
     """Write config.json + the base weights (Qwen3-MoE names; HF-style shards with an index when
-    larger than `max_shard_bytes`) and, with MTP, mtp.safetensors."""
+    larger than `max_shard_bytes`) and, with MTP, mtp.safetensors. When the decoder layers' experts
+    are FP4 (`MoE.quantized`), they are written packed in their format's checkpoint layout
+    (engine/model/fp4_checkpoint.py) and config.json carries the quantization_config."""
     if model.config.architecture != "Qwen3MoeForCausalLM":
         raise ModelLoadError("save_model writes the Qwen3-MoE layout only")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    quantized = [getattr(layer.mlp, "quantized", None) for layer in model.layers]
+    fmts = {q.fmt for q in quantized if q is not None}
+    if len(fmts) > 1 or (fmts and any(q is None for i, q in enumerate(quantized) if cfg.is_sparse(i))):
+        raise ModelLoadError("save_model needs every MoE layer quantised to the same format, or none")
+    fmt = fmts.pop() if fmts else None
     base: dict[str, torch.Tensor] = {}
     mtp: dict[str, torch.Tensor] = {}
-    for name, view in _targets(model, model.config).items():
+    for name, view in _targets(model, cfg, skip_experts=fmt is not None).items():
         (mtp if name.startswith("mtp.") else base)[name] = view.detach().to("cpu", dtype).contiguous()
+    for i, q in enumerate(quantized):
+        if q is not None:
+            base.update({k: v.cpu() for k, v in export_tensors(cfg, i, q.to("cpu")).items()})
     _save_sharded(base, path, max_shard_bytes)
     if mtp:
         save_file(mtp, str(path / "mtp.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hf_config(model.config), indent=2) + "\n")
+    config = hf_config(cfg)
+    if fmt is not None:
+        config["quantization_config"] = QUANT_CONFIGS[fmt]
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _save_sharded(tensors: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:

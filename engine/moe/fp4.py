@@ -73,7 +73,9 @@ class FP4Tensor:
 
     packed: torch.Tensor
     scales: torch.Tensor  # float8_e4m3fn (NVFP4) or uint8 biased exponents (MXFP4)
-    tensor_scale: float  # NVFP4 per-tensor FP32 scale (1.0 for MXFP4)
+    # NVFP4 second-level FP32 scale (1.0 for MXFP4): one float per tensor, or, for checkpoints that
+    # carry one per expert and projection (ModelOpt's weight_scale_2), a tensor [..., rows, 1].
+    tensor_scale: float | torch.Tensor
     fmt: str
     shape: tuple[int, ...]
 
@@ -83,7 +85,8 @@ class FP4Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.packed.numel() + self.scales.numel() * self.scales.element_size() + 4
+        extra = self.tensor_scale.numel() * 4 if isinstance(self.tensor_scale, torch.Tensor) else 4
+        return self.packed.numel() + self.scales.numel() * self.scales.element_size() + extra
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Fast path: one table lookup per byte (both nibbles at once), then the block scales."""
@@ -98,7 +101,15 @@ class FP4Tensor:
 
     def select(self, index: int) -> FP4Tensor:
         """The sub-tensor at `index` of the first dimension (e.g. one expert of a stacked weight)."""
-        return FP4Tensor(self.packed[index], self.scales[index], self.tensor_scale, self.fmt, self.shape[1:])
+        ts = self.tensor_scale[index] if isinstance(self.tensor_scale, torch.Tensor) else self.tensor_scale
+        return FP4Tensor(self.packed[index], self.scales[index], ts, self.fmt, self.shape[1:])
+
+    def row_scales(self) -> torch.Tensor:
+        """The second-level scale of every row, fp32 [*shape[:-1]] (ones for MXFP4)."""
+        ts = self.tensor_scale
+        if isinstance(ts, torch.Tensor):
+            return ts.float().expand(*self.shape[:-1], 1)[..., 0].contiguous()
+        return torch.full(self.shape[:-1], float(ts), dtype=torch.float32, device=self.packed.device)
 
     def block_scales(self) -> torch.Tensor:
         if self.fmt == "nvfp4":

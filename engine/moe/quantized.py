@@ -20,6 +20,23 @@ class QuantizedExperts:
         self.w2: FP4Tensor = quantize(w2.detach(), fmt)
         self.num_experts = w13.shape[0]
 
+    @classmethod
+    def from_fp4(cls, w13: FP4Tensor, w2: FP4Tensor) -> QuantizedExperts:
+        """Wrap already-packed expert tensors (a pre-quantised checkpoint) without requantising."""
+        if w13.fmt != w2.fmt or w13.shape[0] != w2.shape[0]:
+            raise ValueError(f"w13 ({w13.fmt}, {w13.shape}) and w2 ({w2.fmt}, {w2.shape}) do not belong together")
+        self = cls.__new__(cls)
+        self.fmt, self.w13, self.w2, self.num_experts = w13.fmt, w13, w2, w13.shape[0]
+        return self
+
+    def to(self, device: torch.device | str) -> QuantizedExperts:
+        """Move the packed tensors (and per-row scales) to `device`."""
+        def move(t: FP4Tensor) -> FP4Tensor:
+            ts = t.tensor_scale.to(device) if isinstance(t.tensor_scale, torch.Tensor) else t.tensor_scale
+            return FP4Tensor(t.packed.to(device), t.scales.to(device), ts, t.fmt, t.shape)
+
+        return QuantizedExperts.from_fp4(move(self.w13), move(self.w2))
+
     @property
     def nbytes(self) -> int:
         return self.w13.nbytes + self.w2.nbytes
