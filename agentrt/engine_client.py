@@ -85,7 +85,8 @@ class EmbeddedEngine:
                       prefill_tokens_computed=u.prefill_tokens_computed, generated_tokens=u.generated_tokens,
                       device_seconds=u.device_seconds, kv_byte_seconds=u.kv_byte_seconds,
                       kv_restored_bytes_host=u.kv_restored_bytes_host, kv_restored_bytes_disk=u.kv_restored_bytes_disk,
-                      spec_proposed_tokens=u.spec_proposed_tokens, spec_accepted_tokens=u.spec_accepted_tokens)
+                      spec_proposed_tokens=u.spec_proposed_tokens, spec_accepted_tokens=u.spec_accepted_tokens,
+                      recomputed_tokens=u.recomputed_tokens)
         reason = last.finish_reason.value if last.finish_reason else "stop"
         return LLMResponse(token_ids=list(last.token_ids), text=last.text, finish_reason=reason, usage=usage, ttft=ttft)
 

@@ -52,6 +52,7 @@ class Usage(msgspec.Struct, kw_only=True):
     kv_restored_bytes_disk: int = 0  # KV moved disk -> device
     spec_proposed_tokens: int = 0  # speculative draft tokens proposed / accepted
     spec_accepted_tokens: int = 0
+    recomputed_tokens: int = 0  # prompt tokens computed again after the engine preempted the call
     cost_usd: float = 0.0
 
     def add(self, other: Usage) -> None:

@@ -125,7 +125,7 @@ class Scheduler:
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self._reserve(seq, seq.num_computed_tokens + num_new):
                 # Give the matched prefix back: a waiting sequence must not hold KV blocks.
-                seq.usage.cached_tokens -= seq.num_computed_tokens
+                seq.usage.cached_tokens -= min(seq.num_computed_tokens, seq.num_prompt_tokens)
                 self._release(seq)
                 seq.num_computed_tokens = 0
                 break
@@ -171,7 +171,7 @@ class Scheduler:
         seq.prefix_node = match.node
         seq.block_table = list(match.block_ids)
         seq.num_computed_tokens = match.num_tokens
-        seq.usage.cached_tokens += match.num_tokens
+        seq.usage.cached_tokens += min(match.num_tokens, seq.num_prompt_tokens)  # prompt tokens served
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Ensure `seq` has blocks for `num_tokens` tokens, evicting cached prefixes if needed."""
@@ -196,6 +196,10 @@ class Scheduler:
         self._release(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
+        # The prompt is served again at re-admission (cached or computed): keep prompt = cached +
+        # computed per request and book the lost work separately.
+        seq.usage.recomputed_tokens += seq.usage.prefill_tokens_computed
+        seq.usage.cached_tokens = seq.usage.prefill_tokens_computed = 0
         seq.usage.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)

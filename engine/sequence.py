@@ -89,6 +89,7 @@ class Usage:
     spec_proposed_tokens: int = 0
     spec_accepted_tokens: int = 0
     num_preemptions: int = 0
+    recomputed_tokens: int = 0  # prompt tokens computed before a preemption threw their KV away
     kv_restored_bytes_host: int = 0  # KV copied back from the host tier for this request's prefix
     kv_restored_bytes_disk: int = 0  # ... and from the disk tier
 

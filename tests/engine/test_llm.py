@@ -56,6 +56,9 @@ def test_batched_prefix_cached_preempted_runs_equal_each_request_alone(tiny_qwen
     assert [s.output_token_ids for s in seqs] == alone
     assert llm.core.scheduler.num_preemptions > 0
     assert sum(s.usage.cached_tokens for s in seqs) > 0
+    for s in seqs:  # usage adds up per request even when it was preempted and re-admitted
+        assert s.usage.cached_tokens + s.usage.prefill_tokens_computed == s.usage.prompt_tokens
+    assert sum(s.usage.recomputed_tokens for s in seqs) > 0
     pool = llm.core.scheduler.pool
     llm.core.scheduler.radix.evict(pool.num_blocks)  # type: ignore[union-attr]
     assert pool.num_free_blocks == pool.num_blocks  # every reference was returned
