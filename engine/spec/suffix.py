@@ -164,19 +164,20 @@ class SuffixDrafter:
     it is still generating). The longer match wins; ties go to the tree (frequency-ranked)."""
 
     def __init__(
-        self, max_depth: int = 32, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.5
+        self, max_depth: int = 32, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.5,
+        max_match: int = 24,
     ) -> None:
         from engine.spec.ngram import NgramDrafter
 
         self.tree = SuffixTree(max_depth, max_nodes)
         self.ngram = NgramDrafter(max_n=8, min_n=2)
-        self.min_prob, self.min_path_prob = min_prob, min_path_prob
+        self.min_prob, self.min_path_prob, self.max_match = min_prob, min_path_prob, max_match
 
     def observe(self, request_id: Hashable, token_ids: Sequence[int]) -> None:
         """Index a request's tokens (call at admission with the prompt, at finish with everything)."""
         self.tree.add(request_id, token_ids)
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
-        length, draft = self.tree.propose(token_ids, k, self.min_prob, min_path_prob=self.min_path_prob)
+        length, draft = self.tree.propose(token_ids, k, self.min_prob, self.max_match, self.min_path_prob)
         n, local = self.ngram.propose_with_length(list(token_ids), k)
         return local if n > length and local else draft
