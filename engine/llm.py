@@ -20,6 +20,7 @@ import torch
 from engine.config import EngineConfig
 from engine.core import EngineCore, StepOutput
 from engine.errors import InvalidRequestError, ModelLoadError
+from engine.model.layers import prepare_for_inference
 from engine.model.loader import load_model
 from engine.sequence import RequestOutput, SamplingParams, Sequence
 from engine.structured import GrammarFactory
@@ -51,6 +52,7 @@ class LLM:
         self.dtype = self.config.resolve_dtype(self.device)
         self.model, self.model_config = load_model(path, dtype=self.dtype, device=self.device)
         self.model.eval()
+        prepare_for_inference(self.model)
         if self.config.quantization is not None:
             from engine.moe.quantized import quantize_model_experts
 

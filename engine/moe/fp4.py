@@ -127,7 +127,7 @@ def quantize(w: torch.Tensor, fmt: str) -> FP4Tensor:
     block = 16 if fmt == "nvfp4" else 32
     if w.shape[-1] % block:
         raise ValueError(f"last dimension {w.shape[-1]} is not a multiple of the {fmt} block size {block}")
-    x = w.float().reshape(*w.shape[:-1], -1, block)  # [..., nblocks, block]
+    x = w.float().contiguous().reshape(*w.shape[:-1], -1, block)  # [..., nblocks, block]
     bad = ~torch.isfinite(x).all(dim=-1)  # [..., nblocks]
     amax = x.abs().nan_to_num(0.0, posinf=0.0).amax(dim=-1)
     if fmt == "nvfp4":
