@@ -42,15 +42,16 @@ def block_tokens(req: dict, i: int) -> int:
     return BLOCK_TOKENS if i < n - 1 else req["input_length"] - BLOCK_TOKENS * (n - 1)
 
 
-def replay(trace: list[dict], capacity_tokens: float | None) -> tuple[float, int]:
-    """Token hit rate and evicted blocks for a device cache of `capacity_tokens` (None = unlimited)."""
-    total_blocks = sum(len(r["hash_ids"]) for r in trace)
-    num_blocks = total_blocks if capacity_tokens is None else max(1, int(capacity_tokens // BLOCK_TOKENS))
-    pool = BlockPool(num_blocks)
-    cache = RadixCache(pool, 1)
+def replay(trace: list[dict], capacity_tokens: float | None, sim: TierSim | None = None) -> tuple[float, int]:
+    """Token hit rate and evicted blocks for a device cache of `capacity_tokens` (None = unlimited),
+    with lower tiers when `sim` (built on this replay's cache by `replay_tiers`) is given."""
+    cache = sim.cache if sim is not None else RadixCache(BlockPool(_num_blocks(trace, capacity_tokens)), 1)
+    pool = cache.pool
     hit = total = evicted = 0
     for req in trace:
         ids = req["hash_ids"]
+        if sim is not None:
+            sim.extend(ids, cache.cached_prefix_len(ids))
         match = cache.match_prefix(ids)
         hit += sum(block_tokens(req, i) for i in range(match.num_tokens))
         total += req["input_length"]
@@ -64,6 +65,12 @@ def replay(trace: list[dict], capacity_tokens: float | None) -> tuple[float, int
         pool.decref(new)  # the tree keeps them; the request is done
         cache.unlock(match.node)
     return hit / total, evicted
+
+
+def _num_blocks(trace: list[dict], capacity_tokens: float | None) -> int:
+    if capacity_tokens is None:
+        return sum(len(r["hash_ids"]) for r in trace)
+    return max(1, int(capacity_tokens // BLOCK_TOKENS))
 
 
 class TierSim:
@@ -94,9 +101,12 @@ class TierSim:
     def extend(self, ids: list[int], cached: int) -> int:
         """Restore the blocks after the device-cached prefix from host/disk; returns how many."""
         n = cached
-        while n < len(ids) and (tuple(ids[: n + 1]) in self.host or tuple(ids[: n + 1]) in self.disk):
-            if tuple(ids[: n + 1]) in self.host:
-                self.host[tuple(ids[: n + 1])] += 1
+        while n < len(ids):
+            key = tuple(ids[: n + 1])
+            if key in self.host:
+                self.host[key] += 1  # a restore is a use, as in HostKVTier
+            elif key not in self.disk:
+                break
             n += 1
         found = n - cached
         if not found:
@@ -116,26 +126,10 @@ class TierSim:
 
 def replay_tiers(trace: list[dict], device_tokens: float, host_tokens: float, disk_tokens: float, disk_min_hits: int) -> tuple[float, int]:
     """Token hit rate and disk block writes with the host and disk tiers below the device."""
-    pool = BlockPool(max(1, int(device_tokens // BLOCK_TOKENS)))
-    cache = RadixCache(pool, 1)
+    cache = RadixCache(BlockPool(_num_blocks(trace, device_tokens)), 1)
     sim = TierSim(cache, int(host_tokens // BLOCK_TOKENS), int(disk_tokens // BLOCK_TOKENS), disk_min_hits)
-    hit = total = 0
-    for req in trace:
-        ids = req["hash_ids"]
-        sim.extend(ids, cache.cached_prefix_len(ids))
-        match = cache.match_prefix(ids)
-        hit += sum(block_tokens(req, i) for i in range(match.num_tokens))
-        total += req["input_length"]
-        cache.lock(match.node)
-        missing = len(ids) - match.num_tokens
-        if not pool.can_allocate(missing):
-            cache.evict(missing - pool.num_free_blocks)
-        fit = min(missing, pool.num_free_blocks)
-        new = pool.allocate(fit)
-        cache.insert(ids[: match.num_tokens + fit], match.block_ids + new)
-        pool.decref(new)
-        cache.unlock(match.node)
-    return hit / total, sim.disk_writes
+    rate, _ = replay(trace, device_tokens, sim)
+    return rate, sim.disk_writes
 
 
 def model_replay(trace: list[dict], max_blocks: int, label: str, **engine_options: object) -> dict[str, float]:

@@ -139,21 +139,19 @@ class EngineCore:
         found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
         new = sched.pool.allocate(found)
         kv = self.runner.kv_cache
-        restored = host_bytes = disk_bytes = 0
         block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
+        moved = {"host": 0, "disk": 0}
+        restored = 0
         for key, block in zip(keys[start : start + found], new, strict=True):
-            from_host = key in self.host_tier.blocks
-            if not self.host_tier.restore(key, kv.k[:, block], kv.v[:, block]):
+            source = self.host_tier.restore(key, kv.k[:, block], kv.v[:, block])
+            if source is None:
                 break  # unreadable (corrupt disk block): recompute from here on
             restored += 1
-            if from_host:
-                host_bytes += block_bytes
-            else:
-                disk_bytes += block_bytes
+            moved[source] += block_bytes
         if restored:
             radix.insert(tokens[: (start + restored) * bs], prefix.block_ids + new[:restored])
         sched.pool.decref(new)  # the tree holds the restored ones now; the rest return to the pool
-        return host_bytes, disk_bytes
+        return moved["host"], moved["disk"]
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:

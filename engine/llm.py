@@ -52,11 +52,11 @@ class LLM:
         self.dtype = self.config.resolve_dtype(self.device)
         self.model, self.model_config = load_model(path, dtype=self.dtype, device=self.device)
         self.model.eval()
-        prepare_for_inference(self.model)
         if self.config.quantization is not None:
             from engine.moe.quantized import quantize_model_experts
 
             quantize_model_experts(self.model, self.config.quantization)
+        prepare_for_inference(self.model)  # after quantising: FP4 experts have no dense weights left
         self.tokenizer = _load_tokenizer(path)
         detok = self.decode if self.tokenizer is not None else None
         grammars = None

@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 
 from engine.config import DEFAULT_MODEL_DIR
 from engine.errors import ModelLoadError
-from engine.model.layers import MoE
 from engine.model.loader import load_model, save_model
-from engine.moe.quantized import QuantizedExperts
+from engine.moe.quantized import quantize_model_experts
 
 
 def quantize_checkpoint(model_dir: Path, fmt: str, out: Path) -> int:
@@ -32,14 +30,7 @@ def quantize_checkpoint(model_dir: Path, fmt: str, out: Path) -> int:
     if out.resolve() == model_dir.resolve():
         raise ValueError("--out must differ from --model (the source would be overwritten)")
     model, _ = load_model(model_dir, dtype=torch.float32)
-    moes = [m for m in (getattr(layer, "mlp", None) for layer in model.layers) if isinstance(m, MoE)]
-    total = 0
-    with Progress() as bar:
-        task = bar.add_task(f"quantising experts to {fmt}", total=len(moes))
-        for mlp in moes:
-            mlp.quantized = QuantizedExperts(mlp.w13.data, mlp.w2.data, fmt)
-            total += mlp.quantized.nbytes
-            bar.advance(task)
+    total = quantize_model_experts(model.layers, fmt)  # decoder layers only: the MTP block stays dense
     save_model(model, out)
     if (model_dir / "tokenizer.json").exists():
         shutil.copy(model_dir / "tokenizer.json", out / "tokenizer.json")

@@ -166,17 +166,19 @@ class ModelRunner:
         its guess for the token after each sampled one in `seq.mtp_draft`."""
         next_ids = torch.roll(input_ids, -1)
         rows: list[int] = []  # the row whose MTP output guesses the token after the new last one
+        owners: list[Any] = []  # ... and its sequence
         for i, seq in enumerate(batch.seqs):
             end = meta.cu_query_lens[i + 1]
             if tokens[i]:
                 row = end - 1 - len(seq.draft_ids) + accepted[i]  # the last accepted input position
                 next_ids[row] = tokens[i][-1]
                 rows.append(row)
+                owners.append(seq)
             else:  # a prefill chunk: its next token is the prompt's next one
                 next_ids[end - 1] = seq.token_ids[seq.num_computed_tokens + batch.num_new_tokens[i]]
                 seq.mtp_draft = None
         hidden = self.model.forward_mtp(prenorm, next_ids, positions, self.kv_cache, meta)
         if rows:
             guesses = self.model.compute_logits(hidden[rows]).argmax(-1).tolist()
-            for i, guess in zip([i for i in range(len(batch)) if tokens[i]], guesses, strict=True):
-                batch.seqs[i].mtp_draft = guess
+            for seq, guess in zip(owners, guesses, strict=True):
+                seq.mtp_draft = guess

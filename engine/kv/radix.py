@@ -97,23 +97,15 @@ class RadixCache:
 
     def cached_prefix_len(self, token_ids: Sequence[int]) -> int:
         """Tokens of the longest cached page-aligned prefix, without touching LRU state or counters."""
-        bs = self.block_size
-        n = len(token_ids) // bs * bs
-        node, i = self.root, 0
-        while i < n:
-            child = node.children.get(tuple(token_ids[i : i + bs]))
-            if child is None:
-                break
-            pages = self._common_pages(child.key, token_ids, i, n)
-            i += pages * bs
-            if pages * bs < len(child.key):
-                break
-            node = child
-        return i
+        return self._walk(token_ids)[1]
 
     def path_nodes(self, token_ids: Sequence[int]) -> list[RadixNode]:
         """The nodes holding any cached page-aligned prefix of `token_ids` (a partly matched last
         edge included), root excluded; changes nothing (no split, no LRU refresh, no counters)."""
+        return self._walk(token_ids)[0]
+
+    def _walk(self, token_ids: Sequence[int]) -> tuple[list[RadixNode], int]:
+        """Read-only descent: (nodes touched, cached prefix length in tokens)."""
         bs = self.block_size
         n = len(token_ids) // bs * bs
         node, i, out = self.root, 0, []
@@ -123,11 +115,11 @@ class RadixCache:
                 break
             out.append(child)
             pages = self._common_pages(child.key, token_ids, i, n)
+            i += pages * bs
             if pages * bs < len(child.key):
                 break
-            i += pages * bs
             node = child
-        return out
+        return out, i
 
     def _common_pages(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
         bs = self.block_size

@@ -150,9 +150,11 @@ class HostKVTier:
         self.num_offloaded += 1
         self.bytes_moved += 2 * k.numel() * k.element_size()
 
-    def restore(self, key: bytes, k_dst: torch.Tensor, v_dst: torch.Tensor) -> bool:
-        """Copy a stored block (host, else disk) into device views. False when it cannot be read
-        (a corrupt disk block): the caller recomputes it."""
+    def restore(self, key: bytes, k_dst: torch.Tensor, v_dst: torch.Tensor) -> str | None:
+        """Copy a stored block (host, else disk) into device views; returns the tier that served it
+        ("host" or "disk"), or None when it cannot be read (a corrupt or missing disk block): the
+        caller recomputes it."""
+        source = "host"
         if key in self.blocks:
             self.hits[key] = self.hits.get(key, 0) + 1
             hk, hv = self.blocks[key]
@@ -160,10 +162,11 @@ class HostKVTier:
         else:
             loaded = self.disk.load(key) if self.disk is not None else None
             if loaded is None:
-                return False
+                return None
             hk, hv = loaded
+            source = "disk"
         k_dst.copy_(hk, non_blocking=True)
         v_dst.copy_(hv, non_blocking=True)
         self.num_restored += 1
         self.bytes_moved += 2 * hk.numel() * hk.element_size()
-        return True
+        return source

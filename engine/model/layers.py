@@ -152,7 +152,6 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_norm(h))
 
 
-
 def prepare_for_inference(model: nn.Module) -> int:
     """Store every matmul weight (linear layers, expert and dense MLP stacks) column-major: the
     same logical tensor, transposed in memory, so `F.linear`/`bmm` run as plain (NN) products,
@@ -161,7 +160,13 @@ def prepare_for_inference(model: nn.Module) -> int:
     Serving only: training keeps the row-major parameters. Returns the tensors converted."""
     converted = 0
     for module in model.modules():
-        names = ["weight"] if isinstance(module, nn.Linear) else ["w13", "w2"] if isinstance(module, MoE | DenseMLP) else []
+        names: tuple[str, ...]
+        if isinstance(module, nn.Linear):
+            names = ("weight",)
+        elif isinstance(module, MoE | DenseMLP):
+            names = ("w13", "w2")
+        else:
+            continue
         for name in names:
             w = getattr(module, name)
             if w.dim() < 2 or w.numel() == 0:
