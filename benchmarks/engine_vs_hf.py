@@ -68,10 +68,13 @@ def workloads(quick: bool) -> dict[str, tuple[list[list[int]], int]]:
 
 
 def run_hf(model: torch.nn.Module, prompts: list[list[int]], new: int) -> float:
-    ids = torch.tensor(prompts)  # equal lengths: no padding needed
+    device = next(model.parameters()).device
+    ids = torch.tensor(prompts, device=device)  # equal lengths: no padding needed
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     assert out.shape == (len(prompts), ids.shape[1] + new)
     return elapsed

@@ -2,16 +2,24 @@
 KL divergence of next-token distributions, greedy agreement) and decode tokens/s at batch 1 and 16,
 for bf16 (the shipped weights), NVFP4 and MXFP4, in one run.
 
-    python benchmarks/fp4_moe.py [--windows 16] [--quick]
+With a CUDA device (or `--gpu-only` there): the fused Triton kernel over NVFP4 / MXFP4 experts vs
+the same grouped GEMM over bf16 experts and vs the torch per-expert path, at decode-sized token
+counts, on MoE layer shapes of real models (timed as CUDA-graph replays, rotating over input sets
+so that the experts a call reads are not all L2-resident), plus the engine's decode tokens/s on the
+GPU for each format.
+
+    python benchmarks/fp4_moe.py [--windows 16] [--quick] [--gpu-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,8 +53,8 @@ def logits_of(fmt: str | None, wins: list[torch.Tensor]) -> tuple[list[torch.Ten
     return [model.compute_logits(model.forward_dense(w))[0, :-1] for w in wins], expert_bytes
 
 
-def decode_speed(fmt: str | None, batch: int) -> float:
-    llm = LLM(quantization=fmt)
+def decode_speed(fmt: str | None, batch: int, device: str = "cpu") -> float:
+    llm = LLM(quantization=fmt, device=device)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 8000, (32,), generator=g).tolist() for _ in range(batch)]
     params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
@@ -56,13 +64,153 @@ def decode_speed(fmt: str | None, batch: int) -> float:
     return batch * 64 / (time.perf_counter() - t0)
 
 
+# MoE layer shapes (hidden, expert intermediate, experts, top-k) of models this kernel is for
+GPU_SHAPES = {"qwen3-30b-a3b": (2048, 768, 128, 8), "gpt-oss-20b": (2880, 2880, 32, 4), "mixtral-8x7b": (4096, 14336, 8, 2)}
+GPU_TOKENS = (1, 4, 16, 64, 256)
+# tile configurations tried per case: (block_n, block_k, warps, stages, swap_ab, block_m)
+SWEEP: tuple[tuple[int, int, int, int, bool, int], ...] = (
+    (32, 64, 4, 2, False, 16), (32, 128, 4, 3, False, 16), (64, 128, 4, 3, False, 16),
+    (64, 128, 4, 3, True, 16), (128, 128, 4, 3, True, 16), (64, 256, 4, 3, True, 16),
+    (64, 128, 4, 3, False, 64), (128, 128, 8, 3, False, 64),
+)
+
+
+def _graph_time_us(fn: Any, calls: int) -> float:
+    """Median microseconds of one call of `fn` (which makes `calls` calls), as a CUDA-graph replay."""
+    import triton.testing
+
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")) * 1000 / calls
+
+
+def _calls(inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], experts: Any, cfg: tuple[int, int, int, int, bool, int],
+           bf16_dequant: bool | None = None) -> None:
+    from engine.moe.triton_moe import fused_moe
+
+    bn, bk, warps, stages, swap, bm = cfg
+    for x, w, ids in inputs:
+        fused_moe(x, w, ids, experts, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages, swap_ab=swap, block_m=bm,
+                  bf16_dequant=bf16_dequant)
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+@torch.no_grad()
+def gpu_kernel_case(dense: tuple[torch.Tensor, torch.Tensor], quant: dict[str, Any], tokens: int, top_k: int,
+                    configs: tuple[tuple[int, int, int, int, bool, int], ...], g: torch.Generator,
+                    fp32_dequant: bool = False) -> dict[str, Any]:
+    """Time one MoE layer shape at one token count: the kernel over bf16, NVFP4 and MXFP4 experts
+    (best of `configs`), the torch per-expert path, errors against an fp64 reference."""
+    import triton.testing
+
+    from engine.moe.reference import moe_experts
+    from engine.moe.routing import route
+    from engine.moe.triton_moe import fused_moe
+
+    experts, _, hidden = dense[0].shape
+    sets = max(1, min(16, experts * 2 // (tokens * top_k)))  # rotate so calls read different experts
+    inputs = []
+    for _ in range(sets):
+        x = torch.randn(tokens, hidden, device="cuda", generator=g).bfloat16()
+        w, ids = route(torch.randn(tokens, experts, device="cuda", generator=g), top_k, renormalize=True)
+        inputs.append((x, w, ids))
+    x0, w0, ids0 = inputs[0]
+    errs = {}
+    for fmt, q in quant.items():
+        ref = moe_experts(x0.double(), w0.double(), ids0, q.w13.dequantize(torch.float64), q.w2.dequantize(torch.float64))
+        errs[fmt] = _rel_err(fused_moe(x0, w0, ids0, q), ref)
+    errs["bf16"] = _rel_err(fused_moe(x0, w0, ids0, dense), moe_experts(x0.double(), w0.double(), ids0, dense[0].double(), dense[1].double()))
+    times: dict[str, float] = {}
+    best: dict[str, tuple[Any, ...]] = {}
+    variants: list[tuple[str, Any, bool | None]] = [("bf16", dense, None), *((f, q, None) for f, q in quant.items())]
+    if fp32_dequant:  # the FP4 kernels with fp32 dequantisation arithmetic, for comparison
+        variants += [(f"{f} fp32-dequant", q, False) for f, q in quant.items()]
+    for label, weights, deq in variants:
+        for cfg in configs:
+            us = _graph_time_us(functools.partial(_calls, inputs, weights, cfg, deq), len(inputs))
+            if label not in times or us < times[label]:
+                times[label], best[label] = us, cfg
+    torch_call = functools.partial(moe_experts, x0, w0, ids0, dense[0], dense[1])
+    torch_us = float(triton.testing.do_bench(torch_call, warmup=25, rep=100, return_mode="median")) * 1000
+    used = sum(len(torch.unique(ids)) for _, _, ids in inputs) / len(inputs)
+    return {"us": times, "torch_bf16_us": torch_us, "best_config": best, "rel_err_vs_fp64": errs, "experts_read": used}
+
+
+def gpu_kernels(shapes: dict[str, tuple[int, int, int, int]], tokens: tuple[int, ...],
+                configs: tuple[tuple[int, int, int, int, bool, int], ...], fp32_dequant: bool = False) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Kernel table rows: per shape and token count, microseconds per MoE layer call."""
+    from engine.moe.quantized import QuantizedExperts
+
+    rows: list[list[Any]] = []
+    data: dict[str, Any] = {}
+    for name, (hidden, inter, experts, top_k) in shapes.items():
+        g = torch.Generator(device="cuda").manual_seed(0)
+        w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", generator=g) * hidden**-0.5
+        w2 = torch.randn(experts, hidden, inter, device="cuda", generator=g) * inter**-0.5
+        quant = {fmt: QuantizedExperts(w13, w2, fmt) for fmt in ("nvfp4", "mxfp4")}
+        dense = (w13.bfloat16(), w2.bfloat16())
+        del w13, w2
+        torch.cuda.empty_cache()
+        per_expert = {"bf16": 3 * hidden * inter * 2, **{f: q.nbytes // experts for f, q in quant.items()}}
+        for t in tokens:
+            r = gpu_kernel_case(dense, quant, t, top_k, configs, g, fp32_dequant)
+            times, errs = r["us"], r["rel_err_vs_fp64"]
+            r["weight_GB_per_s"] = gbs = {k: r["experts_read"] * per_expert[k] / (times[k] * 1e-6) / 1e9 for k in times}
+            rows.append([name, t, r["torch_bf16_us"], times["bf16"], times["nvfp4"], times["mxfp4"], times["bf16"] / times["nvfp4"],
+                         times["bf16"] / times["mxfp4"], gbs["bf16"], gbs["nvfp4"], max(errs["nvfp4"], errs["mxfp4"])])
+            data[f"{name}@{t}"] = r
+            print(f"{name} T={t}: {r}", flush=True)
+        del quant, dense
+        torch.cuda.empty_cache()
+    return rows, data
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    cols = ["layer", "tokens", "bf16 torch us", "bf16 kernel us", "nvfp4 us", "mxfp4 us", "nvfp4 speedup", "mxfp4 speedup",
+            "bf16 GB/s", "nvfp4 GB/s", "fp4 rel err"]
+    shapes = dict(list(GPU_SHAPES.items())[:2]) if args.quick else GPU_SHAPES
+    tokens = (1, 16, 64) if args.quick else GPU_TOKENS
+    configs = tuple(SWEEP[i] for i in (0, 1, 3, 5)) if args.quick else SWEEP
+    rows, data = gpu_kernels(shapes, tokens, configs, fp32_dequant=args.fp32_dequant)
+    print_table("fused MoE kernel per layer call, bf16 activations (CUDA graph replay, median)", cols, rows)
+    decode_rows = []
+    for fmt in (None, "nvfp4", "mxfp4"):
+        b1, b16 = decode_speed(fmt, 1, "cuda"), decode_speed(fmt, 16, "cuda")
+        decode_rows.append([fmt or "bf16", b1, b16])
+        data[f"engine_decode_{fmt or 'bf16'}"] = {"tok_s_b1": b1, "tok_s_b16": b16}
+    print_table("engine decode on the GPU, embedded model", ["experts", "b1 tok/s", "b16 tok/s"], decode_rows)
+    if not args.no_write and not args.quick:
+        body = (markdown_table(cols, rows) + "\n\nMicroseconds per MoE layer call (route given; sort/pad by expert, "
+                "gate/up GEMM + SwiGLU, down GEMM + router weights, top-k sum), each the best of a small tile sweep "
+                "(`SWEEP` in the script). speedup = bf16 kernel / FP4 kernel: the same grouped GEMM with bf16 expert "
+                "weights. GB/s = expert weight bytes the call must read (experts actually routed to) / time. "
+                "fp4 rel err = |kernel - fp64 reference on the dequantised weights| / |reference|.\n\n"
+                "Engine decode on the GPU (embedded model, eager, 64 new tokens):\n\n"
+                + markdown_table(["experts", "b1 tok/s", "b16 tok/s"], decode_rows))
+        write_section("fp4_moe_gpu", "FP4 MoE kernel (GPU)", body, "python benchmarks/fp4_moe.py --gpu-only", data)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU kernel table and engine decode (needs CUDA)")
+    ap.add_argument("--fp32-dequant", action="store_true", help="GPU: also time the FP4 kernels with fp32 dequantisation")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.gpu_only or torch.cuda.is_available():
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu-only needs a CUDA device")
+        gpu_main(args)
+        if args.gpu_only:
+            return
     wins = windows(2 if args.quick else args.windows)
     base, base_bytes = logits_of(None, wins)
     targets = torch.cat([w[0, 1:] for w in wins])

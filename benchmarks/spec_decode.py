@@ -85,12 +85,12 @@ class Tally:
         return self.accepted / max(1, self.proposed)
 
 
-def run(prompts: list[list[int]], drafters: list[str | None], temperature: float, max_tokens: int) -> dict[str | None, Tally]:
+def run(prompts: list[list[int]], drafters: list[str | None], temperature: float, max_tokens: int, device: str = "cpu") -> dict[str | None, Tally]:
     """Every configuration on every turn, interleaved turn by turn (each turn runs under each
     configuration back to back), so machine noise hits all configurations alike."""
     end = ChatTokenizer(DEFAULT_MODEL_DIR).end_id
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, stop_token_ids=(end,), seed=0)
-    llms = {d: LLM(speculative=d, num_speculative_tokens=DRAFT_TOKENS.get(d or "", 4), kv_cache_memory_gb=0.25) for d in drafters}
+    llms = {d: LLM(speculative=d, num_speculative_tokens=DRAFT_TOKENS.get(d or "", 4), kv_cache_memory_gb=0.25, device=device) for d in drafters}
     for llm in llms.values():
         llm.generate(prompts[:1], params)  # warm-up (and the shared system prompt gets cached for all alike)
     tallies = {d: Tally() for d in drafters}
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--drafters", default="suffix,ngram,mtp,draft", help="comma-separated drafters to compare with none")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -114,7 +115,7 @@ def main() -> None:
     rows, data = [], {}
     drafters = args.drafters.split(",")
     for temperature in (0.0, 0.7):
-        tallies = run(prompts, [None, *drafters], temperature, args.max_tokens)
+        tallies = run(prompts, [None, *drafters], temperature, args.max_tokens, args.device)
         base = tallies[None].tokens_per_s
         rows.append([f"{temperature}", "none", base, 1.0, "-", 1.0])
         for drafter in drafters:
@@ -123,11 +124,13 @@ def main() -> None:
             data[f"{drafter}@{temperature}"] = {"tokens_per_s": t.tokens_per_s, "base_tokens_per_s": base,
                                                  "mean_accepted_length": t.tokens_per_step, "acceptance": t.acceptance}
     cols = ["temperature", "drafter", "decode tok/s", "tokens per step", "draft acceptance", "speedup"]
-    print_table(f"speculative decoding, {len(prompts)} replayed assistant turns", cols, rows)
+    print_table(f"speculative decoding, {len(prompts)} replayed assistant turns ({args.device})", cols, rows)
     if not args.no_write and not args.quick:
         cmd = f"python benchmarks/spec_decode.py --turns {args.turns} --max-tokens {args.max_tokens} --drafters {args.drafters}"
+        cmd += f" --device {args.device}" if args.device != "cpu" else ""
+        section, where = ("spec_decode", "") if args.device == "cpu" else (f"spec_decode_{args.device}", f", {args.device}")
         body = markdown_table(cols, rows) + "\n\nTarget: >= 2.5x decode speedup at temperature 0 with the best drafter. Draft tokens per step (max): " + ", ".join(f"{d} {DRAFT_TOKENS[d]}" for d in args.drafters.split(",")) + "."
-        write_section("spec_decode", "Speculative decoding (embedded model, batch 1)", body, cmd, data)
+        write_section(section, f"Speculative decoding (embedded model, batch 1{where})", body, cmd, data)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ a whole [batch, seq] block with no cache (training and reference checks).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -101,6 +102,15 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -115,6 +125,11 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = route(self.gate(flat), self.top_k, self.renormalize)
+        if flat.is_cuda and not torch.is_grad_enabled() and _triton_available():
+            from engine.moe.triton_moe import fused_moe  # GPU serving: two fused grouped GEMMs, no host sync
+
+            experts = self.quantized if self.quantized is not None else (self.w13, self.w2)
+            return fused_moe(flat, weights, ids, experts).view(shape)
         if self.quantized is not None:
             from engine.moe.quantized import moe_experts_fp4
 

@@ -14,6 +14,8 @@ from engine.moe.reference import moe_grouped
 class QuantizedExperts:
     """Stacked expert weights w13 [E, 2I, H] and w2 [E, H, I] quantised along their input dims."""
 
+    _row_scales: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
     def __init__(self, w13: torch.Tensor, w2: torch.Tensor, fmt: str) -> None:
         self.fmt = fmt
         self.w13: FP4Tensor = quantize(w13.detach(), fmt)
@@ -36,6 +38,16 @@ class QuantizedExperts:
             return FP4Tensor(t.packed.to(device), t.scales.to(device), ts, t.fmt, t.shape)
 
         return QuantizedExperts.from_fp4(move(self.w13), move(self.w2))
+
+    def row_scales(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The second-level scale of every row of w13 [E, 2I] and w2 [E, H], fp32 on `device`
+        (computed once; the fused kernel reads them every call)."""
+        key = str(device)
+        cached = self._row_scales
+        if cached is None or cached[0] != key:
+            cached = (key, (self.w13.row_scales().to(device), self.w2.row_scales().to(device)))
+            self._row_scales = cached
+        return cached[1]
 
     @property
     def nbytes(self) -> int:

@@ -37,8 +37,8 @@ from engine.moe.routing import group_by_expert
 BLOCK_M = 16
 
 
-def align_by_expert(expert_ids: torch.Tensor, num_experts: int, block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sort (token, slot) pairs by expert, each expert's run padded to a multiple of `block_m`.
+def align_by_expert_reference(expert_ids: torch.Tensor, num_experts: int, block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The slow twin of `align_by_expert`: a host loop over experts (syncs with the device).
 
     Returns (sorted pair ids [num_padded] int64, padding = num_pairs (a sentinel, out of range);
     expert of each block [num_padded // block_m] int64; num_padded). Pair p is token p // top_k,
@@ -62,6 +62,42 @@ def align_by_expert(expert_ids: torch.Tensor, num_experts: int, block_m: int = B
     return sorted_ids, block_expert, num_padded
 
 
+def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int = BLOCK_M) -> int:
+    """An upper bound on `align_by_expert`'s padded length known without looking at the routing:
+    each expert that receives pairs adds at most block_m - 1 padding rows."""
+    bound = num_pairs + min(num_experts, num_pairs) * (block_m - 1)
+    return -(-bound // block_m) * block_m
+
+
+def align_by_expert(expert_ids: torch.Tensor, num_experts: int, block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort (token, slot) pairs by expert, each expert's run padded to a multiple of `block_m`,
+    in a few tensor ops with no host sync (usable inside a CUDA graph).
+
+    Returns (sorted pair ids [max_padded] int64, padding = num_pairs (a sentinel, out of range);
+    expert of each block [max_padded // block_m] int64 (blocks past the end repeat the last
+    expert); num_padded as a one-element device tensor). `max_padded = max_padded_pairs(...)`;
+    only the first num_padded entries are meaningful and kernels skip the blocks past them.
+    Agrees with `align_by_expert_reference` on that prefix.
+    """
+    if expert_ids.dim() != 2:
+        raise ValueError(f"expert_ids must be [num_tokens, top_k], got shape {tuple(expert_ids.shape)}")
+    device = expert_ids.device
+    flat = expert_ids.reshape(-1)
+    num_pairs = flat.numel()
+    max_padded = max_padded_pairs(num_pairs, num_experts, block_m)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device).index_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = torch.cumsum(padded, 0)
+    order = torch.argsort(flat, stable=True)
+    expert_sorted = flat[order]
+    rank = torch.arange(num_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[expert_sorted]
+    sorted_ids = torch.full((max_padded,), num_pairs, dtype=torch.long, device=device)
+    sorted_ids[(ends - padded)[expert_sorted] + rank] = order
+    block_starts = torch.arange(0, max_padded, block_m, device=device)
+    block_expert = torch.searchsorted(ends, block_starts, right=True).clamp_(max=num_experts - 1)
+    return sorted_ids, block_expert, ends[-1:]
+
+
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
     from engine.moe import triton_kernels
@@ -74,49 +110,78 @@ def _scale_bytes(t: FP4Tensor) -> torch.Tensor:
     return t.scales.view(torch.uint8) if t.scales.dtype != torch.uint8 else t.scales
 
 
-def fused_moe_fp4(
-    x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts,
-    block_n: int = 32, block_k: int = 64,
+DenseExperts = tuple[torch.Tensor, torch.Tensor]
+"""Dense expert weights (w13 [E, 2I, H], w2 [E, H, I]) in any float dtype and any strides."""
+
+
+def fused_moe(
+    x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts | DenseExperts,
+    block_n: int = 32, block_k: int = 64, num_warps: int = 4, num_stages: int = 2, swap_ab: bool = False,
+    block_m: int = BLOCK_M, bf16_dequant: bool | None = None,
 ) -> torch.Tensor:
-    """Router-weighted sum of each token's top-k FP4 experts. x [T, H] (fp32/bf16/fp16),
-    weights/expert_ids [T, k] -> [T, H] in x's dtype. Raises ValueError on inconsistent shapes."""
+    """Router-weighted sum of each token's top-k experts in two Triton grouped GEMMs, over packed
+    FP4 experts (`QuantizedExperts`, dequantised in registers) or dense ones (a (w13, w2) pair).
+    x [T, H] (fp32/bf16/fp16), weights/expert_ids [T, k] -> [T, H] in x's dtype.
+
+    With bf16 activations on a GPU the tile products run on bf16 operands (tensor cores, fp32
+    accumulation) and FP4 weights dequantise in bf16 (exact; `bf16_dequant=False` keeps fp32);
+    otherwise on fp32 operands at IEEE precision. Raises ValueError on inconsistent shapes or
+    tile sizes.
+    """
     num_tokens, hidden = x.shape
     if weights.shape != expert_ids.shape or weights.shape[0] != num_tokens:
         raise ValueError(f"weights {tuple(weights.shape)} and expert_ids {tuple(expert_ids.shape)} must both be [{num_tokens}, top_k]")
-    w13, w2 = experts.w13, experts.w2
-    e, two_i, h = w13.shape
+    if isinstance(experts, QuantizedExperts):
+        w13, w2 = experts.w13, experts.w2
+        wfmt, fmt_block = (1 if w13.fmt == "nvfp4" else 2), w13.block
+        p13, p2, s13, s2 = w13.packed, w2.packed, _scale_bytes(w13), _scale_bytes(w2)
+        rs13, rs2 = experts.row_scales(x.device)
+        k_stride13 = k_stride2 = 1
+    else:
+        p13, p2 = experts
+        wfmt, fmt_block = 0, 1
+        s13 = s2 = rs13 = rs2 = p13  # unused by the dense kernels
+        k_stride13, k_stride2 = p13.stride(2), p2.stride(2)
+    per_byte = 2 if wfmt else 1  # FP4 stores two elements per byte along the input dim
+    e, two_i, h = p13.shape[0], p13.shape[1], p13.shape[2] * per_byte
     inter = two_i // 2
-    if h != hidden or tuple(w2.shape) != (e, hidden, inter):
-        raise ValueError(f"expert shapes w13 {w13.shape} / w2 {w2.shape} do not fit hidden size {hidden}")
-    if hidden % w13.block or inter % w13.block:
-        raise ValueError(f"hidden {hidden} and intermediate {inter} must be multiples of the {w13.fmt} block {w13.block}")
-    if block_k < 32 or block_k % 32:
-        raise ValueError(f"block_k must be a positive multiple of 32 (two 16-wide dot halves), got {block_k}")
+    w2_shape = (p2.shape[0], p2.shape[1], p2.shape[2] * per_byte)
+    if h != hidden or w2_shape != (e, hidden, inter):
+        raise ValueError(f"expert shapes w13 {(e, two_i, h)} / w2 {w2_shape} do not fit hidden size {hidden}")
+    if wfmt and (hidden % fmt_block or inter % fmt_block):
+        raise ValueError(f"hidden {hidden} and intermediate {inter} must be multiples of the FP4 block {fmt_block}")
+    if block_k < 32 or block_k % 32 or block_k & (block_k - 1):
+        raise ValueError(f"block_k must be a power of two >= 32 (two 16-wide dot halves), got {block_k}")
+    if block_m < 16 or block_m & (block_m - 1) or block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_m and block_n must be powers of two >= 16, got {block_m}, {block_n}")
     if num_tokens == 0:
         return torch.zeros_like(x)
     gate_up, down = _kernels()
     top_k = expert_ids.shape[1]
-    sorted_ids, block_expert, num_padded = align_by_expert(expert_ids, e, BLOCK_M)
+    num_pairs = expert_ids.numel()
+    sorted_ids, block_expert, num_padded = align_by_expert(expert_ids, e, block_m)
+    max_padded = sorted_ids.numel()
+    dot_bf16 = x.is_cuda and x.dtype == torch.bfloat16
     xc = x.contiguous()
-    act = torch.empty(num_padded, inter, dtype=torch.float32, device=x.device)
-    s13, s2 = _scale_bytes(w13), _scale_bytes(w2)
-    p13, p2 = w13.packed, w2.packed
-    nvfp4 = w13.fmt == "nvfp4"
-    grid1 = (num_padded // BLOCK_M, -(-inter // block_n))
-    rs13, rs2 = w13.row_scales().to(x.device), w2.row_scales().to(x.device)  # [E, 2I], [E, H]
-    gate_up[grid1](
-        xc, p13, s13, rs13, act, sorted_ids, block_expert, expert_ids.numel(), hidden, inter, top_k,
-        xc.stride(0), p13.stride(0), p13.stride(1), s13.stride(0), s13.stride(1), act.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, FMT_BLOCK=w13.block, IS_NVFP4=nvfp4,
+    act = torch.empty(max_padded, inter, dtype=torch.bfloat16 if dot_bf16 else torch.float32, device=x.device)
+    launch = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "FMT_BLOCK": fmt_block, "WFMT": wfmt,
+              "DOT_BF16": dot_bf16, "SWAP_AB": swap_ab, "BF16_DEQUANT": dot_bf16 if bf16_dequant is None else bf16_dequant, "num_warps": num_warps, "num_stages": num_stages}
+    gate_up[(max_padded // block_m, -(-inter // block_n))](
+        xc, p13, s13, rs13, act, sorted_ids, block_expert, num_padded, num_pairs, hidden, inter, top_k,
+        xc.stride(0), p13.stride(0), p13.stride(1), k_stride13, s13.stride(0), s13.stride(1), act.stride(0), **launch,
     )
-    per_pair = torch.zeros(expert_ids.numel(), hidden, dtype=torch.float32, device=x.device)
+    per_pair = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)
     topk_w = weights.reshape(-1).float().contiguous()
-    grid2 = (num_padded // BLOCK_M, -(-hidden // block_n))
-    down[grid2](
-        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, topk_w, expert_ids.numel(), hidden, inter,
-        act.stride(0), p2.stride(0), p2.stride(1), s2.stride(0), s2.stride(1), per_pair.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, FMT_BLOCK=w2.block, IS_NVFP4=nvfp4,
+    down[(max_padded // block_m, -(-hidden // block_n))](
+        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, num_padded, topk_w, num_pairs, hidden, inter,
+        act.stride(0), p2.stride(0), p2.stride(1), k_stride2, s2.stride(0), s2.stride(1), per_pair.stride(0), **launch,
     )
-    token_of_pair = torch.arange(expert_ids.numel(), device=x.device) // top_k
-    out = torch.zeros(num_tokens, hidden, dtype=torch.float32, device=x.device).index_add_(0, token_of_pair, per_pair)
-    return out.to(x.dtype)
+    return per_pair.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)
+
+
+def fused_moe_fp4(
+    x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts,
+    block_n: int = 32, block_k: int = 64,
+) -> torch.Tensor:
+    """`fused_moe` over packed FP4 experts (kept for callers that name the format)."""
+    return fused_moe(x, weights, expert_ids, experts, block_n=block_n, block_k=block_k)
