@@ -44,6 +44,7 @@ class EngineConfig:
     speculative: str | None = None
     num_speculative_tokens: int = 4
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
+    cuda_graphs: bool = True  # on CUDA, replay captured graphs for pure decode steps (engine/cuda_graphs.py)
 
     def __post_init__(self) -> None:
         if self.model is None and os.environ.get("AGENTRT_MODEL"):

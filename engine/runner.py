@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.errors import ModelLoadError
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
+from engine.model.triton_attention import decode_kernel_supports
 from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
 from engine.spec.draft_model import PLACEHOLDER, DraftModel
@@ -63,9 +65,11 @@ class ModelRunner:
             self.draft = DraftModel(
                 config.draft_model_path, self.device, self.dtype, num_blocks, config.block_size, model_config.vocab_size
             )
+        # CUDA graphs for decode steps need one spare "null" block for their padding rows.
+        use_graphs = self.device.type == "cuda" and config.cuda_graphs and decode_kernel_supports(model_config.head_dim)
         self.kv_cache = KVCache.allocate(
             model_config.num_layers + int(self.mtp),
-            num_blocks,
+            num_blocks + int(use_graphs),
             config.block_size,
             model_config.num_kv_heads,
             model_config.head_dim,
@@ -73,6 +77,10 @@ class ModelRunner:
             self.device,
         )
         logger.info("KV cache: %d blocks of %d tokens on %s", num_blocks, config.block_size, self.device)
+        self.graphs: DecodeGraphs | None = None
+        if use_graphs:
+            max_len = config.max_model_len or model_config.max_position_embeddings
+            self.graphs = DecodeGraphs(model, self.kv_cache, num_blocks, -(-max_len // config.block_size), config.max_num_seqs)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         token_ids: list[int] = []
@@ -103,7 +111,11 @@ class ModelRunner:
         if self.draft is not None:
             self._fill_drafts(batch)
         input_ids, positions, meta = self.prepare(batch)
-        prenorm = self.model.forward_prenorm(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]
+        prenorm = None
+        if self.graphs is not None and meta.is_decode:  # pure decode (verification steps have k + 1 rows per sequence)
+            prenorm = self.graphs.run(input_ids, positions, meta)
+        if prenorm is None:
+            prenorm = self.model.forward_prenorm(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]
         hidden = self.model.norm(prenorm)
         rows = [i for i in range(len(batch)) if batch.samples(i)]
         tokens: list[list[int]] = [[] for _ in range(len(batch))]

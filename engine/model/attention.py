@@ -86,7 +86,8 @@ class AttentionMetadata:
         for q in query_lens:
             cu.append(cu[-1] + q)
         decode = all(q == 1 for q in query_lens)
-        groups = cascade_groups(block_tables, context_lens, block_size) if decode else []
+        # cascade attention is the CPU decode path's; CUDA decode runs the Triton kernel
+        groups = cascade_groups(block_tables, context_lens, block_size) if decode and torch.device(device).type == "cpu" else []
         return cls(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
             query_lens=list(query_lens),

@@ -6,7 +6,6 @@ a whole [batch, seq] block with no cache (training and reference checks).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
+from engine.model.triton_attention import triton_available
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -102,15 +102,6 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
-@functools.cache
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -125,7 +116,7 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = route(self.gate(flat), self.top_k, self.renormalize)
-        if flat.is_cuda and not torch.is_grad_enabled() and _triton_available():
+        if flat.is_cuda and not torch.is_grad_enabled() and triton_available():
             from engine.moe.triton_moe import fused_moe  # GPU serving: two fused grouped GEMMs, no host sync
 
             experts = self.quantized if self.quantized is not None else (self.w13, self.w2)

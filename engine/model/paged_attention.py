@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.attention import AttentionMetadata
+from engine.model.triton_attention import decode_kernel_supports
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -79,6 +80,10 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
     block_size = k_cache.shape[1]
+    if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):  # sync-free (and CUDA-graph safe) decode
+        from engine.model.triton_attention import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
     if meta.is_decode and meta.num_seqs > 1:
         return _decode(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
