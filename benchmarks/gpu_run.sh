@@ -15,7 +15,7 @@ status=0
 for step in $steps; do
   start=$SECONDS
   case $step in
-    tests) $py -m pytest -q -p no:cacheprovider tests/engine/moe/test_triton_moe.py tests/engine/test_cuda.py 2>&1 | tee "$out/tests.log" ;;
+    tests) $py -m pytest -q -p no:cacheprovider tests/engine/moe/test_triton_moe.py tests/engine/test_cuda.py tests/engine/test_triton_attention.py 2>&1 | tee "$out/tests.log" ;;
     fp4) $py benchmarks/fp4_moe.py --gpu-only 2>&1 | tee "$out/fp4.log" ;;
     spec) $py benchmarks/spec_decode.py --device cuda --turns 16 --max-tokens 96 2>&1 | tee "$out/spec.log" ;;
     hf) $py benchmarks/engine_vs_hf.py --device cuda --dtype bfloat16 --repeats 3 2>&1 | tee "$out/hf.log" ;;
