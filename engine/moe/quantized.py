@@ -5,10 +5,12 @@ dtype. The torch reference (moe/reference.py) is the accuracy twin."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.moe.fp4 import FP4Tensor, quantize
-from engine.moe.reference import moe_grouped
+from engine.moe.reference import moe_grouped, swiglu
+from engine.moe.routing import group_by_expert
 
 
 class QuantizedExperts:
@@ -58,7 +60,42 @@ class QuantizedExperts:
 
 
 def moe_experts_fp4(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts) -> torch.Tensor:
-    """Like moe/reference.moe_experts, over packed FP4 experts. x [T, H] -> [T, H]."""
+    """Like moe/reference.moe_experts, over packed FP4 experts. x [T, H] -> [T, H].
+
+    On the CPU, experts that receive at most `cpu_fp4.MAX_ROWS` rows run the fused kernel
+    (`moe/cpu_fp4.py`: packed weights decoded in registers, no dense tile); the others, and every
+    expert when the kernel is unavailable or gradients are needed, dequantise and use BLAS
+    (`moe_experts_fp4_reference`, the test oracle)."""
+    from engine.moe import cpu_fp4
+
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not cpu_fp4.available():
+        return moe_experts_fp4_reference(x, weights, expert_ids, experts)
+    top_k = expert_ids.shape[1]
+    order, counts = group_by_expert(expert_ids, experts.num_experts)
+    token_of_pair = order // top_k
+    pair_weights = weights.flatten()[order].float()
+    rs13, rs2 = experts.row_scales(x.device)
+    inter = experts.w13.shape[1] // 2
+    out = torch.zeros(x.shape, dtype=torch.float32)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        idx = token_of_pair[start : start + n]
+        xe = x.index_select(0, idx)
+        if n <= cpu_fp4.MAX_ROWS:
+            h = cpu_fp4.fp4_matmul(xe, experts.w13.select(e), rs13[e])  # [n, 2I]: gate then up
+            y = cpu_fp4.fp4_matmul(F.silu(h[:, :inter]) * h[:, inter:], experts.w2.select(e), rs2[e])
+        else:
+            w13_e, w2_e = experts.expert(e, torch.float32)
+            y = swiglu(xe.float(), w13_e, w2_e)
+        out.index_add_(0, idx, y * pair_weights[start : start + n, None])
+        start += n
+    return out.to(x.dtype)
+
+
+def moe_experts_fp4_reference(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts) -> torch.Tensor:
+    """Dequantise each routed expert into a dense tile, then the grouped torch path."""
     return moe_grouped(x, weights, expert_ids, experts.num_experts, lambda e: experts.expert(e, x.dtype))
 
 
