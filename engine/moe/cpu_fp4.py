@@ -26,10 +26,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.moe.fp4 import FP4Tensor
+
+if TYPE_CHECKING:
+    from engine.moe.quantized import QuantizedExperts
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ MAX_ROWS = 16  # activation rows per call (decode-sized); larger batches use deq
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <math.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -44,30 +49,29 @@ _SOURCE = r"""
 static const float E2M1[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
                                -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
 
-/* Decode one block's B / 2 packed bytes into B floats, times `half` (the caller passes 1.0 or
-   the AVX2 path's 0.5 correction: it decodes twice the E2M1 value, an exact small integer). */
+/* Decode one block's B / 2 packed bytes into B floats (the portable path). */
 static inline void decode_block(const uint8_t *pb, int64_t B, float *w) {
-#ifdef __AVX2__
-    if (B % 16 == 0) {
-        const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
-        const __m128i nib = _mm_set1_epi8(0x0F);
-        const __m256 half = _mm256_set1_ps(0.5f);
-        for (int64_t j = 0; j < B / 2; j += 8) {
-            __m128i v = _mm_loadl_epi64((const __m128i *)(pb + j));
-            __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16(v, 4), nib));
-            __m128i twice = _mm_shuffle_epi8(lut, codes); /* 16 values x 2, in k order */
-            _mm256_storeu_ps(w + 2 * j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(twice)), half));
-            _mm256_storeu_ps(w + 2 * j + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(twice, 8))), half));
-        }
-        return;
-    }
-#endif
     for (int64_t j = 0; j < B / 2; j++) {
         const uint8_t v = pb[j];
         w[2 * j] = E2M1[v & 15];
         w[2 * j + 1] = E2M1[v >> 4];
     }
 }
+
+#ifdef __AVX2__
+/* 8 packed bytes -> 16 values in k order, as two vectors of 8 floats holding TWICE the E2M1
+   value (an exact small integer: a byte shuffle through a 16-entry int8 table); callers fold the
+   factor 1/2 into the block scale. */
+static inline void decode16(const uint8_t *pb, __m256 *lo, __m256 *hi) {
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m128i nib = _mm_set1_epi8(0x0F);
+    __m128i v = _mm_loadl_epi64((const __m128i *)pb);
+    __m128i codes = _mm_unpacklo_epi8(_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16(v, 4), nib));
+    __m128i twice = _mm_shuffle_epi8(lut, codes);
+    *lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(twice));
+    *hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(twice, 8)));
+}
+#endif
 
 /* y[m, n] = row_scale[n] * sum_b scale_lut[scales[n, b]] * sum_{k in block b} E2M1(code[n, k]) * x[m, k]
    x: [M, K] fp32 row-major (M <= 16); packed: [N, K/2] bytes (even k in the low nibble), row stride
@@ -87,16 +91,18 @@ void fp4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, int
             __m256 acc[16];
             for (int64_t m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                decode_block(p + b * (B / 2), B, w);
-                const __m256 sc = _mm256_set1_ps(scale_lut[s[b]]);
-                const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+                const uint8_t *pb = p + b * (B / 2);
+                __m256 w0, w1, w2, w3;
+                decode16(pb, &w0, &w1);
+                if (B == 32) decode16(pb + 8, &w2, &w3);
+                const __m256 sc = _mm256_set1_ps(0.5f * scale_lut[s[b]]);
                 for (int64_t m = 0; m < M; m++) {
                     const float *xm = x + m * K + b * B;
                     __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(xm));
                     t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xm + 8), t);
                     if (B == 32) {
-                        t = _mm256_fmadd_ps(_mm256_loadu_ps(w + 16), _mm256_loadu_ps(xm + 16), t);
-                        t = _mm256_fmadd_ps(_mm256_loadu_ps(w + 24), _mm256_loadu_ps(xm + 24), t);
+                        t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xm + 16), t);
+                        t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xm + 24), t);
                     }
                     acc[m] = _mm256_fmadd_ps(t, sc, acc[m]);
                 }
@@ -124,11 +130,51 @@ void fp4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, int
         for (int64_t m = 0; m < M; m++) y[m * N + n] = acc[m] * row_scale[n];
     }
 }
+
+/* A whole MoE layer for a few tokens: for every expert, its (token, slot) pairs in chunks of up to
+   16 rows: h = W13_e x (gate rows then up rows), a = silu(gate) * up, out[t] += w * (W2_e a).
+   x: [T, H]; ids, topw: [T, topk]; w13: [E, 2I, H/2] packed + [E, 2I, H/B] scale bytes + [E, 2I]
+   row scales; w2: [E, H, I/2] + [E, H, I/B] + [E, H]; out: [T, H], zeroed by the caller;
+   scratch: 16 * (H + 3 I + H) floats. */
+void fp4_moe(const float *x, int64_t T, int64_t H, int64_t I, int64_t topk, const int64_t *ids, const float *topw,
+             const uint8_t *p13, const uint8_t *s13, const float *rs13, const uint8_t *p2, const uint8_t *s2,
+             const float *rs2, const float *scale_lut, int64_t B, int64_t E, float *out, float *scratch, int64_t threads)
+{
+    float *xe = scratch, *h = xe + 16 * H, *a = h + 16 * 2 * I, *y = a + 16 * I;
+    int64_t rows[16];
+    float wts[16];
+    for (int64_t e = 0; e < E; e++) {
+        int64_t m = 0;
+        for (int64_t p = 0; p <= T * topk; p++) {
+            if (p < T * topk && ids[p] == e) {
+                rows[m] = p / topk;
+                wts[m] = topw[p];
+                for (int64_t k = 0; k < H; k++) xe[m * H + k] = x[rows[m] * H + k];
+                m++;
+            }
+            if (m == 16 || (p == T * topk && m > 0)) {
+                fp4_matmul(xe, m, H, p13 + e * 2 * I * (H / 2), H / 2, s13 + e * 2 * I * (H / B), H / B, scale_lut,
+                           rs13 + e * 2 * I, 2 * I, B, h, threads);
+                for (int64_t r = 0; r < m; r++)
+                    for (int64_t i = 0; i < I; i++) {
+                        const float g = h[r * 2 * I + i];
+                        a[r * I + i] = g / (1.f + expf(-g)) * h[r * 2 * I + I + i];
+                    }
+                fp4_matmul(a, m, I, p2 + e * H * (I / 2), I / 2, s2 + e * H * (I / B), I / B, scale_lut,
+                           rs2 + e * H, H, B, y, threads);
+                for (int64_t r = 0; r < m; r++)
+                    for (int64_t k = 0; k < H; k++) out[rows[r] * H + k] += wts[r] * y[r * H + k];
+                m = 0;
+            }
+        }
+    }
+}
 """
 
 # Vectorise the block dot products (reassociation) without -ffast-math's no-NaN assumption:
 # NaN scales must still poison their outputs.
 _FLAGS = ["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
+_LIBS = ["-lm"]
 
 
 def _cache_dir() -> Path:
@@ -149,7 +195,7 @@ def _library() -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 src, out = Path(tmp) / "fp4_matmul.c", Path(tmp) / "fp4_matmul.so"
                 src.write_text(_SOURCE)
-                subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+                subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), *_LIBS], check=True, capture_output=True, timeout=120)
                 os.replace(out, target)  # atomic: concurrent builders race harmlessly
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
@@ -160,6 +206,9 @@ def _library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64, i64, ptr, i64]
     fn.restype = None
+    moe = lib.fp4_moe
+    moe.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, i64]
+    moe.restype = None
     return lib
 
 
@@ -204,3 +253,37 @@ def fp4_matmul(x: torch.Tensor, weight: FP4Tensor, row_scale: torch.Tensor) -> t
         lib.fp4_matmul(xc.data_ptr(), xc.shape[0], k, packed.data_ptr(), packed.stride(0), scales.data_ptr(), scales.stride(0),
                        lut.data_ptr(), rs.data_ptr(), n, weight.block, y.data_ptr(), torch.get_num_threads())
     return y
+
+
+MAX_MOE_TOKENS = 16  # tokens per step up to which `fp4_moe` runs the whole layer in one call
+
+
+def fp4_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts) -> torch.Tensor:
+    """A whole FP4 MoE layer for a few tokens in one call: x [T, H], weights/expert_ids [T, k]
+    -> [T, H] in x's dtype. Each expert's rows go through gate/up, SwiGLU and down in the kernel.
+
+    Raises ValueError for more than MAX_MOE_TOKENS tokens, non-CPU tensors or non-contiguous
+    packed experts; RuntimeError if the kernel is not available."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU FP4 kernel is not available (no C compiler?)")
+    num_tokens, hidden = x.shape
+    if num_tokens > MAX_MOE_TOKENS or x.device.type != "cpu":
+        raise ValueError(f"fp4_moe takes at most {MAX_MOE_TOKENS} CPU tokens, got {num_tokens} on {x.device}")
+    w13, w2 = experts.w13, experts.w2
+    e, two_i, _ = w13.shape
+    inter = two_i // 2
+    tensors = (w13.packed, w13.scales, w2.packed, w2.scales)
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError("fp4_moe needs contiguous packed experts and scales")
+    xc = x.float().contiguous()
+    ids = expert_ids.to(torch.int64).contiguous()
+    topw = weights.float().contiguous()
+    rs13, rs2 = experts.row_scales("cpu")
+    out = torch.zeros(num_tokens, hidden, dtype=torch.float32)
+    scratch = torch.empty(16 * (2 * hidden + 3 * inter), dtype=torch.float32)
+    lib.fp4_moe(xc.data_ptr(), num_tokens, hidden, inter, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
+                w13.packed.data_ptr(), w13.scales.view(torch.uint8).data_ptr(), rs13.data_ptr(),
+                w2.packed.data_ptr(), w2.scales.view(torch.uint8).data_ptr(), rs2.data_ptr(),
+                _scale_lut(w13.fmt).data_ptr(), w13.block, e, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+    return out.to(x.dtype)

@@ -70,6 +70,8 @@ def moe_experts_fp4(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Te
 
     if x.device.type != "cpu" or torch.is_grad_enabled() or not cpu_fp4.available():
         return moe_experts_fp4_reference(x, weights, expert_ids, experts)
+    if x.shape[0] <= cpu_fp4.MAX_MOE_TOKENS and experts.w13.packed.is_contiguous() and experts.w2.packed.is_contiguous():
+        return cpu_fp4.fp4_moe(x, weights, expert_ids, experts)  # the whole layer in one call
     top_k = expert_ids.shape[1]
     order, counts = group_by_expert(expert_ids, experts.num_experts)
     token_of_pair = order // top_k

@@ -45,10 +45,25 @@ def test_bad_inputs_raise() -> None:
         cpu_fp4.fp4_matmul(torch.randn(cpu_fp4.MAX_ROWS + 1, 32), w, w.row_scales())
     with pytest.raises(ValueError, match="row_scale"):
         cpu_fp4.fp4_matmul(torch.randn(1, 32), w, torch.ones(3))
+    experts = QuantizedExperts(torch.randn(2, 64, 32), torch.randn(2, 32, 32), "mxfp4")
+    many = cpu_fp4.MAX_MOE_TOKENS + 1
+    with pytest.raises(ValueError, match="at most"):
+        cpu_fp4.fp4_moe(torch.randn(many, 32), torch.ones(many, 1), torch.zeros(many, 1, dtype=torch.long), experts)
+
+
+def test_one_call_layer_with_every_token_on_the_same_experts() -> None:
+    g = torch.Generator().manual_seed(3)
+    experts = QuantizedExperts(torch.randn(2, 2 * 32, 64, generator=g) * 0.1, torch.randn(2, 64, 32, generator=g) * 0.1, "nvfp4")
+    x = torch.randn(16, 64, generator=g)
+    ids = torch.tensor([[0, 1]] * 16)  # each expert gets exactly one full chunk of 16 rows
+    weights = torch.rand(16, 2, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(cpu_fp4.fp4_moe(x, weights, ids, experts), moe_experts_fp4_reference(x, weights, ids, experts),
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
-@pytest.mark.parametrize("tokens", [1, 5, 40])  # 40 tokens: some experts get more than MAX_ROWS rows
+@pytest.mark.parametrize("tokens", [1, 5, 16, 40])  # 16: the one-call layer at its limit; 40: per-expert kernel + BLAS
 def test_fast_moe_path_equals_the_dequantise_path(fmt: str, tokens: int) -> None:
     g = torch.Generator().manual_seed(tokens)
     experts = QuantizedExperts(torch.randn(4, 2 * 32, 64, generator=g) * 0.1, torch.randn(4, 64, 32, generator=g) * 0.1, fmt)
