@@ -56,6 +56,7 @@ class AttentionMetadata:
     # (a shared cached prefix). Each is (seq indices, number of shared blocks); see cascade_groups.
     cascade: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
+    cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 CPU copy of cu_query_lens (CPU kernels)
 
     @property
     def num_seqs(self) -> int:
@@ -98,6 +99,7 @@ class AttentionMetadata:
             max_context_len=max(context_lens, default=0),
             cascade=[(torch.tensor(ix, dtype=torch.long, device=device), n) for ix, n in groups],
             block_table_lists=[list(t) for t in block_tables],
+            cu_query_lens_t=torch.tensor(cu, dtype=torch.long) if torch.device(device).type == "cpu" else None,
         )
 
 

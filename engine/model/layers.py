@@ -102,6 +102,9 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
+CPU_KERNEL_TOKENS = 32  # = engine.moe.cpu_dense.MAX_MOE_TOKENS (kept here to avoid importing it per call)
+
+
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -111,6 +114,7 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
+        self.cpu_experts: Any = None  # engine.moe.cpu_dense.DenseExperts: CPU serving's kernel copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -121,6 +125,10 @@ class MoE(nn.Module):
 
             experts = self.quantized if self.quantized is not None else (self.w13, self.w2)
             return fused_moe(flat, weights, ids, experts).view(shape)
+        if self.cpu_experts is not None and flat.shape[0] <= CPU_KERNEL_TOKENS and not torch.is_grad_enabled():
+            from engine.moe.cpu_dense import dense_moe  # CPU decode/verification: the layer in one C call
+
+            return dense_moe(flat, weights, ids, self.cpu_experts).view(shape)
         if self.quantized is not None:
             from engine.moe.quantized import moe_experts_fp4
 
@@ -159,11 +167,19 @@ class DecoderLayer(nn.Module):
 
 
 def prepare_for_inference(model: nn.Module) -> int:
-    """Store every matmul weight (linear layers, expert and dense MLP stacks) column-major: the
+    """CPU serving layout. Dense MoE layers get row-major kernel copies of their experts
+    (`moe/cpu_dense.py`: bf16 when lossless) for steps of up to CPU_KERNEL_TOKENS tokens. Every
+    matmul weight (linear layers, expert and dense MLP stacks) is then stored column-major: the
     same logical tensor, transposed in memory, so `F.linear`/`bmm` run as plain (NN) products,
     which this CPU BLAS does up to 1.5x faster at decode-sized batches (1-16 rows; numbers in
     docs/architecture.md). Embeddings keep their rows (a tied LM head gets its own copy).
     Serving only: training keeps the row-major parameters. Returns the tensors converted."""
+    from engine.moe import cpu_dense
+
+    if cpu_dense.available():
+        for module in model.modules():
+            if isinstance(module, MoE) and module.quantized is None and module.w13.numel():
+                module.cpu_experts = cpu_dense.DenseExperts(module.w13, module.w2)
     converted = 0
     for module in model.modules():
         names: tuple[str, ...]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.model import cpu_attention
 from engine.model.attention import AttentionMetadata
 from engine.model.triton_attention import decode_kernel_supports
 
@@ -88,11 +89,20 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
-    block_size = k_cache.shape[1]
     if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):  # sync-free (and CUDA-graph safe) decode
         from engine.model.triton_attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
+    if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification: C, straight from the blocks
+        return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale)
+    return paged_attention_torch(q, k_cache, v_cache, meta, scale)
+
+
+def paged_attention_torch(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """`paged_attention` in torch ops only (prefill chunks, bf16 on the CPU, the C kernel's oracle)."""
+    block_size = k_cache.shape[1]
     if meta.is_decode and meta.num_seqs > 1:
         return _decode(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)

@@ -8,9 +8,8 @@ docs/architecture.md). This kernel reads the packed bytes and one scale byte per
 through two small tables (16 E2M1 values, 256 scale values) and accumulates the block's dot
 products for every activation row before moving on, so the weights stream through once.
 
-It is a few lines of C compiled with the system C compiler on first use (no torch headers: about
-a second) into ~/.cache/agentrt/ (or $AGENTRT_CACHE_DIR), keyed by the source and compiler
-flags, and called through ctypes (which releases the GIL). Without a working compiler
+It is a few lines of C built on first use by `engine.native` (system C compiler, ctypes, cached
+in ~/.cache/agentrt/). Without a working compiler
 `available()` is False and callers use the torch path (`FP4Tensor.dequantize` + matmul), which is
 also this kernel's test oracle.
 """
@@ -19,23 +18,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from engine import native
 from engine.moe.fp4 import FP4Tensor
 
 if TYPE_CHECKING:
     from engine.moe.quantized import QuantizedExperts
-
-logger = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # activation rows per call (decode-sized); larger batches use dequantise + BLAS
 
@@ -171,45 +162,17 @@ void fp4_moe(const float *x, int64_t T, int64_t H, int64_t I, int64_t topk, cons
 }
 """
 
-# Vectorise the block dot products (reassociation) without -ffast-math's no-NaN assumption:
-# NaN scales must still poison their outputs.
-_FLAGS = ["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
-_LIBS = ["-lm"]
+_SIGNATURES = (
+    ("fp4_matmul", (native.PTR, native.I64, native.I64, native.PTR, native.I64, native.PTR, native.I64, native.PTR,
+                    native.PTR, native.I64, native.I64, native.PTR, native.I64)),
+    ("fp4_moe", (native.PTR, native.I64, native.I64, native.I64, native.I64, native.PTR, native.PTR, native.PTR, native.PTR,
+                 native.PTR, native.PTR, native.PTR, native.PTR, native.PTR, native.I64, native.I64, native.PTR, native.PTR,
+                 native.I64)),
+)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("AGENTRT_CACHE_DIR") or Path.home() / ".cache" / "agentrt")
-
-
-@functools.cache
 def _library() -> ctypes.CDLL | None:
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        logger.warning("no C compiler found: FP4 experts on the CPU use the dequantise + matmul path")
-        return None
-    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fp4_matmul_{key}.so"
-    try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                src, out = Path(tmp) / "fp4_matmul.c", Path(tmp) / "fp4_matmul.so"
-                src.write_text(_SOURCE)
-                subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out), *_LIBS], check=True, capture_output=True, timeout=120)
-                os.replace(out, target)  # atomic: concurrent builders race harmlessly
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = exc.stderr.decode(errors="replace")[-500:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else str(exc)
-        logger.warning("could not build the CPU FP4 kernel (%s): using the dequantise + matmul path", detail)
-        return None
-    fn = lib.fp4_matmul
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64, i64, ptr, i64]
-    fn.restype = None
-    moe = lib.fp4_moe
-    moe.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, i64]
-    moe.restype = None
-    return lib
+    return native.build("fp4_matmul", _SOURCE, _SIGNATURES)
 
 
 def available() -> bool:

@@ -1,0 +1,70 @@
+"""The compiled CPU paged attention (decode and verification steps) against the torch path."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.model import cpu_attention
+from engine.model.attention import AttentionMetadata
+from engine.model.paged_attention import paged_attention, paged_attention_torch
+
+pytestmark = pytest.mark.skipif(not cpu_attention.available(), reason="no C compiler to build the CPU attention kernel")
+
+
+def _case(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int, seed: int):
+    num_heads, num_kv_heads, head_dim = heads
+    rng = random.Random(seed)
+    need = sum(-(-c // block_size) for c in ctx_lens)
+    blocks = list(range(need + 3))
+    rng.shuffle(blocks)  # scattered blocks, as after evictions
+    tables, used = [], 0
+    for c in ctx_lens:
+        n = -(-c // block_size)
+        tables.append(blocks[used : used + n])
+        used += n
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(need + 3, block_size, num_kv_heads, head_dim, generator=g)
+    v = torch.randn(need + 3, block_size, num_kv_heads, head_dim, generator=g)
+    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=g)
+    return q, k, v, AttentionMetadata.build(query_lens, ctx_lens, tables, block_size, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "ctx_lens", "heads", "block_size"),
+    [
+        ([1], [1], (4, 2, 64), 16),
+        ([1], [2000], (4, 2, 64), 16),
+        ([17], [700], (4, 2, 64), 16),  # a verification step: 16 drafts + the last token
+        ([1, 5, 1, 32], [16, 40, 333, 32], (4, 2, 64), 16),  # ragged, a chunk that is the whole context
+        ([3, 1], [50, 97], (8, 1, 128), 8),
+        ([2, 1], [19, 70], (6, 3, 24), 16),  # head_dim not a multiple of 8: the scalar path
+        ([1, 4], [65, 130], (2, 2, 64), 64),
+    ],
+)
+def test_kernel_equals_torch(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int) -> None:
+    q, k, v, meta = _case(query_lens, ctx_lens, heads, block_size, seed=sum(ctx_lens))
+    scale = heads[2] ** -0.5
+    ref = paged_attention_torch(q, k, v, meta, scale)
+    torch.testing.assert_close(cpu_attention.paged_attention(q, k, v, meta, scale), ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(paged_attention(q, k, v, meta, scale), ref, atol=2e-5, rtol=1e-5)  # the dispatcher picks it
+
+
+def test_large_scores_do_not_overflow() -> None:
+    q, k, v, meta = _case([2], [90], (2, 1, 64), 16, seed=5)
+    q *= 40.0  # scores in the hundreds: the running max keeps every exp finite
+    ref = paged_attention_torch(q, k, v, meta, 0.125)
+    out = cpu_attention.paged_attention(q, k, v, meta, 0.125)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_steps_are_refused() -> None:
+    q, k, v, meta = _case([cpu_attention.MAX_QUERY_LEN + 1], [100], (4, 2, 64), 16, seed=1)
+    assert not cpu_attention.supports(q, k, meta)
+    with pytest.raises(ValueError, match="new tokens per sequence"):
+        cpu_attention.paged_attention(q, k, v, meta, 0.125)
+    q, k, v, meta = _case([1], [10], (4, 2, 64), 16, seed=2)
+    assert not cpu_attention.supports(q.bfloat16(), k.bfloat16(), meta)
