@@ -1,4 +1,4 @@
-"""Attention over the paged KV cache, in torch (the CPU path; a Triton/flash kernel can replace it).
+"""Attention over the paged KV cache: the dispatcher (Triton decode kernel on CUDA, the C kernel for short rows on the CPU) and the torch path.
 
 Shapes: q [num_tokens, num_heads, head_dim]; a layer's cache [num_blocks, block_size, num_kv_heads,
 head_dim]. Grouped-query attention: query head h reads KV head h // (num_heads // num_kv_heads).
