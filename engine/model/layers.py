@@ -168,7 +168,8 @@ class DecoderLayer(nn.Module):
 
 def prepare_for_inference(model: nn.Module) -> int:
     """CPU serving layout. Dense MoE layers get row-major kernel copies of their experts
-    (`moe/cpu_dense.py`: bf16 when lossless) for steps of up to CPU_KERNEL_TOKENS tokens. Every
+    (`moe/cpu_dense.py`: bf16 when lossless, an extra half-size copy; fp32 experts stay row-major
+    and are shared with the kernel) for steps of up to CPU_KERNEL_TOKENS tokens. Every other
     matmul weight (linear layers, expert and dense MLP stacks) is then stored column-major: the
     same logical tensor, transposed in memory, so `F.linear`/`bmm` run as plain (NN) products,
     which this CPU BLAS does up to 1.5x faster at decode-sized batches (1-16 rows; numbers in
@@ -185,6 +186,8 @@ def prepare_for_inference(model: nn.Module) -> int:
         names: tuple[str, ...]
         if isinstance(module, nn.Linear):
             names = ("weight",)
+        elif isinstance(module, MoE) and module.cpu_experts is not None and not module.cpu_experts.bf16:
+            continue  # fp32 experts: the kernel's row-major tensors are the parameters (one copy, not two)
         elif isinstance(module, MoE | DenseMLP):
             names = ("w13", "w2")
         else:

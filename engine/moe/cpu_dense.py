@@ -140,7 +140,8 @@ def available() -> bool:
 
 
 def _kernel_layout(w: torch.Tensor) -> torch.Tensor:
-    """Row-major fp32, or bf16 when every value is exactly representable in bf16."""
+    """Row-major fp32 (the same tensor when it already is), or bf16 when every value is exactly
+    representable in bf16."""
     w = w.detach().float().contiguous()
     b = w.to(torch.bfloat16)
     return b if torch.equal(b.float(), w) else w

@@ -83,6 +83,7 @@ def test_moe_layer_uses_the_kernel_when_prepared_and_agrees() -> None:
     with torch.no_grad():
         ref = layer(x)
         prepare_for_inference(layer)
-        assert layer.cpu_experts is not None
+        assert layer.cpu_experts is not None and not layer.cpu_experts.bf16
+        assert layer.cpu_experts.w13.data_ptr() == layer.w13.data_ptr()  # fp32 experts: one copy, shared
         torch.testing.assert_close(layer(x), ref, atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(layer(torch.randn(40, 32)).shape, torch.Size([40, 32]))  # > 32 tokens: torch path
