@@ -16,6 +16,7 @@ from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
 from engine.model.triton_attention import triton_available
+from engine.moe import cpu_dense
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -102,9 +103,6 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).flatten(2))
 
 
-CPU_KERNEL_TOKENS = 32  # = engine.moe.cpu_dense.MAX_MOE_TOKENS (kept here to avoid importing it per call)
-
-
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -125,10 +123,8 @@ class MoE(nn.Module):
 
             experts = self.quantized if self.quantized is not None else (self.w13, self.w2)
             return fused_moe(flat, weights, ids, experts).view(shape)
-        if self.cpu_experts is not None and flat.shape[0] <= CPU_KERNEL_TOKENS and not torch.is_grad_enabled():
-            from engine.moe.cpu_dense import dense_moe  # CPU decode/verification: the layer in one C call
-
-            return dense_moe(flat, weights, ids, self.cpu_experts).view(shape)
+        if self.cpu_experts is not None and flat.shape[0] <= cpu_dense.MAX_MOE_TOKENS and not torch.is_grad_enabled():
+            return cpu_dense.dense_moe(flat, weights, ids, self.cpu_experts).view(shape)  # CPU decode/verification: one C call
         if self.quantized is not None:
             from engine.moe.quantized import moe_experts_fp4
 
@@ -169,14 +165,12 @@ class DecoderLayer(nn.Module):
 def prepare_for_inference(model: nn.Module) -> int:
     """CPU serving layout. Dense MoE layers get row-major kernel copies of their experts
     (`moe/cpu_dense.py`: bf16 when lossless, an extra half-size copy; fp32 experts stay row-major
-    and are shared with the kernel) for steps of up to CPU_KERNEL_TOKENS tokens. Every other
+    and are shared with the kernel) for steps of up to cpu_dense.MAX_MOE_TOKENS tokens. Every other
     matmul weight (linear layers, expert and dense MLP stacks) is then stored column-major: the
     same logical tensor, transposed in memory, so `F.linear`/`bmm` run as plain (NN) products,
     which this CPU BLAS does up to 1.5x faster at decode-sized batches (1-16 rows; numbers in
     docs/architecture.md). Embeddings keep their rows (a tied LM head gets its own copy).
     Serving only: training keeps the row-major parameters. Returns the tensors converted."""
-    from engine.moe import cpu_dense
-
     if cpu_dense.available():
         for module in model.modules():
             if isinstance(module, MoE) and module.quantized is None and module.w13.numel():
