@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.model import cpu_linear, cpu_ops
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
@@ -29,6 +30,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Computed in fp32 like the reference implementations, then cast back before the scale.
+        if cpu_ops.usable(x, self.weight):
+            return cpu_ops.rms_norm(x, self.weight, self.eps)  # CPU serving: one C call
         if x.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
         xf = x.float()
@@ -89,6 +92,13 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
     ) -> torch.Tensor:
+        if cpu_ops.usable(x, kv[0]):  # CPU serving: split, head norms, rotary and the KV write in one C call
+            q_w = self.q_norm.weight if self.q_norm is not None else None
+            k_w = self.k_norm.weight if self.k_norm is not None else None
+            eps = self.q_norm.eps if self.q_norm is not None else 0.0
+            q = cpu_ops.attention_prologue(self.qkv_proj(x), *cos_sin, q_w, k_w, eps, kv[0], kv[1], meta.slot_mapping,
+                                           self.num_heads, self.num_kv_heads)
+            return self.o_proj(paged_attention(q, kv[0], kv[1], meta, self.scale).flatten(1))
         q, k, v = self._qkv(x, cos_sin)
         write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
         o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
@@ -112,19 +122,23 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
-        self.cpu_experts: Any = None  # engine.moe.cpu_dense.DenseExperts: CPU serving's kernel copies
+        self.cpu_experts: Any = None  # engine.moe.cpu_dense.DenseExperts: CPU serving's packed experts (w13/w2 freed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
-        weights, ids = route(self.gate(flat), self.top_k, self.renormalize)
+        logits = self.gate(flat)
+        if self.cpu_experts is not None and cpu_ops.usable(logits):
+            weights, ids = cpu_ops.route_topk(logits, self.top_k, self.renormalize)
+        else:
+            weights, ids = route(logits, self.top_k, self.renormalize)
         if flat.is_cuda and not torch.is_grad_enabled() and triton_available():
             from engine.moe.triton_moe import fused_moe  # GPU serving: two fused grouped GEMMs, no host sync
 
             experts = self.quantized if self.quantized is not None else (self.w13, self.w2)
             return fused_moe(flat, weights, ids, experts).view(shape)
-        if self.cpu_experts is not None and flat.shape[0] <= cpu_dense.MAX_MOE_TOKENS and not torch.is_grad_enabled():
-            return cpu_dense.dense_moe(flat, weights, ids, self.cpu_experts).view(shape)  # CPU decode/verification: one C call
+        if self.cpu_experts is not None:  # CPU serving: the whole layer in one C call
+            return cpu_dense.dense_moe(flat, weights, ids, self.cpu_experts).view(shape)
         if self.quantized is not None:
             from engine.moe.quantized import moe_experts_fp4
 
@@ -137,8 +151,13 @@ class DenseMLP(nn.Module):
         super().__init__()
         self.w13 = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size))
         self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size))
+        self.cpu_experts: Any = None  # CPU serving: packed as one always-routed expert (w13/w2 freed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_experts is not None:
+            flat = x.reshape(-1, x.shape[-1])
+            ones = torch.ones(flat.shape[0], 1)
+            return cpu_dense.dense_moe(flat, ones, ones.long().zero_(), self.cpu_experts).view(x.shape)
         return swiglu(x, self.w13, self.w2)
 
 
@@ -163,25 +182,36 @@ class DecoderLayer(nn.Module):
 
 
 def prepare_for_inference(model: nn.Module) -> int:
-    """CPU serving layout. Dense MoE layers get row-major kernel copies of their experts
-    (`moe/cpu_dense.py`: bf16 when lossless, an extra half-size copy; fp32 experts stay row-major
-    and are shared with the kernel) for steps of up to cpu_dense.MAX_MOE_TOKENS tokens. Every other
-    matmul weight (linear layers, expert and dense MLP stacks) is then stored column-major: the
-    same logical tensor, transposed in memory, so `F.linear`/`bmm` run as plain (NN) products,
-    which this CPU BLAS does up to 1.5x faster at decode-sized batches (1-16 rows; numbers in
-    docs/architecture.md). Embeddings keep their rows (a tied LM head gets its own copy).
-    Serving only: training keeps the row-major parameters. Returns the tensors converted."""
-    if cpu_dense.available():
-        for module in model.modules():
+    """CPU serving layout; inference only afterwards (no autograd through the packed weights).
+
+    With the C kernels (a C compiler present): every `nn.Linear` becomes a `cpu_linear.PackedLinear`
+    and every MoE/dense MLP gets `cpu_dense.DenseExperts`, their weights packed once into 16-column
+    panels (bf16 when lossless, else fp32) and the original tensors freed, so each weight exists
+    once. Embeddings keep their rows (a tied LM head gets its own panels). Without a compiler the
+    matmul weights are stored column-major instead: the same logical tensors, transposed in memory,
+    so `F.linear`/`bmm` run as plain (NN) products, which this CPU BLAS does faster at decode-sized
+    batches. Returns the number of weights converted."""
+    converted = 0
+    if cpu_linear.available():
+        for module in list(model.modules()):
+            for name, child in module.named_children():
+                if type(child) is nn.Linear:
+                    setattr(module, name, cpu_linear.PackedLinear(child))
+                    converted += 1
             if isinstance(module, MoE) and module.quantized is None and module.w13.numel():
                 module.cpu_experts = cpu_dense.DenseExperts(module.w13, module.w2)
-    converted = 0
+            elif isinstance(module, DenseMLP) and module.w13.numel():
+                module.cpu_experts = cpu_dense.DenseExperts(module.w13[None], module.w2[None])
+            else:
+                continue
+            module.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
+            module.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
+            converted += 2
+        return converted
     for module in model.modules():
         names: tuple[str, ...]
         if isinstance(module, nn.Linear):
             names = ("weight",)
-        elif isinstance(module, MoE) and module.cpu_experts is not None and not module.cpu_experts.bf16:
-            continue  # fp32 experts: the kernel's row-major tensors are the parameters (one copy, not two)
         elif isinstance(module, MoE | DenseMLP):
             names = ("w13", "w2")
         else:

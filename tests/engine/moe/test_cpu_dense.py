@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from engine.model import cpu_linear
+from engine.model.config import ModelConfig
+from engine.model.layers import DenseMLP, MoE, prepare_for_inference
 from engine.moe import cpu_dense
 from engine.moe.reference import moe_experts
 from engine.moe.routing import route
@@ -35,22 +37,40 @@ def test_dense_moe_equals_reference(bf16_exact: bool, tokens: int, e: int, k: in
     torch.testing.assert_close(cpu_dense.dense_moe(x, weights, ids, experts), ref, atol=2e-5, rtol=1e-5)
 
 
-def test_more_than_sixteen_rows_on_one_expert_are_chunked() -> None:
+def test_many_rows_on_one_expert_and_prefill_sized_batches() -> None:
     w13, w2 = _experts(2, 32, 16, False, seed=3)
     x = torch.randn(20, 32)
-    ids = torch.tensor([[0, 1]] * 20)  # 20 rows per expert: a chunk of 16 and one of 4
+    ids = torch.tensor([[0, 1]] * 20)  # 20 rows per expert: three full row tiles and a partial one
     weights = torch.rand(20, 2)
+    with torch.no_grad():
+        ref = moe_experts(x, weights, ids, w13, w2)
+    torch.testing.assert_close(cpu_dense.dense_moe(x, weights, ids, cpu_dense.DenseExperts(w13, w2)), ref, atol=2e-5, rtol=1e-5)
+    w13, w2 = _experts(8, 48, 40, True, seed=4)
+    x = torch.randn(300, 48)
+    weights, ids = route(torch.randn(300, 8), 2, renormalize=False)
     with torch.no_grad():
         ref = moe_experts(x, weights, ids, w13, w2)
     torch.testing.assert_close(cpu_dense.dense_moe(x, weights, ids, cpu_dense.DenseExperts(w13, w2)), ref, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("rows", "n", "k"), [(1, 48, 64), (5, 7, 37), (16, 9, 16)])
-def test_dense_matmul(dtype: torch.dtype, rows: int, n: int, k: int) -> None:
-    w = torch.randn(n, k).to(dtype)
-    x = torch.randn(rows, k)
-    torch.testing.assert_close(cpu_dense.dense_matmul(x, w), F.linear(x, w.float()), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("inter", [8, 13, 40])
+def test_packing_round_trips_and_pads_the_intermediate_size(inter: int) -> None:
+    w13, w2 = _experts(3, 24, inter, inter != 13, seed=inter)
+    experts = cpu_dense.DenseExperts(w13, w2)
+    assert experts.inter_padded % 8 == 0 and experts.inter_padded - inter < 8
+    a, b = experts.unpacked()
+    assert torch.equal(a, w13) and torch.equal(b, w2)
+
+
+def test_a_token_does_not_depend_on_its_batch() -> None:
+    """Fixed summation order: a token's output is bitwise the same alone and in any batch."""
+    w13, w2 = _experts(8, 64, 32, False, seed=5)
+    experts = cpu_dense.DenseExperts(w13, w2)
+    x = torch.randn(24, 64)
+    weights, ids = route(torch.randn(24, 8), 2, renormalize=True)
+    full = cpu_dense.dense_moe(x, weights, ids, experts)
+    for t in (0, 7, 23):
+        assert torch.equal(cpu_dense.dense_moe(x[t : t + 1], weights[t : t + 1], ids[t : t + 1], experts), full[t : t + 1])
 
 
 def test_bad_inputs_raise() -> None:
@@ -58,32 +78,33 @@ def test_bad_inputs_raise() -> None:
     experts = cpu_dense.DenseExperts(w13, w2)
     with pytest.raises(ValueError, match="belong together"):
         cpu_dense.DenseExperts(w13, w2[:, :, :8])
-    many = cpu_dense.MAX_MOE_TOKENS + 1
-    with pytest.raises(ValueError, match="at most"):
-        cpu_dense.dense_moe(torch.randn(many, 32), torch.ones(many, 1), torch.zeros(many, 1, dtype=torch.long), experts)
     with pytest.raises(ValueError, match="expert ids"):
         cpu_dense.dense_moe(torch.randn(1, 32), torch.ones(1, 1), torch.full((1, 1), 2), experts)
     with pytest.raises(ValueError, match="hidden size"):
         cpu_dense.dense_moe(torch.randn(1, 16), torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), experts)
-    with pytest.raises(ValueError, match="x must be"):
-        cpu_dense.dense_matmul(torch.randn(cpu_dense.MAX_ROWS + 1, 32), w13[0])
+    with pytest.raises(ValueError, match="must both be"):
+        cpu_dense.dense_moe(torch.randn(2, 32), torch.ones(2, 2), torch.zeros(2, 1, dtype=torch.long), experts)
 
 
-def test_moe_layer_uses_the_kernel_when_prepared_and_agrees() -> None:
-    from engine.model.config import ModelConfig
-    from engine.model.layers import MoE, prepare_for_inference
-
+def _layer(kind: type[torch.nn.Module]) -> torch.nn.Module:
     cfg = ModelConfig(architecture="Qwen3MoeForCausalLM", vocab_size=32, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, intermediate_size=64)
-    layer = MoE(cfg)
-    torch.nn.init.normal_(layer.w13, std=0.1)
-    torch.nn.init.normal_(layer.w2, std=0.1)
-    torch.nn.init.normal_(layer.gate.weight, std=0.5)
-    x = torch.randn(5, 32)
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, intermediate_size=52)
+    layer = kind(cfg)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return layer
+
+
+@pytest.mark.parametrize("kind", [MoE, DenseMLP])
+def test_mlp_layers_use_the_kernel_when_prepared_and_agree(kind: type[torch.nn.Module]) -> None:
+    """MoE layers run the driver; a dense MLP runs it as one always-routed expert."""
+    layer = _layer(kind)
+    x = torch.randn(3, 5, 32)
     with torch.no_grad():
         ref = layer(x)
         prepare_for_inference(layer)
         assert layer.cpu_experts is not None and not layer.cpu_experts.bf16
-        assert layer.cpu_experts.w13.data_ptr() == layer.w13.data_ptr()  # fp32 experts: one copy, shared
+        assert layer.w13.numel() == 0 and layer.w2.numel() == 0  # one copy of the weights: the panels
         torch.testing.assert_close(layer(x), ref, atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(layer(torch.randn(40, 32)).shape, torch.Size([40, 32]))  # > 32 tokens: torch path
+    if kind is MoE:
+        assert isinstance(layer.gate, cpu_linear.PackedLinear)  # the router's linear is packed too

@@ -1,0 +1,292 @@
+"""Linear layers for the CPU path: y = x W^T (+ b) with weights packed into 16-column panels.
+
+Why: at the batch sizes of decoding and speculative verification (1-32 rows) the BLAS behind
+`F.linear` runs these thin products at a fraction of the machine's FMA rate (~40 GFLOP/s at
+16 x 512 x 512 on two AVX2 cores, where the arithmetic allows ~150): its blocking targets large
+matrices, and each call pays fixed costs. Here every weight is stored once as panels
+`[ceil(N / 16), K, 16]`, so the 16 outputs of a panel are one contiguous stream over K; a tile of
+up to 6 activation rows keeps its 6 x 16 sums in 12 AVX registers and each step of K is two
+weight loads, six broadcasts and twelve FMAs. Tiles of all rows walk a panel while it is in
+cache; OpenMP splits the panels between threads.
+
+Weights are packed as bf16 bits when that is lossless (checkpoints shipped in bf16, like the
+embedded model: half the bytes to stream, widened in registers) and as fp32 otherwise. Larger
+inputs (prefill) run the same kernel: it is one copy of the weights, no second layout for BLAS.
+`F.linear` on the unpacked weight is the oracle (tests/engine/test_cpu_linear.py). Built on first
+use by `engine.native`; without a C compiler `available()` is False and layers keep `nn.Linear`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import native
+
+PANEL = 16  # output columns per panel (two AVX2 vectors)
+_BF16_ORDER = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]  # storage order of a bf16 panel's columns
+
+SOURCE = native.SIMD_MATH + r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define PANEL 16
+#define MR 6
+/* where column c of a bf16 panel is stored (an involution: 4-7 and 8-11 swap places) */
+#define BF16_POS(c) ((c) < 4 || (c) >= 12 ? (c) : (c) < 8 ? (c) + 4 : (c) - 4)
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+#ifdef __AVX2__
+static inline __attribute__((always_inline)) void load_panel_row(const void *p, int bf16, int64_t off, __m256 *w0, __m256 *w1) {
+    if (!bf16) {
+        *w0 = _mm256_loadu_ps((const float *)p + off);
+        *w1 = _mm256_loadu_ps((const float *)p + off + 8);
+    } else {
+        /* bf16 panels store columns in the order 0-3, 8-11, 4-7, 12-15 (see `pack`), so interleaving
+           zero words below each value yields columns 0-7 and 8-15 in two shuffles. */
+        const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
+        *w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
+        *w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+    }
+}
+
+/* Writes one row's two vectors of sums for one panel: 16 outputs (+ bias; the first ncols of them),
+   or, swiglu = 1, the 8 outputs silu(gate) * up of a gate/up panel. */
+static inline __attribute__((always_inline)) void emit(float *y, __m256 a0, __m256 a1, const float *bias, int64_t ncols, const int swiglu) {
+    if (swiglu) {
+        _mm256_storeu_ps(y, swiglu8(a0, a1));
+        return;
+    }
+    if (bias) {
+        float b[PANEL] = {0};
+        memcpy(b, bias, ncols * sizeof(float));
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(b));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(b + 8));
+    }
+    if (ncols == PANEL) {
+        _mm256_storeu_ps(y, a0);
+        _mm256_storeu_ps(y + 8, a1);
+    } else {
+        float t[PANEL];
+        _mm256_storeu_ps(t, a0);
+        _mm256_storeu_ps(t + 8, a1);
+        memcpy(y, t, ncols * sizeof(float));
+    }
+}
+
+/* rows x[0:mr, :K] (row stride ldx) times np (1 or 2) adjacent panels [K, 16] -> y[0:mr, ...] (row
+   stride ldy; panel q writes from column q * 16, or q * 8 with swiglu). Each sum runs over k in
+   order whatever mr and np are, so a row's result does not depend on the rows tiled with it;
+   two panels give few-row tiles (np = 2 for mr <= 3) enough independent FMA chains.
+   Sums live in named registers (an array of them gets spilled to the stack on every step). */
+#define ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
+static inline __attribute__((always_inline)) void tile(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
+                                                       const float *bias, float *y, int64_t ldy, int64_t ncols0, int64_t ncols1,
+                                                       const int mr, const int np, const int swiglu) {
+#define DECL(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps(), c##r##2 = _mm256_setzero_ps(), c##r##3 = _mm256_setzero_ps();
+    ROWS(DECL)
+    const char *second = (const char *)panel + K * PANEL * (bf16 ? 2 : 4);
+    for (int64_t k = 0; k < K; k++) {
+        __m256 w0, w1, w2 = _mm256_setzero_ps(), w3 = _mm256_setzero_ps();
+        load_panel_row(panel, bf16, k * PANEL, &w0, &w1);
+        if (np == 2) load_panel_row(second, bf16, k * PANEL, &w2, &w3);
+#define STEP(r) if (mr > r) { const __m256 xb = _mm256_broadcast_ss(x + r * ldx + k); \
+                              c##r##0 = _mm256_fmadd_ps(xb, w0, c##r##0); c##r##1 = _mm256_fmadd_ps(xb, w1, c##r##1); \
+                              if (np == 2) { c##r##2 = _mm256_fmadd_ps(xb, w2, c##r##2); c##r##3 = _mm256_fmadd_ps(xb, w3, c##r##3); } }
+        ROWS(STEP)
+    }
+    const int64_t width = swiglu ? 8 : PANEL;
+#define STORE(r) if (mr > r) { emit(y + r * ldy, c##r##0, c##r##1, bias, ncols0, swiglu); \
+                               if (np == 2) emit(y + r * ldy + width, c##r##2, c##r##3, bias ? bias + PANEL : 0, ncols1, swiglu); }
+    ROWS(STORE)
+}
+#endif
+
+/* Rows x[0:mr, :K] (mr <= 6) times panels p (and p + 1 when np = 2) of the panel array w -> y, whose
+   column 0 is output 0 (bias likewise); N: outputs in all (the last panel may be partial). swiglu = 1:
+   gate/up panels, 8 outputs each, no bias. */
+static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
+                        float *y, int64_t ldy, int64_t p, int64_t np, int64_t N, int mr, int swiglu) {
+    const int64_t esz = bf16 ? 2 : 4, width = swiglu ? 8 : PANEL;
+#ifdef __AVX2__
+    if (np == 2 && mr > 3) {  /* enough rows for latency: one panel at a time */
+        tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p, 1, N, mr, swiglu);
+        tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p + 1, 1, N, mr, swiglu);
+        return;
+    }
+    const void *panel = (const char *)w + p * K * PANEL * esz;
+    const int64_t n0 = p * PANEL, c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
+    const float *b = bias && !swiglu ? bias + n0 : 0;
+    float *yp = y + p * width;
+#define CASE1(r) case r + 1: \
+        if (swiglu) { if (bf16) tile(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); else tile(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); } \
+        else if (bf16) tile(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 1, 0); \
+        else tile(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 1, 0); \
+        return;
+#define CASE2(r) case r + 1: \
+        if (swiglu) { if (bf16) tile(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); else tile(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); } \
+        else if (bf16) tile(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 2, 0); \
+        else tile(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 2, 0); \
+        return;
+#define FEW(F) F(0) F(1) F(2)
+    if (np == 2) { switch (mr) { FEW(CASE2) } }
+    else { switch (mr) { ROWS(CASE1) } }
+#else
+    for (int64_t q = p; q < p + np; q++) {
+        const char *panel = (const char *)w + q * K * PANEL * esz;
+        const int64_t n0 = q * PANEL, ncols = swiglu ? PANEL : (N - n0 < PANEL ? N - n0 : PANEL);
+        for (int m = 0; m < mr; m++) {
+            float s[PANEL];
+            for (int64_t c = 0; c < ncols; c++) {
+                s[c] = bias && !swiglu ? bias[n0 + c] : 0.f;
+                for (int64_t k = 0; k < K; k++) {
+                    const float wk = bf16 ? bf16_to_f32(((const uint16_t *)panel)[k * PANEL + BF16_POS(c)]) : ((const float *)panel)[k * PANEL + c];
+                    s[c] += x[m * ldx + k] * wk;
+                }
+            }
+            for (int64_t c = 0; c < (swiglu ? 8 : ncols); c++)
+                y[m * ldy + q * width + c] = swiglu ? s[c] / (1.f + expf(-s[c])) * s[c + 8] : s[c];
+        }
+    }
+#endif
+}
+
+/* All rows [0, M) in tiles of MR against panels [p0, p0 + count): the work of one item of a
+   panel-pair loop. */
+static inline void rows_panels(const float *x, int64_t M, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
+                               float *y, int64_t ldy, int64_t p0, int64_t count, int64_t N, int swiglu) {
+    for (int64_t m0 = 0; m0 < M; m0 += MR)
+        tile_panels(x + m0 * ldx, ldx, w, bf16, K, bias, y + m0 * ldy, ldy, p0, count, N, (int)(M - m0 < MR ? M - m0 : MR), swiglu);
+}
+
+/* y[M, N] (row stride ldy) = x[M, K] (row stride ldx) @ W^T (+ bias[N]), W packed as panels
+   [ceil(N / 16), K, 16] of fp32 (bf16 = 0) or bf16 bits (bf16 = 1), zero past N. */
+void packed_linear(const float *x, int64_t M, int64_t ldx, int64_t K, const void *w, int64_t bf16, int64_t N,
+                   const float *bias, float *y, int64_t ldy, int64_t threads)
+{
+    const int64_t panels = (N + PANEL - 1) / PANEL, pairs = (panels + 1) / 2, tiles = (M + MR - 1) / MR;
+    /* Pair-major items: a thread's run of items walks each panel pair with every row tile while it is cached. */
+    #pragma omp parallel for schedule(static) num_threads(threads) if (panels * M * K >= 8192)
+    for (int64_t item = 0; item < pairs * tiles; item++) {
+        const int64_t q = item / tiles, m0 = (item % tiles) * MR;
+        const int64_t np = 2 * q + 1 < panels ? 2 : 1;
+        tile_panels(x + m0 * ldx, ldx, w, (int)bf16, K, bias, y + m0 * ldy, ldy, 2 * q, np, N, (int)(M - m0 < MR ? M - m0 : MR), 0);
+    }
+}
+"""
+
+_P, _I = native.PTR, native.I64
+_SIGNATURES = (("packed_linear", (_P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I)),)
+
+
+def _library() -> ctypes.CDLL | None:
+    return native.build("packed_linear", SOURCE, _SIGNATURES)
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used (builds it on the first call)."""
+    return _library() is not None
+
+
+def lossless_bf16(w: torch.Tensor) -> bool:
+    """Whether every value of `w` is exactly representable in bf16."""
+    wf = w.detach().float()
+    return bool(torch.equal(wf.to(torch.bfloat16).float(), wf))
+
+
+def pack(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[..., N, K] weight -> panels [..., ceil(N / 16), K, 16], zero-padded past N.
+
+    dtype: torch.bfloat16 or torch.float32; by default bf16 when that is lossless, else fp32."""
+    if weight.dim() < 2:
+        raise ValueError(f"pack takes a [..., N, K] weight, got shape {tuple(weight.shape)}")
+    w = weight.detach().float()
+    if dtype is None:
+        dtype = torch.bfloat16 if lossless_bf16(w) else torch.float32
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"panels are fp32 or bf16, not {dtype}")
+    *lead, n, k = w.shape
+    panels = -(-n // PANEL)
+    padded = torch.zeros(*lead, panels * PANEL, k, dtype=torch.float32)
+    padded[..., :n, :] = w
+    out = padded.view(*lead, panels, PANEL, k).transpose(-1, -2)
+    if dtype == torch.bfloat16:
+        out = out[..., _BF16_ORDER]  # the kernel widens bf16 columns 0-3, 8-11 | 4-7, 12-15 by interleaving
+    return out.contiguous().to(dtype)
+
+
+def unpack(panels: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of `pack`: panels [..., P, K, 16] -> [..., n, K] fp32."""
+    *lead, p, k, width = panels.shape
+    if panels.dtype == torch.bfloat16:
+        panels = panels[..., _BF16_ORDER]  # the order is its own inverse
+    return panels.float().transpose(-1, -2).reshape(*lead, p * width, k)[..., :n, :]
+
+
+def packed_linear(x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ W^T (+ bias) -> [M, n] fp32, W given as `pack(W)` panels [P, K, 16].
+
+    Raises ValueError on bad shapes/devices, RuntimeError if the kernel is not available."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU linear kernel is not available (no C compiler?)")
+    if panels.dim() != 3 or panels.shape[2] != PANEL or panels.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"panels must be [P, K, {PANEL}] fp32/bf16, got {tuple(panels.shape)} {panels.dtype}")
+    p, k, _ = panels.shape
+    if not 0 < n <= p * PANEL or n <= (p - 1) * PANEL:
+        raise ValueError(f"{p} panels hold {(p - 1) * PANEL + 1}..{p * PANEL} outputs, not {n}")
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [M, {k}], got {tuple(x.shape)}")
+    if x.device.type != "cpu" or panels.device.type != "cpu" or not panels.is_contiguous():
+        raise ValueError("packed_linear takes CPU tensors and contiguous panels")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
+        raise ValueError(f"bias must be a contiguous fp32 [{n}]")
+    xc = x if x.dtype == torch.float32 and x.stride(1) == 1 else x.float().contiguous()
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    if x.shape[0]:
+        lib.packed_linear(xc.data_ptr(), xc.shape[0], xc.stride(0), k, panels.data_ptr(), int(panels.dtype == torch.bfloat16), n,
+                          None if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
+    return y
+
+
+class PackedLinear(nn.Module):
+    """Serving replacement of an `nn.Linear` on CPU: the weight lives only as panels (see module doc).
+
+    `weight` unpacks on demand (fp32) for code that inspects it; inference only (no autograd)."""
+
+    panels: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("panels", pack(linear.weight))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().contiguous())
+        self.out_dtype = linear.weight.dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return unpack(self.panels, self.out_features).to(self.out_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.linear(x, self.weight, self.bias)
+        shape = x.shape
+        y = packed_linear(x.reshape(-1, shape[-1]), self.panels, self.out_features, self.bias)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, panels={self.panels.dtype}"
