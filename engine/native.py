@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ def cache_dir() -> Path:
 
 
 @functools.cache
-def build(name: str, source: str, signatures: tuple[tuple[str, tuple[type, ...]], ...]) -> ctypes.CDLL | None:
-    """Compile `source` (once per content) and load it, declaring each (function, argtypes) of
-    `signatures` (all return void). Returns None, with a warning, when no compiler works."""
+def build(name: str, source: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | None:
+    """Compile `source` (once per content) and load it, declaring each (function, argtypes[, restype])
+    of `signatures` (no restype: void). Returns None, with a warning, when no compiler works."""
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
         logger.warning("no C compiler found: the %s CPU kernels are off (torch path instead)", name)
@@ -90,8 +91,8 @@ def build(name: str, source: str, signatures: tuple[tuple[str, tuple[type, ...]]
         detail = exc.stderr.decode(errors="replace")[-500:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else str(exc)
         logger.warning("could not build the %s CPU kernels (%s): torch path instead", name, detail)
         return None
-    for fn_name, argtypes in signatures:
+    for fn_name, argtypes, *restype in signatures:
         fn = getattr(lib, fn_name)
         fn.argtypes = list(argtypes)
-        fn.restype = None
+        fn.restype = restype[0] if restype else None
     return lib

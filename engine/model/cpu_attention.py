@@ -162,7 +162,7 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) ->
     blocks of at most 64 tokens and at most MAX_QUERY_LEN new tokens per sequence."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
-        and k_cache.shape[1] <= 64 and max(meta.query_lens, default=0) <= MAX_QUERY_LEN and available()
+        and k_cache.shape[1] <= 64 and meta.longest_query <= MAX_QUERY_LEN and available()
     )
 
 

@@ -284,6 +284,17 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return F.linear(x, self.weight, self.bias)
+        if x.dim() == 2 and x.dtype == torch.float32 and x.stride(1) == 1 and x.device.type == "cpu" and x.shape[1] == self.in_features:
+            # the hot path (decode steps): shapes were checked when packing; no re-validation
+            y = torch.empty(x.shape[0], self.out_features)
+            if x.shape[0]:
+                lib = _library()
+                assert lib is not None  # a PackedLinear exists only where the kernel was built
+                bias = self.bias
+                lib.packed_linear(x.data_ptr(), x.shape[0], x.stride(0), self.in_features, self.panels.data_ptr(),
+                                  int(self.panels.dtype == torch.bfloat16), self.out_features,
+                                  None if bias is None else bias.data_ptr(), y.data_ptr(), self.out_features, torch.get_num_threads())
+            return y
         shape = x.shape
         y = packed_linear(x.reshape(-1, shape[-1]), self.panels, self.out_features, self.bias)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)

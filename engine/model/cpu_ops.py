@@ -53,9 +53,11 @@ static inline void norm_rope(const float *head, const float *w, float eps, const
 
 /* qkv [T, (Hq + 2 Hkv) D] (row stride ldq); cos/sin [T, D]; q_w/k_w [D] or 0; caches [slots, Hkv, D];
    slots [T] -> q [T, Hq, D]. */
-void attention_prologue(const float *qkv, int64_t T, int64_t ldq, int64_t Hq, int64_t Hkv, int64_t D, const float *cos_t,
+int64_t attention_prologue(const float *qkv, int64_t T, int64_t ldq, int64_t Hq, int64_t Hkv, int64_t D, const float *cos_t,
                         const float *sin_t, const float *q_w, const float *k_w, float eps, float *k_cache, float *v_cache,
-                        const int64_t *slots, float *q, int64_t threads) {
+                        const int64_t *slots, int64_t capacity, float *q, int64_t threads) {
+    for (int64_t t = 0; t < T; t++)
+        if (slots[t] < 0 || slots[t] >= capacity) return -1;
     #pragma omp parallel for schedule(static) num_threads(threads) if (T * (Hq + Hkv) * D >= 65536)
     for (int64_t t = 0; t < T; t++) {
         const float *row = qkv + t * ldq, *cs = cos_t + t * D, *sn = sin_t + t * D;
@@ -64,6 +66,7 @@ void attention_prologue(const float *qkv, int64_t T, int64_t ldq, int64_t Hq, in
         for (int64_t h = 0; h < Hkv; h++) norm_rope(row + (Hq + h) * D, k_w, eps, cs, sn, D, kd + h * D);
         memcpy(vd, row + (Hq + Hkv) * D, Hkv * D * sizeof(float));
     }
+    return 0;
 }
 
 /* logits [T, E] -> weights [T, k] (fp32), ids [T, k] (int64). */
@@ -94,7 +97,7 @@ void route_topk(const float *logits, int64_t T, int64_t E, int64_t k, int64_t re
 _P, _I = native.PTR, native.I64
 _SIGNATURES = (
     ("rms_norm", (_P, _I, _I, _P, native.F32, _P, _I)),
-    ("attention_prologue", (_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, native.F32, _P, _P, _P, _P, _I)),
+    ("attention_prologue", (_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, native.F32, _P, _P, _P, _I, _P, _I), _I),
     ("route_topk", (_P, _I, _I, _I, _I, _P, _P)),
 )
 
@@ -151,18 +154,18 @@ def attention_prologue(
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dtype != torch.float32 or not c.is_contiguous() or c.shape[-2:] != (num_kv_heads, d):
             raise ValueError(f"{name} must be a contiguous fp32 [..., {num_kv_heads}, {d}], got {tuple(c.shape)} {c.dtype}")
-    slots = slots.to(torch.int64).contiguous()
+    slots = slots if slots.dtype == torch.int64 and slots.is_contiguous() else slots.to(torch.int64).contiguous()
     capacity = k_cache.numel() // (num_kv_heads * d)
-    if slots.shape != (t,) or (t and (int(slots.min()) < 0 or int(slots.max()) >= capacity)):
-        raise ValueError(f"slots must be [{t}] in [0, {capacity})")
+    if slots.shape != (t,) or v_cache.numel() != k_cache.numel():
+        raise ValueError(f"slots must be [{t}] and the caches alike")
     norms = [n.contiguous() if n is not None else None for n in (q_norm, k_norm)]
     if qkv.stride(1) != 1:
         qkv = qkv.contiguous()
     q = torch.empty(t, num_heads, d, dtype=torch.float32)
-    if t:
-        _lib().attention_prologue(qkv.data_ptr(), t, qkv.stride(0), num_heads, num_kv_heads, d, cos.data_ptr(), sin.data_ptr(),
-                                  *(None if n is None else n.data_ptr() for n in norms), eps, k_cache.data_ptr(), v_cache.data_ptr(),
-                                  slots.data_ptr(), q.data_ptr(), torch.get_num_threads())
+    if t and _lib().attention_prologue(qkv.data_ptr(), t, qkv.stride(0), num_heads, num_kv_heads, d, cos.data_ptr(), sin.data_ptr(),
+                                       *(None if n is None else n.data_ptr() for n in norms), eps, k_cache.data_ptr(),
+                                       v_cache.data_ptr(), slots.data_ptr(), capacity, q.data_ptr(), torch.get_num_threads()):
+        raise ValueError(f"slots must be in [0, {capacity})")
     return q
 
 

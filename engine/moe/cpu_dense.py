@@ -31,7 +31,7 @@ _SOURCE = cpu_linear.SOURCE + r"""
 /* A MoE layer. x: [T, H]; ids, topw: [T, topk]; w13: per expert ceil(I/8) panels [H, 16] of 8 gate
    then 8 up columns; w2: per expert ceil(H/16) panels [IP, 16]; IP = intermediate size padded to 8.
    out: [T, H]. scratch: A * (2 H + IP) floats, iscratch: 2 A + 3 E + 1 int64, A = T * topk. */
-void dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
+int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
                const void *w13, const void *w2, int64_t bf16, int64_t E, float *out, float *scratch, int64_t *iscratch,
                int64_t threads)
 {
@@ -39,6 +39,8 @@ void dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, c
     const int64_t P1 = IP / 8, P2 = (H + PANEL - 1) / PANEL, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
     float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
     int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1;
+    for (int64_t j = 0; j < A; j++)
+        if (ids[j] < 0 || ids[j] >= E) return -1;
     /* 1. counting sort of the pairs by expert */
     for (int64_t e = 0; e <= E; e++) start[e] = 0;
     for (int64_t j = 0; j < A; j++) start[ids[j] + 1]++;
@@ -80,11 +82,12 @@ void dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, c
             }
         }
     }
+    return 0;
 }
 """
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I)),)
+_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -154,16 +157,16 @@ def dense_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, 
     if expert_ids.shape != weights.shape or expert_ids.dim() != 2 or expert_ids.shape[0] != num_tokens:
         raise ValueError(f"router weights {tuple(weights.shape)} and expert ids {tuple(expert_ids.shape)} must both be [{num_tokens}, k]")
     e = experts.num_experts
-    ids = expert_ids.to(torch.int64).contiguous()
-    if num_tokens and (int(ids.min()) < 0 or int(ids.max()) >= e):
-        raise ValueError(f"expert ids must be in [0, {e})")
-    xc = x.float().contiguous()
-    topw = weights.float().contiguous()
+    ids = expert_ids if expert_ids.dtype == torch.int64 and expert_ids.is_contiguous() else expert_ids.to(torch.int64).contiguous()
+    xc = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+    topw = weights if weights.dtype == torch.float32 and weights.is_contiguous() else weights.float().contiguous()
     pairs = ids.numel()
     out = torch.empty(num_tokens, hidden, dtype=torch.float32)
     scratch = torch.empty(pairs * (2 * hidden + experts.inter_padded), dtype=torch.float32)
     iscratch = torch.empty(2 * pairs + 3 * e + 1, dtype=torch.int64)
-    lib.dense_moe(xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
-                  experts.w13.data_ptr(), experts.w2.data_ptr(), int(experts.bf16), e, out.data_ptr(), scratch.data_ptr(),
-                  iscratch.data_ptr(), torch.get_num_threads())
-    return out.to(x.dtype)
+    status = lib.dense_moe(xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
+                           experts.w13.data_ptr(), experts.w2.data_ptr(), int(experts.bf16), e, out.data_ptr(), scratch.data_ptr(),
+                           iscratch.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"expert ids must be in [0, {e})")
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
