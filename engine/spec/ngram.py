@@ -7,7 +7,6 @@ Agent traffic copies a lot (ids, names, tool results, earlier turns), which this
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 class NgramDrafter:
@@ -21,15 +20,30 @@ class NgramDrafter:
         return self.propose_with_length(token_ids, k)[1]
 
     def propose_with_length(self, token_ids: list[int], k: int) -> tuple[int, list[int]]:
-        """(length of the matched n-gram, up to `k` draft tokens); (0, []) when nothing matches."""
+        """(length of the matched n-gram, up to `k` draft tokens); (0, []) when nothing matches.
+
+        The earlier positions holding the last token are the candidates; each is extended
+        backwards (vectorised over candidates) to its match length, capped at `max_n`. The
+        longest match wins, the latest among equals: the same answer as trying n = max_n down to
+        min_n, at one pass over the window plus a few per candidate."""
         tail = np.asarray(token_ids[-self.window :], dtype=np.int64)
-        for n in range(self.max_n, self.min_n - 1, -1):
-            if len(tail) <= n:
-                continue
-            pattern = tail[-n:]
-            windows = sliding_window_view(tail[:-1], n)  # candidate n-grams, excluding the suffix itself
-            hits = np.flatnonzero((windows == pattern).all(axis=1))
-            if len(hits):
-                start = int(hits[-1]) + n
-                return n, tail[start : start + k].tolist()
-        return 0, []
+        last = len(tail) - 1
+        if last < self.min_n:
+            return 0, []
+        ends = np.flatnonzero(tail[:last] == tail[last])  # n-grams ending here match in their last token
+        if not len(ends):
+            return 0, []
+        length = np.ones(len(ends), dtype=np.int64)
+        alive = np.ones(len(ends), dtype=bool)
+        for back in range(1, self.max_n):
+            pos = ends - back
+            alive &= pos >= 0
+            alive[alive] &= tail[pos[alive]] == tail[last - back]
+            if not alive.any():
+                break
+            length += alive
+        n = int(length.max())
+        if n < self.min_n:
+            return 0, []
+        start = int(ends[np.flatnonzero(length == n)[-1]]) + 1
+        return n, tail[start : start + k].tolist()

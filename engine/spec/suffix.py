@@ -15,31 +15,36 @@ document holds them too).
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
 
-class _Node:
-    __slots__ = ("children", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.children: dict[int, _Node] = {}
+_NO = -1
 
 
 class SuffixTree:
     """Bounded suffix trie with occurrence counts. Not thread-safe (the engine step thread owns it).
+
+    Nodes are integers: `_kids[node]` is a {token: child} dict of ints and `_count[node]` a flat
+    array, so the trie holds no object the cyclic garbage collector must walk (dicts of ints are
+    untracked). With a node object per trie node, every full collection walked the whole trie:
+    75% of indexing time at 370k nodes (measured). Node 0 is the root; freed ids are reused.
 
     Args:
         max_depth: longest window stored; a draft plus the context it matched never exceeds it.
         max_nodes: node budget; adding beyond it evicts the oldest documents.
     """
 
+    root = 0
+
     def __init__(self, max_depth: int = 32, max_nodes: int = 400_000) -> None:
         if max_depth < 2 or max_nodes < max_depth:
             raise ValueError(f"need max_depth >= 2 and max_nodes >= max_depth, got {max_depth}, {max_nodes}")
         self.max_depth, self.max_nodes = max_depth, max_nodes
-        self.root = _Node()
+        self._kids: list[dict[int, int]] = [{}]
+        self._count = array("q", [0])
+        self._free = array("q")
         self.num_nodes = 0
         self._refs: dict[int, int] = {}  # window hash -> number of live documents holding it
         # doc -> (tokens, start positions of its distinct windows, their hashes)
@@ -48,13 +53,32 @@ class SuffixTree:
     def __len__(self) -> int:
         return len(self._docs)
 
+    def count(self, node: int) -> int:
+        """How many live windows pass through `node`."""
+        return self._count[node]
+
+    def children(self, node: int) -> dict[int, int]:
+        """{token: child node} of `node` (a copy)."""
+        return dict(self._kids[node])
+
     def add(self, doc: Hashable, tokens: Sequence[int]) -> None:
         """Index `tokens` as document `doc`, replacing what `doc` held before (e.g. first its
         prompt, later prompt + output: windows the two share are not touched)."""
         toks = array("q", tokens)
-        positions, hashes, seen = array("q"), array("q"), set()
         d = self.max_depth
-        for i in range(len(toks)):
+        old = self._docs.pop(doc, None)
+        positions, hashes, start = array("q"), array("q"), 0
+        stale = old
+        if old is not None and len(old[0]) <= len(toks) and toks[: len(old[0])] == old[0]:
+            # An extension (the prompt, then prompt + output): the windows that were already whole
+            # stay as they are; only the old tail's partial windows are replaced.
+            old_toks, old_pos, old_hash = old
+            start = max(len(old_toks) - d + 1, 0)
+            cut = bisect_left(old_pos, start)
+            positions, hashes = old_pos[:cut], old_hash[:cut]
+            stale = (old_toks, old_pos[cut:], old_hash[cut:])
+        seen = set(hashes)
+        for i in range(start, len(toks)):
             window = tuple(toks[i : i + d])
             h = hash(window)
             if h in seen:
@@ -66,9 +90,8 @@ class SuffixTree:
             self._refs[h] = refs + 1
             if refs == 0:
                 self._insert(window)
-        old = self._docs.pop(doc, None)
-        if old is not None:
-            self._release(old)
+        if stale is not None:  # after the additions: windows the old and new versions share are never removed
+            self._release(stale)
         self._docs[doc] = (toks, positions, hashes)
         while self.num_nodes > self.max_nodes and len(self._docs) > 1:
             self._release(self._docs.popitem(last=False)[1])
@@ -79,63 +102,84 @@ class SuffixTree:
         if entry is not None:
             self._release(entry)
 
-    def match(self, context: Sequence[int], max_match: int = 24) -> tuple[int, _Node | None]:
+    def match(self, context: Sequence[int], max_match: int = 24) -> tuple[int, int]:
         """The longest suffix of `context` (at most `max_match` tokens) present in the trie whose
-        node has a continuation: (its length, its node); (0, None) when nothing matches."""
+        node has a continuation: (its length, its node); (0, -1) when nothing matches."""
         tail = list(context[-min(max_match, self.max_depth - 1) :])
+        kids = self._kids
         for start in range(len(tail)):
-            node: _Node | None = self.root
+            node = 0
             for tok in tail[start:]:
-                node = node.children.get(tok)  # type: ignore[union-attr]
-                if node is None:
+                node = kids[node].get(tok, _NO)
+                if node == _NO:
                     break
-            if node is not None and node.children:
+            if node != _NO and kids[node]:
                 return len(tail) - start, node
-        return 0, None
+        return 0, _NO
 
     def propose(
         self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0
     ) -> tuple[int, list[int]]:
         """(match length, up to `k` draft tokens): from the longest matching suffix, follow the most
-        frequent child while its share of its parent's count is at least `min_prob` and the product
-        of those shares along the draft (the chance all of it is right) is at least `min_path_prob`."""
+        frequent child (ties: the earliest added) while its share of its parent's count is at least
+        `min_prob` and the product of those shares along the draft (the chance all of it is right)
+        is at least `min_path_prob`."""
         length, node = self.match(context, max_match)
         draft: list[int] = []
         budget = min(k, self.max_depth - length)
         path = 1.0
-        while node is not None and node.children and len(draft) < budget:
-            tok, child = max(node.children.items(), key=lambda kv: kv[1].count)
-            share = child.count / node.count
+        kids, count = self._kids, self._count
+        while node != _NO and kids[node] and len(draft) < budget:
+            tok, best = max(kids[node].items(), key=lambda kv: count[kv[1]])
+            share = count[best] / count[node]
             path *= share
             if share < min_prob or path < min_path_prob:
                 break
             draft.append(tok)
-            node = child
+            node = best
         return length, draft
 
     # ---- internals -------------------------------------------------------------------------
     def _insert(self, window: tuple[int, ...]) -> None:
-        node = self.root
-        node.count += 1
+        kids, count = self._kids, self._count
+        node = 0
+        count[0] += 1
         for tok in window:
-            child = node.children.get(tok)
-            if child is None:
-                child = node.children[tok] = _Node()
+            c = kids[node].get(tok, _NO)
+            if c == _NO:
+                if self._free:
+                    c = self._free.pop()
+                else:
+                    c = len(kids)
+                    kids.append({})
+                    count.append(0)
+                kids[node][tok] = c
                 self.num_nodes += 1
-            child.count += 1
-            node = child
+            count[c] += 1
+            node = c
 
     def _remove_window(self, window: tuple[int, ...]) -> None:
-        node = self.root
-        node.count -= 1
+        kids, count = self._kids, self._count
+        node = 0
+        count[0] -= 1
         for tok in window:
-            child = node.children[tok]
-            child.count -= 1
-            if child.count == 0:  # counts only shrink along a path: the whole subtree is dead
-                del node.children[tok]
-                self.num_nodes -= _size(child)
+            c = kids[node][tok]
+            count[c] -= 1
+            if count[c] == 0:  # counts only shrink along a path: the whole subtree is dead
+                del kids[node][tok]
+                self._free_subtree(c)
                 return
-            node = child
+            node = c
+
+    def _free_subtree(self, node: int) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            stack.extend(self._kids[n].values())
+            self._kids[n] = {}
+            self._count[n] = 0
+            self._free.append(n)
+            self.num_nodes -= 1
 
     def _release(self, entry: tuple[array, array, array]) -> None:
         toks, positions, hashes = entry
@@ -147,15 +191,6 @@ class SuffixTree:
                 self._remove_window(tuple(toks[i : i + d]))
             else:
                 self._refs[h] = refs - 1
-
-
-def _size(node: _Node) -> int:
-    total, stack = 1, list(node.children.values())
-    while stack:
-        n = stack.pop()
-        total += 1
-        stack.extend(n.children.values())
-    return total
 
 
 class SuffixDrafter:

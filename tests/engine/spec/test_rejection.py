@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.spec.ngram import NgramDrafter
 from engine.spec.rejection import accept, accept_greedy
@@ -97,3 +99,22 @@ def test_chunked_greedy_verification_equals_accept_greedy_on_full_logits() -> No
         drafts = [int(t) if torch.rand((), generator=g) < 0.7 else int(torch.randint(6, (), generator=g)) for t in argmax[:k]]
         num, nxt = accept_greedy(argmax[None], torch.tensor([drafts]))
         assert verify_greedy(lambda h: h @ head, hidden, drafts) == (int(num[0]), int(nxt[0]))
+
+
+def _ngram_reference(tokens: list[int], k: int, max_n: int, min_n: int) -> tuple[int, list[int]]:
+    """The definition: for n = max_n down to min_n, the latest earlier occurrence of the last n tokens."""
+    for n in range(max_n, min_n - 1, -1):
+        if len(tokens) <= n:
+            continue
+        pattern = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == pattern:
+                return n, tokens[start + n : start + n + k]
+    return 0, []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=40), st.integers(1, 5), st.integers(1, 4), st.integers(0, 3))
+def test_ngram_drafter_equals_its_definition(tokens: list[int], k: int, max_n: int, shrink: int) -> None:
+    min_n = max(1, max_n - shrink)
+    assert NgramDrafter(max_n=max_n, min_n=min_n).propose_with_length(tokens, k) == _ngram_reference(tokens, k, max_n, min_n)

@@ -6,19 +6,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.spec.suffix import SuffixTree, _Node
+from engine.spec.suffix import SuffixTree
 
 
 def _windows(docs: dict[int, list[int]], depth: int) -> set[tuple[int, ...]]:
     return {tuple(toks[i : i + depth]) for toks in docs.values() for i in range(len(toks))}
 
 
-def _paths(node: _Node, prefix: tuple[int, ...] = ()) -> dict[tuple[int, ...], int]:
+def _paths(tree: SuffixTree, node: int = SuffixTree.root, prefix: tuple[int, ...] = ()) -> dict[tuple[int, ...], int]:
     out = {}
-    for tok, child in node.children.items():
+    for tok, child in tree.children(node).items():
         path = (*prefix, tok)
-        out[path] = child.count
-        out.update(_paths(child, path))
+        out[path] = tree.count(child)
+        out.update(_paths(tree, child, path))
     return out
 
 
@@ -52,11 +52,11 @@ def test_counts_equal_the_distinct_windows_of_live_documents(script: list[tuple[
             tree.remove(doc)
             live.pop(doc, None)
         expected = _expected(_windows(live, depth))
-        assert _paths(tree.root) == expected
+        assert _paths(tree) == expected
         assert tree.num_nodes == len(expected)
     for doc in list(live):
         tree.remove(doc)
-    assert tree.root.children == {} and tree.num_nodes == 0 and tree._refs == {}
+    assert tree.children(tree.root) == {} and tree.num_nodes == 0 and tree._refs == {}
 
 
 def test_proposes_the_most_frequent_continuation_of_the_longest_match() -> None:
