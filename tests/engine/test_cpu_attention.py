@@ -42,6 +42,7 @@ def _case(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int
         ([3, 1], [50, 97], (8, 1, 128), 8),
         ([2, 1], [19, 70], (6, 3, 24), 16),  # head_dim not a multiple of 8: the scalar path
         ([1, 4], [65, 130], (2, 2, 64), 64),
+        ([6, 9], [200, 9], (4, 1, 40), 64),  # many rows per KV head (the tiled path), a 40-dim head, a 64-token block
     ],
 )
 def test_kernel_equals_torch(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int) -> None:
