@@ -56,7 +56,7 @@ class LLM:
             from engine.moe.quantized import quantize_model_experts
 
             quantize_model_experts(self.model, self.config.quantization)
-        if self.device.type == "cpu":  # CPU BLAS is faster on column-major weights; cuBLAS/Triton want rows
+        if self.device.type == "cpu":  # packed-panel C kernels for linears and MoE layers; cuBLAS/Triton want rows
             prepare_for_inference(self.model)  # after quantising: FP4 experts have no dense weights left
         self.tokenizer = _load_tokenizer(path)
         detok = self.decode if self.tokenizer is not None else None
