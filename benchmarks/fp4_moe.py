@@ -232,8 +232,8 @@ def main() -> None:
     print_table(f"FP4 MoE experts, embedded model, {targets.numel()} held-out tokens (CPU)", cols, rows)
     if not args.no_write and not args.quick:
         body = markdown_table(cols, rows) + ("\n\nTargets: perplexity increase <= 1.5% (NVFP4) and <= 3% (MXFP4). bf16 = the shipped "
-                                             "bf16 weights, fp32 compute (up to 32 tokens a layer in one call of the dense C kernel, moe/cpu_dense.py, which "
-                                             "streams the experts as bf16). FP4 weights stay packed: up to 32 tokens a layer runs in one call of the "
+                                             "bf16 weights, fp32 compute (a layer in one call of the dense C kernel, moe/cpu_dense.py, which "
+                                             "streams the experts as bf16 panels). FP4 weights stay packed: up to 32 tokens a layer runs in one call of the "
                                              "fused C kernel (moe/cpu_fp4.py: blocks decoded in registers); larger batches dequantise only the "
                                              "experts they use.")
         write_section("fp4_moe", "FP4 MoE experts (CPU)", body, f"python benchmarks/fp4_moe.py --windows {args.windows}", data)
