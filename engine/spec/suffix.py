@@ -19,7 +19,6 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-
 _NO = -1
 
 
