@@ -57,21 +57,17 @@ class AttentionMetadata:
     cascade: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
     cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 CPU copy of cu_query_lens (CPU kernels)
-    max_query_len: int = -1  # max(query_lens), computed once per step by `build` (-1: not computed)
+    # Derived once per step from query_lens (every attention layer asks):
+    max_query_len: int = field(init=False)  # the most new tokens of one sequence (0 for an empty step)
+    is_decode: bool = field(init=False)  # every sequence adds exactly one token (pure decode step)
+
+    def __post_init__(self) -> None:
+        self.max_query_len = max(self.query_lens, default=0)
+        self.is_decode = all(q == 1 for q in self.query_lens)
 
     @property
     def num_seqs(self) -> int:
         return len(self.query_lens)
-
-    @property
-    def is_decode(self) -> bool:
-        """Every sequence adds exactly one token (pure decode step)."""
-        return self.longest_query == 1 and min(self.query_lens) == 1 if self.query_lens else True
-
-    @property
-    def longest_query(self) -> int:
-        """The most new tokens of one sequence this step (0 for an empty step)."""
-        return self.max_query_len if self.max_query_len >= 0 else max(self.query_lens, default=0)
 
     @classmethod
     def build(
@@ -106,7 +102,6 @@ class AttentionMetadata:
             cascade=[(torch.tensor(ix, dtype=torch.long, device=device), n) for ix, n in groups],
             block_table_lists=[list(t) for t in block_tables],
             cu_query_lens_t=torch.tensor(cu, dtype=torch.long) if torch.device(device).type == "cpu" else None,
-            max_query_len=max(query_lens, default=0),
         )
 
 

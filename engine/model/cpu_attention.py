@@ -29,8 +29,6 @@ _SOURCE = native.SIMD_MATH + r"""
 #include <stdlib.h>
 #include <math.h>
 #ifdef __AVX2__
-#include <immintrin.h>
-
 /* The sums of eight vectors, as one vector (lane j = sum of v[j]). */
 static inline __m256 hsum8(const __m256 *v) {
     __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
@@ -162,7 +160,7 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) ->
     blocks of at most 64 tokens and at most MAX_QUERY_LEN new tokens per sequence."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
-        and k_cache.shape[1] <= 64 and meta.longest_query <= MAX_QUERY_LEN and available()
+        and k_cache.shape[1] <= 64 and meta.max_query_len <= MAX_QUERY_LEN and available()
     )
 
 

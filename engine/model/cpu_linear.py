@@ -33,9 +33,6 @@ SOURCE = native.SIMD_MATH + r"""
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 #define PANEL 16
 #define MR 6
@@ -255,9 +252,14 @@ def packed_linear(x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Ten
     if bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
         raise ValueError(f"bias must be a contiguous fp32 [{n}]")
     xc = x if x.dtype == torch.float32 and x.stride(1) == 1 else x.float().contiguous()
+    return _run(lib, xc, panels, n, bias)
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """The kernel call on checked arguments: fp32 x [M, K] contiguous along K."""
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     if x.shape[0]:
-        lib.packed_linear(xc.data_ptr(), xc.shape[0], xc.stride(0), k, panels.data_ptr(), int(panels.dtype == torch.bfloat16), n,
+        lib.packed_linear(x.data_ptr(), x.shape[0], x.stride(0), x.shape[1], panels.data_ptr(), int(panels.dtype == torch.bfloat16), n,
                           None if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
     return y
 
@@ -286,15 +288,9 @@ class PackedLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if x.dim() == 2 and x.dtype == torch.float32 and x.stride(1) == 1 and x.device.type == "cpu" and x.shape[1] == self.in_features:
             # the hot path (decode steps): shapes were checked when packing; no re-validation
-            y = torch.empty(x.shape[0], self.out_features)
-            if x.shape[0]:
-                lib = _library()
-                assert lib is not None  # a PackedLinear exists only where the kernel was built
-                bias = self.bias
-                lib.packed_linear(x.data_ptr(), x.shape[0], x.stride(0), self.in_features, self.panels.data_ptr(),
-                                  int(self.panels.dtype == torch.bfloat16), self.out_features,
-                                  None if bias is None else bias.data_ptr(), y.data_ptr(), self.out_features, torch.get_num_threads())
-            return y
+            lib = _library()
+            assert lib is not None  # a PackedLinear exists only where the kernel was built
+            return _run(lib, x, self.panels, self.out_features, self.bias)
         shape = x.shape
         y = packed_linear(x.reshape(-1, shape[-1]), self.panels, self.out_features, self.bias)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)

@@ -98,9 +98,9 @@ class Attention(nn.Module):
             eps = self.q_norm.eps if self.q_norm is not None else 0.0
             q = cpu_ops.attention_prologue(self.qkv_proj(x), *cos_sin, q_w, k_w, eps, kv[0], kv[1], meta.slot_mapping,
                                            self.num_heads, self.num_kv_heads)
-            return self.o_proj(paged_attention(q, kv[0], kv[1], meta, self.scale).flatten(1))
-        q, k, v = self._qkv(x, cos_sin)
-        write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
+        else:
+            q, k, v = self._qkv(x, cos_sin)
+            write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
         o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
         return self.o_proj(o.flatten(1))
 
@@ -156,8 +156,8 @@ class DenseMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_experts is not None:
             flat = x.reshape(-1, x.shape[-1])
-            ones = torch.ones(flat.shape[0], 1)
-            return cpu_dense.dense_moe(flat, ones, ones.long().zero_(), self.cpu_experts).view(x.shape)
+            weights, expert = torch.ones(flat.shape[0], 1), torch.zeros(flat.shape[0], 1, dtype=torch.long)
+            return cpu_dense.dense_moe(flat, weights, expert, self.cpu_experts).view(x.shape)
         return swiglu(x, self.w13, self.w2)
 
 
