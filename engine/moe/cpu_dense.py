@@ -128,10 +128,6 @@ class DenseExperts:
     def bf16(self) -> bool:
         return self.w13.dtype == torch.bfloat16
 
-    @property
-    def nbytes(self) -> int:
-        return self.w13.nbytes + self.w2.nbytes
-
     def unpacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expert weights as fp32 (w13 [E, 2I, H], w2 [E, H, I]): for code that needs the
         plain layout after packing freed it (inspection, tests)."""
