@@ -9,6 +9,11 @@ time (8-wide FMAs reduced together), an online softmax per row (vectorised exp),
 probability-weighted V rows summed in registers. Causality is per row: new token t of a sequence
 with `ctx` tokens sees keys 0 .. ctx - q_len + t.
 
+Verification steps put many rows on one (sequence, KV head): from `TILED_MIN_ROWS` rows on, with
+AVX-512, the rows share every K and V load instead (K transposed 16 keys at a time into an L1
+tile, scores as broadcast-FMAs eight rows at once, a two-pass softmax, V rows weighed into 16
+accumulators): 1.9x the row path at 17 tokens x 2 query heads over 2,000 keys (measured).
+
 The torch path (`paged_attention.paged_attention_torch`) is the oracle (tests/engine/test_cpu_attention.py).
 Built on first use by `engine.native`; without a C compiler `available()` is False.
 """
@@ -23,6 +28,9 @@ from engine import native
 from engine.model.attention import AttentionMetadata
 
 MAX_QUERY_LEN = 32  # new tokens per sequence up to which a step uses the kernel (larger: torch SDPA)
+# Query rows (new tokens x query heads per KV head) of one (sequence, KV head) from which the
+# AVX-512 tiled path runs; below it, and without AVX-512, the row-at-a-time path.
+TILED_MIN_ROWS = 4
 
 _SOURCE = native.SIMD_MATH + r"""
 #include <stdint.h>
@@ -97,12 +105,165 @@ static inline void row_block(const float *qr, const float *kb, const float *vb, 
     }
 }
 
+#ifdef __AVX512F__
+/* ---- many rows per (sequence, KV head): verification steps, on AVX-512 ----------------------
+   Row-at-a-time attention reads every key and value once per row. With R rows sharing them the
+   work becomes small matrix products: K is transposed 16 keys at a time (a [D, 16] tile in L1,
+   shared by all rows), each row's 16 scores are then D broadcast-FMAs into one register, eight rows
+   at once; softmax runs over whole rows (two passes: scores, then probability-weighted V rows);
+   the V pass keeps 16 accumulators (rows x D/16) and loads each V row once per group of rows. */
+static inline void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+static const float ZERO_ROW[128] __attribute__((aligned(64)));
+
+/* Keys key0 .. key0 + 15 of KV head h (keys >= n read as zeros), transposed: kt[d * 16 + j]. */
+static inline void load_kt(const float *k_cache, const int64_t *table, int64_t block_size, int64_t stride, int64_t h,
+                           int64_t key0, int64_t n, int64_t D, float *kt)
+{
+    const float *src[16];
+    for (int64_t j = 0; j < 16; j++) {
+        const int64_t key = key0 + j;
+        src[j] = key < n ? k_cache + (table[key / block_size] * block_size + key % block_size) * stride + h * D : ZERO_ROW;
+    }
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __m512 r[16];
+        for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps(src[j] + d0);
+        transpose16(r);
+        for (int i = 0; i < 16; i++) _mm512_store_ps(kt + (d0 + i) * 16, r[i]);
+    }
+}
+
+/* 16 scores of R rows: dst[i][0..16) = scale * q_i . k_j for the 16 keys of kt. */
+static inline __attribute__((always_inline)) void score_rows(const float *const *qr, const float *kt, float *const *dst,
+                                                            const int R, const int64_t D, const __m512 scale)
+{
+    __m512 acc[8];
+    for (int i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        const __m512 kd = _mm512_load_ps(kt + d * 16);
+        for (int i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qr[i][d]), kd, acc[i]);
+    }
+    for (int i = 0; i < R; i++) _mm512_storeu_ps(dst[i], _mm512_mul_ps(acc[i], scale));
+}
+
+/* out_i = sum_j p_i[j] v_j over keys 0 .. n - 1 for R rows (R * D / 16 == 16 accumulators). */
+static inline __attribute__((always_inline)) void weigh_rows(const float *const *p, const float *v_cache, const int64_t *table,
+                                                            int64_t block_size, int64_t stride, int64_t h, int64_t n,
+                                                            const int R, const int64_t D, float *const *out, const float *inv)
+{
+    const int NV = (int)(D / 16);
+    __m512 o[16];
+    for (int i = 0; i < R * NV; i++) o[i] = _mm512_setzero_ps();
+    for (int64_t key0 = 0; key0 < n; key0 += block_size) {
+        const float *vb = v_cache + table[key0 / block_size] * block_size * stride + h * D;
+        const int64_t m = n - key0 < block_size ? n - key0 : block_size;
+        for (int64_t j = 0; j < m; j++) {
+            const float *vr = vb + j * stride;
+            for (int c = 0; c < NV; c++) {
+                const __m512 vv = _mm512_loadu_ps(vr + 16 * c);
+                for (int i = 0; i < R; i++) o[i * NV + c] = _mm512_fmadd_ps(_mm512_set1_ps(p[i][key0 + j]), vv, o[i * NV + c]);
+            }
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(out[i] + 16 * c, _mm512_mul_ps(o[i * NV + c], _mm512_set1_ps(inv[i])));
+}
+
+/* Softmax of one row's scores in place over keys < n (later keys, up to ld, become 0); returns 1 / sum. */
+static inline float softmax_row(float *s, int64_t n, int64_t ld)
+{
+    for (int64_t j = n; j < ld; j++) s[j] = -INFINITY;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < ld; j += 16) mx = _mm512_max_ps(_mm512_load_ps(s + j), mx);
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < ld; j += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(s + j), m));
+        _mm512_store_ps(s + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return 1.f / _mm512_reduce_add_ps(sum);
+}
+
+/* One (sequence, KV head) item with rows = q_len * G query rows; D in {32, 64, 128}. */
+static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
+                         const int64_t *table, const float *k_cache, const float *v_cache, int64_t block_size, int64_t Hkv,
+                         const int64_t D, float scale, float *out)
+{
+    const int64_t rows = q_len * G, stride = Hkv * D, ld = (ctx + 15) / 16 * 16;
+    float *sc = (float *)aligned_alloc(64, (size_t)((rows * ld + D * 16) * sizeof(float)) + 64);
+    float *kt = sc + rows * ld;
+    float inv[64];
+    const float *qr[64];
+    float *orow[64], *srow[64];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    for (int64_t r = 0; r < rows; r++) {  /* row r: new token t = r / G, query head h * G + r % G */
+        qr[r] = q + ((q_row0 + r / G) * Hq + h * G + r % G) * D;
+        orow[r] = out + ((q_row0 + r / G) * Hq + h * G + r % G) * D;
+    }
+    for (int64_t c = 0; c < ld; c += 16) {
+        load_kt(k_cache, table, block_size, stride, h, c, ctx, D, kt);
+        int64_t r = 0;
+        for (; r < rows; r++) srow[r] = sc + r * ld + c;
+        for (r = 0; r + 8 <= rows; r += 8) score_rows(qr + r, kt, srow + r, 8, D, vscale);
+        for (; r + 4 <= rows; r += 4) score_rows(qr + r, kt, srow + r, 4, D, vscale);
+        for (; r + 2 <= rows; r += 2) score_rows(qr + r, kt, srow + r, 2, D, vscale);
+        for (; r < rows; r++) score_rows(qr + r, kt, srow + r, 1, D, vscale);
+    }
+    const float *prow[64];
+    for (int64_t r = 0; r < rows; r++) {
+        inv[r] = softmax_row(sc + r * ld, ctx - q_len + r / G + 1, ld);
+        prow[r] = sc + r * ld;
+    }
+    const int R = (int)(16 / (D / 16));
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 4, 64, orow + r, inv + r);
+        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 128, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 8, 32, orow + r, inv + r);
+    }
+    for (; R > 2 && r + 2 <= rows; r += 2) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 64, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 32, orow + r, inv + r);
+    }
+    for (; r < rows; r++) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 64, orow + r, inv + r);
+        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 128, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 32, orow + r, inv + r);
+    }
+    free(sc);
+}
+#endif
+
 /* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
    ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
    k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. */
 void paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
                      const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
-                     int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads)
+                     int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
+                     int64_t tiled_min_rows)
 {
     const int64_t G = Hq / Hkv, stride = Hkv * D;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -111,6 +272,12 @@ void paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, cons
         const int64_t q_len = cu_q[s + 1] - cu_q[s], ctx = ctx_lens[s];
         if (q_len <= 0) continue;
         const int64_t rows = q_len * G;
+#ifdef __AVX512F__
+        if (rows >= tiled_min_rows && rows <= 64 && (D == 32 || D == 64 || D == 128)) {
+            attend_tiled(q, cu_q[s], q_len, ctx, G, Hq, h, block_tables + s * max_blocks, k_cache, v_cache, block_size, Hkv, D, scale, out);
+            continue;
+        }
+#endif
         float *acc = (float *)calloc((size_t)(rows * D + 2 * rows), sizeof(float));
         float *m = acc + rows * D, *l = m + rows;
         for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY;
@@ -143,7 +310,7 @@ void paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, cons
 """
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I)),)
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I)),)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -165,7 +332,8 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) ->
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    tiled_min_rows: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context (its own K/V
     already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. Raises ValueError when
@@ -188,5 +356,6 @@ def paged_attention(
         raise ValueError("attention metadata built for another device (no cu_query_lens_t)")
     lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
                         tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
-                        head_dim, scale, out.data_ptr(), torch.get_num_threads())
+                        head_dim, scale, out.data_ptr(), torch.get_num_threads(),
+                        TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows)
     return out

@@ -69,3 +69,33 @@ def test_unsupported_steps_are_refused() -> None:
         cpu_attention.paged_attention(q, k, v, meta, 0.125)
     q, k, v, meta = _case([1], [10], (4, 2, 64), 16, seed=2)
     assert not cpu_attention.supports(q.bfloat16(), k.bfloat16(), meta)
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "ctx_lens", "heads", "block_size"),
+    [
+        ([17], [2000], (4, 2, 64), 16),  # a long verification step: 34 rows per KV head
+        ([3, 7, 2], [31, 300, 16], (4, 2, 64), 16),  # 6 / 14 / 4 rows: the 4-, 2- and 1-row tails
+        ([5], [77], (8, 1, 128), 8),  # 40 rows of 128 dims, blocks smaller than a 16-key tile
+        ([9], [130], (2, 2, 32), 64),  # one query head per KV head, 64-token blocks
+        ([32], [40], (8, 2, 64), 16),  # 128 rows per KV head: beyond the tile's row limit (row path)
+    ],
+)
+def test_tiled_path_equals_row_path(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int) -> None:
+    """The multi-row (AVX-512) path and the row-at-a-time path agree with each other and with torch;
+    on machines without AVX-512 both calls take the row path."""
+    q, k, v, meta = _case(query_lens, ctx_lens, heads, block_size, seed=len(query_lens) + ctx_lens[0])
+    scale = heads[2] ** -0.5
+    ref = paged_attention_torch(q, k, v, meta, scale)
+    tiled = cpu_attention.paged_attention(q, k, v, meta, scale, tiled_min_rows=1)
+    rows = cpu_attention.paged_attention(q, k, v, meta, scale, tiled_min_rows=10**9)
+    torch.testing.assert_close(tiled, ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(rows, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_tiled_path_propagates_nan() -> None:
+    q, k, v, meta = _case([6], [50], (4, 2, 64), 16, seed=3)
+    q[2, 1, 5] = float("nan")  # token 2, query head 1
+    out = cpu_attention.paged_attention(q, k, v, meta, 0.125, tiled_min_rows=1)
+    assert torch.isnan(out[2, 1]).all()
+    assert torch.isfinite(out[:, [0, 2, 3]]).all() and torch.isfinite(out[[0, 1, 3, 4, 5], 1]).all()
