@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.spec.suffix import SuffixTree
+from engine.spec.suffix import SuffixDrafter, SuffixTree
 
 
 def _windows(docs: dict[int, list[int]], depth: int) -> set[tuple[int, ...]]:
@@ -78,6 +78,26 @@ def test_min_prob_stops_at_uncertain_branches() -> None:
     length, draft = tree.propose([1, 2], k=4, min_prob=0.5)
     assert length == 2 and draft == []
     assert len(tree.propose([1, 2], k=4, min_prob=0.1)[1]) == 1
+
+
+def test_short_matches_draft_fewer_tokens() -> None:
+    """With a match prior, each token's chance is share * L / (L + prior): the draft ends where the
+    product falls below min_path_prob, so a 1-token match drafts less than a 7-token one."""
+    tree = SuffixTree(max_depth=32)
+    tree.add(0, list(range(30)))
+    # L = 1: confidence 1/2 per token -> 0.5, 0.25 pass 0.2; 0.125 does not.
+    assert tree.propose([99, 5], k=10, min_path_prob=0.2, match_prior=1.0) == (1, [6, 7])
+    # L = 7: 7/8 per token -> (7/8)^12 = 0.201 passes, (7/8)^13 = 0.176 does not.
+    length, draft = tree.propose(list(range(7)), k=20, min_path_prob=0.2, match_prior=1.0)
+    assert length == 7 and draft == list(range(7, 19))
+    assert tree.propose([99, 5], k=10) == (1, list(range(6, 16)))  # no prior: shares alone (all 1 here)
+
+
+def test_drafter_cuts_prompt_lookup_drafts_by_match_length() -> None:
+    drafter = SuffixDrafter(min_path_prob=0.15, match_prior=1.0)
+    context = [50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 50, 51]  # own context: "50 51" matched (n = 2)
+    assert drafter.propose(context, k=10) == [52, 53, 54, 55]  # (2/3)^4 = 0.198 >= 0.15 > (2/3)^5
+    assert SuffixDrafter(min_path_prob=0.0).propose(context, k=10) == context[2:12]
 
 
 def test_a_draft_never_runs_past_the_stored_depth() -> None:
