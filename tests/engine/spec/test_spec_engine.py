@@ -116,6 +116,28 @@ def test_sampled_output_with_the_draft_model_is_reproducible_and_in_range(tiny_p
     assert all(0 <= t < 128 for o in a for t in o.token_ids)
 
 
+@pytest.mark.parametrize(("top_k", "top_p", "temperature"), [(3, 1.0, 0.9), (None, 0.8, 0.5)])
+def test_sampled_speculative_tokens_stay_inside_the_top_k_top_p_support(
+    tiny_pair: tuple[Path, Path], top_k: int | None, top_p: float, temperature: float
+) -> None:
+    """Every token a speculating request emits (accepted drafts, corrections and bonus tokens) lies
+    in the top-k / top-p support of the target's distribution at its position (dense recompute)."""
+    from engine.sampler import probabilities
+
+    target, _ = tiny_pair
+    llm = LLM(target, device="cpu", dtype="float32", block_size=4, num_kv_blocks=512, speculative="ngram", num_speculative_tokens=4)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=40, ignore_eos=True, seed=11)
+    outs = llm.generate(_prompts(), params)
+    assert sum(o.usage.spec_accepted_tokens for o in outs) > 0  # drafts were accepted, not only bonus tokens
+    for prompt, out in zip(_prompts(), outs, strict=True):
+        ids = torch.tensor([prompt + out.token_ids])
+        with torch.inference_mode():
+            logits = llm.model.compute_logits(llm.model.forward_dense(ids)[0])  # [len, vocab]
+        for j, tok in enumerate(out.token_ids):
+            support = probabilities(logits[len(prompt) + j - 1], params) > 0
+            assert support[tok], (j, tok, int(support.sum()))
+
+
 def test_requests_choose_among_the_engines_drafters(tiny_pair: tuple[Path, Path]) -> None:
     from engine.errors import InvalidRequestError
 
