@@ -17,7 +17,7 @@ from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
 from engine.model.triton_attention import triton_available
-from engine.moe import cpu_dense
+from engine.moe import cpu_dense, cpu_fp4_panels
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -122,7 +122,9 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
-        self.cpu_experts: Any = None  # engine.moe.cpu_dense.DenseExperts: CPU serving's packed experts (w13/w2 freed)
+        # CPU serving's packed experts (w13/w2, or `quantized`, freed): cpu_dense.DenseExperts, or
+        # cpu_fp4_panels.FP4PanelExperts for FP4 experts on AVX-512; `.run(x, weights, ids)`.
+        self.cpu_experts: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -138,7 +140,7 @@ class MoE(nn.Module):
             experts = self.quantized if self.quantized is not None else (self.w13, self.w2)
             return fused_moe(flat, weights, ids, experts).view(shape)
         if self.cpu_experts is not None:  # CPU serving: the whole layer in one C call
-            return cpu_dense.dense_moe(flat, weights, ids, self.cpu_experts).view(shape)
+            return self.cpu_experts.run(flat, weights, ids).view(shape)
         if self.quantized is not None:
             from engine.moe.quantized import moe_experts_fp4
 
@@ -157,7 +159,7 @@ class DenseMLP(nn.Module):
         if self.cpu_experts is not None:
             flat = x.reshape(-1, x.shape[-1])
             weights, expert = torch.ones(flat.shape[0], 1), torch.zeros(flat.shape[0], 1, dtype=torch.long)
-            return cpu_dense.dense_moe(flat, weights, expert, self.cpu_experts).view(x.shape)
+            return self.cpu_experts.run(flat, weights, expert).view(x.shape)
         return swiglu(x, self.w13, self.w2)
 
 
@@ -187,7 +189,8 @@ def prepare_for_inference(model: nn.Module) -> int:
     With the C kernels (a C compiler present): every `nn.Linear` becomes a `cpu_linear.PackedLinear`
     and every MoE/dense MLP gets `cpu_dense.DenseExperts`, their weights packed once into 16-column
     panels (bf16 when lossless, else fp32) and the original tensors freed, so each weight exists
-    once. Embeddings keep their rows (a tied LM head gets its own panels). Without a compiler the
+    once. FP4 experts become `cpu_fp4_panels.FP4PanelExperts` where that kernel runs (AVX-512; the
+    packed `quantized` tensors are freed), else they keep `quantized` and its kernels. Embeddings keep their rows (a tied LM head gets its own panels). Without a compiler the
     matmul weights are stored column-major instead: the same logical tensors, transposed in memory,
     so `F.linear`/`bmm` run as plain (NN) products, which this CPU BLAS does faster at decode-sized
     batches. Returns the number of weights converted."""
@@ -198,6 +201,11 @@ def prepare_for_inference(model: nn.Module) -> int:
                 if type(child) is nn.Linear:
                     setattr(module, name, cpu_linear.PackedLinear(child))
                     converted += 1
+            if isinstance(module, MoE) and module.quantized is not None and cpu_fp4_panels.available():
+                module.cpu_experts = cpu_fp4_panels.FP4PanelExperts(module.quantized)
+                module.quantized = None
+                converted += 2
+                continue
             if isinstance(module, MoE) and module.quantized is None and module.w13.numel():
                 module.cpu_experts = cpu_dense.DenseExperts(module.w13, module.w2)
             elif isinstance(module, DenseMLP) and module.w13.numel():

@@ -27,7 +27,49 @@ import torch
 from engine import native
 from engine.model import cpu_linear
 
-_SOURCE = cpu_linear.SOURCE + r"""
+# The MoE driver's shared steps (this module's dense layer and cpu_fp4_panels' FP4 layer use them).
+DRIVER = cpu_linear.SOURCE + r"""
+/* Counting sort of the A = T * topk (token, slot) pairs by expert. iscratch: order [A] (pairs of
+   expert 0 first, stable), pos [A] (inverse of order), start [E + 1], active [E] (experts with
+   pairs), cursor [E]. Returns -1 for an id outside [0, E). */
+static int sort_pairs(const int64_t *ids, int64_t A, int64_t E, int64_t *iscratch, int64_t *nactive) {
+    int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1, *cursor = active + E;
+    for (int64_t j = 0; j < A; j++)
+        if (ids[j] < 0 || ids[j] >= E) return -1;
+    for (int64_t e = 0; e <= E; e++) start[e] = 0;
+    for (int64_t j = 0; j < A; j++) start[ids[j] + 1]++;
+    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
+    *nactive = 0;
+    for (int64_t e = 0; e < E; e++)
+        if (start[e + 1] > start[e]) active[(*nactive)++] = e;
+    for (int64_t e = 0; e < E; e++) cursor[e] = start[e];
+    for (int64_t j = 0; j < A; j++) order[cursor[ids[j]]++] = j;
+    for (int64_t r = 0; r < A; r++) pos[order[r]] = r;
+    return 0;
+}
+
+/* Inside a parallel region: the token row of every sorted pair into xe [A, H]. */
+static void gather_rows(const float *x, int64_t H, int64_t topk, const int64_t *order, int64_t A, float *xe) {
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < A; r++) memcpy(xe + r * H, x + (order[r] / topk) * H, H * sizeof(float));
+}
+
+/* Inside a parallel region: out[t] = sum over slots s (in order) of topw[t, s] * ye[pos[t, s]]. */
+static void combine_pairs(const float *ye, int64_t H, int64_t topk, const float *topw, const int64_t *pos, int64_t T, float *out) {
+    #pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        float *o = out + t * H;
+        for (int64_t h = 0; h < H; h++) o[h] = 0.f;
+        for (int64_t s = 0; s < topk; s++) {
+            const float w = topw[t * topk + s];
+            const float *y = ye + pos[t * topk + s] * H;
+            for (int64_t h = 0; h < H; h++) o[h] += w * y[h];
+        }
+    }
+}
+"""
+
+_SOURCE = DRIVER + r"""
 /* A MoE layer. x: [T, H]; ids, topw: [T, topk]; w13: per expert ceil(I/8) panels [H, 16] of 8 gate
    then 8 up columns; w2: per expert ceil(H/16) panels [IP, 16]; IP = intermediate size padded to 8.
    out: [T, H]. scratch: A * (2 H + IP) floats, iscratch: 2 A + 3 E + 1 int64, A = T * topk. */
@@ -38,24 +80,12 @@ int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk
     const int64_t A = T * topk, esz = bf16 ? 2 : 4;
     const int64_t P1 = IP / 8, P2 = (H + PANEL - 1) / PANEL, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
     float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
-    int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1;
-    for (int64_t j = 0; j < A; j++)
-        if (ids[j] < 0 || ids[j] >= E) return -1;
-    /* 1. counting sort of the pairs by expert */
-    for (int64_t e = 0; e <= E; e++) start[e] = 0;
-    for (int64_t j = 0; j < A; j++) start[ids[j] + 1]++;
-    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
-    int64_t nactive = 0;
-    for (int64_t e = 0; e < E; e++)
-        if (start[e + 1] > start[e]) active[nactive++] = e;
-    int64_t *cursor = active + E;
-    for (int64_t e = 0; e < E; e++) cursor[e] = start[e];
-    for (int64_t j = 0; j < A; j++) order[cursor[ids[j]]++] = j;  /* stable: pair order within an expert */
-    for (int64_t r = 0; r < A; r++) pos[order[r]] = r;
+    int64_t nactive;
+    const int64_t *start = iscratch + 2 * A, *active = start + E + 1;
+    if (sort_pairs(ids, A, E, iscratch, &nactive) != 0) return -1;  /* 1. pairs sorted by expert */
     #pragma omp parallel num_threads(threads) if (A * H * IP >= 16384)
     {
-        #pragma omp for schedule(static)
-        for (int64_t r = 0; r < A; r++) memcpy(xe + r * H, x + (order[r] / topk) * H, H * sizeof(float));
+        gather_rows(x, H, topk, iscratch, A, xe);
         /* 2. gate/up + SwiGLU, per (expert, pair of panels) */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q1; item++) {
@@ -71,16 +101,7 @@ int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk
                         ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
         }
         /* 4. weighted sum per token, slots in order */
-        #pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            float *o = out + t * H;
-            for (int64_t h = 0; h < H; h++) o[h] = 0.f;
-            for (int64_t s = 0; s < topk; s++) {
-                const float w = topw[t * topk + s];
-                const float *y = ye + pos[t * topk + s] * H;
-                for (int64_t h = 0; h < H; h++) o[h] += w * y[h];
-            }
-        }
+        combine_pairs(ye, H, topk, topw, iscratch + A, T, out);
     }
     return 0;
 }
@@ -127,6 +148,10 @@ class DenseExperts:
     @property
     def bf16(self) -> bool:
         return self.w13.dtype == torch.bfloat16
+
+    def run(self, x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """The layer on these experts: `dense_moe(x, weights, expert_ids, self)`."""
+        return dense_moe(x, weights, expert_ids, self)
 
     def unpacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The expert weights as fp32 (w13 [E, 2I, H], w2 [E, H, I]): for code that needs the
