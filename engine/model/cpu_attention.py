@@ -21,6 +21,7 @@ Built on first use by `engine.native`; without a C compiler `available()` is Fal
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -136,6 +137,8 @@ static inline void transpose16(__m512 *r) {
     }
 }
 
+#define TILE_ROWS 32  /* query rows per work item of the tiled path */
+
 static const float ZERO_ROW[128] __attribute__((aligned(64)));
 
 /* Keys key0 .. key0 + 15 of KV head h (keys >= n read as zeros), transposed: kt[d * 16 + j]. */
@@ -207,110 +210,171 @@ static inline float softmax_row(float *s, int64_t n, int64_t ld)
     return 1.f / _mm512_reduce_add_ps(sum);
 }
 
-/* One (sequence, KV head) item with rows = q_len * G query rows; D in {32, 64, 128}. */
+/* Rows r0 .. r0 + nrows - 1 (nrows <= TILE_ROWS) of one (sequence, KV head) with q_len new tokens
+   (row r: token r / G, query head h * G + r % G); D in {32, 64, 128}. Keys past the last row's causal
+   limit are never read. sc: scratch of nrows * round16(ctx) + 16 * D floats, 64-byte aligned. */
 static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
-                         const int64_t *table, const float *k_cache, const float *v_cache, int64_t block_size, int64_t Hkv,
-                         const int64_t D, float scale, float *out)
+                         int64_t r0, int64_t nrows, const int64_t *table, const float *k_cache, const float *v_cache,
+                         int64_t block_size, int64_t Hkv, const int64_t D, float scale, float *out, float *sc)
 {
-    const int64_t rows = q_len * G, stride = Hkv * D, ld = (ctx + 15) / 16 * 16;
-    float *sc = (float *)aligned_alloc(64, (size_t)((rows * ld + D * 16) * sizeof(float)) + 64);
-    float *kt = sc + rows * ld;
-    float inv[64];
-    const float *qr[64];
-    float *orow[64], *srow[64];
+    const int64_t stride = Hkv * D, nk = ctx - q_len + (r0 + nrows - 1) / G + 1, ld = (nk + 15) / 16 * 16;
+    float *kt = sc + nrows * ld;
+    float inv[TILE_ROWS];
+    const float *qr[TILE_ROWS];
+    float *orow[TILE_ROWS], *srow[TILE_ROWS];
     const __m512 vscale = _mm512_set1_ps(scale);
-    for (int64_t r = 0; r < rows; r++) {  /* row r: new token t = r / G, query head h * G + r % G */
-        qr[r] = q + ((q_row0 + r / G) * Hq + h * G + r % G) * D;
-        orow[r] = out + ((q_row0 + r / G) * Hq + h * G + r % G) * D;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t t = (r0 + r) / G, g = (r0 + r) % G;
+        qr[r] = q + ((q_row0 + t) * Hq + h * G + g) * D;
+        orow[r] = out + ((q_row0 + t) * Hq + h * G + g) * D;
     }
     for (int64_t c = 0; c < ld; c += 16) {
-        load_kt(k_cache, table, block_size, stride, h, c, ctx, D, kt);
+        load_kt(k_cache, table, block_size, stride, h, c, nk, D, kt);
         int64_t r = 0;
-        for (; r < rows; r++) srow[r] = sc + r * ld + c;
-        for (r = 0; r + 8 <= rows; r += 8) score_rows(qr + r, kt, srow + r, 8, D, vscale);
-        for (; r + 4 <= rows; r += 4) score_rows(qr + r, kt, srow + r, 4, D, vscale);
-        for (; r + 2 <= rows; r += 2) score_rows(qr + r, kt, srow + r, 2, D, vscale);
-        for (; r < rows; r++) score_rows(qr + r, kt, srow + r, 1, D, vscale);
+        for (; r < nrows; r++) srow[r] = sc + r * ld + c;
+        for (r = 0; r + 8 <= nrows; r += 8) score_rows(qr + r, kt, srow + r, 8, D, vscale);
+        for (; r + 4 <= nrows; r += 4) score_rows(qr + r, kt, srow + r, 4, D, vscale);
+        for (; r + 2 <= nrows; r += 2) score_rows(qr + r, kt, srow + r, 2, D, vscale);
+        for (; r < nrows; r++) score_rows(qr + r, kt, srow + r, 1, D, vscale);
     }
-    const float *prow[64];
-    for (int64_t r = 0; r < rows; r++) {
-        inv[r] = softmax_row(sc + r * ld, ctx - q_len + r / G + 1, ld);
+    const float *prow[TILE_ROWS];
+    for (int64_t r = 0; r < nrows; r++) {
+        inv[r] = softmax_row(sc + r * ld, ctx - q_len + (r0 + r) / G + 1, ld);
         prow[r] = sc + r * ld;
     }
     const int R = (int)(16 / (D / 16));
     int64_t r = 0;
-    for (; r + R <= rows; r += R) {
-        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 4, 64, orow + r, inv + r);
-        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 128, orow + r, inv + r);
-        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 8, 32, orow + r, inv + r);
+    for (; r + R <= nrows; r += R) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 4, 64, orow + r, inv + r);
+        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 2, 128, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 8, 32, orow + r, inv + r);
     }
-    for (; R > 2 && r + 2 <= rows; r += 2) {
-        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 64, orow + r, inv + r);
-        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 2, 32, orow + r, inv + r);
+    for (; R > 2 && r + 2 <= nrows; r += 2) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 2, 64, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 2, 32, orow + r, inv + r);
     }
-    for (; r < rows; r++) {
-        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 64, orow + r, inv + r);
-        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 128, orow + r, inv + r);
-        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, ctx, 1, 32, orow + r, inv + r);
+    for (; r < nrows; r++) {
+        if (D == 64) weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 1, 64, orow + r, inv + r);
+        else if (D == 128) weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 1, 128, orow + r, inv + r);
+        else weigh_rows(prow + r, v_cache, table, block_size, stride, h, nk, 1, 32, orow + r, inv + r);
     }
-    free(sc);
 }
 #endif
 
 /* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
    ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
    k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. */
-void paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
-                     const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
-                     int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
-                     int64_t tiled_min_rows)
+static void attend_rows(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
+                        const int64_t *table, const float *k_cache, const float *v_cache, int64_t block_size, int64_t Hkv,
+                        int64_t D, float scale, float *out)
 {
-    const int64_t G = Hq / Hkv, stride = Hkv * D;
-    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t item = 0; item < num_seqs * Hkv; item++) {
-        const int64_t s = item / Hkv, h = item % Hkv;
-        const int64_t q_len = cu_q[s + 1] - cu_q[s], ctx = ctx_lens[s];
-        if (q_len <= 0) continue;
-        const int64_t rows = q_len * G;
-#ifdef __AVX512F__
-        if (rows >= tiled_min_rows && rows <= 64 && (D == 32 || D == 64 || D == 128)) {
-            attend_tiled(q, cu_q[s], q_len, ctx, G, Hq, h, block_tables + s * max_blocks, k_cache, v_cache, block_size, Hkv, D, scale, out);
-            continue;
-        }
-#endif
-        float *acc = (float *)calloc((size_t)(rows * D + 2 * rows), sizeof(float));
-        float *m = acc + rows * D, *l = m + rows;
-        for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY;
-        const int64_t *table = block_tables + s * max_blocks;
-        const int64_t nblocks = (ctx + block_size - 1) / block_size;
-        for (int64_t b = 0; b < nblocks; b++) {
-            const int64_t key0 = b * block_size;
-            const float *kb = k_cache + (table[b] * block_size * Hkv + h) * D;
-            const float *vb = v_cache + (table[b] * block_size * Hkv + h) * D;
-            for (int64_t r = 0; r < rows; r++) {
-                const int64_t t = r / G, g = r % G;
-                int64_t n = ctx - q_len + t + 1 - key0;  /* keys of this block row r may see */
-                if (n <= 0) continue;
-                if (n > block_size) n = block_size;
-                const float *qr = q + ((cu_q[s] + t) * Hq + h * G + g) * D;
-                if (D == 64) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 64);
-                else if (D == 128) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 128);
-                else row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, D);
-            }
-        }
+    const int64_t rows = q_len * G, stride = Hkv * D;
+    float *acc = (float *)calloc((size_t)(rows * D + 2 * rows), sizeof(float));
+    float *m = acc + rows * D, *l = m + rows;
+    for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY;
+    const int64_t nblocks = (ctx + block_size - 1) / block_size;
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t key0 = b * block_size;
+        const float *kb = k_cache + (table[b] * block_size * Hkv + h) * D;
+        const float *vb = v_cache + (table[b] * block_size * Hkv + h) * D;
         for (int64_t r = 0; r < rows; r++) {
             const int64_t t = r / G, g = r % G;
-            float *o = out + ((cu_q[s] + t) * Hq + h * G + g) * D;
-            const float inv = 1.f / l[r];
-            for (int64_t d = 0; d < D; d++) o[d] = acc[r * D + d] * inv;
+            int64_t n = ctx - q_len + t + 1 - key0;  /* keys of this block row r may see */
+            if (n <= 0) continue;
+            if (n > block_size) n = block_size;
+            const float *qr = q + ((q_row0 + t) * Hq + h * G + g) * D;
+            if (D == 64) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 64);
+            else if (D == 128) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 128);
+            else row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, D);
         }
-        free(acc);
     }
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t t = r / G, g = r % G;
+        float *o = out + ((q_row0 + t) * Hq + h * G + g) * D;
+        const float inv = 1.f / l[r];
+        for (int64_t d = 0; d < D; d++) o[d] = acc[r * D + d] * inv;
+    }
+    free(acc);
+}
+
+int64_t tiled_supported(int64_t D) {
+#ifdef __AVX512F__
+    return D == 32 || D == 64 || D == 128;
+#else
+    (void)D;
+    return 0;
+#endif
+}
+
+/* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
+   ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
+   k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. Work items: (sequence, KV head)
+   for the row path; (sequence, KV head, TILE_ROWS query rows) for the tiled path, taken by every
+   (sequence, KV head) with at least tiled_min_rows rows when the tiled path exists here (any
+   number of new tokens; the row path is for at most 32). Returns -1 when a sequence needs the
+   tiled path and it is not available. */
+int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
+                        const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
+                        int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
+                        int64_t tiled_min_rows)
+{
+    const int64_t G = Hq / Hkv, tiled = tiled_supported(D);
+    int64_t num_items = 0, max_ld = 16;
+    for (int64_t s = 0; s < num_seqs; s++) {
+        const int64_t rows = (cu_q[s + 1] - cu_q[s]) * G;
+        if (rows <= 0) continue;
+        if (tiled && rows >= tiled_min_rows) {
+            num_items += Hkv * ((rows + TILE_ROWS - 1) / TILE_ROWS);
+            max_ld = ctx_lens[s] + 16 > max_ld ? ctx_lens[s] + 16 : max_ld;
+        } else {
+            if (cu_q[s + 1] - cu_q[s] > 32) return -1;
+            num_items += Hkv;
+        }
+    }
+    /* item -> (sequence, head, first row; -1 = the row path) */
+    int64_t *items = (int64_t *)malloc((size_t)(3 * num_items + 1) * sizeof(int64_t));
+    int64_t n = 0, any_tiled = 0;
+    for (int64_t s = 0; s < num_seqs; s++) {
+        const int64_t rows = (cu_q[s + 1] - cu_q[s]) * G;
+        if (rows <= 0) continue;
+        const int64_t use_tiled = tiled && rows >= tiled_min_rows;
+        any_tiled |= use_tiled;
+        for (int64_t h = 0; h < Hkv; h++)
+            for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += TILE_ROWS) {
+                items[3 * n] = s; items[3 * n + 1] = h; items[3 * n + 2] = use_tiled ? r0 : -1;
+                n++;
+            }
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        float *scratch = 0;
+#ifdef __AVX512F__
+        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((TILE_ROWS * max_ld + 16 * D) * sizeof(float) + 63) / 64 * 64);
+#endif
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < num_items; i++) {
+            const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
+            const int64_t q_len = cu_q[s + 1] - cu_q[s], *table = block_tables + s * max_blocks;
+#ifdef __AVX512F__
+            if (r0 >= 0) {
+                const int64_t rows = q_len * G, nrows = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+                attend_tiled(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv, D,
+                             scale, out, scratch);
+                continue;
+            }
+#endif
+            attend_rows(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, table, k_cache, v_cache, block_size, Hkv, D, scale, out);
+        }
+        free(scratch);
+    }
+    free(items);
+    return 0;
 }
 """
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I)),)
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I), _I),
+               ("tiled_supported", (_I,), _I))
 
 
 def _library() -> ctypes.CDLL | None:
@@ -322,12 +386,22 @@ def available() -> bool:
     return _library() is not None
 
 
+@functools.cache
+def tiled_supported(head_dim: int) -> bool:
+    """Whether the tiled path runs here for this head size (AVX-512 build, head_dim 32/64/128):
+    then any number of new tokens per sequence is supported (prefill chunks too)."""
+    lib = _library()
+    return lib is not None and bool(lib.tiled_supported(head_dim))
+
+
 def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> bool:
     """Whether this step's attention can run in the kernel: fp32 CPU tensors, contiguous caches,
-    blocks of at most 64 tokens and at most MAX_QUERY_LEN new tokens per sequence."""
+    blocks of at most 64 tokens, and at most MAX_QUERY_LEN new tokens per sequence unless the
+    tiled path runs here (`tiled_supported`)."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
-        and k_cache.shape[1] <= 64 and meta.max_query_len <= MAX_QUERY_LEN and available()
+        and k_cache.shape[1] <= 64 and available()
+        and (meta.max_query_len <= MAX_QUERY_LEN or tiled_supported(q.shape[-1]))
     )
 
 
@@ -343,7 +417,7 @@ def paged_attention(
         raise RuntimeError("the CPU paged attention kernel is not available (no C compiler?)")
     if not supports(q, k_cache, meta) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("paged_attention (C) needs fp32 CPU tensors, contiguous caches, blocks <= 64 tokens "
-                         f"and <= {MAX_QUERY_LEN} new tokens per sequence")
+                         f"and <= {MAX_QUERY_LEN} new tokens per sequence (more only on the tiled AVX-512 path)")
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     if num_heads % num_kv_heads or k_cache.shape[3] != head_dim:
@@ -354,8 +428,10 @@ def paged_attention(
     cu = meta.cu_query_lens_t
     if cu is None:
         raise ValueError("attention metadata built for another device (no cu_query_lens_t)")
-    lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
-                        tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
-                        head_dim, scale, out.data_ptr(), torch.get_num_threads(),
-                        TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows)
+    status = lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
+                                 tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
+                                 head_dim, scale, out.data_ptr(), torch.get_num_threads(),
+                                 TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows)
+    if status != 0:
+        raise ValueError(f"more than {MAX_QUERY_LEN} new tokens per sequence need the tiled path (tiled_min_rows={tiled_min_rows})")
     return out

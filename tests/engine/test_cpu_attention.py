@@ -63,7 +63,7 @@ def test_large_scores_do_not_overflow() -> None:
 
 
 def test_unsupported_steps_are_refused() -> None:
-    q, k, v, meta = _case([cpu_attention.MAX_QUERY_LEN + 1], [100], (4, 2, 64), 16, seed=1)
+    q, k, v, meta = _case([cpu_attention.MAX_QUERY_LEN + 1], [100], (4, 2, 24), 16, seed=1)  # no tiled path for 24 dims
     assert not cpu_attention.supports(q, k, meta)
     with pytest.raises(ValueError, match="new tokens per sequence"):
         cpu_attention.paged_attention(q, k, v, meta, 0.125)
@@ -99,3 +99,22 @@ def test_tiled_path_propagates_nan() -> None:
     out = cpu_attention.paged_attention(q, k, v, meta, 0.125, tiled_min_rows=1)
     assert torch.isnan(out[2, 1]).all()
     assert torch.isfinite(out[:, [0, 2, 3]]).all() and torch.isfinite(out[[0, 1, 3, 4, 5], 1]).all()
+
+
+@pytest.mark.skipif(not cpu_attention.tiled_supported(64), reason="the tiled path needs AVX-512")
+@pytest.mark.parametrize(
+    ("query_lens", "ctx_lens", "heads"),
+    [
+        ([200], [200], (4, 2, 64)),  # a whole prompt: causal over itself, 13 row blocks per KV head
+        ([100, 1, 40], [300, 77, 40], (4, 2, 64)),  # a chunk after a cached prefix, a decode row, a short prompt
+        ([70], [90], (8, 1, 128)),
+    ],
+)
+def test_prefill_chunks_run_on_the_tiled_path(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int]) -> None:
+    q, k, v, meta = _case(query_lens, ctx_lens, heads, 16, seed=ctx_lens[0])
+    scale = heads[2] ** -0.5
+    assert cpu_attention.supports(q, k, meta)
+    torch.testing.assert_close(cpu_attention.paged_attention(q, k, v, meta, scale), paged_attention_torch(q, k, v, meta, scale),
+                               atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="need the tiled path"):
+        cpu_attention.paged_attention(q, k, v, meta, scale, tiled_min_rows=10**9)
