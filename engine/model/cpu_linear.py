@@ -112,13 +112,71 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t l
 }
 #endif
 
+#ifdef __AVX512F__
+/* The AVX-512 twin of `tile`: a panel row is one 16-lane register (bf16 bits widened by a zero-extend
+   and a shift, so its lanes come in the storage order 0-3, 8-11, 4-7, 12-15, put back in order once
+   per tile at the end), np = 2 panels for every mr. Sums run over k in the same order as `tile`, so
+   both give bitwise the same results. */
+static inline __attribute__((always_inline)) __m512 load_row16(const void *p, const int bf16, int64_t off) {
+    if (!bf16) return _mm512_loadu_ps((const float *)p + off);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __attribute__((always_inline)) void emit16(float *y, __m512 a, const int bf16, const float *bias, int64_t ncols,
+                                                         const int swiglu) {
+    if (bf16) a = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15), a);
+    if (swiglu) {
+        _mm256_storeu_ps(y, swiglu8(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)));
+        return;
+    }
+    const __mmask16 m = (__mmask16)((1u << ncols) - 1u);
+    if (bias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, bias));
+    _mm512_mask_storeu_ps(y, m, a);
+}
+
+#define ROWS16(F) F(0) F(1) F(2) F(3) F(4) F(5)
+static inline __attribute__((always_inline)) void tile16(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
+                                                         const float *bias, float *y, int64_t ldy, int64_t ncols0, int64_t ncols1,
+                                                         const int mr, const int np, const int swiglu) {
+#define DECL16(r) __m512 d##r##0 = _mm512_setzero_ps(), d##r##1 = _mm512_setzero_ps();
+    ROWS16(DECL16)
+    const char *second = (const char *)panel + K * PANEL * (bf16 ? 2 : 4);
+    for (int64_t k = 0; k < K; k++) {
+        const __m512 w0 = load_row16(panel, bf16, k * PANEL);
+        const __m512 w1 = np == 2 ? load_row16(second, bf16, k * PANEL) : _mm512_setzero_ps();
+#define STEP16(r) if (mr > r) { const __m512 xb = _mm512_set1_ps(x[r * ldx + k]); \
+                                d##r##0 = _mm512_fmadd_ps(xb, w0, d##r##0); if (np == 2) d##r##1 = _mm512_fmadd_ps(xb, w1, d##r##1); }
+        ROWS16(STEP16)
+    }
+    const int64_t width = swiglu ? 8 : PANEL;
+#define STORE16(r) if (mr > r) { emit16(y + r * ldy, d##r##0, bf16, bias, ncols0, swiglu); \
+                                 if (np == 2) emit16(y + r * ldy + width, d##r##1, bf16, bias ? bias + PANEL : 0, ncols1, swiglu); }
+    ROWS16(STORE16)
+}
+#endif
+
 /* Rows x[0:mr, :K] (mr <= 6) times panels p (and p + 1 when np = 2) of the panel array w -> y, whose
    column 0 is output 0 (bias likewise); N: outputs in all (the last panel may be partial). swiglu = 1:
    gate/up panels, 8 outputs each, no bias. */
 static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
                         float *y, int64_t ldy, int64_t p, int64_t np, int64_t N, int mr, int swiglu) {
     const int64_t esz = bf16 ? 2 : 4, width = swiglu ? 8 : PANEL;
-#ifdef __AVX2__
+#ifdef __AVX512F__
+    {
+        const void *panel = (const char *)w + p * K * PANEL * esz;
+        const int64_t n0 = p * PANEL, c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
+        const float *b = bias && !swiglu ? bias + n0 : 0;
+        float *yp = y + p * width;
+#define CASE16(r) case r + 1: \
+        if (np == 2) { if (swiglu) { if (bf16) tile16(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); else tile16(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); } \
+                       else if (bf16) tile16(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 2, 0); else tile16(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 2, 0); } \
+        else { if (swiglu) { if (bf16) tile16(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); else tile16(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); } \
+               else if (bf16) tile16(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 1, 0); else tile16(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 1, 0); } \
+        return;
+        switch (mr) { ROWS16(CASE16) }
+    }
+#elif defined(__AVX2__)
     if (np == 2 && mr > 3) {  /* enough rows for latency: one panel at a time */
         tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p, 1, N, mr, swiglu);
         tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p + 1, 1, N, mr, swiglu);
