@@ -181,7 +181,7 @@ def available() -> bool:
 
 
 @functools.cache
-def scale_lut(fmt: str) -> torch.Tensor:
+def _scale_lut(fmt: str) -> torch.Tensor:
     """fp32 value of every scale byte: FP8 E4M3 bits (NVFP4) or E8M0 exponents (MXFP4, 255 = NaN)."""
     codes = torch.arange(256, dtype=torch.int32)
     if fmt == "nvfp4":
@@ -210,7 +210,7 @@ def fp4_matmul(x: torch.Tensor, weight: FP4Tensor, row_scale: torch.Tensor) -> t
     if packed.stride(1) != 1 or scales.stride(1) != 1:
         raise ValueError("packed weights and scales must be contiguous along K")
     rs = row_scale.float().contiguous()
-    lut = scale_lut(weight.fmt)
+    lut = _scale_lut(weight.fmt)
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     if x.shape[0]:
         lib.fp4_matmul(xc.data_ptr(), xc.shape[0], k, packed.data_ptr(), packed.stride(0), scales.data_ptr(), scales.stride(0),
@@ -248,5 +248,5 @@ def fp4_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, ex
     lib.fp4_moe(xc.data_ptr(), num_tokens, hidden, inter, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
                 w13.packed.data_ptr(), w13.scales.view(torch.uint8).data_ptr(), rs13.data_ptr(),
                 w2.packed.data_ptr(), w2.scales.view(torch.uint8).data_ptr(), rs2.data_ptr(),
-                scale_lut(w13.fmt).data_ptr(), w13.block, e, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+                _scale_lut(w13.fmt).data_ptr(), w13.block, e, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
     return out.to(x.dtype)

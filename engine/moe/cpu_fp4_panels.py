@@ -7,9 +7,9 @@ packed experts are re-laid out once as panels, like the dense driver's (`cpu_den
 16 output columns; each pair of its K rows is 16 bytes (byte j holds column j of the first row in
 the low nibble and of the second in the high one) and every block of B rows along K has 16 scale
 bytes. Two K steps decode 32 weights in registers (a widening load, a mask and a shift, then a
-permute of the 16-entry E2M1 table per row) and feed up to 6 activation rows x 2 panels of FMAs,
+permute of the 16-entry E2M1 table per row) and feed up to 5 activation rows x 2 panels of FMAs,
 so the decode is shared by every row of the tile; a block's sums run unscaled and its scales
-(gathered once from the 256-entry table of the scale format) multiply them at the block's end.
+(decoded in registers from their E4M3/E8M0 bytes) multiply them at the block's end.
 The per-row (ModelOpt) second-level scales multiply each column's sum at the end. The driver is
 `cpu_dense`'s: pairs sorted by expert, gate/up panels with SwiGLU, down panels, a per-token sum in
 slot order (a token's output does not depend on its batch).
@@ -28,11 +28,32 @@ import torch
 
 from engine import native
 from engine.moe import cpu_dense
-from engine.moe.cpu_fp4 import scale_lut
 from engine.moe.fp4 import FP4Tensor
 
 _SOURCE = cpu_dense.DRIVER + r"""
 #ifdef __AVX512F__
+/* Rows per tile: 5 rows x 2 panels of sums and block partial sums (20 registers) plus the decoded
+   weights and constants fit the 32 vector registers (6 rows spilled). */
+#define FP4_MR 5
+
+/* 16 scale bytes -> fp32 in registers (a gather from a table cost ~25% of the layer). B = 16: FP8
+   E4M3 (NVFP4): the 7 exponent/mantissa bits moved to fp32's exponent/mantissa positions read as
+   2^(e - 127)(1 + m/8) (subnormals included: e = 0 becomes an fp32 subnormal), times 2^120 gives
+   2^(e - 7)(1 + m/8); the sign bit moves to bit 31; 0x7F/0xFF is NaN. B = 32: E8M0 (MXFP4): 2^(b - 127)
+   is b in fp32's exponent field (b = 0 gives 0 for 2^-127), 255 is NaN. */
+static inline __m512 scales16(const uint8_t *s, const int64_t B) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)s));
+    const __m512 nan = _mm512_set1_ps(NAN);
+    if (B == 32) {
+        const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(b, 23));
+        return _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(b, _mm512_set1_epi32(255)), nan);
+    }
+    const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
+    __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
+    v = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24)));
+    return _mm512_mask_mov_ps(v, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)), nan);
+}
+
 /* One tile: rows x[0:mr] times panels (c0, s0) and, np = 2, (c1, s1) -> y. rs0/rs1: the 16 second-level
    scales of each panel's columns. swiglu: a gate/up panel (8 gate then 8 up columns) -> 8 outputs.
    Codes come in pairs of K rows: 16 bytes whose byte j holds column j of the first row (low nibble)
@@ -40,16 +61,16 @@ _SOURCE = cpu_dense.DRIVER + r"""
    in column order, and a permute of the E2M1 table turns each into 16 values. Sums within a scale
    block run unscaled; the block's scales multiply them once at its end. */
 static inline __attribute__((always_inline)) void fp4_tile(const float *x, int64_t ldx, const uint8_t *c0, const uint8_t *s0,
-        const float *rs0, const uint8_t *c1, const uint8_t *s1, const float *rs1, const float *lut, const int64_t B,
+        const float *rs0, const uint8_t *c1, const uint8_t *s1, const float *rs1, const int64_t B,
         const int64_t K, float *y, int64_t ldy, const int64_t ncols0, const int64_t ncols1, const int mr, const int np,
         const int swiglu)
 {
     const __m512 e2m1 = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
     const __m512i low = _mm512_set1_epi32(15);
-    __m512 a0[6], a1[6], p0[6], p1[6];
-    for (int r = 0; r < 6; r++) { a0[r] = _mm512_setzero_ps(); a1[r] = _mm512_setzero_ps(); }
+    __m512 a0[FP4_MR], a1[FP4_MR], p0[FP4_MR], p1[FP4_MR];
+    for (int r = 0; r < FP4_MR; r++) { a0[r] = _mm512_setzero_ps(); a1[r] = _mm512_setzero_ps(); }
     for (int64_t kb = 0; kb < K; kb += B) {
-        for (int r = 0; r < 6; r++) { p0[r] = _mm512_setzero_ps(); p1[r] = _mm512_setzero_ps(); }
+        for (int r = 0; r < FP4_MR; r++) { p0[r] = _mm512_setzero_ps(); p1[r] = _mm512_setzero_ps(); }
         for (int64_t k = kb; k < kb + B; k += 2) {
             const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c0 + k * 8)));
             const __m512 w00 = _mm512_permutexvar_ps(_mm512_and_si512(v0, low), e2m1);
@@ -66,9 +87,9 @@ static inline __attribute__((always_inline)) void fp4_tile(const float *x, int64
                 if (np == 2) p1[r] = _mm512_fmadd_ps(xb, w11, _mm512_fmadd_ps(xa, w10, p1[r]));
             }
         }
-        const __m512 sc0 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(s0 + kb / B * 16))), lut, 4);
+        const __m512 sc0 = scales16(s0 + kb / B * 16, B);
         __m512 sc1 = _mm512_setzero_ps();
-        if (np == 2) sc1 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(s1 + kb / B * 16))), lut, 4);
+        if (np == 2) sc1 = scales16(s1 + kb / B * 16, B);
         for (int r = 0; r < mr; r++) {
             a0[r] = _mm512_fmadd_ps(p0[r], sc0, a0[r]);
             if (np == 2) a1[r] = _mm512_fmadd_ps(p1[r], sc1, a1[r]);
@@ -91,7 +112,7 @@ static inline __attribute__((always_inline)) void fp4_tile(const float *x, int64
 /* Rows x[0:M] times panels [p0, p0 + count) (count <= 2) of an FP4 panel array: codes [P, K / 2, 16],
    scales [P, K / B, 16], rs [P, 16]; N outputs in all. */
 static void fp4_rows_panels(const float *x, int64_t M, int64_t ldx, const uint8_t *codes, const uint8_t *scales,
-                            const float *rs, const float *lut, int64_t B, int64_t K, float *y, int64_t ldy, int64_t p0,
+                            const float *rs, int64_t B, int64_t K, float *y, int64_t ldy, int64_t p0,
                             int64_t count, int64_t N, int swiglu)
 {
     const uint8_t *c0 = codes + p0 * K * 8, *s0 = scales + p0 * (K / B) * 16;
@@ -99,17 +120,17 @@ static void fp4_rows_panels(const float *x, int64_t M, int64_t ldx, const uint8_
     const float *r0 = rs + p0 * 16, *r1 = r0 + 16;
     const int64_t n0 = N - p0 * 16 < 16 ? N - p0 * 16 : 16, n1 = N - p0 * 16 - 16 < 16 ? N - p0 * 16 - 16 : 16;
     float *yp = y + p0 * (swiglu ? 8 : 16);
-    for (int64_t m0 = 0; m0 < M; m0 += 6) {
-        const int mr = (int)(M - m0 < 6 ? M - m0 : 6);
+    for (int64_t m0 = 0; m0 < M; m0 += FP4_MR) {
+        const int mr = (int)(M - m0 < FP4_MR ? M - m0 : FP4_MR);
         const float *xm = x + m0 * ldx;
         float *ym = yp + m0 * ldy;
 #define FP4_CASE(R) case R: \
-            if (count == 2) { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, lut, B, K, ym, ldy, n0, n1, R, 2, 1); \
-                              else fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, lut, B, K, ym, ldy, n0, n1, R, 2, 0); } \
-            else { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, lut, B, K, ym, ldy, n0, n0, R, 1, 1); \
-                   else fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, lut, B, K, ym, ldy, n0, n0, R, 1, 0); } \
+            if (count == 2) { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, n0, n1, R, 2, 1); \
+                              else fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, n0, n1, R, 2, 0); } \
+            else { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, n0, n0, R, 1, 1); \
+                   else fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, n0, n0, R, 1, 0); } \
             break;
-        switch (mr) { FP4_CASE(1) FP4_CASE(2) FP4_CASE(3) FP4_CASE(4) FP4_CASE(5) FP4_CASE(6) }
+        switch (mr) { FP4_CASE(1) FP4_CASE(2) FP4_CASE(3) FP4_CASE(4) FP4_CASE(5) }
     }
 }
 #endif
@@ -126,7 +147,7 @@ int64_t fp4_panels_supported(void) {
    w2: down panels (ceil(H/16)), IP = I padded to 8. Returns -1 for a bad expert id, -2 without AVX-512. */
 int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
                       const uint8_t *c13, const uint8_t *s13, const float *rs13, const uint8_t *c2, const uint8_t *s2,
-                      const float *rs2, const float *lut, int64_t B, int64_t E, float *out, float *scratch, int64_t *iscratch,
+                      const float *rs2, int64_t B, int64_t E, float *out, float *scratch, int64_t *iscratch,
                       int64_t threads)
 {
 #ifdef __AVX512F__
@@ -142,13 +163,13 @@ int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t 
         for (int64_t item = 0; item < nactive * Q1; item++) {
             const int64_t e = active[item / Q1], q = item % Q1, r0 = start[e];
             fp4_rows_panels(xe + r0 * H, start[e + 1] - r0, H, c13 + e * P1 * H * 8, s13 + e * P1 * (H / B) * 16, rs13 + e * P1 * 16,
-                            lut, B, H, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
+                            B, H, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
         }
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q2; item++) {
             const int64_t e = active[item / Q2], q = item % Q2, r0 = start[e];
             fp4_rows_panels(a + r0 * IP, start[e + 1] - r0, IP, c2 + e * P2 * IP * 8, s2 + e * P2 * (IP / B) * 16, rs2 + e * P2 * 16,
-                            lut, B, IP, ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
+                            B, IP, ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
         }
         combine_pairs(ye, H, topk, topw, pos, T, out);
     }
@@ -161,7 +182,7 @@ int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t 
 
 _P, _I = native.PTR, native.I64
 _SIGNATURES = (
-    ("fp4_panel_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),
+    ("fp4_panel_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),
     ("fp4_panels_supported", (), _I),
 )
 
@@ -219,7 +240,7 @@ class FP4PanelExperts:
         order2 = torch.where(order2 < h, order2, -1)
         self.c13, self.s13, self.rs13 = _panels(w13, order13)
         self.c2, self.s2, self.rs2 = _panels(w2, order2)
-        self.fmt, self.block, self.lut = w13.fmt, w13.block, scale_lut(w13.fmt)
+        self.fmt, self.block = w13.fmt, w13.block
         self.num_experts, self.hidden, self.inter, self.inter_padded = e, h, inter, padded
 
     @property
@@ -254,7 +275,7 @@ def fp4_panel_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tens
     status = lib.fp4_panel_moe(
         xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
         experts.c13.data_ptr(), experts.s13.data_ptr(), experts.rs13.data_ptr(), experts.c2.data_ptr(), experts.s2.data_ptr(),
-        experts.rs2.data_ptr(), experts.lut.data_ptr(), experts.block, e, out.data_ptr(), scratch.data_ptr(),
+        experts.rs2.data_ptr(), experts.block, e, out.data_ptr(), scratch.data_ptr(),
         iscratch.data_ptr(), torch.get_num_threads())
     if status == -1:
         raise ValueError(f"expert ids must be in [0, {e})")

@@ -59,3 +59,33 @@ def test_bad_inputs_are_refused() -> None:
     other = _experts(4, 32, 48, "nvfp4", seed=4)
     with pytest.raises(ValueError, match="matching experts"):
         cpu_fp4_panels.FP4PanelExperts(QuantizedExperts.from_fp4(q.w13, other.w2))
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_every_scale_byte_decodes_like_the_format(fmt: str) -> None:
+    """The kernel decodes scale bytes in registers: every finite E4M3 byte (subnormals included) and
+    E8M0 exponents from 2^-127 up must give what the format's reference dequantisation gives; a NaN
+    scale byte poisons exactly the outputs it feeds."""
+    q = _experts(4, 64, 64, fmt, seed=5)
+    g = torch.Generator().manual_seed(9)
+    nan_code = 0x7F if fmt == "nvfp4" else 255
+    finite = [b for b in range(256) if b & 0x7F != 0x7F] if fmt == "nvfp4" else list(range(0, 136))
+    for w in (q.w13, q.w2):
+        raw = torch.tensor(finite, dtype=torch.uint8)[torch.randint(0, len(finite), w.scales.shape, generator=g)]
+        raw.view(-1)[: len(finite)] = torch.tensor(finite, dtype=torch.uint8)
+        w.scales = raw.view(torch.float8_e4m3fn) if fmt == "nvfp4" else raw
+    x = torch.randn(12, 64, generator=g)
+    weights, ids = route(torch.randn(12, 4, generator=g), 2, renormalize=True)
+    panels = cpu_fp4_panels.FP4PanelExperts(q)
+    ref = moe_experts_fp4_reference(x, weights, ids, q)
+    out = cpu_fp4_panels.fp4_panel_moe(x, weights, ids, panels)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    raw = q.w2.scales.view(torch.uint8).clone()
+    raw[1, 5, 0] = nan_code  # expert 1, output column 5
+    q.w2.scales = raw.view(torch.float8_e4m3fn) if fmt == "nvfp4" else raw
+    ref = moe_experts_fp4_reference(x, weights, ids, q)
+    out = cpu_fp4_panels.fp4_panel_moe(x, weights, ids, cpu_fp4_panels.FP4PanelExperts(q))
+    assert torch.isnan(ref).any() and not torch.isnan(ref).all()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, equal_nan=True)
