@@ -1,4 +1,4 @@
-"""Paged attention for a few new tokens per sequence (decode, speculative verification) in C.
+"""Paged attention in C: decode, speculative verification and (with AVX-512) prefill chunks.
 
 Why: through torch, a sequence's context must first become one tensor (a `cat` of its block runs,
 ~1 MB per layer at 2k tokens) and then goes through SDPA or two strided `bmm`s; at decode sizes
@@ -9,10 +9,12 @@ time (8-wide FMAs reduced together), an online softmax per row (vectorised exp),
 probability-weighted V rows summed in registers. Causality is per row: new token t of a sequence
 with `ctx` tokens sees keys 0 .. ctx - q_len + t.
 
-Verification steps put many rows on one (sequence, KV head): from `TILED_MIN_ROWS` rows on, with
-AVX-512, the rows share every K and V load instead (K transposed 16 keys at a time into an L1
-tile, scores as broadcast-FMAs eight rows at once, a two-pass softmax, V rows weighed into 16
-accumulators): 1.9x the row path at 17 tokens x 2 query heads over 2,000 keys (measured).
+Verification steps and prefill chunks put many rows on one (sequence, KV head): from
+`TILED_MIN_ROWS` rows on, with AVX-512, work items of 32 rows share every K and V load instead (K
+transposed 16 keys at a time into an L1 tile, scores as broadcast-FMAs eight rows at once, a
+two-pass softmax, V rows weighed into 16 accumulators; keys past the item's causal limit are not
+read): 1.9x the row path at 17 tokens x 2 query heads over 2,000 keys, and any number of new
+tokens per sequence (the row path takes at most MAX_QUERY_LEN).
 
 The torch path (`paged_attention.paged_attention_torch`) is the oracle (tests/engine/test_cpu_attention.py).
 Built on first use by `engine.native`; without a C compiler `available()` is False.

@@ -93,7 +93,7 @@ def paged_attention(
         from engine.model.triton_attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
-    if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification: C, straight from the blocks
+    if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification, prefill (AVX-512): C, from the blocks
         return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale)
     return paged_attention_torch(q, k_cache, v_cache, meta, scale)
 

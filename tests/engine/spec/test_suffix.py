@@ -130,3 +130,18 @@ def test_a_window_shared_by_two_documents_survives_removing_one() -> None:
 def test_bad_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="max_depth"):
         SuffixTree(max_depth=1)
+
+
+def test_window_hashes_depend_only_on_the_window() -> None:
+    import numpy as np
+
+    from engine.spec.suffix import window_hashes
+
+    a = np.array([5, 6, 7, 8, 9, 6, 7, 8], dtype=np.int64)
+    ha = window_hashes(a, 0, 3, seed=7)
+    assert len(ha) == 8
+    assert ha[1] == ha[5]  # "6 7 8" at two offsets
+    assert ha[1] == window_hashes(np.array([1, 6, 7, 8, 2], dtype=np.int64), 1, 3, seed=7)[0]
+    assert len(set(ha[:5])) == 5 and ha[6] != ha[1]  # "7 8" (a short tail window) differs from "6 7 8"
+    assert window_hashes(a, 0, 3, seed=8)[1] != ha[1]  # keyed
+    assert window_hashes(a, 8, 3, seed=7) == []
