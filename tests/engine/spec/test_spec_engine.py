@@ -162,3 +162,22 @@ def test_mtp_drafts_of_the_shipped_model_are_mostly_accepted() -> None:
     plain = LLM().generate([prompt], SamplingParams(temperature=0.0, max_tokens=48))[0]
     assert out.token_ids == plain.token_ids
     assert out.usage.spec_accepted_tokens >= 0.5 * out.usage.spec_proposed_tokens > 0
+
+
+def test_shipped_model_greedy_output_with_suffix_speculation_is_token_identical() -> None:
+    """The shipped model (64-dim heads: verification rows and prefill run the tiled CPU attention)
+    gives the same greedy tokens with and without speculation, over turns that repeat earlier ones."""
+    from engine.tokenizer import ChatTokenizer
+
+    plain, spec = LLM(), LLM(speculative="suffix")
+    tok = ChatTokenizer(plain.config.model_path)
+    chat = [{"role": "user", "content": "I need to change my flight reservation ABC123, please."}]
+    params = SamplingParams(temperature=0.0, max_tokens=64)
+    proposed = 0
+    for turn in range(3):
+        prompt = tok.encode_chat(chat)
+        a, b = plain.generate([prompt], params)[0], spec.generate([prompt], params)[0]
+        assert b.token_ids == a.token_ids, turn
+        proposed += b.usage.spec_proposed_tokens
+        chat += [{"role": "assistant", "content": a.text}, {"role": "user", "content": "My user id is mia_li_1000."}]
+    assert proposed > 0
