@@ -200,7 +200,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     {
         float *scratch = 0;
 #ifdef __AVX512F__
-        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((TILE_ROWS * max_ld + 16 * D) * sizeof(float) + 63) / 64 * 64);
+        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((TILE_ROWS * max_ld + 32 * D) * sizeof(float) + 63) / 64 * 64);
 #endif
         #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < num_items; i++) {

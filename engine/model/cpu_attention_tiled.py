@@ -117,9 +117,31 @@ static inline float softmax_row(float *s, int64_t n, int64_t ld)
     return 1.f / _mm512_reduce_add_ps(sum);
 }
 
+/* 32 scores of R rows against two transposed tiles (keys 0-15 in kt0, 16-31 in kt1): two weight
+   loads serve 2 R FMAs, where one tile's R FMAs need one load each plus their broadcasts. Each
+   score is the same FMA chain over d as in `score_rows`. */
+static inline __attribute__((always_inline)) void score_rows32(const float *const *qr, const float *kt0, const float *kt1,
+                                                              float *const *dst, const int R, const int64_t D, const __m512 scale)
+{
+    __m512 a0[8], a1[8];
+    for (int i = 0; i < R; i++) { a0[i] = _mm512_setzero_ps(); a1[i] = _mm512_setzero_ps(); }
+    for (int64_t d = 0; d < D; d++) {
+        const __m512 k0 = _mm512_load_ps(kt0 + d * 16), k1 = _mm512_load_ps(kt1 + d * 16);
+        for (int i = 0; i < R; i++) {
+            const __m512 b = _mm512_set1_ps(qr[i][d]);
+            a0[i] = _mm512_fmadd_ps(b, k0, a0[i]);
+            a1[i] = _mm512_fmadd_ps(b, k1, a1[i]);
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        _mm512_storeu_ps(dst[i], _mm512_mul_ps(a0[i], scale));
+        _mm512_storeu_ps(dst[i] + 16, _mm512_mul_ps(a1[i], scale));
+    }
+}
+
 /* Rows r0 .. r0 + nrows - 1 (nrows <= TILE_ROWS) of one (sequence, KV head) with q_len new tokens
    (row r: token r / G, query head h * G + r % G); D in {32, 64, 128}. Keys past the last row's causal
-   limit are never read. sc: scratch of nrows * round16(ctx) + 16 * D floats, 64-byte aligned. */
+   limit are never read. sc: scratch of nrows * round16(ctx) + 32 * D floats, 64-byte aligned. */
 static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
                          int64_t r0, int64_t nrows, const int64_t *table, const float *k_cache, const float *v_cache,
                          int64_t block_size, int64_t Hkv, const int64_t D, float scale, float *out, float *sc)
@@ -135,7 +157,18 @@ static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t 
         qr[r] = q + ((q_row0 + t) * Hq + h * G + g) * D;
         orow[r] = out + ((q_row0 + t) * Hq + h * G + g) * D;
     }
-    for (int64_t c = 0; c < ld; c += 16) {
+    int64_t c = 0;
+    for (; c + 32 <= ld; c += 32) {
+        load_kt(k_cache, table, block_size, stride, h, c, nk, D, kt);
+        load_kt(k_cache, table, block_size, stride, h, c + 16, nk, D, kt + 16 * D);
+        int64_t r = 0;
+        for (; r < nrows; r++) srow[r] = sc + r * ld + c;
+        for (r = 0; r + 8 <= nrows; r += 8) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 8, D, vscale);
+        for (; r + 4 <= nrows; r += 4) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 4, D, vscale);
+        for (; r + 2 <= nrows; r += 2) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 2, D, vscale);
+        for (; r < nrows; r++) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 1, D, vscale);
+    }
+    for (; c < ld; c += 16) {  /* the last 16 keys when ld is an odd number of tiles */
         load_kt(k_cache, table, block_size, stride, h, c, nk, D, kt);
         int64_t r = 0;
         for (; r < nrows; r++) srow[r] = sc + r * ld + c;
