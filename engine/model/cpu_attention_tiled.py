@@ -13,6 +13,8 @@ does not depend on them. Needs D in {32, 64, 128}; the row path covers everythin
 """
 
 SOURCE = r"""
+#define TILE_ROWS 32  /* query rows per work item of the tiled path */
+
 #ifdef __AVX512F__
 /* ---- many rows per (sequence, KV head): verification steps, on AVX-512 ----------------------
    Row-at-a-time attention reads every key and value once per row. With R rows sharing them the
@@ -43,8 +45,6 @@ static inline void transpose16(__m512 *r) {
         r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
     }
 }
-
-#define TILE_ROWS 32  /* query rows per work item of the tiled path */
 
 static const float ZERO_ROW[128] __attribute__((aligned(64)));
 
