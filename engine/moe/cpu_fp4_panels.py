@@ -23,12 +23,16 @@ so FP4's size advantage is kept; the `QuantizedExperts` they were built from can
 from __future__ import annotations
 
 import ctypes
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine import native
 from engine.moe import cpu_dense
 from engine.moe.fp4 import FP4Tensor
+
+if TYPE_CHECKING:
+    from engine.moe.quantized import QuantizedExperts
 
 _SOURCE = cpu_dense.DRIVER + r"""
 #ifdef __AVX512F__
@@ -223,8 +227,8 @@ class FP4PanelExperts:
     columns, w2 [E, H, I] as ceil(H/16) panels over I padded to 8 (zero codes). Raises ValueError
     when the shapes do not fit (I and H multiples of the block size, CPU tensors)."""
 
-    def __init__(self, experts: object) -> None:
-        w13, w2 = experts.w13, experts.w2  # type: ignore[attr-defined]
+    def __init__(self, experts: QuantizedExperts) -> None:
+        w13, w2 = experts.w13, experts.w2
         e, two_i, h = w13.shape
         inter = two_i // 2
         if w13.fmt != w2.fmt or w2.shape != (e, h, inter) or inter % w13.block or h % w13.block:
