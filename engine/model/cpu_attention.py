@@ -261,8 +261,10 @@ def paged_attention(
     tiled_min_rows: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context (its own K/V
-    already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. Raises ValueError when
-    `supports` does not hold or the caches are not contiguous."""
+    already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `tiled_min_rows` overrides
+    TILED_MIN_ROWS (tests force either path with it). Raises ValueError when `supports` does not
+    hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
+    and the override keeps it off the tiled path."""
     lib = _library()
     if lib is None:
         raise RuntimeError("the CPU paged attention kernel is not available (no C compiler?)")
