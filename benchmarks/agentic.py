@@ -209,6 +209,23 @@ def run_langgraph(plans: list[Plan], scale: float) -> Stats:
     return stats
 
 
+def run_floor(config: tuple[str, bool, str, dict[str, Any]], scale: float) -> Stats:
+    """What a configuration costs if decoding were free: the same turns with every output cut to one
+    token, i.e. only the prefill no stack can avoid (new tool results, user and recorded assistant
+    messages)."""
+    full = [[t.out_len for t in p.turns] for p in PLANS]
+    for p in PLANS:
+        for t in p.turns:
+            t.out_len = 1
+    try:
+        name, concurrent, policy, opts = config
+        return asyncio.run(run_config(name, PLANS, concurrent, policy, scale, opts))
+    finally:
+        for p, lens in zip(PLANS, full, strict=True):
+            for t, n in zip(p.turns, lens, strict=True):
+                t.out_len = n
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -262,6 +279,7 @@ def main() -> None:
     ]
     results: dict[str, Stats] = {}
     lg: Stats | None = None
+    floor: Stats | None = None
     for _ in range(max(1, args.repeats)):  # interleaved, so slow phases of a shared machine hit every row alike
         for name, c, pol, opts in configs:
             s = asyncio.run(run_config(name, PLANS, c, pol, scale, opts))
@@ -269,17 +287,8 @@ def main() -> None:
         if not args.quick:
             s = run_langgraph(PLANS, scale)
             lg = s if lg is None or s.device_seconds < lg.device_seconds else lg
-    floor = None
-    if not args.quick:  # what the full stack costs if decoding were free: every output cut to one token
-        full_turns = [[t.out_len for t in p.turns] for p in PLANS]
-        for p in PLANS:
-            for t in p.turns:
-                t.out_len = 1
-        name, c, pol, opts = configs[-1]
-        floor = asyncio.run(run_config(name, PLANS, c, pol, scale, opts))
-        for p, lens in zip(PLANS, full_turns, strict=True):
-            for t, n in zip(p.turns, lens, strict=True):
-                t.out_len = n
+            s = run_floor(configs[-1], scale)
+            floor = s if floor is None or s.device_seconds < floor.device_seconds else floor
     base = results[configs[0][0]]
     ordered = list(results.values())
     rows = [row(name, s, jobs, base, ordered[i - 1] if i else None) for i, (name, s) in enumerate(results.items())]
