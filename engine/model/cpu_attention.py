@@ -170,25 +170,18 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                         int64_t tiled_min_rows)
 {
     const int64_t G = Hq / Hkv, tiled = tiled_supported(D);
-    int64_t num_items = 0, max_ld = 16;
-    for (int64_t s = 0; s < num_seqs; s++) {
-        const int64_t rows = (cu_q[s + 1] - cu_q[s]) * G;
-        if (rows <= 0) continue;
-        if (tiled && rows >= tiled_min_rows) {
-            num_items += Hkv * ((rows + TILE_ROWS - 1) / TILE_ROWS);
-            max_ld = ctx_lens[s] + 16 > max_ld ? ctx_lens[s] + 16 : max_ld;
-        } else {
-            if (cu_q[s + 1] - cu_q[s] > 32) return -1;
-            num_items += Hkv;
-        }
-    }
+    int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0;
+    for (int64_t s = 0; s < num_seqs; s++) bound += Hkv * ((cu_q[s + 1] - cu_q[s]) * G / TILE_ROWS + 1);
     /* item -> (sequence, head, first row; -1 = the row path) */
-    int64_t *items = (int64_t *)malloc((size_t)(3 * num_items + 1) * sizeof(int64_t));
-    int64_t n = 0, any_tiled = 0;
+    int64_t *items = (int64_t *)malloc((size_t)(3 * bound + 1) * sizeof(int64_t));
     for (int64_t s = 0; s < num_seqs; s++) {
-        const int64_t rows = (cu_q[s + 1] - cu_q[s]) * G;
+        const int64_t q_len = cu_q[s + 1] - cu_q[s], rows = q_len * G, use_tiled = tiled && rows >= tiled_min_rows;
         if (rows <= 0) continue;
-        const int64_t use_tiled = tiled && rows >= tiled_min_rows;
+        if (!use_tiled && q_len > 32) {
+            free(items);
+            return -1;
+        }
+        if (use_tiled && ctx_lens[s] + 32 > max_ld) max_ld = ctx_lens[s] + 32;
         any_tiled |= use_tiled;
         for (int64_t h = 0; h < Hkv; h++)
             for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += TILE_ROWS) {
@@ -196,6 +189,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                 n++;
             }
     }
+    const int64_t num_items = n;
     #pragma omp parallel num_threads(threads)
     {
         float *scratch = 0;

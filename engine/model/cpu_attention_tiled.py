@@ -4,9 +4,9 @@ verification) decode rows. C source only; `cpu_attention` compiles it with the r
 dispatcher into one library.
 
 Row-at-a-time attention reads every key and value once per row. Here a work item of up to
-TILE_ROWS rows shares them: K is transposed 16 keys at a time into a [D, 16] tile in L1 (an
-in-register 16 x 16 transpose), each row's 16 scores are D broadcast-FMAs into one register, eight
-rows at once; the softmax runs over whole rows (two passes: scores, then exp and sum, with masked
+TILE_ROWS rows shares them: K is transposed 16 keys at a time into [D, 16] tiles in L1 (an
+in-register 16 x 16 transpose), each row's 32 scores of two tiles are D broadcast-FMAs into two
+registers, eight rows at once; the softmax runs over whole rows (two passes: scores, then exp and sum, with masked
 keys at -inf); the V pass keeps 16 accumulators (rows x D / 16) so each V row is loaded once per
 group of rows. Each row's sums run in a fixed order whatever rows share its item, so a row's result
 does not depend on them. Needs D in {32, 64, 128}; the row path covers everything else.
@@ -16,12 +16,6 @@ SOURCE = r"""
 #define TILE_ROWS 32  /* query rows per work item of the tiled path */
 
 #ifdef __AVX512F__
-/* ---- many rows per (sequence, KV head): verification steps, on AVX-512 ----------------------
-   Row-at-a-time attention reads every key and value once per row. With R rows sharing them the
-   work becomes small matrix products: K is transposed 16 keys at a time (a [D, 16] tile in L1,
-   shared by all rows), each row's 16 scores are then D broadcast-FMAs into one register, eight rows
-   at once; softmax runs over whole rows (two passes: scores, then probability-weighted V rows);
-   the V pass keeps 16 accumulators (rows x D/16) and loads each V row once per group of rows. */
 static inline void transpose16(__m512 *r) {
     __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
@@ -65,19 +59,6 @@ static inline void load_kt(const float *k_cache, const int64_t *table, int64_t b
     }
 }
 
-/* 16 scores of R rows: dst[i][0..16) = scale * q_i . k_j for the 16 keys of kt. */
-static inline __attribute__((always_inline)) void score_rows(const float *const *qr, const float *kt, float *const *dst,
-                                                            const int R, const int64_t D, const __m512 scale)
-{
-    __m512 acc[8];
-    for (int i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d++) {
-        const __m512 kd = _mm512_load_ps(kt + d * 16);
-        for (int i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qr[i][d]), kd, acc[i]);
-    }
-    for (int i = 0; i < R; i++) _mm512_storeu_ps(dst[i], _mm512_mul_ps(acc[i], scale));
-}
-
 /* out_i = sum_j p_i[j] v_j over keys 0 .. n - 1 for R rows (R * D / 16 == 16 accumulators). */
 static inline __attribute__((always_inline)) void weigh_rows(const float *const *p, const float *v_cache, const int64_t *table,
                                                             int64_t block_size, int64_t stride, int64_t h, int64_t n,
@@ -117,9 +98,9 @@ static inline float softmax_row(float *s, int64_t n, int64_t ld)
     return 1.f / _mm512_reduce_add_ps(sum);
 }
 
-/* 32 scores of R rows against two transposed tiles (keys 0-15 in kt0, 16-31 in kt1): two weight
-   loads serve 2 R FMAs, where one tile's R FMAs need one load each plus their broadcasts. Each
-   score is the same FMA chain over d as in `score_rows`. */
+/* 32 scores of R rows: dst[i][0..32) = scale * q_i . k_j for the keys of two transposed tiles (keys
+   0-15 in kt0, 16-31 in kt1): two weight loads serve 2 R FMAs. Each score is one FMA chain over d in
+   order, whatever R is. */
 static inline __attribute__((always_inline)) void score_rows32(const float *const *qr, const float *kt0, const float *kt1,
                                                               float *const *dst, const int R, const int64_t D, const __m512 scale)
 {
@@ -141,12 +122,12 @@ static inline __attribute__((always_inline)) void score_rows32(const float *cons
 
 /* Rows r0 .. r0 + nrows - 1 (nrows <= TILE_ROWS) of one (sequence, KV head) with q_len new tokens
    (row r: token r / G, query head h * G + r % G); D in {32, 64, 128}. Keys past the last row's causal
-   limit are never read. sc: scratch of nrows * round16(ctx) + 32 * D floats, 64-byte aligned. */
+   limit are never read. sc: scratch of nrows * round32(ctx) + 32 * D floats, 64-byte aligned. */
 static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
                          int64_t r0, int64_t nrows, const int64_t *table, const float *k_cache, const float *v_cache,
                          int64_t block_size, int64_t Hkv, const int64_t D, float scale, float *out, float *sc)
 {
-    const int64_t stride = Hkv * D, nk = ctx - q_len + (r0 + nrows - 1) / G + 1, ld = (nk + 15) / 16 * 16;
+    const int64_t stride = Hkv * D, nk = ctx - q_len + (r0 + nrows - 1) / G + 1, ld = (nk + 31) / 32 * 32;
     float *kt = sc + nrows * ld;
     float inv[TILE_ROWS];
     const float *qr[TILE_ROWS];
@@ -157,8 +138,7 @@ static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t 
         qr[r] = q + ((q_row0 + t) * Hq + h * G + g) * D;
         orow[r] = out + ((q_row0 + t) * Hq + h * G + g) * D;
     }
-    int64_t c = 0;
-    for (; c + 32 <= ld; c += 32) {
+    for (int64_t c = 0; c < ld; c += 32) {
         load_kt(k_cache, table, block_size, stride, h, c, nk, D, kt);
         load_kt(k_cache, table, block_size, stride, h, c + 16, nk, D, kt + 16 * D);
         int64_t r = 0;
@@ -167,15 +147,6 @@ static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t 
         for (; r + 4 <= nrows; r += 4) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 4, D, vscale);
         for (; r + 2 <= nrows; r += 2) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 2, D, vscale);
         for (; r < nrows; r++) score_rows32(qr + r, kt, kt + 16 * D, srow + r, 1, D, vscale);
-    }
-    for (; c < ld; c += 16) {  /* the last 16 keys when ld is an odd number of tiles */
-        load_kt(k_cache, table, block_size, stride, h, c, nk, D, kt);
-        int64_t r = 0;
-        for (; r < nrows; r++) srow[r] = sc + r * ld + c;
-        for (r = 0; r + 8 <= nrows; r += 8) score_rows(qr + r, kt, srow + r, 8, D, vscale);
-        for (; r + 4 <= nrows; r += 4) score_rows(qr + r, kt, srow + r, 4, D, vscale);
-        for (; r + 2 <= nrows; r += 2) score_rows(qr + r, kt, srow + r, 2, D, vscale);
-        for (; r < nrows; r++) score_rows(qr + r, kt, srow + r, 1, D, vscale);
     }
     const float *prow[TILE_ROWS];
     for (int64_t r = 0; r < nrows; r++) {
