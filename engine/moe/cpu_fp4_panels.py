@@ -14,8 +14,8 @@ The per-row (ModelOpt) second-level scales multiply each column's sum at the end
 `cpu_dense`'s: pairs sorted by expert, gate/up panels with SwiGLU, down panels, a per-token sum in
 slot order (a token's output does not depend on its batch).
 
-Memory: the panels hold exactly the packed bytes and scale bytes (plus padding to 16 columns),
-so FP4's size advantage is kept; the `QuantizedExperts` they were built from can be dropped.
+Memory: the panels hold exactly the packed bytes and scale bytes (H and I are multiples of the
+FP4 block, so no panel needs padding), so FP4's size advantage is kept; the `QuantizedExperts` they were built from can be dropped.
 `quantized.moe_experts_fp4_reference` (dequantise + torch) is the oracle
 (tests/engine/moe/test_cpu_fp4_panels.py). Needs AVX-512 and a C compiler (`available()`).
 """
@@ -66,8 +66,7 @@ static inline __m512 scales16(const uint8_t *s, const int64_t B) {
    block run unscaled; the block's scales multiply them once at its end. */
 static inline __attribute__((always_inline)) void fp4_tile(const float *x, int64_t ldx, const uint8_t *c0, const uint8_t *s0,
         const float *rs0, const uint8_t *c1, const uint8_t *s1, const float *rs1, const int64_t B,
-        const int64_t K, float *y, int64_t ldy, const int64_t ncols0, const int64_t ncols1, const int mr, const int np,
-        const int swiglu)
+        const int64_t K, float *y, int64_t ldy, const int mr, const int np, const int swiglu)
 {
     const __m512 e2m1 = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
     const __m512i low = _mm512_set1_epi32(15);
@@ -103,36 +102,31 @@ static inline __attribute__((always_inline)) void fp4_tile(const float *x, int64
         for (int q = 0; q < np; q++) {
             const __m512 v = _mm512_mul_ps(q ? a1[r] : a0[r], _mm512_loadu_ps(q ? rs1 : rs0));
             float *dst = y + r * ldy + q * (swiglu ? 8 : 16);
-            if (swiglu) {
-                _mm256_storeu_ps(dst, swiglu8(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
-            } else {
-                const int64_t n = q ? ncols1 : ncols0;
-                _mm512_mask_storeu_ps(dst, (__mmask16)((1u << n) - 1u), v);
-            }
+            if (swiglu) _mm256_storeu_ps(dst, swiglu8(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+            else _mm512_storeu_ps(dst, v);  /* panels are never partial (see FP4PanelExperts) */
         }
     }
 }
 
 /* Rows x[0:M] times panels [p0, p0 + count) (count <= 2) of an FP4 panel array: codes [P, K / 2, 16],
-   scales [P, K / B, 16], rs [P, 16]; N outputs in all. */
+   scales [P, K / B, 16], rs [P, 16]. */
 static void fp4_rows_panels(const float *x, int64_t M, int64_t ldx, const uint8_t *codes, const uint8_t *scales,
                             const float *rs, int64_t B, int64_t K, float *y, int64_t ldy, int64_t p0,
-                            int64_t count, int64_t N, int swiglu)
+                            int64_t count, int swiglu)
 {
     const uint8_t *c0 = codes + p0 * K * 8, *s0 = scales + p0 * (K / B) * 16;
     const uint8_t *c1 = c0 + K * 8, *s1 = s0 + (K / B) * 16;
     const float *r0 = rs + p0 * 16, *r1 = r0 + 16;
-    const int64_t n0 = N - p0 * 16 < 16 ? N - p0 * 16 : 16, n1 = N - p0 * 16 - 16 < 16 ? N - p0 * 16 - 16 : 16;
     float *yp = y + p0 * (swiglu ? 8 : 16);
     for (int64_t m0 = 0; m0 < M; m0 += FP4_MR) {
         const int mr = (int)(M - m0 < FP4_MR ? M - m0 : FP4_MR);
         const float *xm = x + m0 * ldx;
         float *ym = yp + m0 * ldy;
 #define FP4_CASE(R) case R: \
-            if (count == 2) { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, n0, n1, R, 2, 1); \
-                              else fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, n0, n1, R, 2, 0); } \
-            else { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, n0, n0, R, 1, 1); \
-                   else fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, n0, n0, R, 1, 0); } \
+            if (count == 2) { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, R, 2, 1); \
+                              else fp4_tile(xm, ldx, c0, s0, r0, c1, s1, r1, B, K, ym, ldy, R, 2, 0); } \
+            else { if (swiglu) fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, R, 1, 1); \
+                   else fp4_tile(xm, ldx, c0, s0, r0, c0, s0, r0, B, K, ym, ldy, R, 1, 0); } \
             break;
         switch (mr) { FP4_CASE(1) FP4_CASE(2) FP4_CASE(3) FP4_CASE(4) FP4_CASE(5) }
     }
@@ -147,15 +141,15 @@ int64_t fp4_panels_supported(void) {
 #endif
 }
 
-/* The MoE layer over FP4 panels (see the module doc); w13: gate/up panels (ceil(IP/8) of them),
-   w2: down panels (ceil(H/16)), IP = I padded to 8. Returns -1 for a bad expert id, -2 without AVX-512. */
+/* The MoE layer over FP4 panels (see the module doc); w13: gate/up panels (IP/8 of them),
+   w2: down panels (H/16), IP = I (a multiple of the FP4 block). Returns -1 for a bad expert id, -2 without AVX-512. */
 int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
                       const uint8_t *c13, const uint8_t *s13, const float *rs13, const uint8_t *c2, const uint8_t *s2,
                       const float *rs2, int64_t B, int64_t E, float *out, float *scratch, int64_t *iscratch,
                       int64_t threads)
 {
 #ifdef __AVX512F__
-    const int64_t A = T * topk, P1 = IP / 8, P2 = (H + 15) / 16, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
+    const int64_t A = T * topk, P1 = IP / 8, P2 = H / 16, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
     float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
     int64_t nactive;
     const int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1;
@@ -167,13 +161,13 @@ int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t 
         for (int64_t item = 0; item < nactive * Q1; item++) {
             const int64_t e = active[item / Q1], q = item % Q1, r0 = start[e];
             fp4_rows_panels(xe + r0 * H, start[e + 1] - r0, H, c13 + e * P1 * H * 8, s13 + e * P1 * (H / B) * 16, rs13 + e * P1 * 16,
-                            B, H, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
+                            B, H, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 1);
         }
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q2; item++) {
             const int64_t e = active[item / Q2], q = item % Q2, r0 = start[e];
             fp4_rows_panels(a + r0 * IP, start[e + 1] - r0, IP, c2 + e * P2 * IP * 8, s2 + e * P2 * (IP / B) * 16, rs2 + e * P2 * 16,
-                            B, IP, ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
+                            B, IP, ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, 0);
         }
         combine_pairs(ye, H, topk, topw, pos, T, out);
     }
@@ -203,29 +197,22 @@ def available() -> bool:
 
 def _panels(w: FP4Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stacked FP4 weight [E, N, K] -> (codes [E, P, K / 2, 16] uint8, scales [E, P, K / B, 16] uint8,
-    row scales [E, P, 16] fp32), its rows taken in `order` (N' entries, -1 = a zero padding row)
-    and cut into panels of 16."""
+    row scales [E, P, 16] fp32), its rows taken in `order` (N entries) and cut into panels of 16."""
     e, _, k = w.shape
-    nibbles = torch.stack([w.packed & 0x0F, w.packed >> 4], dim=-1).view(e, -1, k)  # [E, N, K] codes
-    scales = w.scales.view(torch.uint8)  # [E, N, K / B]
-    rows = w.row_scales().float().reshape(e, -1)  # [E, N]
-    keep = (order >= 0)[None, :, None]
-    idx = order.clamp(min=0)
-    codes = torch.where(keep, nibbles[:, idx], torch.zeros((), dtype=torch.uint8))  # [E, N', K]; 0 = +0.0
-    blocks = torch.where(keep, scales[:, idx], torch.zeros((), dtype=torch.uint8))
-    row_scales = torch.where(keep[..., 0], rows[:, idx], torch.zeros(()))
+    codes = torch.stack([w.packed & 0x0F, w.packed >> 4], dim=-1).view(e, -1, k)[:, order]  # [E, N, K]
     p = order.numel() // 16
     codes = codes.view(e, p, 16, k // 2, 2).permute(0, 1, 3, 4, 2)  # [E, P, K / 2, 2, 16]
     packed = (codes[..., 0, :] | (codes[..., 1, :] << 4)).contiguous()  # [E, P, K / 2, 16]: rows 2i (low), 2i + 1 (high)
-    blocks = blocks.view(e, p, 16, -1).transpose(2, 3).contiguous()  # [E, P, K / B, 16]
-    return packed, blocks, row_scales.view(e, p, 16).contiguous()
+    blocks = w.scales.view(torch.uint8)[:, order].view(e, p, 16, -1).transpose(2, 3).contiguous()  # [E, P, K / B, 16]
+    row_scales = w.row_scales().float().reshape(e, -1)[:, order].reshape(e, p, 16).contiguous()
+    return packed, blocks, row_scales
 
 
 class FP4PanelExperts:
     """A MoE layer's packed FP4 experts (`QuantizedExperts`) re-laid out as panels for the kernel:
-    w13 (gate rows then up rows [E, 2I, H]) as ceil(I/8) panels of 8 gate + the matching 8 up
-    columns, w2 [E, H, I] as ceil(H/16) panels over I padded to 8 (zero codes). Raises ValueError
-    when the shapes do not fit (I and H multiples of the block size, CPU tensors)."""
+    w13 (gate rows then up rows [E, 2I, H]) as I/8 panels of 8 gate + the matching 8 up columns,
+    w2 [E, H, I] as H/16 panels. FP4 needs H and I to be multiples of its block (16 or 32), so no
+    panel is partial. Raises ValueError when w13 and w2 do not belong together or are not on the CPU."""
 
     def __init__(self, experts: QuantizedExperts) -> None:
         w13, w2 = experts.w13, experts.w2
@@ -236,16 +223,11 @@ class FP4PanelExperts:
                              f"w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
         if w13.packed.device.type != "cpu":
             raise ValueError("FP4PanelExperts hold CPU tensors")
-        padded = -(-inter // 8) * 8
-        gate_up = torch.arange(padded).view(-1, 8)  # panel j: gate rows 8j.., then up rows I + 8j..
-        gate_up = torch.where(gate_up < inter, gate_up, -1)
-        order13 = torch.cat([gate_up, torch.where(gate_up >= 0, gate_up + inter, -1)], dim=1).flatten()
-        order2 = torch.arange(-(-h // 16) * 16)
-        order2 = torch.where(order2 < h, order2, -1)
-        self.c13, self.s13, self.rs13 = _panels(w13, order13)
-        self.c2, self.s2, self.rs2 = _panels(w2, order2)
+        gate = torch.arange(inter).view(-1, 8)  # panel j: gate rows 8j..8j+7, then up rows I + 8j..
+        self.c13, self.s13, self.rs13 = _panels(w13, torch.cat([gate, gate + inter], dim=1).flatten())
+        self.c2, self.s2, self.rs2 = _panels(w2, torch.arange(h))
         self.fmt, self.block = w13.fmt, w13.block
-        self.num_experts, self.hidden, self.inter, self.inter_padded = e, h, inter, padded
+        self.num_experts, self.hidden, self.inter = e, h, inter
 
     @property
     def nbytes(self) -> int:
@@ -261,9 +243,10 @@ def fp4_panel_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tens
 
     Raises ValueError for non-CPU tensors or bad shapes/ids, RuntimeError if the kernel is not
     available here (no compiler or no AVX-512)."""
-    lib = _library()
-    if lib is None or not available():
+    if not available():
         raise RuntimeError("the CPU FP4 panel kernel is not available (needs a C compiler and AVX-512)")
+    lib = _library()
+    assert lib is not None
     num_tokens, hidden = x.shape
     if x.device.type != "cpu" or hidden != experts.hidden:
         raise ValueError(f"x must be a CPU [T, {experts.hidden}] tensor, got {tuple(x.shape)} on {x.device}")
@@ -274,10 +257,10 @@ def fp4_panel_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tens
     topw = weights if weights.dtype == torch.float32 and weights.is_contiguous() else weights.float().contiguous()
     e, pairs = experts.num_experts, ids.numel()
     out = torch.empty(num_tokens, hidden, dtype=torch.float32)
-    scratch = torch.empty(pairs * (2 * hidden + experts.inter_padded), dtype=torch.float32)
+    scratch = torch.empty(pairs * (2 * hidden + experts.inter), dtype=torch.float32)
     iscratch = torch.empty(2 * pairs + 3 * e + 1, dtype=torch.int64)
     status = lib.fp4_panel_moe(
-        xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
+        xc.data_ptr(), num_tokens, hidden, experts.inter, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
         experts.c13.data_ptr(), experts.s13.data_ptr(), experts.rs13.data_ptr(), experts.c2.data_ptr(), experts.s2.data_ptr(),
         experts.rs2.data_ptr(), experts.block, e, out.data_ptr(), scratch.data_ptr(),
         iscratch.data_ptr(), torch.get_num_threads())
