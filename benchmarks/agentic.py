@@ -226,6 +226,11 @@ def run_floor(config: tuple[str, bool, str, dict[str, Any]], scale: float) -> St
                 t.out_len = n
 
 
+def cheaper(best: Stats | None, s: Stats) -> Stats:
+    """The run with fewer device-seconds (best-of-N against machine noise)."""
+    return s if best is None or s.device_seconds < best.device_seconds else best
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -282,13 +287,10 @@ def main() -> None:
     floor: Stats | None = None
     for _ in range(max(1, args.repeats)):  # interleaved, so slow phases of a shared machine hit every row alike
         for name, c, pol, opts in configs:
-            s = asyncio.run(run_config(name, PLANS, c, pol, scale, opts))
-            results[name] = s if name not in results or s.device_seconds < results[name].device_seconds else results[name]
+            results[name] = cheaper(results.get(name), asyncio.run(run_config(name, PLANS, c, pol, scale, opts)))
         if not args.quick:
-            s = run_langgraph(PLANS, scale)
-            lg = s if lg is None or s.device_seconds < lg.device_seconds else lg
-            s = run_floor(configs[-1], scale)
-            floor = s if floor is None or s.device_seconds < floor.device_seconds else floor
+            lg = cheaper(lg, run_langgraph(PLANS, scale))
+            floor = cheaper(floor, run_floor(configs[-1], scale))
     base = results[configs[0][0]]
     ordered = list(results.values())
     rows = [row(name, s, jobs, base, ordered[i - 1] if i else None) for i, (name, s) in enumerate(results.items())]

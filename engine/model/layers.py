@@ -190,7 +190,8 @@ def prepare_for_inference(model: nn.Module) -> int:
     and every MoE/dense MLP gets `cpu_dense.DenseExperts`, their weights packed once into 16-column
     panels (bf16 when lossless, else fp32) and the original tensors freed, so each weight exists
     once. FP4 experts become `cpu_fp4_panels.FP4PanelExperts` where that kernel runs (AVX-512; the
-    packed `quantized` tensors are freed), else they keep `quantized` and its kernels. Embeddings keep their rows (a tied LM head gets its own panels). Without a compiler the
+    packed `quantized` tensors are freed), else they keep `quantized` and its kernels. Embeddings
+    keep their rows (a tied LM head gets its own panels). Without a compiler the
     matmul weights are stored column-major instead: the same logical tensors, transposed in memory,
     so `F.linear`/`bmm` run as plain (NN) products, which this CPU BLAS does faster at decode-sized
     batches. Returns the number of weights converted."""

@@ -51,7 +51,7 @@ def window_hashes(tokens: np.ndarray, start: int, depth: int, seed: int) -> list
     for j in range(min(depth, n)):
         r = j % 64
         part = m[j:]
-        h[: n - j] += (part << np.uint64(r)) | (part >> np.uint64((64 - r) % 64)) if r else part
+        h[: n - j] += (part << np.uint64(r)) | (part >> np.uint64(64 - r)) if r else part
     lengths = np.minimum(np.arange(n, 0, -1, dtype=np.uint64), np.uint64(depth))
     h += _mix(lengths ^ np.uint64(seed))
     return h.view(np.int64).tolist()
