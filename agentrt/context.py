@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,12 +24,10 @@ from agentrt import telemetry
 from agentrt.api import Agent, Tool
 from agentrt.engine_client import LLMRequest
 from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
-
-if TYPE_CHECKING:
-    from agentrt.executor import JobRun, Runtime
 
 
 class Handle:
@@ -55,7 +53,7 @@ class Handle:
 
 
 class JobContext:
-    def __init__(self, runtime: Runtime, job: JobRun, task: Task | None, session: Session | None = None,
+    def __init__(self, runtime: TaskRunner, job: JobRun, task: Task | None, session: Session | None = None,
                  parent: JobContext | None = None) -> None:
         self.runtime, self.job, self.task, self.parent = runtime, job, task, parent
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
@@ -339,13 +337,6 @@ def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     sp.set_attribute("agentrt.spec.proposed_tokens", u.spec_proposed_tokens)
     sp.set_attribute("agentrt.spec.accepted_tokens", u.spec_accepted_tokens)
     sp.set_attribute("agentrt.cost.usd", u.cost_usd)
-
-
-def set_rollup(sp: Any, usage: Usage) -> None:
-    """Parent spans carry sums of their leaves under agentrt.rollup.* (marked, never summed twice)."""
-    sp.set_attribute("agentrt.rollup", True)
-    for name in usage.__struct_fields__:
-        sp.set_attribute(f"agentrt.rollup.{name}", getattr(usage, name))
 
 
 def parse_json_output(gen: Generation, schema: Any) -> Any:

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -23,35 +22,16 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Registry
-from agentrt.context import set_rollup
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
 from agentrt.engine_client import EngineClient
 from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
+from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler
-from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState, Usage
+from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState
 
 logger = logging.getLogger(__name__)
-EventSink = Callable[[dict[str, Any]], None]
-
-
-@dataclass(slots=True, eq=False)
-class JobRun:
-    spec: JobSpec
-    dag: JobDAG
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    on_event: EventSink | None = None
-    usage: Usage = field(default_factory=Usage)
-    sessions: list[Any] = field(default_factory=list)
-    task_group: Any = None
-
-    def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
-        if self.on_event is not None:
-            event = {"kind": kind, "job_id": self.spec.job_id, **data}
-            if task is not None:
-                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value}
-            self.on_event(event)
 
 
 class Runtime:

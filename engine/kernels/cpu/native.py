@@ -1,0 +1,82 @@
+"""Small C kernels for the CPU path, built with the system C compiler on first use.
+
+The kernels are the .c/.h files beside this module (one .c per kernel family, shared headers for
+the SIMD helpers and the panel tiles). A binding module hands the name of its .c file and its
+ctypes signatures to `build`; the shared library is compiled once into ~/.cache/agentrt/ (or
+$AGENTRT_CACHE_DIR), keyed by the sources, the flags and the compiler, and loaded through ctypes (calls release the GIL). No torch headers are needed, so a
+build takes about a second. Without a working compiler `build` returns None and callers keep their
+torch path, which is also every kernel's test oracle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Vectorise dot products (reassociation) without -ffast-math's no-NaN assumption: NaN inputs must
+# still poison their outputs.
+FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+LIBS = ("-lm",)
+SOURCE_DIR = Path(__file__).resolve().parent
+
+I64 = ctypes.c_int64
+F32 = ctypes.c_float
+PTR = ctypes.c_void_p
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AGENTRT_CACHE_DIR") or Path.home() / ".cache" / "agentrt")
+
+
+def source_text(name: str) -> str:
+    """The C source of kernel family `name` (`<name>.c` beside this module)."""
+    return (SOURCE_DIR / f"{name}.c").read_text()
+
+
+def _sources_digest() -> str:
+    """Every .c/.h of the kernel directory (a header change rebuilds every family that may include it)."""
+    h = hashlib.sha256()
+    for path in sorted(SOURCE_DIR.glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | None:
+    """Compile `<name>.c` (once per content of the kernel sources) and load it, declaring each
+    (function, argtypes[, restype]) of `signatures` (no restype: void). Returns None, with a
+    warning, when no compiler works."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found: the %s CPU kernels are off (torch path instead)", name)
+        return None
+    key = hashlib.sha256((name + _sources_digest() + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}_{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                out = Path(tmp) / f"{name}.so"
+                cmd = [compiler, *FLAGS, f"-I{SOURCE_DIR}", str(SOURCE_DIR / f"{name}.c"), "-o", str(out), *LIBS]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                os.replace(out, target)  # atomic: concurrent builders race harmlessly
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = exc.stderr.decode(errors="replace")[-500:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else str(exc)
+        logger.warning("could not build the %s CPU kernels (%s): torch path instead", name, detail)
+        return None
+    for fn_name, argtypes, *restype in signatures:
+        fn = getattr(lib, fn_name)
+        fn.argtypes = list(argtypes)
+        fn.restype = restype[0] if restype else None
+    return lib
