@@ -105,9 +105,10 @@ class Runtime:
                         output = await graph.fn(JobContext(self, job, None), **inputs)
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
+                    telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
             except Exception as exc:  # the job fails; the runtime keeps serving
                 status, error = "failed", _describe(exc)
-                sp.set_attribute("error.type", type(_root(exc)).__qualname__)
+                telemetry.mark_error(sp, type(_root(exc)).__qualname__, error)
             finally:
                 await self._close_job(job)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.

@@ -21,7 +21,7 @@ from engine import LLM
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = telemetry.configure(exporter)
+    provider = telemetry.configure(exporter, batch=False)
     yield exporter
     assert provider is not None
     provider.shutdown()
