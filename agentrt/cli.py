@@ -196,7 +196,8 @@ def run(
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
     if result.status != "succeeded":
-        out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}") if not json_out else None
+        if not json_out:
+            out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")
         raise typer.Exit(out.EXIT_FAILED)
 
 
@@ -257,7 +258,7 @@ def keys_generate(name: str = typer.Argument(..., help="key name, e.g. server or
     from agentrt.keys import generate_keypair
 
     public, secret = generate_keypair(directory, name)
-    out.result(json.dumps({"public_key": str(public), "secret_key": str(secret)}))
+    out.result({"public_key": str(public), "secret_key": str(secret)})
 
 
 @app.command()
@@ -318,6 +319,14 @@ CURVE_SECRET = typer.Option(None, help="this client's .key_secret file (CURVE)")
 TIMEOUT = typer.Option(10.0, "--timeout", min=0.001, help="seconds to wait for the server to answer (exit 1 when none does)")
 
 
+def _answer(json_out: bool, **fields: str) -> None:
+    """A client command's answer: the last field as a plain line, or all of them as one JSON object."""
+    if json_out:
+        out.result(fields)
+    else:
+        out.line(list(fields.values())[-1])
+
+
 @app.command()
 def submit(
     graph: str = typer.Argument(..., help="registered graph name"),
@@ -341,7 +350,7 @@ def submit(
     with _client(address, curve_server, curve_secret, timeout) as c:
         job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
         if not (wait or follow):
-            out.result({"job_id": job_id} if json_out else job_id)
+            _answer(json_out, job_id=job_id)
             return
         res = wait_for_result(c, job_id, timeout, wait_timeout, on_event)
     if json_out:
@@ -366,7 +375,7 @@ def status(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURV
         state = c.status(job_id)
     if state == "unknown":
         raise UnknownJobError(job_id)
-    out.result({"job_id": job_id, "state": state} if json_out else state)
+    _answer(json_out, job_id=job_id, state=state)
 
 
 @app.command()
@@ -381,7 +390,7 @@ def cancel(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURV
         state = c.cancel(job_id)
     if state == "unknown":
         raise UnknownJobError(job_id)
-    out.result({"job_id": job_id, "state": state} if json_out else state)
+    _answer(json_out, job_id=job_id, state=state)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ def debug() -> bool:
 
 
 def result(value: Any) -> None:
-    """Write a result to stdout: a str as a line, anything else as one JSON document."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    """Write a result to stdout as one JSON document (a graph's output, a --json document)."""
+    line(json.dumps(value, default=str))
+
+
+def line(text: str) -> None:
+    """Write a plain result line to stdout (a job id, a state)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 

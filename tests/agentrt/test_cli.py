@@ -1,0 +1,152 @@
+"""The CLI as scripts use it: results alone on stdout, one-line errors with documented exit statuses,
+--json/--quiet, folders found from anywhere, no model for tool-only graphs, no torch for client commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import start_blocking_portal
+from typer.testing import CliRunner
+
+from agentrt import Registry, Runtime, cli
+from agentrt.cli import app
+from agentrt.lazy_engine import LazyEngine
+
+GRAPHS = Path(__file__).parent / "server_graphs"
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: LazyEngine) -> Any:
+        raise AssertionError("a tool-only graph loaded the model")
+
+    monkeypatch.setattr(LazyEngine, "load", refuse)
+
+
+def run_args(*extra: str) -> list[str]:
+    return ["run", "sleepy", "-i", '{"seconds": 0.01, "tag": "t"}', "--graphs", str(GRAPHS), "--tools", str(GRAPHS), *extra]
+
+
+def test_run_prints_only_the_output_on_stdout_and_the_table_on_stderr(no_model: None) -> None:
+    res = invoke(*run_args())
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == "slept 0.01 t"
+    assert "tasks" in res.stderr and "nap" in res.stderr and "job job-" in res.stderr
+    assert "…" not in res.stderr  # not squeezed into 80 columns when stderr is not a terminal
+
+
+def test_run_json_is_one_document_and_quiet_prints_nothing_else(no_model: None) -> None:
+    res = invoke(*run_args("--json"))
+    assert res.exit_code == 0 and res.stderr == ""
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "succeeded" and doc["output"] == "slept 0.01 t" and doc["usage"]["cpu_seconds"] >= 0
+    assert [t["task"] for t in doc["tasks"]] == ["nap"]
+    quiet = invoke(*run_args("--quiet"))
+    assert quiet.exit_code == 0 and quiet.stderr == "" and json.loads(quiet.stdout) == "slept 0.01 t"
+
+
+def test_a_failed_job_exits_1_and_says_why_on_stderr(no_model: None) -> None:
+    res = invoke("run", "fail", "--graphs", str(GRAPHS), "--tools", str(GRAPHS), "--quiet")
+    assert res.exit_code == 1 and json.loads(res.stdout) is None
+    assert "this graph always fails" in res.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "echo", "-i", "{not json"], "--input"),
+    (["run", "echo", "-i", "[1, 2]"], "JSON object"),
+    (["run", "echo", "--policy", "fifo"], "fifo"),
+    (["run", "echo", "--no-such-option"], "--no-such-option"),
+    (["status"], "job_id"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], says: str) -> None:
+    res = invoke(*args[:2], "--graphs", str(GRAPHS), "--tools", str(GRAPHS), *args[2:]) if args[0] == "run" else invoke(*args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("agentrt: error: ") and says in lines[0]
+
+
+def test_an_unknown_graph_is_one_line_and_debug_shows_the_traceback(no_model: None) -> None:
+    res = invoke("run", "nope", "--graphs", str(GRAPHS), "--tools", str(GRAPHS))
+    assert res.exit_code == 1 and res.stderr.strip() == "agentrt: error: unknown graph 'nope'; registered graphs: echo, fail, sleepy"
+    debug = invoke("--debug", "run", "nope", "--graphs", str(GRAPHS), "--tools", str(GRAPHS))
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "UnknownGraphError" in debug.stderr
+
+
+def test_folders_default_to_the_projects_from_elsewhere_or_name_what_was_searched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.resolve_folder(None, "graphs") == REPO / "graphs"
+    monkeypatch.setattr(cli, "REPO", tmp_path / "project")
+    res = invoke("run", "react")
+    assert res.exit_code == 2
+    assert str(tmp_path / "tools") in res.stderr and str(tmp_path / "project" / "tools") in res.stderr
+
+
+def test_the_same_folder_for_graphs_and_tools_loads_once() -> None:
+    reg = cli.load_registry(GRAPHS, GRAPHS)
+    assert {"echo", "sleepy", "fail"} <= set(reg.graphs) and "nap" in reg.tools
+
+
+def test_client_commands_never_import_torch() -> None:
+    script = """
+import sys
+from typer.testing import CliRunner
+from agentrt.cli import app
+res = CliRunner().invoke(app, ["status", "job-1", "--timeout", "0.2", "-a", "tcp://127.0.0.1:9"])
+assert res.exit_code == 1, res.output
+assert res.stderr.startswith("agentrt: error: no answer from a server at tcp://127.0.0.1:9 within 0.2s"), res.stderr
+print(sorted(m for m in ("torch", "engine.llm", "engine.model") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from agentrt.server import Server, ServerConfig
+
+    reg = Registry()
+    reg.load_path(GRAPHS)
+    srv = Server(Runtime(reg), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path_factory.mktemp("j") / "j.sqlite"))
+    with start_blocking_portal() as portal:
+        future, addr = portal.start_task(srv.serve)
+        yield addr
+        future.cancel()
+
+
+def test_submit_wait_exits_with_the_jobs_outcome(address: str) -> None:
+    ok = invoke("submit", "echo", "-i", '{"text": "yo"}', "--wait", "-a", address)
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == "yo"
+    failed = invoke("submit", "fail", "--wait", "-a", address)
+    assert failed.exit_code == 1 and failed.stdout == "" and "this graph always fails" in failed.stderr
+    doc = invoke("submit", "fail", "--wait", "--json", "-a", address)
+    assert doc.exit_code == 1 and json.loads(doc.stdout)["status"] == "failed"
+
+
+def test_status_and_cancel_of_jobs_known_and_unknown(address: str) -> None:
+    job_id = invoke("submit", "echo", "-a", address).stdout.strip()
+    assert job_id and "\n" not in job_id and json.loads(invoke("submit", "echo", "--json", "-a", address).stdout)["job_id"]
+    assert invoke("submit", "echo", "--wait", "-a", address).exit_code == 0
+    waited = invoke("status", job_id, "-a", address)
+    assert waited.exit_code == 0 and waited.stdout.strip() in ("accepted", "running", "succeeded")
+    unknown = invoke("status", "job-nope", "-a", address)
+    assert unknown.exit_code == 1 and unknown.stderr.startswith("agentrt: error: unknown job 'job-nope'")
+    for _ in range(100):  # the job is tiny; wait until the server has journaled it
+        if invoke("status", job_id, "-a", address).stdout.strip() == "succeeded":
+            break
+    cancelled = invoke("cancel", job_id, "--json", "-a", address)
+    assert cancelled.exit_code == 0 and json.loads(cancelled.stdout) == {"job_id": job_id, "state": "succeeded"}
+    assert invoke("cancel", "job-nope", "-a", address).exit_code == 1
