@@ -95,14 +95,34 @@ def enabled() -> bool:
     return _state["enabled"] or _global_sdk_provider() is not None
 
 
+# Looking up the global providers costs ~3 us (environment reads), too much for every task: the answer
+# is cached for a moment, and for good once an application provider is found (it can be set only once).
+_RECHECK_S = 0.5
+_globals: dict[str, Any] = {"tracer": None, "tracer_until": 0.0, "meter": False, "meter_until": 0.0}
+
+
 def _global_sdk_provider() -> Any:
-    provider = trace.get_tracer_provider()
-    return None if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)) else provider
+    now = time.monotonic()
+    if now >= _globals["tracer_until"]:
+        provider = trace.get_tracer_provider()
+        found = None if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)) else provider
+        _globals.update(tracer=found, tracer_until=float("inf") if found is not None else now + _RECHECK_S)
+    return _globals["tracer"]
+
+
+def _global_meter_provider_set() -> bool:
+    now = time.monotonic()
+    if now >= _globals["meter_until"]:
+        mp = metrics.get_meter_provider()
+        found = not isinstance(mp, metrics.NoOpMeterProvider) and type(mp).__name__ != "_ProxyMeterProvider"
+        _globals.update(meter=found, meter_until=float("inf") if found else now + _RECHECK_S)
+    return bool(_globals["meter"])
 
 
 def reset() -> None:
     """Forget what `configure` installed (tests and benchmarks); does not shut it down."""
     _state.update(enabled=False, provider=None, meter_provider=None, instruments=None)
+    _globals.update(tracer_until=0.0, meter_until=0.0)
 
 
 def configure(
@@ -286,10 +306,22 @@ def instruments() -> dict[str, Any]:
     return made
 
 
+def metrics_enabled() -> bool:
+    """Whether metrics are recorded: `configure` got a reader (or OTEL_METRICS_EXPORTER) or the application
+    set a global meter provider. Otherwise the metric calls on the task path cost ~nothing."""
+    return _state.get("meter_provider") is not None or _global_meter_provider_set()
+
+
+def timed_operation(attributes: dict[str, Any]) -> Any:
+    """A context manager recording gen_ai.client.operation.duration around its block, labelled with
+    `attributes` (plus `error.type` when the block raises); a no-op when metrics are off."""
+    if not metrics_enabled():
+        return _NO_SPAN
+    return _timed(attributes)
+
+
 @contextmanager
-def timed_operation(attributes: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Record gen_ai.client.operation.duration around the block; the yielded dict's attributes (plus
-    `error.type` when the block raises) label the measurement."""
+def _timed(attributes: dict[str, Any]) -> Iterator[dict[str, Any]]:
     start = time.perf_counter()
     labels = dict(attributes)
     try:
@@ -326,6 +358,8 @@ def chat_attributes(sp: Any, gen: Any, model: str, provider: str, messages: list
                                                         "finish_reason": gen.finish_reason}])
     for key, value in attrs.items():
         sp.set_attribute(key, value)
+    if not metrics_enabled():
+        return
     labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model,
               "gen_ai.response.model": model}
     inst = instruments()
@@ -337,6 +371,8 @@ def chat_attributes(sp: Any, gen: Any, model: str, provider: str, messages: list
 
 def tool_cost(tool: str, usd: float) -> None:
     """Count a tool call's cost (the leaf cost of an execute_tool span)."""
+    if not metrics_enabled():
+        return
     instruments()["cost"].add(usd, {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool, "gen_ai.usage.cost.currency": "USD"})
 
 
