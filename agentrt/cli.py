@@ -190,7 +190,7 @@ def run(
         engine.close()
         telemetry.shutdown()
     rows = task_rows(runtime.jobs[result.job_id].dag)
-    _report_run(result, rows, json_out, quiet)
+    _report_run(result, rows, json_out, quiet, engine.load_seconds)
     if dag is not None:
         job_dag = runtime.jobs[result.job_id].dag
         dag.write_text(job_dag.dumps())
@@ -226,12 +226,12 @@ def _run_job(runtime: Any, spec: Any, show: bool) -> Any:
     return anyio.run(main)
 
 
-def _report_run(result: Any, rows: list[dict[str, Any]], json_out: bool, quiet: bool) -> None:
+def _report_run(result: Any, rows: list[dict[str, Any]], json_out: bool, quiet: bool, load_seconds: float) -> None:
     import msgspec
 
     if json_out:
         out.result({"job_id": result.job_id, "graph": result.graph, "status": result.status, "output": result.output,
-                    "error": result.error, "seconds": result.seconds, "usage": msgspec.to_builtins(result.usage), "tasks": rows})
+                    "error": result.error, "seconds": result.seconds, "model_load_seconds": load_seconds, "usage": msgspec.to_builtins(result.usage), "tasks": rows})
         return
     out.result(result.output)
     if quiet:
@@ -239,7 +239,8 @@ def _report_run(result: Any, rows: list[dict[str, Any]], json_out: bool, quiet: 
     out.table(task_table(rows))
     u = result.usage
     out.message(f"job {result.job_id}: {result.status} in {result.seconds:.2f}s; tokens prompt={u.prompt_tokens} cached={u.cached_tokens} "
-                f"computed={u.prefill_tokens_computed} generated={u.generated_tokens}; device {u.device_seconds:.2f}s; cost ${u.cost_usd:.6f}")
+                f"computed={u.prefill_tokens_computed} generated={u.generated_tokens}; device {u.device_seconds:.2f}s; cost ${u.cost_usd:.6f}"
+                + (f" (the time includes {load_seconds:.1f}s loading the model at the first LLM call)" if load_seconds else ""))
 
 
 from agentrt.cli_trace import trace_app  # noqa: E402  (the `agentrt trace` commands)

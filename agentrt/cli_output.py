@@ -53,7 +53,7 @@ def line(text: str) -> None:
 
 def message(text: str) -> None:
     """A line for people on stderr (rich markup allowed)."""
-    err.print(text)
+    err.print(text, soft_wrap=True)
 
 
 def table(t: Table, console: Console | None = None) -> None:

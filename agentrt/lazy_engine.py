@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ class LazyEngine:
         self._on_load = on_load
         self._engine: Any = None
         self._lock = threading.Lock()
+        self.load_seconds = 0.0  # how long loading the model took (inside the first LLM call)
 
     @property
     def loaded(self) -> bool:
@@ -35,7 +37,9 @@ class LazyEngine:
                 from agentrt.engine_client import EmbeddedEngine
                 from engine import LLM
 
+                start = time.perf_counter()
                 self._engine = EmbeddedEngine(LLM(self._model))
+                self.load_seconds = time.perf_counter() - start
                 if self._on_load is not None:
                     self._on_load(self._engine)
         return self._engine

@@ -87,6 +87,7 @@ def summarize(spans: list[dict[str, Any]]) -> dict[str, Any]:
             totals.input_tokens += inp
             totals.cached_tokens += cached
             totals.output_tokens += outp
+            totals.seconds += (s["end_ns"] - s["start_ns"]) / 1e9  # call-seconds: concurrent calls overlap
             totals.cost_usd = math.fsum((totals.cost_usd, cost))
     ordered = sorted(rows.values(), key=lambda r: (KINDS.index(r.kind), -r.cost_usd, r.name))
     return {"rows": [r.to_dict() for r in ordered], "totals": totals.to_dict()}
