@@ -159,7 +159,8 @@ class JobContext:
         async def body() -> Any:
             attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name, "agentrt.task.name": task.name,
                      "agentrt.job.id": self.job_id}
-            with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp:
+            with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp, \
+                    telemetry.timed_operation({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name}):
                 try:
                     return await agent.fn(child, *args, **kwargs)
                 finally:

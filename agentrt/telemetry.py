@@ -297,8 +297,11 @@ def instruments() -> dict[str, Any]:
     made = {
         "token_usage": meter.create_histogram("gen_ai.client.token.usage", unit="{token}",
                                               description="Number of input and output tokens used per inference call"),
-        "duration": meter.create_histogram("gen_ai.client.operation.duration", unit="s",
-                                           description="Duration of GenAI operations (chat, execute_tool, invoke_agent, invoke_workflow)"),
+        "chat": meter.create_histogram("gen_ai.client.operation.duration", unit="s", description="Duration of inference calls"),
+        "execute_tool": meter.create_histogram("gen_ai.execute_tool.duration", unit="s", description="Duration of tool executions"),
+        # The conventions record workflows on the agent metric too (gen_ai.operation.name tells them apart).
+        "invoke_agent": meter.create_histogram("gen_ai.invoke_agent.duration", unit="s",
+                                               description="Duration of agent and workflow invocations"),
         "tokens": meter.create_counter("agentrt.tokens", unit="{token}", description="Tokens processed, by gen_ai.token.type"),
         "cost": meter.create_counter("agentrt.cost", unit="USD", description="Cost of leaf operations (LLM and tool calls)"),
     }
@@ -312,9 +315,14 @@ def metrics_enabled() -> bool:
     return _state.get("meter_provider") is not None or _global_meter_provider_set()
 
 
+_DURATION_METRIC = {"chat": "chat", "execute_tool": "execute_tool", "invoke_agent": "invoke_agent", "invoke_workflow": "invoke_agent"}
+
+
 def timed_operation(attributes: dict[str, Any]) -> Any:
-    """A context manager recording gen_ai.client.operation.duration around its block, labelled with
-    `attributes` (plus `error.type` when the block raises); a no-op when metrics are off."""
+    """A context manager recording the duration of its block, labelled with `attributes` (plus
+    `error.type` when the block raises), on the histogram the GenAI conventions give its
+    `gen_ai.operation.name`: gen_ai.client.operation.duration (chat), gen_ai.execute_tool.duration,
+    gen_ai.invoke_agent.duration (agents and workflows). A no-op when metrics are off."""
     if not metrics_enabled():
         return _NO_SPAN
     return _timed(attributes)
@@ -330,7 +338,7 @@ def _timed(attributes: dict[str, Any]) -> Iterator[dict[str, Any]]:
         labels["error.type"] = type(exc).__qualname__
         raise
     finally:
-        instruments()["duration"].record(time.perf_counter() - start, _clean(labels))
+        instruments()[_DURATION_METRIC[labels["gen_ai.operation.name"]]].record(time.perf_counter() - start, _clean(labels))
 
 
 PROVIDER_NAME = "agentrt"  # gen_ai.provider.name of the embedded engine (not a provider the conventions list)

@@ -157,8 +157,13 @@ async def test_genai_metrics_count_tokens_durations_and_cost(runtime: Runtime) -
     tokens = {p.attributes["gen_ai.token.type"]: p for p in points["gen_ai.client.token.usage"]}
     assert tokens["input"].sum == res.usage.prompt_tokens and tokens["output"].sum == res.usage.generated_tokens
     assert tokens["input"].count == 2 and tokens["input"].attributes["gen_ai.provider.name"] == "agentrt"
-    ops = {p.attributes["gen_ai.operation.name"]: p for p in points["gen_ai.client.operation.duration"]}
-    assert ops["chat"].count == 2 and ops["chat"].sum > 0 and "execute_tool" in ops
+    (chat,) = points["gen_ai.client.operation.duration"]
+    assert chat.attributes["gen_ai.operation.name"] == "chat" and chat.count == 2 and chat.sum > 0
+    assert {p.attributes["gen_ai.tool.name"] for p in points["gen_ai.execute_tool.duration"]} == {"lookup", "broken"}
+    broken = next(p for p in points["gen_ai.execute_tool.duration"] if p.attributes["gen_ai.tool.name"] == "broken")
+    assert broken.attributes["error.type"] == "ToolError"
+    agents = {p.attributes["gen_ai.operation.name"]: p for p in points["gen_ai.invoke_agent.duration"]}
+    assert agents["invoke_agent"].count == 2 and agents["invoke_workflow"].attributes["gen_ai.agent.name"] == "traced"
     assert math.isclose(sum(p.value for p in points["agentrt.cost"]), res.usage.cost_usd, rel_tol=1e-9)
 
 
