@@ -31,6 +31,7 @@ OTEL_METRICS_EXPORTER: otlp, console or none (GenAI metrics)
 OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS, _PROTOCOL (http/protobuf|grpc)
 OTEL_SERVICE_NAME (default agentrt), OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true: record messages
+OTEL_SDK_DISABLED=true: no spans or metrics
 """
 
 app = typer.Typer(help="agentrt: run agent graphs on the embedded inference engine.", epilog=ENV_HELP,

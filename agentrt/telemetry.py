@@ -59,6 +59,7 @@ class TelemetryConfig:
     (gen_ai.input.messages / gen_ai.output.messages) on chat spans; off by default.
     Endpoint (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), headers, timeout, OTEL_SERVICE_NAME,
     OTEL_RESOURCE_ATTRIBUTES and OTEL_BSP_* are read by the SDK and its exporters themselves.
+    OTEL_SDK_DISABLED=true turns everything off.
     """
 
     traces_exporter: str = "none"
@@ -76,6 +77,8 @@ class TelemetryConfig:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> TelemetryConfig:
         e = os.environ if env is None else env
+        if (e.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":  # the SDK's switch: everything off
+            return cls()
         protocol = e.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or e.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
         return cls(traces_exporter=(e.get("OTEL_TRACES_EXPORTER") or "none").strip().lower(), protocol=protocol.strip(),
                    metrics_exporter=(e.get("OTEL_METRICS_EXPORTER") or "none").strip().lower(),

@@ -135,6 +135,7 @@ def test_capture_content_follows_its_environment_variable() -> None:
     assert telemetry.TelemetryConfig.from_env({telemetry.CAPTURE_CONTENT_ENV: "true"}).capture_content is True
     cfg = telemetry.TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "OTLP", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     assert (cfg.traces_exporter, cfg.protocol) == ("otlp", "grpc")
+    assert telemetry.TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}).traces_exporter == "none"
     with pytest.raises(ValueError, match="zipkin"):
         telemetry.TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
 

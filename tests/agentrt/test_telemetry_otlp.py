@@ -144,6 +144,16 @@ def test_cli_trace_otlp_exports_and_writes_no_file_named_otlp(http_receiver: Any
     assert "invoke_workflow sleepy" in {s.name for _, s in _spans([r for _, _, r in http_receiver.received])}
 
 
+def test_cli_run_follows_otel_traces_exporter_without_trace(http_receiver: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    res = CliRunner().invoke(app, ["run", "echo", "--graphs", str(GRAPHS), "--tools", str(GRAPHS), "--quiet"])
+    assert res.exit_code == 0, res.output
+    spans = _spans([r for _, _, r in http_receiver.received])
+    assert [(res["service.name"], s.name) for res, s in spans] == [("from-env", "invoke_workflow echo")]
+
+
 def test_span_files_are_otlp_json_that_the_protobuf_json_mapping_parses(tmp_path: Path) -> None:
     from google.protobuf import json_format
 
