@@ -28,7 +28,8 @@ AGENTRT_CACHE_DIR: compiled native kernels (default ~/.cache/agentrt)
 AGENTRT_DEBUG=1: print tracebacks (as --debug)
 OTEL_TRACES_EXPORTER: otlp, console or none (when --trace is not given)
 OTEL_METRICS_EXPORTER: otlp, console or none (GenAI metrics)
-OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS, _PROTOCOL (http/protobuf|grpc)
+OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT (or _TRACES_...): the collector
+OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: http/protobuf|grpc
 OTEL_SERVICE_NAME (default agentrt), OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true: record messages
 OTEL_SDK_DISABLED=true: no spans or metrics

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +151,14 @@ def test_status_and_cancel_of_jobs_known_and_unknown(address: str) -> None:
     cancelled = invoke("cancel", job_id, "--json", "-a", address)
     assert cancelled.exit_code == 0 and json.loads(cancelled.stdout) == {"job_id": job_id, "state": "succeeded"}
     assert invoke("cancel", "job-nope", "-a", address).exit_code == 1
+
+
+def test_every_environment_variable_the_code_reads_is_documented_in_help_and_readme() -> None:
+    names = set()
+    for file in [*(REPO / "agentrt").rglob("*.py"), *(REPO / "engine").rglob("*.py")]:
+        names |= set(re.findall(r"\b(?:AGENTRT|OTEL)_[A-Z_]*[A-Z]\b", file.read_text()))
+    assert {"AGENTRT_MODEL", "OTEL_TRACES_EXPORTER"} <= names
+    help_text = " ".join(invoke("--help").stdout.split())
+    readme = (REPO / "README.md").read_text()
+    assert not sorted(n for n in names if n not in help_text), "missing from agentrt --help"
+    assert not sorted(n for n in names if n not in readme), "missing from README.md"
