@@ -135,6 +135,9 @@ def test_submit_wait_exits_with_the_jobs_outcome(address: str) -> None:
     assert failed.exit_code == 1 and failed.stdout == "" and "this graph always fails" in failed.stderr
     doc = invoke("submit", "fail", "--wait", "--json", "-a", address)
     assert doc.exit_code == 1 and json.loads(doc.stdout)["status"] == "failed"
+    followed = invoke("submit", "sleepy", "-i", '{"seconds": 0.01}', "--follow", "-a", address)
+    assert followed.exit_code == 0 and json.loads(followed.stdout) == "slept 0.01 "
+    assert "task_finished nap" in followed.stderr
 
 
 def test_status_and_cancel_of_jobs_known_and_unknown(address: str) -> None:
