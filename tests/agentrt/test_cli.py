@@ -165,3 +165,10 @@ def test_every_environment_variable_the_code_reads_is_documented_in_help_and_rea
     readme = (REPO / "README.md").read_text()
     assert not sorted(n for n in names if n not in help_text), "missing from agentrt --help"
     assert not sorted(n for n in names if n not in readme), "missing from README.md"
+
+
+def test_wait_outlasts_the_connect_timeout_but_not_the_wait_timeout(address: str) -> None:
+    slow = invoke("submit", "sleepy", "-i", '{"seconds": 1.0}', "--wait", "--timeout", "0.3", "-a", address)
+    assert slow.exit_code == 0 and json.loads(slow.stdout) == "slept 1.0 "
+    capped = invoke("submit", "sleepy", "-i", '{"seconds": 5.0}', "--wait", "--timeout", "0.3", "--wait-timeout", "0.5", "-a", address)
+    assert capped.exit_code == 1 and "--wait-timeout" in capped.stderr and len(capped.stderr.strip().splitlines()) == 1
