@@ -172,3 +172,24 @@ def test_wait_outlasts_the_connect_timeout_but_not_the_wait_timeout(address: str
     assert slow.exit_code == 0 and json.loads(slow.stdout) == "slept 1.0 "
     capped = invoke("submit", "sleepy", "-i", '{"seconds": 5.0}', "--wait", "--timeout", "0.3", "--wait-timeout", "0.5", "-a", address)
     assert capped.exit_code == 1 and "--wait-timeout" in capped.stderr and len(capped.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("width", [50, 100, 160])
+def test_tables_fit_the_terminal_and_keep_every_value(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from agentrt import cli_output
+
+    rows = [{"task": f"a_rather_long_task_name_{i}", "id": f"t{i}", "kind": "llm", "state": "succeeded", "prompt_tokens": 123456,
+             "cached_tokens": 65432, "computed_tokens": 58024, "generated_tokens": 789, "device_seconds": 1.234,
+             "cpu_seconds": 0.0012, "cost_usd": 0.00012345} for i in range(3)]
+    buf = io.StringIO()
+    cli_output.table(cli.task_table(rows), Console(file=buf, width=width, force_terminal=True, color_system=None))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text  # cells fold onto more lines; nothing is cut off
+    if width == 50:  # too narrow for ten columns: one block of "column value" lines per row, values whole
+        for value in ("123456", "65432", "58024", "789", "1.234", "1.23e-04", "a_rather_long_task_name_2"):
+            assert value in text
