@@ -69,10 +69,10 @@ class TelemetryConfig:
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http/protobuf", "grpc"):
-            raise ValueError(f"OTLP protocol must be http/protobuf or grpc, got {self.protocol!r}")
-        for name in ("traces_exporter", "metrics_exporter"):
+            raise ValueError(f"OTLP protocol (OTEL_EXPORTER_OTLP_PROTOCOL) must be http/protobuf or grpc, got {self.protocol!r}")
+        for name, env in (("traces_exporter", "OTEL_TRACES_EXPORTER"), ("metrics_exporter", "OTEL_METRICS_EXPORTER")):
             if getattr(self, name) not in ("otlp", "console", "none"):
-                raise ValueError(f"{name} must be otlp, console or none, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} ({env}) must be otlp, console or none, got {getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> TelemetryConfig:
