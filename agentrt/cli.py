@@ -175,6 +175,27 @@ def run(
     if policy not in ("las", "fcfs"):
         raise typer.BadParameter(f"unknown policy {policy!r}; use las or fcfs", param_hint="--policy")
     from agentrt import telemetry
+
+    runtime, engine, spec = _local_runtime(graph, inputs, graphs, tools, model, policy, trace)
+    try:
+        result = _run_job(runtime, spec, show=not (quiet or json_out))
+    finally:
+        engine.close()
+        telemetry.shutdown()
+    job_dag = runtime.jobs[result.job_id].dag
+    _report_run(result, task_rows(job_dag), json_out, quiet, engine.load_seconds)
+    if dag is not None:
+        dag.write_text(job_dag.dumps())
+        dag.with_suffix(".dot").write_text(job_dag.to_dot())
+    if result.status != "succeeded":
+        if not json_out:
+            out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")
+        raise typer.Exit(out.EXIT_FAILED)
+
+
+def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tools: Path | None, model: Path | None,
+                   policy: str, trace: str | None) -> tuple[Any, Any, Any]:
+    """(runtime, lazily loaded engine, job spec) for `run`; an unknown graph fails before anything runs."""
     from agentrt.executor import Runtime
     from agentrt.lazy_engine import LazyEngine, widen_gpu_limits
     from agentrt.scheduler import PoolLimits
@@ -182,25 +203,11 @@ def run(
 
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
-    registry.get_graph(graph)  # an unknown graph fails before anything runs
+    registry.get_graph(graph)
     engine = LazyEngine(model)
     runtime = Runtime(registry, engine, policy=policy, limits=PoolLimits())
     engine._on_load = widen_gpu_limits(runtime)
-    try:
-        result = _run_job(runtime, JobSpec(graph=graph, inputs=inputs), show=not (quiet or json_out))
-    finally:
-        engine.close()
-        telemetry.shutdown()
-    rows = task_rows(runtime.jobs[result.job_id].dag)
-    _report_run(result, rows, json_out, quiet, engine.load_seconds)
-    if dag is not None:
-        job_dag = runtime.jobs[result.job_id].dag
-        dag.write_text(job_dag.dumps())
-        dag.with_suffix(".dot").write_text(job_dag.to_dot())
-    if result.status != "succeeded":
-        if not json_out:
-            out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")
-        raise typer.Exit(out.EXIT_FAILED)
+    return runtime, engine, JobSpec(graph=graph, inputs=inputs)
 
 
 def _run_job(runtime: Any, spec: Any, show: bool) -> Any:
