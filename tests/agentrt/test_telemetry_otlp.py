@@ -79,6 +79,7 @@ def test_otel_env_vars_send_batched_spans_to_an_otlp_http_receiver(http_receiver
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=sekrit")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # so the batch leaves only at shutdown, however slow the machine
     provider = telemetry.configure()
     assert provider is not None
     try:
