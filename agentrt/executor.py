@@ -73,10 +73,13 @@ class Runtime:
         self.scheduler.submit_job(spec.job_id, spec.priority)
         start = time.perf_counter()
         status, output, error = "succeeded", None, None
-        attrs = {"gen_ai.operation.name": "invoke_workflow", "agentrt.graph": graph.name, "agentrt.job.id": spec.job_id}
+        # The GenAI conventions name a workflow with gen_ai.agent.name (gen_ai.workflow.name was retired).
+        attrs = {"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name, "agentrt.graph": graph.name,
+                 "agentrt.job.id": spec.job_id}
         from agentrt.context import JobContext
 
-        with telemetry.span(f"invoke_workflow {graph.name}", attrs, parent=telemetry.extract_context(traceparent)) as sp:
+        with telemetry.span(f"invoke_workflow {graph.name}", attrs, parent=telemetry.extract_context(traceparent)) as sp, \
+                telemetry.timed_operation({"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name}):
             try:
                 inputs = graph.validate(dict(spec.inputs))
                 with job.scope:
@@ -85,9 +88,10 @@ class Runtime:
                         output = await graph.fn(JobContext(self, job, None), **inputs)
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
+                    telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
             except Exception as exc:  # the job fails; the runtime keeps serving
                 status, error = "failed", _describe(exc)
-                sp.set_attribute("error.type", type(_root(exc)).__qualname__)
+                telemetry.mark_error(sp, type(_root(exc)).__qualname__, error)
             finally:
                 await self._close_job(job)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
