@@ -105,3 +105,16 @@ def test_on_arm_layers_keep_torch_linears() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
     prepare_for_inference(model)
     assert all(type(m) is nn.Linear for m in model)  # no PackedLinear: torch's BLAS, not scalar C
+
+
+@pytest.mark.usefixtures("arm_cpu")
+def test_calling_a_kernel_where_it_is_off_raises_a_typed_error() -> None:
+    import torch
+
+    from engine.errors import KernelUnavailableError
+    from engine.kernels.cpu import ops as cpu_ops
+
+    with pytest.raises(KernelUnavailableError, match="linear CPU kernels"):
+        cpu_linear.packed_linear(torch.randn(2, 8), torch.zeros(1, 8, 16), 16)
+    with pytest.raises(KernelUnavailableError, match="ops CPU kernels"):
+        cpu_ops.rms_norm(torch.randn(2, 8), torch.ones(8), 1e-6)

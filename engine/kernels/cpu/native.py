@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.errors import KernelUnavailableError
 from engine.kernels.cpu import cpuinfo
 
 logger = logging.getLogger(__name__)
@@ -96,3 +97,24 @@ def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | N
         fn.argtypes = list(argtypes)
         fn.restype = restype[0] if restype else None
     return lib
+
+
+class Kernels:
+    """One kernel family as its binding uses it: `get()` the library (built on first use) or None,
+    `available()`, and `require()` the library or raise KernelUnavailableError."""
+
+    def __init__(self, name: str, signatures: tuple[tuple[Any, ...], ...]) -> None:
+        self.name, self.signatures = name, signatures
+
+    def get(self) -> ctypes.CDLL | None:
+        return build(self.name, self.signatures)
+
+    def available(self) -> bool:
+        return self.get() is not None
+
+    def require(self) -> ctypes.CDLL:
+        lib = self.get()
+        if lib is None:
+            raise KernelUnavailableError(f"the {self.name} CPU kernels are not available here (no C compiler, "
+                                         "or not an x86-64 CPU with AVX2 and FMA); check available() first")
+        return lib
