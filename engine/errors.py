@@ -17,3 +17,8 @@ class ModelLoadError(EngineError):
 
 class OutOfKVCacheError(EngineError):
     """A single request cannot fit in the KV cache even with every other request preempted."""
+
+
+class KernelUnavailableError(EngineError, RuntimeError):
+    """A CPU kernel was called where it cannot run (no C compiler, a CPU it is not built for, or a
+    path needing AVX-512 on a CPU without it); callers check `available()` first."""
