@@ -144,11 +144,12 @@ def test_every_accepted_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> 
     try:
         with Client(address, timeout=20) as c:
             ids = [c.submit("sleepy", {"seconds": 1.0, "tag": str(i)}, wait=False) for i in range(6)]
+            token = c.token
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)  # jobs are in flight
         proc.wait(10)
         proc = _start_server(address, tmp_path / "j.sqlite")
-        with Client(address, timeout=20) as c:
+        with Client(address, timeout=20, token=token) as c:
             results = [c.result(j) for j in ids]
         assert [r.status for r in results] == ["succeeded"] * 6
         assert [r.output for r in results] == [f"slept 1.0 {i}" for i in range(6)]
