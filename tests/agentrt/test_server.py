@@ -156,3 +156,35 @@ def test_every_accepted_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_after_a_restart_a_new_client_never_receives_another_clients_result(tmp_path: Path) -> None:
+    """libzmq hands out the same routing ids in every process: results must follow the owner, not the id."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    proc = _start_server(address, tmp_path / "j.sqlite")
+    try:
+        with Client(address, timeout=20) as alice:
+            ids = [alice.submit("sleepy", {"seconds": 0.5, "tag": f"alice{i}"}, wait=False) for i in range(3)]
+            token = alice.token
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = _start_server(address, tmp_path / "j.sqlite")
+        with Client(address, timeout=20) as bob:  # first socket of the new process: alice's old routing id
+            mine = bob.submit("echo", {"text": "bob"})
+            time.sleep(1.5)  # alice's recovered jobs finish meanwhile
+            assert bob.sock.poll(200) == 0 and bob._buffer == []  # nothing of alice's reached bob
+            assert mine.output == "bob" and bob.status(ids[0]) == "unknown"
+            with pytest.raises(RemoteError, match="not_found"):
+                bob.fetch(ids[0])
+        with Client(address, timeout=20, token=token) as alice:
+            assert [alice.result(j).output for j in ids] == [f"slept 0.5 alice{i}" for i in range(3)]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_a_second_server_on_the_same_journal_refuses_to_start(server: Server) -> None:
+    from agentrt.errors import JournalLockedError
+
+    with pytest.raises(JournalLockedError, match=f"pid {os.getpid()}"):
+        Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=server.config.journal))
