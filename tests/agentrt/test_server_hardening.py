@@ -139,3 +139,30 @@ async def test_finished_jobs_leave_memory_and_are_fetched_from_the_journal(serve
         assert server.jobs == {} and server.runtime.jobs == {} and server.inflight == {}
         fetched = await c.fetch(results[3].job_id)
         assert isinstance(fetched, p.Result) and fetched.output == "3"
+
+
+def test_curve_fails_closed(tmp_path: Path) -> None:
+    from agentrt.keys import generate_keypair, load_keypair
+
+    _, secret = generate_keypair(tmp_path / "server", "server")
+    assert secret.stat().st_mode & 0o777 == 0o600
+    pub, sec = load_keypair(secret)
+    with pytest.raises(ValueError, match="would run in plaintext"):
+        ServerConfig(curve_allowed_clients=tmp_path)
+    with pytest.raises(ValueError, match="would accept any key"):
+        ServerConfig(curve_public_key=pub, curve_secret_key=sec)
+    with pytest.raises(FileExistsError):
+        generate_keypair(tmp_path / "server", "server")
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+async def test_curve_refuses_to_serve_without_allowed_client_keys(tmp_path: Path, folder: str) -> None:
+    from agentrt.keys import generate_keypair, load_keypair
+
+    generate_keypair(tmp_path, "server")
+    (tmp_path / "empty").mkdir()
+    pub, sec = load_keypair(tmp_path / "server.key_secret")
+    cfg = ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", curve_public_key=pub, curve_secret_key=sec,
+                       curve_allowed_clients=tmp_path / folder)
+    with pytest.raises(ValueError, match=f"{folder}.*holds no .key certificates"):
+        await Server(Runtime(registry()), cfg).serve()
