@@ -120,7 +120,7 @@ class LLM:
     @staticmethod
     def _batch(prompts: Any) -> list[Prompt]:
         if isinstance(prompts, str) or (isinstance(prompts, list | tuple) and prompts and isinstance(prompts[0], int)):
-            return [prompts]
+            return [prompts]  # type: ignore[list-item]
         if not isinstance(prompts, list | tuple):
             raise InvalidRequestError(f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}")
         return list(prompts)
