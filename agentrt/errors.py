@@ -77,3 +77,7 @@ class JournalLockedError(JournalError):
 
 class JournalCorruptError(JournalError):
     """The journal file is truncated, not a database, or fails SQLite's integrity check."""
+
+
+class LLMTimeoutError(AgentrtError):
+    """An LLM call ran past the engine client's timeout and was aborted."""
