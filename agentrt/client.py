@@ -218,17 +218,22 @@ class AsyncClient:
     async def _receive(self) -> None:
         while True:
             msg = _decode(await self.sock.recv())
-            if isinstance(msg, p.Event):
-                if (cb := self._events.get(msg.job_id)) is not None:
-                    cb(msg)
-            elif msg is not None:
-                if isinstance(msg, p.Result) and (fut := self._results.get(msg.job_id)) is not None and not fut.done():
-                    fut.set_result(msg)
-                rid = getattr(msg, "request_id", None)
-                key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
-                fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: p.Message) -> None:
+        """Route one message from the server to whoever waits for it."""
+        if isinstance(msg, p.Event):
+            if (cb := self._events.get(msg.job_id)) is not None:
+                cb(msg)
+            return
+        if isinstance(msg, p.Result) and (res := self._results.get(msg.job_id)) is not None and not res.done():
+            res.set_result(msg)
+        rid = getattr(msg, "request_id", None)
+        key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
+        fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     async def _request(self, msg: p.Message, key: tuple[str, str]) -> p.Message:
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()

@@ -287,7 +287,8 @@ class Server:
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(pump)
+                if job.follow:
+                    tg.start_soon(pump)
                 try:
                     res = await self.runtime.run_job(spec, on_event=on_event, traceparent=traceparent)
                     result = p.Result(job_id=job_id, status=res.status, output=res.output, error=res.error,
