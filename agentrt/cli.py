@@ -260,11 +260,11 @@ def serve(
 
 
 def _client(address: str, curve_server: Path | None, curve_secret: Path | None) -> Any:
-    from agentrt.client import Client
+    from agentrt.client import Client, default_token_file
     from agentrt.keys import load_keypair, load_public_key
 
-    if curve_server is None:
-        return Client(address)
+    if curve_server is None:  # the token file keeps this user's identity across commands (see docs/protocol.md)
+        return Client(address, token_file=default_token_file())
     if curve_secret is None:
         raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server")
     return Client(address, server_key=load_public_key(curve_server), keypair=load_keypair(curve_secret))

@@ -7,7 +7,9 @@
 
 A client's identity is its CURVE key pair, or else a token the server issues on first contact
 (`client.token`); pass `token=` to act as the same client from another process or after a restart
-(results, status and cancellation are the owner's only). `timeout` is how long to wait for the
+(results, status and cancellation are the owner's only), or `token_file=` to keep it in a private
+JSON file (address -> token; `default_token_file()` is the CLI's), renewed if the server no longer
+accepts it. `timeout` is how long to wait for the
 server to answer a request: past it, ServerUnavailableError. Waiting for a long job is not bounded by
 it: `result()` re-fetches every `timeout` seconds, so a dead server is noticed while a slow job is not.
 """
@@ -15,12 +17,16 @@ it: `result()` re-fetches every `timeout` seconds, so a dead server is noticed w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -28,7 +34,43 @@ from agentrt import protocol as p
 from agentrt.errors import AgentrtError, ClientTimeout, ServerUnavailableError
 
 logger = logging.getLogger(__name__)
-__all__ = ["AsyncClient", "Client", "ClientTimeout", "RemoteError", "ServerUnavailableError"]
+__all__ = ["AsyncClient", "Client", "ClientTimeout", "RemoteError", "ServerUnavailableError", "default_token_file"]
+
+
+def default_token_file() -> Path:
+    """Where the CLI keeps its client tokens (one per server address)."""
+    return Path.home() / ".config" / "agentrt" / "tokens.json"
+
+
+def _load_token(path: Path | None, address: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    token = data.get(address) if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _save_token(path: Path | None, address: str, token: str) -> None:
+    """Store `token` for `address` in a 0600 file in a 0700 folder (written whole, then renamed)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data = {**(data if isinstance(data, dict) else {}), address: token}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("could not save the client token in %s: %s", path, exc)
 
 
 class RemoteError(AgentrtError):
@@ -79,9 +121,11 @@ class Client:
     token (this client's identity from an earlier session); CURVE server public key and client
     (public, secret) keypair when the server uses CURVE."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None,
+    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None, token_file: str | Path | None = None,
                  server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
-        self.address, self.timeout, self.token = address, timeout, token
+        self.address, self.timeout = address, timeout
+        self.token_file = None if token_file is None else Path(token_file)
+        self.token = token if token is not None else _load_token(self.token_file, address)
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         _configure(self.sock, server_key, keypair)
@@ -127,6 +171,10 @@ class Client:
         reply = self._recv_until(match)
         if reply is None:
             raise _unavailable(self.address, self.timeout)
+        if isinstance(reply, p.Error) and reply.code == "unauthorized" and self.token_file is not None and getattr(msg, "token", None):
+            logger.warning("the server no longer accepts this client's stored token; getting a new one")
+            self.token = None  # e.g. the server's journal was replaced: old jobs are out of reach anyway
+            return self._request(msgspec.structs.replace(msg, token=self._ensure_token()), match)  # type: ignore[type-var]
         return _check(reply)
 
     def _ensure_token(self) -> str:
@@ -135,6 +183,7 @@ class Client:
             reply = self._request(p.Hello(request_id=rid), lambda m: getattr(m, "request_id", None) == rid)
             assert isinstance(reply, p.Welcome)
             self.token = reply.token
+            _save_token(self.token_file, self.address, self.token)
         return self.token
 
     def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
@@ -193,9 +242,11 @@ class AsyncClient:
     """An asyncio client; many requests may be outstanding at once (one receiver task routes replies).
     Same arguments as Client. Use as `async with AsyncClient(address) as c: result = await c.submit(graph, inputs)`."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None,
+    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None, token_file: str | Path | None = None,
                  server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
-        self.address, self.timeout, self.token = address, timeout, token
+        self.address, self.timeout = address, timeout
+        self.token_file = None if token_file is None else Path(token_file)
+        self.token = token if token is not None else _load_token(self.token_file, address)
         self._ctx = zmq.asyncio.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         _configure(self.sock, server_key, keypair)
@@ -253,6 +304,7 @@ class AsyncClient:
                 reply = await self._request(p.Hello(request_id=rid), ("r", rid))
                 assert isinstance(reply, p.Welcome)
                 self.token = reply.token
+                _save_token(self.token_file, self.address, self.token)
         return self.token
 
     async def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,29 @@ async def test_curve_refuses_to_serve_without_allowed_client_keys(tmp_path: Path
                        curve_allowed_clients=tmp_path / folder)
     with pytest.raises(ValueError, match=f"{folder}.*holds no .key certificates"):
         await Server(Runtime(registry()), cfg).serve()
+
+
+async def test_a_token_file_keeps_the_identity_across_clients_and_is_renewed_when_refused(tmp_path: Path) -> None:
+    from agentrt.client import Client
+
+    tokens = tmp_path / "cfg" / "tokens.json"
+
+    def as_two_processes(address: str) -> tuple[str, str]:
+        with Client(address, token_file=tokens) as first:
+            job = first.submit("echo", {"text": "mine"}, wait=False)
+        with Client(address, token_file=tokens) as second:  # e.g. `agentrt submit` then `agentrt status`
+            return second.result(job).output, second.status(job)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    for journal in ("a.sqlite", "b.sqlite"):  # same address; the second server does not know the stored token
+        srv = Server(Runtime(registry()), ServerConfig(bind=address, journal=tmp_path / journal))
+        async with anyio.create_task_group() as tg:
+            await tg.start(srv.serve)
+            assert await anyio.to_thread.run_sync(as_two_processes, srv.address) == ("mine", "succeeded")
+            tg.cancel_scope.cancel()
+        if journal == "a.sqlite":
+            first_token = json.loads(tokens.read_text())[address]
+    assert json.loads(tokens.read_text())[address] != first_token  # renewed
+    assert tokens.stat().st_mode & 0o777 == 0o600 and tokens.parent.stat().st_mode & 0o777 == 0o700
