@@ -170,6 +170,7 @@ def _open(path: Path) -> sqlite3.Connection:
     wal = path.with_name(path.name + "-wal")
     if path.exists() and path.stat().st_size == 0 and (not wal.exists() or wal.stat().st_size == 0):
         raise JournalCorruptError(f"journal {path} is empty (0 bytes): it was truncated; move it away to start a new journal")
+    db = None
     try:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -180,8 +181,12 @@ def _open(path: Path) -> sqlite3.Connection:
         db.executescript(SCHEMA)
         db.execute(f"SELECT {COLUMNS}, idempotency_key, created, updated FROM jobs LIMIT 0")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the main file holds the schema: 0 bytes now means truncated
-    except sqlite3.DatabaseError as exc:
-        raise JournalCorruptError(f"journal {path} is not a usable agentrt journal: {exc}") from exc
+    except BaseException as exc:
+        if db is not None:
+            db.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise JournalCorruptError(f"journal {path} is not a usable agentrt journal: {exc}") from exc
+        raise
     return db
 
 
