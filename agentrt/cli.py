@@ -1,4 +1,8 @@
-"""The `agentrt` command line (one typer app)."""
+"""The `agentrt` command line (one typer app).
+
+Results go to stdout, progress and tables to stderr (see agentrt/cli_output.py); client commands
+import neither torch nor the engine.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,80 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import typer
-from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
-app = typer.Typer(help="agentrt: run agent graphs on the embedded inference engine.", no_args_is_help=True)
-console = Console()
+from agentrt import cli_output as out
+from agentrt.cli_output import AgentrtGroup
+
+ENV_HELP = """\b
+Environment variables:
+AGENTRT_MODEL: model directory when --model is not given
+AGENTRT_GRAPHS / AGENTRT_TOOLS: folders when --graphs / --tools are not given
+AGENTRT_ADDRESS: server of submit/status/cancel (default tcp://127.0.0.1:5555)
+AGENTRT_DATA_DIR: public data folder (default ../shared/data)
+AGENTRT_CACHE_DIR: compiled native kernels (default ~/.cache/agentrt)
+AGENTRT_DEBUG=1: print tracebacks (as --debug)
+OTEL_TRACES_EXPORTER: otlp, console or none (when --trace is not given)
+OTEL_METRICS_EXPORTER: otlp, console or none (GenAI metrics)
+OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT (or _TRACES_...): the collector
+OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: http/protobuf|grpc
+OTEL_SERVICE_NAME (default agentrt), OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*
+OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true: record messages
+OTEL_SDK_DISABLED=true: no spans or metrics
+"""
+
+app = typer.Typer(help="agentrt: run agent graphs on the embedded inference engine.", epilog=ENV_HELP,
+                  no_args_is_help=True, cls=AgentrtGroup, pretty_exceptions_enable=False)
+console = out.err  # progress, tables and messages (stderr)
 
 
 @app.callback()
-def _root() -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """agentrt: run agent graphs on the embedded inference engine."""
+    out.set_debug(debug)
 
 
-def load_registry(graphs: Path, tools: Path) -> Any:
+REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_folder(given: Path | None, name: str) -> Path:
+    """The folder to load: `given`, else ./NAME, else the project's NAME/ folder. Raises typer.BadParameter
+    naming the folders searched when none exists."""
+    if given is not None:
+        if not given.exists():
+            raise typer.BadParameter(f"no such folder: {given}", param_hint=f"--{name}")
+        return given
+    candidates = [Path(name), REPO / name]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    searched = ", ".join(str(c.resolve()) for c in candidates)
+    raise typer.BadParameter(f"no {name} folder found (searched {searched}); pass --{name} or set AGENTRT_{name.upper()}",
+                             param_hint=f"--{name}")
+
+
+def load_registry(graphs: Path | None, tools: Path | None) -> Any:
+    """A Registry of the tools then graphs folders (the same folder given twice is loaded once)."""
     from agentrt.api import Registry
 
     reg = Registry()
-    for path in (tools, graphs):
-        if path.exists():
+    loaded: set[Path] = set()
+    for path in (resolve_folder(tools, "tools"), resolve_folder(graphs, "graphs")):
+        if path.resolve() not in loaded:
+            loaded.add(path.resolve())
             reg.load_path(path)
     return reg
+
+
+def setup_tracing(trace: str | None) -> None:
+    """--trace otlp|console|none|PATH (a JSONL file of OTLP/JSON); without it, OTEL_TRACES_EXPORTER decides."""
+    from agentrt import telemetry
+
+    if trace is None or trace in ("otlp", "console", "none"):
+        telemetry.configure(trace)
+    else:
+        telemetry.configure(trace if trace.startswith("jsonl:") else f"jsonl:{trace}")
 
 
 class Progress:
@@ -38,7 +93,6 @@ class Progress:
 
     def __init__(self) -> None:
         self.running: dict[str, int] = {"gpu": 0, "cpu": 0, "none": 0, "storage": 0}
-        self.pools: dict[str, str] = {}
         self.tokens = 0
         self.done = 0
         self.start = time.perf_counter()
@@ -61,52 +115,111 @@ class Progress:
         return t
 
 
-def task_table(dag: Any) -> Table:
-    table = Table(title="tasks")
-    for col in ("task", "kind", "state", "prompt", "cached", "computed", "generated", "device s", "cpu s", "cost $"):
-        table.add_column(col, justify="left" if col in ("task", "kind", "state") else "right")
+TASK_COLUMNS = ["task", "kind", "state", "prompt", "cached", "computed", "generated", "device s", "cpu s", "cost $"]
+
+
+def task_rows(dag: Any) -> list[dict[str, Any]]:
+    rows = []
     for t in dag.tasks.values():
         u = t.usage
-        table.add_row(t.name, t.kind.value, t.state.value, str(u.prompt_tokens), str(u.cached_tokens), str(u.prefill_tokens_computed),
-                      str(u.generated_tokens), f"{u.device_seconds:.3f}", f"{u.cpu_seconds:.4f}", f"{u.cost_usd:.2e}")
+        rows.append({"task": t.name, "id": t.id, "kind": t.kind.value, "state": t.state.value, "prompt_tokens": u.prompt_tokens,
+                     "cached_tokens": u.cached_tokens, "computed_tokens": u.prefill_tokens_computed, "generated_tokens": u.generated_tokens,
+                     "device_seconds": u.device_seconds, "cpu_seconds": u.cpu_seconds, "cost_usd": u.cost_usd})
+    return rows
+
+
+def task_table(rows: list[dict[str, Any]]) -> Table:
+    table = out.new_table("tasks", TASK_COLUMNS, numeric=set(TASK_COLUMNS[3:]))
+    for r in rows:
+        table.add_row(r["task"], r["kind"], r["state"], str(r["prompt_tokens"]), str(r["cached_tokens"]), str(r["computed_tokens"]),
+                      str(r["generated_tokens"]), f"{r['device_seconds']:.3f}", f"{r['cpu_seconds']:.4f}", f"{r['cost_usd']:.2e}")
     return table
+
+
+def parse_inputs(text: str) -> dict[str, Any]:
+    try:
+        inputs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON ({exc}): {text[:80]!r}", param_hint="--input") from None
+    if not isinstance(inputs, dict):
+        raise typer.BadParameter(f"must be a JSON object, got {type(inputs).__name__}", param_hint="--input")
+    return inputs
+
+
+GRAPHS = typer.Option(None, envvar="AGENTRT_GRAPHS", show_default="./graphs, else the project's graphs/", help="folder of graph files")
+TOOLS = typer.Option(None, envvar="AGENTRT_TOOLS", show_default="./tools, else the project's tools/", help="folder of tool files")
+TRACE = typer.Option(None, help="where spans go: otlp, console, none, or a file (OTLP/JSON lines); default: $OTEL_TRACES_EXPORTER")
+MODEL = typer.Option(None, help="model directory (default: $AGENTRT_MODEL, else the shipped model)")
+JSON_OUT = typer.Option(False, "--json", help="print one JSON document on stdout and nothing on stderr")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress or tables; only the result on stdout")
 
 
 @app.command()
 def run(
     graph: str = typer.Argument(..., help="name of a registered graph, e.g. airline_support"),
     input: str = typer.Option("{}", "--input", "-i", help="the graph's inputs as a JSON object"),
-    graphs: Path = typer.Option(Path("graphs"), help="folder of graph files to load"),
-    tools: Path = typer.Option(Path("tools"), help="folder of tool files to load"),
-    model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
+    graphs: Path | None = GRAPHS, tools: Path | None = TOOLS, model: Path | None = MODEL,
     policy: str = typer.Option("las", help="scheduling policy: las or fcfs"),
-    trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
+    trace: str | None = TRACE,
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    json_out: bool = JSON_OUT, quiet: bool = QUIET,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log at INFO level"),
 ) -> None:
-    """Run one job locally with a live progress display; print its result and a per-task table."""
+    """Run one job locally and print its output.
+
+    stdout: the job's output as JSON (with --json: output, status, usage and tasks in one document);
+    stderr: live progress, the per-task table and a summary line. Exit status 1 if the job fails.
+    The model is loaded only when the graph makes an LLM call."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    try:
-        inputs = json.loads(input)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--input is not JSON: {exc}") from exc
+    inputs = parse_inputs(input)
+    if policy not in ("las", "fcfs"):
+        raise typer.BadParameter(f"unknown policy {policy!r}; use las or fcfs", param_hint="--policy")
     from agentrt import telemetry
-    from agentrt.engine_client import EmbeddedEngine
+
+    runtime, engine, spec = _local_runtime(graph, inputs, graphs, tools, model, policy, trace)
+    try:
+        result = _run_job(runtime, spec, show=not (quiet or json_out))
+    finally:
+        engine.close()
+        telemetry.shutdown()
+    job_dag = runtime.jobs[result.job_id].dag
+    _report_run(result, task_rows(job_dag), json_out, quiet, engine.load_seconds)
+    if dag is not None:
+        dag.write_text(job_dag.dumps())
+        dag.with_suffix(".dot").write_text(job_dag.to_dot())
+    if result.status != "succeeded":
+        if not json_out:
+            out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")
+        raise typer.Exit(out.EXIT_FAILED)
+
+
+def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tools: Path | None, model: Path | None,
+                   policy: str, trace: str | None) -> tuple[Any, Any, Any]:
+    """(runtime, lazily loaded engine, job spec) for `run`; an unknown graph fails before anything runs."""
     from agentrt.executor import Runtime
+    from agentrt.lazy_engine import LazyEngine, widen_gpu_limits
+    from agentrt.scheduler import PoolLimits
     from agentrt.types import JobSpec
 
-    if trace is not None:
-        telemetry.configure(f"jsonl:{trace}")
+    setup_tracing(trace)
     registry = load_registry(graphs, tools)
-    with console.status("loading the model"):
-        from engine import LLM
+    registry.get_graph(graph)
+    engine = LazyEngine(model)
+    runtime = Runtime(registry, engine, policy=policy, limits=PoolLimits())
+    engine._on_load = widen_gpu_limits(runtime)
+    return runtime, engine, JobSpec(graph=graph, inputs=inputs)
 
-        engine = EmbeddedEngine(LLM(model))
-    runtime = Runtime(registry, engine, policy=policy)
+
+def _run_job(runtime: Any, spec: Any, show: bool) -> Any:
+    import anyio
+    from rich.live import Live
+
     progress = Progress()
 
     async def main() -> Any:
-        with Live(progress.render(), console=console, refresh_per_second=4) as live:
+        if not show:
+            return await runtime.run_job(spec)
+        with Live(progress.render(), console=console, refresh_per_second=4, transient=not console.is_terminal) as live:
             async def refresh() -> None:
                 while True:
                     live.update(progress.render())
@@ -114,95 +227,34 @@ def run(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(refresh)
-                result = await runtime.run_job(JobSpec(graph=graph, inputs=inputs), on_event=progress.on_event)
+                result = await runtime.run_job(spec, on_event=progress.on_event)
                 tg.cancel_scope.cancel()
             live.update(progress.render())
         return result
 
-    result = anyio.run(main)
-    job_dag = runtime.jobs[result.job_id].dag
-    console.print_json(json.dumps({"status": result.status, "output": result.output, "error": result.error}, default=str))
-    console.print(task_table(job_dag))
+    return anyio.run(main)
+
+
+def _report_run(result: Any, rows: list[dict[str, Any]], json_out: bool, quiet: bool, load_seconds: float) -> None:
+    import msgspec
+
+    if json_out:
+        out.result({"job_id": result.job_id, "graph": result.graph, "status": result.status, "output": result.output,
+                    "error": result.error, "seconds": result.seconds, "model_load_seconds": load_seconds, "usage": msgspec.to_builtins(result.usage), "tasks": rows})
+        return
+    out.result(result.output)
+    if quiet:
+        return
+    out.table(task_table(rows))
     u = result.usage
-    console.print(f"job {result.job_id}: {result.status} in {result.seconds:.2f}s; tokens prompt={u.prompt_tokens} cached={u.cached_tokens} "
-                  f"computed={u.prefill_tokens_computed} generated={u.generated_tokens}; device {u.device_seconds:.2f}s; cost ${u.cost_usd:.6f}")
-    if dag is not None:
-        dag.write_text(job_dag.dumps())
-        dag.with_suffix(".dot").write_text(job_dag.to_dot())
-    engine.llm.close()
-    if result.status != "succeeded":
-        raise typer.Exit(1)
+    out.message(f"job {result.job_id}: {result.status} in {result.seconds:.2f}s; tokens prompt={u.prompt_tokens} cached={u.cached_tokens} "
+                f"computed={u.prefill_tokens_computed} generated={u.generated_tokens}; device {u.device_seconds:.2f}s; cost ${u.cost_usd:.6f}"
+                + (f" (the time includes {load_seconds:.1f}s loading the model at the first LLM call)" if load_seconds else ""))
 
 
-trace_app = typer.Typer(help="Read span files written with --trace (JSONL).")
+from agentrt.cli_trace import trace_app  # noqa: E402  (the `agentrt trace` commands)
+
 app.add_typer(trace_app, name="trace")
-
-
-def _read_spans(file: Path) -> list[dict[str, Any]]:
-    if not file.exists():
-        raise typer.BadParameter(f"no such trace file: {file}")
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-
-
-@trace_app.command("show")
-def trace_show(file: Path = typer.Argument(..., help="JSONL span file"), job: str | None = typer.Option(None, help="only this job id")) -> None:
-    """Render each job's span tree with tokens and cost per task."""
-    from rich.tree import Tree
-
-    spans = _read_spans(file)
-    if job is not None:
-        spans = [s for s in spans if s["attributes"].get("agentrt.job.id") == job]
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    ids = {s["span_id"] for s in spans}
-    for s in sorted(spans, key=lambda s: s["start_ns"]):
-        children.setdefault(s["parent_id"] if s["parent_id"] in ids else None, []).append(s)
-
-    def label(s: dict[str, Any]) -> str:
-        a = s["attributes"]
-        ms = (s["end_ns"] - s["start_ns"]) / 1e6
-        parts = [f"[bold]{s['name']}[/bold] {ms:.1f} ms"]
-        if "gen_ai.usage.input_tokens" in a:
-            parts.append(f"in {a['gen_ai.usage.input_tokens']} (cached {a.get('gen_ai.usage.cache_read.input_tokens', 0)}) out {a['gen_ai.usage.output_tokens']}")
-        cost = a.get("agentrt.cost.usd", a.get("agentrt.rollup.cost_usd"))
-        if cost is not None:
-            parts.append(f"${cost:.2e}" + (" (roll-up)" if "agentrt.rollup.cost_usd" in a else ""))
-        if s["status"] == "ERROR":
-            parts.append(f"[red]{a.get('error.type', 'error')}[/red]")
-        return "  ".join(parts)
-
-    def add(node: Any, s: dict[str, Any]) -> None:
-        branch = node.add(label(s))
-        for c in children.get(s["span_id"], []):
-            add(branch, c)
-
-    for root in children.get(None, []):
-        tree = Tree(label(root))
-        for c in children.get(root["span_id"], []):
-            add(tree, c)
-        console.print(tree)
-
-
-@trace_app.command("summary")
-def trace_summary(file: Path = typer.Argument(..., help="JSONL span file")) -> None:
-    """Per graph / agent / tool / model: calls, tokens, seconds and cost (leaf costs only)."""
-    rows: dict[tuple[str, str], list[float]] = {}
-    for s in _read_spans(file):
-        a = s["attributes"]
-        op = a.get("gen_ai.operation.name", "?")
-        name = a.get("agentrt.graph") or a.get("gen_ai.agent.name") or a.get("gen_ai.tool.name") or a.get("gen_ai.request.model") or s["name"]
-        r = rows.setdefault((op, name), [0, 0, 0, 0.0, 0.0])
-        r[0] += 1
-        r[1] += a.get("gen_ai.usage.input_tokens", 0)
-        r[2] += a.get("gen_ai.usage.output_tokens", 0)
-        r[3] += (s["end_ns"] - s["start_ns"]) / 1e9
-        r[4] += a.get("agentrt.cost.usd", 0.0)
-    table = Table(title=f"trace summary: {file}")
-    for col in ("operation", "name", "calls", "input tok", "output tok", "seconds", "cost $"):
-        table.add_column(col)
-    for (op, name), r in sorted(rows.items()):
-        table.add_row(op, name, str(int(r[0])), str(int(r[1])), str(int(r[2])), f"{r[3]:.3f}", f"{r[4]:.2e}")
-    console.print(table)
-
 
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
@@ -216,37 +268,40 @@ def keys_generate(name: str = typer.Argument(..., help="key name, e.g. server or
     from agentrt.keys import generate_keypair
 
     public, secret = generate_keypair(directory, name)
-    console.print(f"public key: {public}\nsecret key: {secret}")
+    out.result({"public_key": str(public), "secret_key": str(secret)})
 
 
 @app.command()
 def serve(
-    graphs: Path = typer.Option(Path("graphs"), help="folder of graph files to load"),
-    tools: Path = typer.Option(Path("tools"), help="folder of tool files to load"),
+    graphs: Path | None = GRAPHS, tools: Path | None = TOOLS,
     bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ address to bind"),
     journal: Path = typer.Option(Path("agentrt-journal.sqlite"), help="SQLite job journal (created if absent)"),
-    model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
+    model: Path | None = MODEL,
     no_engine: bool = typer.Option(False, "--no-engine", help="serve tool-only graphs without loading a model"),
     curve_secret: Path | None = typer.Option(None, help="server .key_secret file: enables CurveZMQ"),
     allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
     max_inflight: int = typer.Option(1000, help="maximum jobs in flight per client"),
-    trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
+    trace: str | None = TRACE,
 ) -> None:
-    """Serve registered graphs over ZeroMQ (see docs/protocol.md) until interrupted."""
+    """Serve registered graphs over ZeroMQ (see docs/protocol.md) until interrupted.
+
+    Logs go to stderr."""
+    import anyio
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from agentrt import telemetry
     from agentrt.executor import Runtime
     from agentrt.server import Server, ServerConfig
 
-    if trace is not None:
-        telemetry.configure(f"jsonl:{trace}")
+    setup_tracing(trace)
     registry = load_registry(graphs, tools)
     engine = None
     if not no_engine:
         from agentrt.engine_client import EmbeddedEngine
         from engine import LLM
 
-        engine = EmbeddedEngine(LLM(model))
+        with console.status("loading the model"):
+            engine = EmbeddedEngine(LLM(model))
     keys: dict[str, Any] = {"curve_allowed_clients": allowed_clients}  # without --curve-secret: refused, not ignored
     if curve_secret is not None:
         from agentrt.keys import load_keypair
@@ -255,56 +310,97 @@ def serve(
         keys |= {"curve_public_key": pub, "curve_secret_key": sec}
     config = ServerConfig(bind=bind, journal=journal, max_inflight_per_client=max_inflight, **keys)
     server = Server(Runtime(registry, engine), config)
-    console.print(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")
-    anyio.run(server.serve)
+    out.message(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")
+    try:
+        anyio.run(server.serve)
+    finally:
+        telemetry.shutdown()
 
 
-def _client(address: str, curve_server: Path | None, curve_secret: Path | None) -> Any:
-    from agentrt.client import Client, default_token_file
-    from agentrt.keys import load_keypair, load_public_key
+def _client(address: str, curve_server: Path | None, curve_secret: Path | None, timeout: float) -> Any:
+    from agentrt.cli_client import connect
 
-    if curve_server is None:  # the token file keeps this user's identity across commands (see docs/protocol.md)
-        return Client(address, token_file=default_token_file())
-    if curve_secret is None:
-        raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server")
-    return Client(address, server_key=load_public_key(curve_server), keypair=load_keypair(curve_secret))
+    return connect(address, curve_server, curve_secret, timeout)
 
 
-ADDRESS = typer.Option("tcp://127.0.0.1:5555", "--address", "-a", help="server address")
+ADDRESS = typer.Option("tcp://127.0.0.1:5555", "--address", "-a", envvar="AGENTRT_ADDRESS", help="server address")
 CURVE_SERVER = typer.Option(None, help="the server's public .key file (CURVE)")
 CURVE_SECRET = typer.Option(None, help="this client's .key_secret file (CURVE)")
+TIMEOUT = typer.Option(10.0, "--timeout", min=0.001, help="seconds to wait for the server to answer (exit 1 when none does)")
+
+
+def _answer(json_out: bool, **fields: str) -> None:
+    """A client command's answer: the last field as a plain line, or all of them as one JSON object."""
+    if json_out:
+        out.result(fields)
+    else:
+        out.line(list(fields.values())[-1])
 
 
 @app.command()
 def submit(
     graph: str = typer.Argument(..., help="registered graph name"),
     input: str = typer.Option("{}", "--input", "-i", help="inputs as a JSON object"),
-    wait: bool = typer.Option(False, help="wait for the result"),
-    follow: bool = typer.Option(False, help="stream task events while waiting (implies --wait)"),
+    wait: bool = typer.Option(False, help="wait for the result; exit 1 unless the job succeeds"),
+    follow: bool = typer.Option(False, help="stream task events to stderr while waiting (implies --wait)"),
     priority: int = typer.Option(0),
     idempotency_key: str | None = typer.Option(None, help="resubmitting with the same key returns the same job"),
+    wait_timeout: float | None = typer.Option(None, help="with --wait: give up after this many seconds (default: wait while the server answers)"),
     address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+    timeout: float = TIMEOUT, json_out: bool = JSON_OUT,
 ) -> None:
-    """Submit a job to a running server; print its id, or its result with --wait/--follow."""
-    inputs = json.loads(input)
-    with _client(address, curve_server, curve_secret) as c:
-        on_event = (lambda e: console.print(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")) if follow else None
-        out = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=wait or follow, on_event=on_event)
-        console.print_json(json.dumps(out if isinstance(out, str) else {"job_id": out.job_id, "status": out.status, "output": out.output, "error": out.error}, default=str))
+    """Submit a job to a running server.
+
+    stdout: its id; with --wait, its output as JSON (--json: id, status, output and error).
+    Exit status 1 when a waited-for job fails or is cancelled."""
+    from agentrt.cli_client import wait_for_result
+
+    inputs = parse_inputs(input)
+    on_event = (lambda e: out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")) if follow and not json_out else None
+    with _client(address, curve_server, curve_secret, timeout) as c:
+        job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
+        if not (wait or follow):
+            _answer(json_out, job_id=job_id)
+            return
+        res = wait_for_result(c, job_id, timeout, wait_timeout, on_event)
+    if json_out:
+        out.result({"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error})
+    elif res.status == "succeeded":
+        out.result(res.output)
+    if res.status != "succeeded":
+        if not json_out:
+            out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
+        raise typer.Exit(out.EXIT_FAILED)
 
 
 @app.command()
-def status(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET) -> None:
-    """Print a job's state (accepted, running, succeeded, failed, cancelled, unknown)."""
-    with _client(address, curve_server, curve_secret) as c:
-        console.print(c.status(job_id))
+def status(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+           timeout: float = TIMEOUT, json_out: bool = JSON_OUT) -> None:
+    """Print a job's state (accepted, running, succeeded, failed, cancelled).
+
+    Exit status 1 for an unknown job."""
+    from agentrt.cli_client import UnknownJobError
+
+    with _client(address, curve_server, curve_secret, timeout) as c:
+        state = c.status(job_id)
+    if state == "unknown":
+        raise UnknownJobError(job_id)
+    _answer(json_out, job_id=job_id, state=state)
 
 
 @app.command()
-def cancel(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET) -> None:
-    """Cancel a running job."""
-    with _client(address, curve_server, curve_secret) as c:
-        console.print(c.cancel(job_id))
+def cancel(job_id: str, address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+           timeout: float = TIMEOUT, json_out: bool = JSON_OUT) -> None:
+    """Cancel a running job and print what the server answers.
+
+    A finished job is not cancelled: its state is printed. Exit status 1 for an unknown job."""
+    from agentrt.cli_client import UnknownJobError
+
+    with _client(address, curve_server, curve_secret, timeout) as c:
+        state = c.cancel(job_id)
+    if state == "unknown":
+        raise UnknownJobError(job_id)
+    _answer(json_out, job_id=job_id, state=state)
 
 
 if __name__ == "__main__":

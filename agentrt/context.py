@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,12 +24,10 @@ from agentrt import telemetry
 from agentrt.api import Agent, Tool
 from agentrt.engine_client import LLMRequest
 from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
-
-if TYPE_CHECKING:
-    from agentrt.executor import JobRun, Runtime
 
 
 class Handle:
@@ -55,7 +53,7 @@ class Handle:
 
 
 class JobContext:
-    def __init__(self, runtime: Runtime, job: JobRun, task: Task | None, session: Session | None = None,
+    def __init__(self, runtime: TaskRunner, job: JobRun, task: Task | None, session: Session | None = None,
                  parent: JobContext | None = None) -> None:
         self.runtime, self.job, self.task, self.parent = runtime, job, task, parent
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
@@ -105,11 +103,13 @@ class JobContext:
         validated = t.validate(args)
         task, deps = self._task(t.name, TaskKind.TOOL, Pool.NONE if t.is_async else Pool.CPU)  # async tools wait on I/O, not cores
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
-                 "agentrt.job.id": self.job_id}
-        with telemetry.span(f"execute_tool {t.name}", attrs) as sp:
+                 "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id}
+        with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \
+                telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
             result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
             sp.set_attribute("agentrt.cpu_seconds", task.usage.cpu_seconds)
             sp.set_attribute("agentrt.cost.usd", task.usage.cost_usd)
+            telemetry.tool_cost(t.name, task.usage.cost_usd)
         self._consumed(task)
         return result
 
@@ -155,8 +155,10 @@ class JobContext:
         policy = self.runtime.registry.graphs[self.job.spec.graph].failure
 
         async def body() -> Any:
-            attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name, "agentrt.job.id": self.job_id}
-            with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp:
+            attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name, "agentrt.task.name": task.name,
+                     "agentrt.job.id": self.job_id}
+            with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp, \
+                    telemetry.timed_operation({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name}):
                 try:
                     return await agent.fn(child, *args, **kwargs)
                 finally:
@@ -216,18 +218,23 @@ class JobContext:
         sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode)
         prompt = sess.prompt(engine.encode)
         task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": engine.model_name, "gen_ai.conversation.id": sess.id,
-                 "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature, "agentrt.job.id": self.job_id}
+        provider = getattr(engine, "provider_name", telemetry.PROVIDER_NAME)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name,
+                 "gen_ai.conversation.id": sess.id, "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature,
+                 "agentrt.task.name": name, "agentrt.task.id": task.id, "agentrt.job.id": self.job_id}
+        history = list(sess.messages) if telemetry.capture_content() else None
         # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
         # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
         engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
         self.runtime.prefix_hints[task.id] = prompt
         try:
-            with telemetry.span(f"chat {engine.model_name}", attrs) as sp:
+            labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
+            with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
                 gen = await self.runtime.run_task(
                     self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
+                telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
         finally:
             self.runtime.prefix_hints.pop(task.id, None)
             engine.unhint(task.id)
@@ -327,10 +334,6 @@ def _trim(text: str, stop: list[str] | None) -> str:
 
 def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     u = gen.usage
-    sp.set_attribute("gen_ai.usage.input_tokens", u.prompt_tokens)
-    sp.set_attribute("gen_ai.usage.output_tokens", u.generated_tokens)
-    sp.set_attribute("gen_ai.usage.cache_read.input_tokens", u.cached_tokens)
-    sp.set_attribute("gen_ai.response.finish_reasons", [gen.finish_reason])
     sp.set_attribute("agentrt.prefill_tokens_computed", u.prefill_tokens_computed)
     sp.set_attribute("agentrt.device_seconds", u.device_seconds)
     sp.set_attribute("agentrt.kv.device.byte_seconds", u.kv_byte_seconds)
@@ -339,13 +342,6 @@ def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     sp.set_attribute("agentrt.spec.proposed_tokens", u.spec_proposed_tokens)
     sp.set_attribute("agentrt.spec.accepted_tokens", u.spec_accepted_tokens)
     sp.set_attribute("agentrt.cost.usd", u.cost_usd)
-
-
-def set_rollup(sp: Any, usage: Usage) -> None:
-    """Parent spans carry sums of their leaves under agentrt.rollup.* (marked, never summed twice)."""
-    sp.set_attribute("agentrt.rollup", True)
-    for name in usage.__struct_fields__:
-        sp.set_attribute(f"agentrt.rollup.{name}", getattr(usage, name))
 
 
 def parse_json_output(gen: Generation, schema: Any) -> Any:

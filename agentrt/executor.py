@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -23,35 +22,16 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Registry
-from agentrt.context import set_rollup
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
 from agentrt.engine_client import EngineClient
 from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
+from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler
-from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState, Usage
+from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState
 
 logger = logging.getLogger(__name__)
-EventSink = Callable[[dict[str, Any]], None]
-
-
-@dataclass(slots=True, eq=False)
-class JobRun:
-    spec: JobSpec
-    dag: JobDAG
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    on_event: EventSink | None = None
-    usage: Usage = field(default_factory=Usage)
-    sessions: list[Any] = field(default_factory=list)
-    task_group: Any = None
-
-    def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
-        if self.on_event is not None:
-            event = {"kind": kind, "job_id": self.spec.job_id, **data}
-            if task is not None:
-                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value}
-            self.on_event(event)
 
 
 class Runtime:
@@ -93,10 +73,13 @@ class Runtime:
         self.scheduler.submit_job(spec.job_id, spec.priority)
         start = time.perf_counter()
         status, output, error = "succeeded", None, None
-        attrs = {"gen_ai.operation.name": "invoke_workflow", "agentrt.graph": graph.name, "agentrt.job.id": spec.job_id}
+        # The GenAI conventions name a workflow with gen_ai.agent.name (gen_ai.workflow.name was retired).
+        attrs = {"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name, "agentrt.graph": graph.name,
+                 "agentrt.job.id": spec.job_id}
         from agentrt.context import JobContext
 
-        with telemetry.span(f"invoke_workflow {graph.name}", attrs, parent=telemetry.extract_context(traceparent)) as sp:
+        with telemetry.span(f"invoke_workflow {graph.name}", attrs, parent=telemetry.extract_context(traceparent)) as sp, \
+                telemetry.timed_operation({"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name}):
             try:
                 inputs = graph.validate(dict(spec.inputs))
                 with job.scope:
@@ -105,9 +88,10 @@ class Runtime:
                         output = await graph.fn(JobContext(self, job, None), **inputs)
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
+                    telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
             except Exception as exc:  # the job fails; the runtime keeps serving
                 status, error = "failed", _describe(exc)
-                sp.set_attribute("error.type", type(_root(exc)).__qualname__)
+                telemetry.mark_error(sp, type(_root(exc)).__qualname__, error)
             finally:
                 await self._close_job(job)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.

@@ -29,7 +29,7 @@ from benchmarks.report import markdown_table, print_table, write_section  # noqa
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
-from engine.moe.quantized import quantize_model_experts  # noqa: E402
+from engine.quantize import quantize_model_experts  # noqa: E402
 from engine.tokenizer import ChatTokenizer  # noqa: E402
 from engine.train.data import load_airline, render_conversations  # noqa: E402
 

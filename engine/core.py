@@ -24,9 +24,9 @@ from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
-from engine.spec.draft_model import PLACEHOLDER
-from engine.spec.ngram import NgramDrafter
-from engine.spec.suffix import SuffixDrafter
+from engine.speculative.draft_model import PLACEHOLDER
+from engine.speculative.ngram import NgramDrafter
+from engine.speculative.suffix import SuffixDrafter
 from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ class LLM:
         self.model, self.model_config = load_model(path, dtype=self.dtype, device=self.device)
         self.model.eval()
         if self.config.quantization is not None:
-            from engine.moe.quantized import quantize_model_experts
+            from engine.quantize import quantize_model_experts
 
             quantize_model_experts(self.model, self.config.quantization)
         if self.device.type == "cpu":  # packed-panel C kernels for linears and MoE layers; cuBLAS/Triton want rows

@@ -16,11 +16,26 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from engine.config import DEFAULT_MODEL_DIR
 from engine.errors import ModelLoadError
+from engine.model.layers import MoE
 from engine.model.loader import load_model, save_model
-from engine.moe.quantized import quantize_model_experts
+from engine.moe.quantized import QuantizedExperts
+
+
+def quantize_model_experts(model: nn.Module, fmt: str) -> int:
+    """Replace every MoE layer's expert weights by packed FP4 (attention and router stay as they
+    are). Returns the expert weight bytes after quantisation."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, MoE) and module.quantized is None:
+            module.quantized = QuantizedExperts(module.w13.data, module.w2.data, fmt)
+            module.w13 = nn.Parameter(torch.empty(0), requires_grad=False)  # free the dense copies
+            module.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
+            total += module.quantized.nbytes
+    return total
 
 
 def quantize_checkpoint(model_dir: Path, fmt: str, out: Path) -> int:

@@ -11,13 +11,13 @@ import torch
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.errors import ModelLoadError
+from engine.kernels.triton.attention import decode_kernel_supports
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
-from engine.model.triton_attention import decode_kernel_supports
 from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
-from engine.spec.draft_model import PLACEHOLDER, DraftModel
-from engine.spec.rejection import accept
+from engine.speculative.draft_model import PLACEHOLDER, DraftModel
+from engine.speculative.rejection import accept
 from engine.structured import mask_logits
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class ModelRunner:
         return sampled
 
     def _verify(self, hidden: torch.Tensor, meta: AttentionMetadata, seq: Any, i: int) -> tuple[int, list[int]]:
-        """Score the last token and k drafts in one pass; accept losslessly (engine/spec/rejection.py)."""
+        """Score the last token and k drafts in one pass; accept losslessly (engine/speculative/rejection.py)."""
         k = len(seq.draft_ids)
         end = meta.cu_query_lens[i + 1]
         if seq.params.greedy:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from engine.errors import ModelLoadError
+from engine.kernels.fp4 import FP4Tensor
 from engine.model.config import ModelConfig
-from engine.moe.fp4 import FP4Tensor
 from engine.moe.quantized import QuantizedExperts
 
 QUANT_CONFIGS = {

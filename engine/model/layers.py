@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model import cpu_linear, cpu_ops
+from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
+from engine.kernels.cpu import linear as cpu_linear
+from engine.kernels.cpu import moe_dense as cpu_dense
+from engine.kernels.cpu import ops as cpu_ops
+from engine.kernels.triton.attention import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
-from engine.model.triton_attention import triton_available
-from engine.moe import cpu_dense, cpu_fp4_panels
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 

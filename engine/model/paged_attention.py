@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.model import cpu_attention
+from engine.kernels.cpu import attention as cpu_attention
+from engine.kernels.triton.attention import decode_kernel_supports
 from engine.model.attention import AttentionMetadata
-from engine.model.triton_attention import decode_kernel_supports
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
@@ -90,7 +90,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
     if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):  # sync-free (and CUDA-graph safe) decode
-        from engine.model.triton_attention import paged_decode_attention
+        from engine.kernels.triton.attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
     if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification, prefill (AVX-512): C, from the blocks

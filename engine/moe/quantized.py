@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from engine.moe.fp4 import FP4Tensor, quantize
+from engine.kernels.fp4 import FP4Tensor, quantize
 from engine.moe.reference import moe_grouped, swiglu
 from engine.moe.routing import group_by_expert
 
@@ -63,10 +62,10 @@ def moe_experts_fp4(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Te
     """Like moe/reference.moe_experts, over packed FP4 experts. x [T, H] -> [T, H].
 
     On the CPU, experts that receive at most `cpu_fp4.MAX_ROWS` rows run the fused kernel
-    (`moe/cpu_fp4.py`: packed weights decoded in registers, no dense tile); the others, and every
+    (`kernels/cpu/fp4_matmul.py`: packed weights decoded in registers, no dense tile); the others, and every
     expert when the kernel is unavailable or gradients are needed, dequantise and use BLAS
     (`moe_experts_fp4_reference`, the test oracle)."""
-    from engine.moe import cpu_fp4
+    from engine.kernels.cpu import fp4_matmul as cpu_fp4
 
     if x.device.type != "cpu" or torch.is_grad_enabled() or not cpu_fp4.available():
         return moe_experts_fp4_reference(x, weights, expert_ids, experts)
@@ -100,17 +99,3 @@ def moe_experts_fp4_reference(x: torch.Tensor, weights: torch.Tensor, expert_ids
     """Dequantise each routed expert into a dense tile, then the grouped torch path."""
     return moe_grouped(x, weights, expert_ids, experts.num_experts, lambda e: experts.expert(e, x.dtype))
 
-
-def quantize_model_experts(model: nn.Module, fmt: str) -> int:
-    """Replace every MoE layer's expert weights by packed FP4 (attention and router stay as they
-    are). Returns the expert weight bytes after quantisation."""
-    from engine.model.layers import MoE
-
-    total = 0
-    for module in model.modules():
-        if isinstance(module, MoE) and module.quantized is None:
-            module.quantized = QuantizedExperts(module.w13.data, module.w2.data, fmt)
-            module.w13 = nn.Parameter(torch.empty(0), requires_grad=False)  # free the dense copies
-            module.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
-            total += module.quantized.nbytes
-    return total

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine.moe.fp4 import FP4Tensor
+from engine.kernels.fp4 import FP4Tensor
 from engine.moe.quantized import QuantizedExperts
 from engine.moe.routing import group_by_expert
 
@@ -100,7 +100,7 @@ def align_by_expert(expert_ids: torch.Tensor, num_experts: int, block_m: int = B
 
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
-    from engine.moe import triton_kernels
+    from engine.kernels.triton import moe_kernels as triton_kernels
 
     return triton_kernels._gate_up_kernel, triton_kernels._down_kernel
 

@@ -134,7 +134,7 @@ def _free_port() -> int:
 
 
 def _start_server(address: str, journal: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS / "none"),
+    cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS),
            "--bind", address, "--journal", str(journal)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120  # start-up imports take seconds, more on a busy machine

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from engine.model import cpu_attention
+from engine.kernels.cpu import attention as cpu_attention
 from engine.model.attention import AttentionMetadata
 from engine.model.paged_attention import paged_attention, paged_attention_torch
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model import cpu_linear
+from engine.kernels.cpu import linear as cpu_linear
 
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no C compiler to build the CPU linear kernel")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model import cpu_ops
+from engine.kernels.cpu import ops as cpu_ops
 from engine.model.config import ModelConfig
 from engine.model.layers import Attention, Rotary
 from engine.model.paged_attention import write_kv

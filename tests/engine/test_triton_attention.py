@@ -12,8 +12,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from engine.kernels.triton.attention import paged_decode_attention  # noqa: E402
 from engine.model.paged_attention import _decode_padded  # noqa: E402
-from engine.model.triton_attention import paged_decode_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.model import cpu_linear
+from engine.kernels.cpu import linear as cpu_linear
+from engine.kernels.cpu import moe_dense as cpu_dense
 from engine.model.config import ModelConfig
 from engine.model.layers import DenseMLP, MoE, prepare_for_inference
-from engine.moe import cpu_dense
 from engine.moe.reference import moe_experts
 from engine.moe.routing import route
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.moe import cpu_fp4
-from engine.moe.fp4 import quantize
+from engine.kernels.cpu import fp4_matmul as cpu_fp4
+from engine.kernels.fp4 import quantize
 from engine.moe.quantized import QuantizedExperts, moe_experts_fp4, moe_experts_fp4_reference
 from engine.moe.routing import route
 

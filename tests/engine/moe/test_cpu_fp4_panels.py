@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.moe import cpu_fp4_panels
+from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
 from engine.moe.quantized import QuantizedExperts, moe_experts_fp4_reference
 from engine.moe.routing import route
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.moe.fp4 import e2m1_decode, e2m1_encode, pack, quantize, unpack
+from engine.kernels.fp4 import e2m1_decode, e2m1_encode, pack, quantize, unpack
 
 
 def test_e2m1_golden_values_ties_to_even_and_saturation() -> None:

@@ -1,4 +1,4 @@
-"""The Triton kernel behind engine/model/triton_attention.py (imported lazily: it imports triton).
+"""The Triton kernel behind engine/kernels/triton/attention.py (imported lazily: it imports triton).
 Kept at module level: Triton resolves the names a kernel uses as module globals."""
 
 # mypy: ignore-errors

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.spec.ngram import NgramDrafter
-from engine.spec.rejection import accept, accept_greedy
+from engine.speculative.ngram import NgramDrafter
+from engine.speculative.rejection import accept, accept_greedy
 
 VOCAB = 20
 
@@ -88,7 +88,7 @@ def test_ngram_drafter_copies_what_followed_the_last_occurrence() -> None:
 
 def test_chunked_greedy_verification_equals_accept_greedy_on_full_logits() -> None:
     from engine.runner import verify_greedy
-    from engine.spec.rejection import accept_greedy
+    from engine.speculative.rejection import accept_greedy
 
     g = torch.Generator().manual_seed(0)
     head = torch.randn(12, 6, generator=g)  # a tiny vocabulary makes matches common

@@ -17,6 +17,7 @@ saturate to 6. Two elements per byte, the even-indexed element in the low nibble
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,19 @@ class FP4Tensor:
             return self.scales.float() * self.tensor_scale
         e = self.scales.float()
         return torch.where(e == 255, torch.full_like(e, float("nan")), torch.exp2(e - 127))
+
+
+class FP4Experts(Protocol):
+    """What the FP4 MoE kernels read of a layer's packed experts (`engine.moe.quantized.QuantizedExperts`):
+    w13 [E, 2I, H] and w2 [E, H, I], and their per-row second-level scales on a device."""
+
+    @property
+    def w13(self) -> FP4Tensor: ...
+
+    @property
+    def w2(self) -> FP4Tensor: ...
+
+    def row_scales(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def quantize(w: torch.Tensor, fmt: str) -> FP4Tensor:

@@ -38,7 +38,7 @@ def decode_kernel_supports(head_dim: int) -> bool:
 
 @functools.cache
 def _kernel() -> Any:
-    from engine.model import triton_attention_kernels
+    from engine.kernels.triton import attention_kernels as triton_attention_kernels
 
     return triton_attention_kernels._paged_decode_kernel
 

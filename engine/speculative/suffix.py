@@ -250,7 +250,7 @@ class SuffixDrafter:
         self, max_depth: int = 48, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.15,
         max_match: int = 24, match_prior: float = 1.0,
     ) -> None:
-        from engine.spec.ngram import NgramDrafter
+        from engine.speculative.ngram import NgramDrafter
 
         self.tree = SuffixTree(max_depth, max_nodes)
         self.ngram = NgramDrafter(max_n=8, min_n=2)

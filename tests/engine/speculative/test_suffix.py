@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.spec.suffix import SuffixDrafter, SuffixTree
+from engine.speculative.suffix import SuffixDrafter, SuffixTree
 
 
 def _windows(docs: dict[int, list[int]], depth: int) -> set[tuple[int, ...]]:
@@ -135,7 +135,7 @@ def test_bad_sizes_are_rejected() -> None:
 def test_window_hashes_depend_only_on_the_window() -> None:
     import numpy as np
 
-    from engine.spec.suffix import window_hashes
+    from engine.speculative.suffix import window_hashes
 
     a = np.array([5, 6, 7, 8, 9, 6, 7, 8], dtype=np.int64)
     ha = window_hashes(a, 0, 3, seed=7)

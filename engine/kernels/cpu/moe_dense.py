@@ -3,7 +3,7 @@
 Why: through torch a MoE layer is a dozen small ops per active expert (index, two matmuls, SwiGLU,
 scale, scatter-add) whose fixed costs exceed the arithmetic at decode-sized batches, and whose
 matmuls BLAS runs at a fraction of the FMA rate when an expert has a few rows. This driver runs
-the layer on the panel kernel of `model/cpu_linear.py` in one OpenMP region:
+the layer on the panel kernel of `kernels/cpu/linear.py` (panel.h) in one OpenMP region:
   1. sort the (token, slot) pairs by expert and gather their rows;
   2. per (expert, gate/up panel): 8 gate and the 8 matching up columns, SwiGLU in registers;
   3. per (expert, down panel): the expert's rows of the down projection;
@@ -15,7 +15,7 @@ Expert weights are packed once (`DenseExperts`) as panels: bf16 when that is los
 shipped in bf16, like the embedded model: half the bytes to stream), else fp32. The intermediate
 size is padded to a multiple of 8 with zero rows/columns, which contribute exactly 0.
 `moe/reference.moe_experts` is the oracle (tests/engine/moe/test_cpu_dense.py). Built on first use
-by `engine.native`; without a C compiler `available()` is False and the torch path runs.
+by `kernels.cpu.native`; without a C compiler `available()` is False and the torch path runs.
 """
 
 from __future__ import annotations
@@ -24,95 +24,17 @@ import ctypes
 
 import torch
 
-from engine import native
-from engine.model import cpu_linear
+from engine.kernels.cpu import linear as cpu_linear
+from engine.kernels.cpu import native
 
-# The MoE driver's shared steps (this module's dense layer and cpu_fp4_panels' FP4 layer use them).
-DRIVER = cpu_linear.SOURCE + r"""
-/* Counting sort of the A = T * topk (token, slot) pairs by expert. iscratch: order [A] (pairs of
-   expert 0 first, stable), pos [A] (inverse of order), start [E + 1], active [E] (experts with
-   pairs), cursor [E]. Returns -1 for an id outside [0, E). */
-static int sort_pairs(const int64_t *ids, int64_t A, int64_t E, int64_t *iscratch, int64_t *nactive) {
-    int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1, *cursor = active + E;
-    for (int64_t j = 0; j < A; j++)
-        if (ids[j] < 0 || ids[j] >= E) return -1;
-    for (int64_t e = 0; e <= E; e++) start[e] = 0;
-    for (int64_t j = 0; j < A; j++) start[ids[j] + 1]++;
-    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
-    *nactive = 0;
-    for (int64_t e = 0; e < E; e++)
-        if (start[e + 1] > start[e]) active[(*nactive)++] = e;
-    for (int64_t e = 0; e < E; e++) cursor[e] = start[e];
-    for (int64_t j = 0; j < A; j++) order[cursor[ids[j]]++] = j;
-    for (int64_t r = 0; r < A; r++) pos[order[r]] = r;
-    return 0;
-}
-
-/* Inside a parallel region: the token row of every sorted pair into xe [A, H]. */
-static void gather_rows(const float *x, int64_t H, int64_t topk, const int64_t *order, int64_t A, float *xe) {
-    #pragma omp for schedule(static)
-    for (int64_t r = 0; r < A; r++) memcpy(xe + r * H, x + (order[r] / topk) * H, H * sizeof(float));
-}
-
-/* Inside a parallel region: out[t] = sum over slots s (in order) of topw[t, s] * ye[pos[t, s]]. */
-static void combine_pairs(const float *ye, int64_t H, int64_t topk, const float *topw, const int64_t *pos, int64_t T, float *out) {
-    #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; t++) {
-        float *o = out + t * H;
-        for (int64_t h = 0; h < H; h++) o[h] = 0.f;
-        for (int64_t s = 0; s < topk; s++) {
-            const float w = topw[t * topk + s];
-            const float *y = ye + pos[t * topk + s] * H;
-            for (int64_t h = 0; h < H; h++) o[h] += w * y[h];
-        }
-    }
-}
-"""
-
-_SOURCE = DRIVER + r"""
-/* A MoE layer. x: [T, H]; ids, topw: [T, topk]; w13: per expert ceil(I/8) panels [H, 16] of 8 gate
-   then 8 up columns; w2: per expert ceil(H/16) panels [IP, 16]; IP = intermediate size padded to 8.
-   out: [T, H]. scratch: A * (2 H + IP) floats, iscratch: 2 A + 3 E + 1 int64, A = T * topk. */
-int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
-               const void *w13, const void *w2, int64_t bf16, int64_t E, float *out, float *scratch, int64_t *iscratch,
-               int64_t threads)
-{
-    const int64_t A = T * topk, esz = bf16 ? 2 : 4;
-    const int64_t P1 = IP / 8, P2 = (H + PANEL - 1) / PANEL, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
-    float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
-    int64_t nactive;
-    const int64_t *start = iscratch + 2 * A, *active = start + E + 1;
-    if (sort_pairs(ids, A, E, iscratch, &nactive) != 0) return -1;  /* 1. pairs sorted by expert */
-    #pragma omp parallel num_threads(threads) if (A * H * IP >= 16384)
-    {
-        gather_rows(x, H, topk, iscratch, A, xe);
-        /* 2. gate/up + SwiGLU, per (expert, pair of panels) */
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < nactive * Q1; item++) {
-            const int64_t e = active[item / Q1], q = item % Q1, r0 = start[e];
-            rows_panels(xe + r0 * H, start[e + 1] - r0, H, (const char *)w13 + e * P1 * H * PANEL * esz, (int)bf16, H, 0,
-                        a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
-        }
-        /* 3. down projection, per (expert, pair of panels) */
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < nactive * Q2; item++) {
-            const int64_t e = active[item / Q2], q = item % Q2, r0 = start[e];
-            rows_panels(a + r0 * IP, start[e + 1] - r0, IP, (const char *)w2 + e * P2 * IP * PANEL * esz, (int)bf16, IP, 0,
-                        ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
-        }
-        /* 4. weighted sum per token, slots in order */
-        combine_pairs(ye, H, topk, topw, iscratch + A, T, out);
-    }
-    return 0;
-}
-"""
+# The MoE driver's shared steps (moe_driver.h; this module's dense layer and fp4_panels' FP4 layer use them).
 
 _P, _I = native.PTR, native.I64
 _SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),)
 
 
 def _library() -> ctypes.CDLL | None:
-    return native.build("dense_moe", _SOURCE, _SIGNATURES)
+    return native.build("moe_dense", _SIGNATURES)
 
 
 def available() -> bool:

@@ -1,6 +1,6 @@
-"""The tiled path of the CPU paged attention (`cpu_attention`): many query rows per (sequence, KV
+/* The tiled path of the CPU paged attention (attention.c): many query rows per (sequence, KV
 head) on AVX-512, i.e. speculative verification, prefill chunks and (for bitwise agreement with
-verification) decode rows. C source only; `cpu_attention` compiles it with the row path and the
+verification) decode rows. Included by attention.c, which compiles it with the row path and the
 dispatcher into one library.
 
 Row-at-a-time attention reads every key and value once per row. Here a work item of up to
@@ -10,9 +10,8 @@ registers, eight rows at once; the softmax runs over whole rows (two passes: sco
 keys at -inf); the V pass keeps 16 accumulators (rows x D / 16) so each V row is loaded once per
 group of rows. Each row's sums run in a fixed order whatever rows share its item, so a row's result
 does not depend on them. Needs D in {32, 64, 128}; the row path covers everything else.
-"""
-
-SOURCE = r"""
+*/
+#pragma once
 #define TILE_ROWS 32  /* query rows per work item of the tiled path */
 
 #ifdef __AVX512F__
@@ -171,4 +170,3 @@ static void attend_tiled(const float *q, int64_t q_row0, int64_t q_len, int64_t 
     }
 }
 #endif
-"""

@@ -1,0 +1,104 @@
+"""What the CLI's client commands (submit, status, cancel) share: connecting with a timeout, waiting
+for a result without hanging on a dead server, and errors that name the job or the address.
+
+Imports only the client side of agentrt (no engine, no torch)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agentrt.errors import AgentrtError
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class UnknownJobError(AgentrtError):
+    """The server has no job of this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job {job_id!r}: the server has no job of that id")
+        self.job_id = job_id
+
+
+class NoServerError(AgentrtError):
+    """No server answered at the address within the timeout."""
+
+
+class CliClient:
+    """A `Client` whose calls turn a missing answer into NoServerError naming the address."""
+
+    def __init__(self, client: Any, address: str, timeout: float) -> None:
+        self.client, self.address, self.timeout = client, address, timeout
+
+    def __enter__(self) -> CliClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    @contextmanager
+    def _answer(self) -> Iterator[None]:
+        try:
+            yield
+        except TimeoutError as exc:
+            raise NoServerError(f"no answer from a server at {self.address} within {self.timeout:g}s "
+                                f"(is `agentrt serve` running there? raise --timeout to wait longer)") from exc
+
+    def submit(self, graph: str, inputs: dict[str, Any], **kwargs: Any) -> Any:
+        with self._answer():
+            return self.client.submit(graph, inputs, **kwargs)
+
+    def status(self, job_id: str) -> str:
+        with self._answer():
+            return str(self.client.status(job_id))
+
+    def cancel(self, job_id: str) -> str:
+        """What the server answers to a cancel; a finished job's own state without asking to cancel it."""
+        state = self.status(job_id)
+        if state == "unknown" or state in TERMINAL_STATES:
+            return state
+        with self._answer():
+            return str(self.client.cancel(job_id))
+
+
+def connect(address: str, curve_server: Path | None, curve_secret: Path | None, timeout: float) -> CliClient:
+    """A CliClient on `address`; CURVE when the server key file is given (then the secret is required)."""
+    import typer
+
+    from agentrt.client import Client, default_token_file
+
+    kwargs: dict[str, Any] = {}
+    if "timeout" in inspect.signature(Client).parameters:
+        kwargs["timeout"] = timeout
+    if curve_server is None:  # the token file keeps this user's identity across commands (docs/protocol.md)
+        kwargs["token_file"] = default_token_file()
+    else:
+        if curve_secret is None:
+            raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server",
+                                     param_hint="--curve-secret")
+        from agentrt.keys import load_keypair, load_public_key
+
+        kwargs.update(server_key=load_public_key(curve_server), keypair=load_keypair(curve_secret))
+    return CliClient(Client(address, **kwargs), address, timeout)
+
+
+def wait_for_result(c: CliClient, job_id: str, timeout: float, wait_timeout: float | None,
+                    on_event: Callable[[Any], None] | None) -> Any:
+    """The job's Result. Waits in slices of `timeout`, checking between slices that the server still
+    answers (NoServerError if not), until `wait_timeout` seconds (None: no limit)."""
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    client = c.client
+    while True:
+        try:
+            return client.result(job_id, on_event, timeout=timeout)  # one slice; ClientTimeout if unfinished
+        except TimeoutError:
+            pass
+        c.status(job_id)  # raises NoServerError when the server is gone
+        if deadline is not None and time.monotonic() > deadline:
+            raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
+                               f"(it keeps running; `agentrt status {job_id}` to check)")

@@ -1,0 +1,3 @@
+"""CPU kernels in C: one .c file per kernel family beside its thin ctypes binding (the .py of the
+same name), shared headers for the SIMD helpers (simd.h), the packed-panel tiles (panel.h) and the
+MoE driver steps (moe_driver.h). `native` compiles and caches them on first use."""

@@ -1,0 +1,123 @@
+"""Paged attention in C: decode, speculative verification and (with AVX-512) prefill chunks.
+
+Why: through torch, a sequence's context must first become one tensor (a `cat` of its block runs,
+~1 MB per layer at 2k tokens) and then goes through SDPA or two strided `bmm`s; at decode sizes
+that was 130-520 us per layer on the 2-core CI machine. This kernel reads K and V straight from
+the cache blocks named by the block table, one (sequence, KV head) pair per work item (OpenMP),
+with every query head of the group and every new token as a row: eight keys' dot products at a
+time (8-wide FMAs reduced together), an online softmax per row (vectorised exp), and the
+probability-weighted V rows summed in registers. Causality is per row: new token t of a sequence
+with `ctx` tokens sees keys 0 .. ctx - q_len + t.
+
+Verification steps and prefill chunks put many rows on one (sequence, KV head): with AVX-512,
+work items of up to 32 rows (decode rows too, see TILED_MIN_ROWS) share every K and V load instead
+(attention_tiled.h): 1.9x the row path at 17 tokens x 2 query heads over 2,000 keys, and any
+number of new tokens per sequence (the row path takes at most MAX_QUERY_LEN).
+
+The torch path (`paged_attention.paged_attention_torch`) is the oracle (tests/engine/test_cpu_attention.py).
+Built on first use by `kernels.cpu.native`; without a C compiler `available()` is False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Protocol
+
+import torch
+
+from engine.kernels.cpu import native
+
+MAX_QUERY_LEN = 32  # new tokens per sequence up to which a step uses the kernel (larger: torch SDPA)
+# Query rows (new tokens x query heads per KV head) of one (sequence, KV head) from which the
+# AVX-512 tiled path runs; below it, and without AVX-512, the row-at-a-time path. 1: every row
+# takes the tiled path, so a token's attention is bitwise the same decoded alone or verified among
+# drafts (the paths round differently) and greedy speculation reproduces plain decoding exactly;
+# the row path would decode a lone token ~7% faster.
+TILED_MIN_ROWS = 1
+
+
+class PagedBatch(Protocol):
+    """What the kernel reads of a step's attention metadata (`engine.model.attention.AttentionMetadata`)."""
+
+    @property
+    def num_seqs(self) -> int: ...
+
+    @property
+    def max_query_len(self) -> int: ...
+
+    @property
+    def block_tables(self) -> torch.Tensor: ...  # [num_seqs, max_blocks] int64
+
+    @property
+    def context_lens_t(self) -> torch.Tensor: ...  # [num_seqs] int64
+
+    @property
+    def cu_query_lens_t(self) -> torch.Tensor | None: ...  # [num_seqs + 1] int64 CPU
+
+
+_P, _I = native.PTR, native.I64
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I), _I),
+               ("tiled_supported", (_I,), _I))
+
+
+def _library() -> ctypes.CDLL | None:
+    return native.build("attention", _SIGNATURES)
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used (builds it on the first call)."""
+    return _library() is not None
+
+
+@functools.cache
+def tiled_supported(head_dim: int) -> bool:
+    """Whether the tiled path runs here for this head size (AVX-512 build, head_dim 32/64/128):
+    then any number of new tokens per sequence is supported (prefill chunks too)."""
+    lib = _library()
+    return lib is not None and bool(lib.tiled_supported(head_dim))
+
+
+def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch) -> bool:
+    """Whether this step's attention can run in the kernel: fp32 CPU tensors, contiguous caches,
+    blocks of at most 64 tokens, and at most MAX_QUERY_LEN new tokens per sequence unless the
+    tiled path runs here (`tiled_supported`)."""
+    return (
+        q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
+        and k_cache.shape[1] <= 64 and available()
+        and (meta.max_query_len <= MAX_QUERY_LEN or tiled_supported(q.shape[-1]))
+    )
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: PagedBatch, scale: float,
+    tiled_min_rows: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of every new token over its sequence's cached context (its own K/V
+    already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `tiled_min_rows` overrides
+    TILED_MIN_ROWS (tests force either path with it). Raises ValueError when `supports` does not
+    hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
+    and the override keeps it off the tiled path."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the CPU paged attention kernel is not available (no C compiler?)")
+    if not supports(q, k_cache, meta) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("paged_attention (C) needs fp32 CPU tensors, contiguous caches, blocks <= 64 tokens "
+                         f"and <= {MAX_QUERY_LEN} new tokens per sequence (more only on the tiled AVX-512 path)")
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    if num_heads % num_kv_heads or k_cache.shape[3] != head_dim:
+        raise ValueError(f"q heads {num_heads} x {head_dim} do not fit the cache's {num_kv_heads} x {k_cache.shape[3]}")
+    qc = q.contiguous()
+    out = torch.empty_like(qc)
+    tables = meta.block_tables
+    cu = meta.cu_query_lens_t
+    if cu is None:
+        raise ValueError("attention metadata built for another device (no cu_query_lens_t)")
+    status = lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
+                                 tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
+                                 head_dim, scale, out.data_ptr(), torch.get_num_threads(),
+                                 TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows)
+    if status != 0:
+        raise ValueError(f"more than {MAX_QUERY_LEN} new tokens per sequence need the tiled path (tiled_min_rows={tiled_min_rows})")
+    return out

@@ -1,0 +1,101 @@
+"""Small C kernels for the CPU path, built with the system C compiler on first use.
+
+The kernels are the .c/.h files beside this module (one .c per kernel family, shared headers for
+the SIMD helpers and the panel tiles). A binding module hands the name of its .c file and its
+ctypes signatures to `build`; the shared library is compiled once into ~/.cache/agentrt/ (or
+$AGENTRT_CACHE_DIR), keyed by the sources, the flags and the compiler, and loaded through ctypes (calls release the GIL). No torch headers are needed, so a
+build takes about a second. Without a working compiler `build` returns None and callers keep their
+torch path, which is also every kernel's test oracle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Vectorise dot products (reassociation) without -ffast-math's no-NaN assumption: NaN inputs must
+# still poison their outputs.
+FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC")
+LIBS = ("-lm",)
+SOURCE_DIR = Path(__file__).resolve().parent
+
+I64 = ctypes.c_int64
+F32 = ctypes.c_float
+PTR = ctypes.c_void_p
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AGENTRT_CACHE_DIR") or Path.home() / ".cache" / "agentrt")
+
+
+def _trusted(path: Path) -> bool:
+    """Only this user can have written it: ours, not a symlink, not group- or world-writable."""
+    st = os.lstat(path)
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _trusted_target(filename: str) -> Path:
+    """Where to keep (and load) a built library. A library found in the cache is loaded only if the
+    folder and the file are trusted; otherwise it is rebuilt in a private per-process folder, since a
+    name derived from the sources is easy to plant for anyone who can write the cache."""
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = folder / filename
+    if _trusted(folder) and (not os.path.lexists(target) or _trusted(target)):
+        return target
+    logger.warning("kernel cache %s (or %s in it) is not private to this user: building in a private folder", folder, filename)
+    return Path(tempfile.mkdtemp(prefix="agentrt-kernels-")) / filename
+
+
+def source_text(name: str) -> str:
+    """The C source of kernel family `name` (`<name>.c` beside this module)."""
+    return (SOURCE_DIR / f"{name}.c").read_text()
+
+
+def _sources_digest() -> str:
+    """Every .c/.h of the kernel directory (a header change rebuilds every family that may include it)."""
+    h = hashlib.sha256()
+    for path in sorted(SOURCE_DIR.glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | None:
+    """Compile `<name>.c` (once per content of the kernel sources) and load it, declaring each
+    (function, argtypes[, restype]) of `signatures` (no restype: void). Returns None, with a
+    warning, when no compiler works."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler found: the %s CPU kernels are off (torch path instead)", name)
+        return None
+    key = hashlib.sha256((name + _sources_digest() + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
+    try:
+        target = _trusted_target(f"{name}_{key}.so")
+        if not target.exists():
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                out = Path(tmp) / f"{name}.so"
+                cmd = [compiler, *FLAGS, f"-I{SOURCE_DIR}", str(SOURCE_DIR / f"{name}.c"), "-o", str(out), *LIBS]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                os.replace(out, target)  # atomic: concurrent builders race harmlessly
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = exc.stderr.decode(errors="replace")[-500:] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else str(exc)
+        logger.warning("could not build the %s CPU kernels (%s): torch path instead", name, detail)
+        return None
+    for fn_name, argtypes, *restype in signatures:
+        fn = getattr(lib, fn_name)
+        fn.argtypes = list(argtypes)
+        fn.restype = restype[0] if restype else None
+    return lib
