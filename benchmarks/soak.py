@@ -281,7 +281,7 @@ def main() -> None:
         body = markdown_table(cols, rows) + (
             "\n\nTwo clients, 48 jobs in flight each, jobs submitted with idempotency keys and retried across the restart. "
             "Latency is submit to result; p99 is the jobs caught by the restart, whose wait is the restart time (`restart s`, "
-            "mostly the new process importing torch through `agentrt.sessions` -> `engine`). RSS growth is the restarted "
+            "the new process starting up and recovering its unfinished jobs). RSS growth is the restarted "
             "server's over the last 30% of the jobs. One run of each row; the machine was shared with other work, so "
             "throughput differences inside the spread are noise.")
         write_section("soak", "Soak: faults injected and survived", body, cmd,
