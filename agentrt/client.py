@@ -166,15 +166,15 @@ class Client:
                 self._buffer = [*self._buffer[-999:], msg]
         return None
 
-    def _request(self, msg: p.Message, match: Callable[[p.Message], bool]) -> p.Message:
+    def _request(self, msg: p.Message, match: Callable[[p.Message], bool], renew: bool = True) -> p.Message:
         self._send(msg)
         reply = self._recv_until(match)
         if reply is None:
             raise _unavailable(self.address, self.timeout)
-        if isinstance(reply, p.Error) and reply.code == "unauthorized" and self.token_file is not None and getattr(msg, "token", None):
+        if renew and isinstance(reply, p.Error) and reply.code == "unauthorized" and self.token_file is not None and getattr(msg, "token", None):
             logger.warning("the server no longer accepts this client's stored token; getting a new one")
             self.token = None  # e.g. the server's journal was replaced: old jobs are out of reach anyway
-            return self._request(msgspec.structs.replace(msg, token=self._ensure_token()), match)  # type: ignore[type-var]
+            return self._request(msgspec.structs.replace(msg, token=self._ensure_token()), match, renew=False)  # type: ignore[type-var]
         return _check(reply)
 
     def _ensure_token(self) -> str:
