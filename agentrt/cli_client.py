@@ -70,12 +70,14 @@ def connect(address: str, curve_server: Path | None, curve_secret: Path | None, 
     """A CliClient on `address`; CURVE when the server key file is given (then the secret is required)."""
     import typer
 
-    from agentrt.client import Client
+    from agentrt.client import Client, default_token_file
 
     kwargs: dict[str, Any] = {}
     if "timeout" in inspect.signature(Client).parameters:
         kwargs["timeout"] = timeout
-    if curve_server is not None:
+    if curve_server is None:  # the token file keeps this user's identity across commands (docs/protocol.md)
+        kwargs["token_file"] = default_token_file()
+    else:
         if curve_secret is None:
             raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server",
                                      param_hint="--curve-secret")
@@ -93,7 +95,7 @@ def wait_for_result(c: CliClient, job_id: str, timeout: float, wait_timeout: flo
     client = c.client
     while True:
         try:
-            return client.result(job_id, on_event)
+            return client.result(job_id, on_event, timeout=timeout)  # one slice; ClientTimeout if unfinished
         except TimeoutError:
             pass
         c.status(job_id)  # raises NoServerError when the server is gone

@@ -64,7 +64,7 @@ def main() -> None:
     jobs = 200 if args.quick else args.jobs
     address = f"tcp://127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS / "none"),
+        cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS),
                "--bind", address, "--journal", f"{tmp}/journal.sqlite", "--max-inflight", "100000"]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
