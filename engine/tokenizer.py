@@ -86,12 +86,32 @@ def find_tool_call_errors(text: str) -> list[str]:
 
 
 def _call_bodies(text: str) -> list[str]:
+    """The body of every `<tool_call>...` in `text`. A body that starts with a JSON value ends where
+    that value ends, so a `</tool_call>` inside one of its strings does not cut the call short."""
     bodies, pos = [], 0
     while (start := text.find(CALL_OPEN, pos)) != -1:
-        end = text.find(CALL_CLOSE, start)
-        bodies.append(text[start + len(CALL_OPEN) : end if end != -1 else len(text)])
-        pos = end + len(CALL_CLOSE) if end != -1 else len(text)
+        begin = start + len(CALL_OPEN)
+        end = _json_end(text, begin)
+        if end is None:
+            close = text.find(CALL_CLOSE, begin)
+            end = close if close != -1 else len(text)
+        bodies.append(text[begin:end])
+        after = end + len(text[end:]) - len(text[end:].lstrip())
+        pos = after + len(CALL_CLOSE) if text.startswith(CALL_CLOSE, after) else max(end, begin)
     return bodies
+
+
+def _json_end(text: str, begin: int) -> int | None:
+    """Where the JSON value starting at `begin` (after whitespace) ends, or None if none parses."""
+    stripped = len(text[begin:]) - len(text[begin:].lstrip())
+    try:
+        _, end = _DECODER.raw_decode(text, begin + stripped)
+    except json.JSONDecodeError:
+        return None
+    return int(end)
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _parse_call(body: str) -> tuple[str, dict[str, Any]] | str:
