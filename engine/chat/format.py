@@ -71,18 +71,21 @@ class ChatFormat:
 
     def structural_tag(self, tools: Sequence[dict[str, Any]], required: bool = False) -> dict[str, Any] | None:
         """An xgrammar structural tag: free text until the family's call marker, then a call whose name is
-        one of `tools` and whose arguments match its schema (properties in declared order). None for
+        one of `tools` and whose arguments match its schema (properties in declared order, no string
+        containing the closing marker, at most one whitespace in a row). None for
         families whose markers are special tokens (agentrt, harmony): those use a JSON schema after the
         marker instead (see agentrt.context)."""
         if self.family not in CALL_TAGS or not tools:
             return None
         trigger, begin, end = CALL_TAGS[self.family]
+        close = end.lstrip("`}\n")  # "</tool_call>" / "<｜tool▁call▁end｜>": never inside a string
         tags = []
         for tool in tools:
             fn = tool.get("function", tool)
             params = fn.get("parameters") or {"type": "object"}
             tags.append({"type": "tag", "begin": begin.replace("{name}", fn["name"]),
-                         "content": {"type": "json_schema", "json_schema": params}, "end": end})
+                         "content": {"type": "json_schema", "json_schema": params, "max_whitespace_cnt": 1,
+                                     "excludes": [close]}, "end": end})
         fmt = {"type": "triggered_tags", "triggers": [trigger], "tags": tags, "at_least_one": required,
                "excludes": ["<think>", "</think>"] if self.think else []}
         return {"type": "structural_tag", "format": fmt}

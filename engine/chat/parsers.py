@@ -88,15 +88,14 @@ def _parse_deepseek(text: str) -> ParsedOutput:
 
 
 HARMONY_MESSAGE = re.compile(
-    r"(?:<\|start\|>assistant)?(?:<\|channel\|>(?P<channel>\w+))?(?P<header>[^<]*?)(?:<\|constrain\|>\w+)?"
+    r"(?:<\|start\|>assistant)?(?P<pre>[^<]*?)(?:<\|channel\|>(?P<channel>\w+))?(?P<header>[^<]*?)(?:<\|constrain\|>\w+)?"
     r"<\|message\|>(?P<body>.*?)(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 
 
 def _parse_harmony(text: str) -> ParsedOutput:
     content, reasoning, calls, errors = [], [], [], []
     for m in HARMONY_MESSAGE.finditer(text):
-        header = m["header"] or ""
-        recipient = re.search(r"to=functions\.([\w.-]+)", header) or re.search(r"to=functions\.([\w.-]+)", m.group(0))
+        recipient = re.search(r"to=functions\.([\w.-]+)", (m["pre"] or "") + (m["header"] or ""))
         if recipient:
             args = _object_or_error(m["body"], errors)
             if args is not None:

@@ -86,7 +86,7 @@ def test_harmony_renders_tools_and_the_assistant_prompt(gptoss_dir: Path, tmp_pa
     text = fmt.render(CONV[:4], TOOLS)
     assert text.startswith("<|start|>system<|message|>") and text.endswith("<|start|>assistant")
     assert "namespace functions" in text and "type get_reservation_details = " in text
-    assert '<|start|>assistant<|channel|>commentary to=functions.get_reservation_details' in text
+    assert '<|start|>assistant to=functions.get_reservation_details<|channel|>commentary json<|message|>{"reservation_id": "ABC123"}<|call|>' in text
     assert "<|start|>functions.get_reservation_details to=assistant<|channel|>commentary<|message|>" in text
 
 
