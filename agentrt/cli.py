@@ -79,6 +79,8 @@ def run(
     graphs: Path = typer.Option(Path("graphs"), help="folder of graph files to load"),
     tools: Path = typer.Option(Path("tools"), help="folder of tool files to load"),
     model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
+    llm_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint to use instead of the embedded engine (env AGENTRT_LLM_URL)"),
+    llm_model: str | None = typer.Option(None, help="model name at --llm-url (env AGENTRT_LLM_MODEL)"),
     policy: str = typer.Option("las", help="scheduling policy: las or fcfs"),
     trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
@@ -91,7 +93,7 @@ def run(
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"--input is not JSON: {exc}") from exc
     from agentrt import telemetry
-    from agentrt.engine_client import EmbeddedEngine
+    from agentrt.backends import close_engine, make_engine
     from agentrt.executor import Runtime
     from agentrt.types import JobSpec
 
@@ -99,9 +101,7 @@ def run(
         telemetry.configure(f"jsonl:{trace}")
     registry = load_registry(graphs, tools)
     with console.status("loading the model"):
-        from engine import LLM
-
-        engine = EmbeddedEngine(LLM(model))
+        engine = make_engine(model, llm_url, llm_model)
     runtime = Runtime(registry, engine, policy=policy)
     progress = Progress()
 
@@ -129,7 +129,7 @@ def run(
     if dag is not None:
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
-    engine.llm.close()
+    close_engine(engine)
     if result.status != "succeeded":
         raise typer.Exit(1)
 
@@ -204,6 +204,24 @@ def trace_summary(file: Path = typer.Argument(..., help="JSONL span file")) -> N
     console.print(table)
 
 
+llm_app = typer.Typer(help="The inference engine on its own.")
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(
+    model: Path | None = typer.Argument(None, help="model directory (default: the shipped model)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="TCP port"),
+    served_model_name: str | None = typer.Option(None, help="the model's name in the API (default: the directory name)"),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from engine.serve import serve as serve_http
+
+    serve_http(str(model) if model else None, host=host, port=port, model_name=served_model_name)
+
+
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
 
@@ -226,6 +244,8 @@ def serve(
     bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ address to bind"),
     journal: Path = typer.Option(Path("agentrt-journal.sqlite"), help="SQLite job journal (created if absent)"),
     model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
+    llm_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint to use instead of the embedded engine (env AGENTRT_LLM_URL)"),
+    llm_model: str | None = typer.Option(None, help="model name at --llm-url (env AGENTRT_LLM_MODEL)"),
     no_engine: bool = typer.Option(False, "--no-engine", help="serve tool-only graphs without loading a model"),
     curve_secret: Path | None = typer.Option(None, help="server .key_secret file: enables CurveZMQ"),
     allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
@@ -243,10 +263,9 @@ def serve(
     registry = load_registry(graphs, tools)
     engine = None
     if not no_engine:
-        from agentrt.engine_client import EmbeddedEngine
-        from engine import LLM
+        from agentrt.backends import make_engine
 
-        engine = EmbeddedEngine(LLM(model))
+        engine = make_engine(model, llm_url, llm_model)
     keys: dict[str, Any] = {}
     if curve_secret is not None:
         from agentrt.keys import load_keypair

@@ -48,14 +48,16 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        params = sampling_params(req, DEFAULT_MAX_TOKENS)
+        params = sampling_params(req, DEFAULT_MAX_TOKENS, response_schema(req.response_format))
         ids = llm.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
         llm.core.validate(ids, params)
         rid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             return StreamingResponse(_sse(_completion_chunks(llm, ids, params, rid, model_name, req)), media_type="text/event-stream")
         out = await _final(llm, ids, params, rid, request)
-        choice = {"index": 0, "text": out.text, "finish_reason": _reason(out), "logprobs": None}
+        choice = {"index": 0, "text": out.text, "finish_reason": _reason(out), "logprobs": None, "stop_reason": _stop_reason(out, params)}
+        if req.return_token_ids:
+            choice["token_ids"] = list(out.token_ids)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name,
                 "choices": [choice], "usage": usage(out)}
 
@@ -94,6 +96,12 @@ def usage(out: RequestOutput) -> dict[str, Any]:
     u = out.usage
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.generated_tokens,
             "total_tokens": u.prompt_tokens + u.generated_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def _stop_reason(out: RequestOutput, params: Any) -> int | None:
+    """The stop token that ended the output (vLLM's `stop_reason`), if one did."""
+    last = out.token_ids[-1] if out.token_ids else None
+    return last if last is not None and last in params.stop_token_ids else None
 
 
 def _reason(out: RequestOutput) -> str | None:

@@ -24,7 +24,10 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = 1
-    ignore_eos: bool = False  # vLLM's extra parameter: generate max_tokens whatever the model's EOS
+    # vLLM's extra parameters
+    ignore_eos: bool = False  # generate max_tokens whatever the model's EOS
+    stop_token_ids: list[int] = Field(default_factory=list)
+    return_token_ids: bool = False  # choices carry the generated `token_ids`
 
 
 class ChatCompletionRequest(_Request):
@@ -38,6 +41,7 @@ class ChatCompletionRequest(_Request):
 
 class CompletionRequest(_Request):
     prompt: str | list[int]
+    response_format: dict[str, Any] | None = None
 
 
 def sampling_params(req: _Request, default_max_tokens: int, json_schema: dict[str, Any] | None = None) -> SamplingParams:
@@ -48,7 +52,7 @@ def sampling_params(req: _Request, default_max_tokens: int, json_schema: dict[st
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                           max_tokens=max_tokens, stop=stop, json_schema=json_schema,
-                          ignore_eos=req.ignore_eos)
+                          ignore_eos=req.ignore_eos, stop_token_ids=tuple(req.stop_token_ids))
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
