@@ -25,3 +25,13 @@ def close_engine(engine: Any) -> None:
     """Stop the embedded engine's driver thread (a remote engine's client closes with its event loop)."""
     if hasattr(engine, "llm"):
         engine.llm.close()
+
+
+def chat_format_of(engine: Any) -> Any:
+    """The chat format (engine.chat.ChatFormat) of the model behind an EngineClient."""
+    fmt = getattr(engine, "chat_format", None)
+    if fmt is None and hasattr(engine, "llm"):
+        fmt = engine.llm.chat_format
+    if fmt is None:
+        raise ValueError(f"{type(engine).__name__} exposes no chat format (a model with a chat_template is needed)")
+    return fmt

@@ -69,7 +69,7 @@ async def test_session_turns_hit_the_server_prefix_cache_and_keep_affinity(serve
 async def test_structured_output_over_the_server_parses(server_url: str) -> None:
     engine = OpenAIEngine(server_url, "agentrt-default")
     try:
-        res = await runtime(engine, structured).run_job(JobSpec(graph="structured", inputs={"temperature": 0.0}))
+        res = await runtime(engine, structured).run_job(JobSpec(graph="structured", inputs={"temperature": 1.0}))
     finally:
         await engine.aclose()
     assert res.status == "succeeded", res.error
