@@ -88,7 +88,7 @@ def tiny_model(name: str, out: Path, seed: int = 0) -> Path:
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
     eos = read_tokenizer_config(src).get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
-    cfg = transformers.Qwen3MoeConfig(
+    cfg = transformers.Qwen3MoeConfig(  # type: ignore[call-arg]
         vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
         head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, intermediate_size=32,
         max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=tok.token_to_id(eos) if eos else None)

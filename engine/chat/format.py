@@ -11,7 +11,12 @@ from typing import Any
 
 from engine.chat.harmony import HarmonyTemplate
 from engine.chat.parsers import ParsedOutput, parse_output
-from engine.chat.template import ChatTemplate, parse_tool_call_arguments, read_tokenizer_config, special_tokens_of
+from engine.chat.template import (
+    ChatTemplate,
+    parse_tool_call_arguments,
+    read_tokenizer_config,
+    special_tokens_of,
+)
 from engine.errors import InvalidRequestError, ModelLoadError
 
 HARMONY_CACHE = Path.home() / ".cache" / "agentrt" / "harmony"

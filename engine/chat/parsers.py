@@ -76,10 +76,14 @@ DS_CALL = re.compile(r"<｜tool▁call▁begin｜>(?P<type>[^<]*?)<｜tool▁sep
 
 
 def _parse_deepseek(text: str) -> ParsedOutput:
-    start = text.find(DS_CALLS_BEGIN)
-    if start == -1:
+    """Calls sit inside `<｜tool▁calls▁begin｜>...`; a grammar-constrained call may start directly
+    with `<｜tool▁call▁begin｜>`, so the content ends at whichever comes first."""
+    found = [i for i in (text.find(DS_CALLS_BEGIN), text.find("<｜tool▁call▁begin｜>")) if i != -1]
+    if not found:
         return ParsedOutput(text)
-    calls, errors = [], []
+    start = min(found)
+    calls: list[ToolCall] = []
+    errors: list[str] = []
     for m in DS_CALL.finditer(text, start):
         args = _object_or_error(m["args"], errors)
         if args is not None:
@@ -93,7 +97,10 @@ HARMONY_MESSAGE = re.compile(
 
 
 def _parse_harmony(text: str) -> ParsedOutput:
-    content, reasoning, calls, errors = [], [], [], []
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
+    errors: list[str] = []
     for m in HARMONY_MESSAGE.finditer(text):
         recipient = re.search(r"to=functions\.([\w.-]+)", (m["pre"] or "") + (m["header"] or ""))
         if recipient:

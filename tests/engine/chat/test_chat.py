@@ -69,3 +69,17 @@ def test_required_tool_call_is_grammar_constrained_in_qwen_format(tiny_qwen: LLM
         assert out.tool_calls and out.tool_calls[0].name == "get_reservation_details", out.output.text
         assert list(out.tool_calls[0].arguments)[0] == "reservation_id"
         assert "<tool_call>" not in out.text and "<|im_end|>" not in out.text
+
+
+@pytest.fixture(scope="module")
+def tiny_deepseek(deepseek_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LLM:
+    return LLM(tiny_model("deepseek_v3", tmp_path_factory.mktemp("tiny-ds")), device="cpu", dtype="float32", num_kv_blocks=64)
+
+
+def test_required_tool_call_is_grammar_constrained_in_deepseek_format(tiny_deepseek: LLM) -> None:
+    tools = [{"type": "function", "function": {"name": "count_bags", "parameters": {"type": "object", "properties": {
+        "count": {"type": "integer", "minimum": 0, "maximum": 9}, "paid": {"type": "boolean"}}, "required": ["count", "paid"]}}}]
+    out = tiny_deepseek.chat([{"role": "user", "content": "How many bags?"}],
+                             SamplingParams(temperature=1.0, seed=1, max_tokens=120), tools=tools, tool_choice="required")[0]
+    assert [(c.name, list(c.arguments)) for c in out.tool_calls] == [("count_bags", ["count", "paid"])], out.output.text
+    assert "<｜tool▁call▁begin｜>function<｜tool▁sep｜>count_bags\n```json\n" in out.output.text
