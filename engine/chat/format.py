@@ -75,8 +75,8 @@ class ChatFormat:
         return parse_output(self.family, text, self.control_tokens, self.think)
 
     def structural_tag(self, tools: Sequence[dict[str, Any]], required: bool = False) -> dict[str, Any] | None:
-        """An xgrammar structural tag: free text until the family's call marker, then a call whose name is
-        one of `tools` and whose arguments match its schema (properties in declared order, no string
+        """An xgrammar structural tag: free text until the family's call marker (only calls when
+        `required`), then a call whose name is one of `tools` and whose arguments match its schema (properties in declared order, no string
         containing the closing marker, at most one whitespace in a row). None for
         families whose markers are special tokens (agentrt, harmony): those use a JSON schema after the
         marker instead (see agentrt.context)."""
@@ -91,8 +91,11 @@ class ChatFormat:
             tags.append({"type": "tag", "begin": begin.replace("{name}", fn["name"]),
                          "content": {"type": "json_schema", "json_schema": params, "max_whitespace_cnt": 1,
                                      "excludes": [close]}, "end": end})
-        fmt = {"type": "triggered_tags", "triggers": [trigger], "tags": tags, "at_least_one": required,
-               "excludes": ["<think>", "</think>"] if self.think else []}
+        if required:  # calls only, one or more, as the family separates them
+            fmt: dict[str, Any] = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True}
+        else:
+            fmt = {"type": "triggered_tags", "triggers": [trigger], "tags": tags,
+                   "excludes": ["<think>", "</think>"] if self.think else []}
         return {"type": "structural_tag", "format": fmt}
 
 
