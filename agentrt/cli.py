@@ -151,6 +151,9 @@ TOOLS = typer.Option(None, envvar="AGENTRT_TOOLS", show_default="./tools, else t
 TRACE = typer.Option(None, help="where spans go: otlp, console, none, or a file (OTLP/JSON lines); default: $OTEL_TRACES_EXPORTER")
 MODEL = typer.Option(None, help="model directory (default: $AGENTRT_MODEL, else the shipped model)")
 JSON_OUT = typer.Option(False, "--json", help="print one JSON document on stdout and nothing on stderr")
+LLM_URL = typer.Option(None, "--llm-url", envvar="AGENTRT_LLM_URL",
+                       help="OpenAI-compatible endpoint to use instead of the embedded engine (env AGENTRT_LLM_URL)")
+LLM_MODEL = typer.Option(None, "--llm-model", envvar="AGENTRT_LLM_MODEL", help="model name at --llm-url (env AGENTRT_LLM_MODEL)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress or tables; only the result on stdout")
 
 
@@ -159,6 +162,7 @@ def run(
     graph: str = typer.Argument(..., help="name of a registered graph, e.g. airline_support"),
     input: str = typer.Option("{}", "--input", "-i", help="the graph's inputs as a JSON object"),
     graphs: Path | None = GRAPHS, tools: Path | None = TOOLS, model: Path | None = MODEL,
+    llm_url: str | None = LLM_URL, llm_model: str | None = LLM_MODEL,
     policy: str = typer.Option("las", help="scheduling policy: las or fcfs"),
     trace: str | None = TRACE,
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
@@ -176,7 +180,7 @@ def run(
         raise typer.BadParameter(f"unknown policy {policy!r}; use las or fcfs", param_hint="--policy")
     from agentrt import telemetry
 
-    runtime, engine, spec = _local_runtime(graph, inputs, graphs, tools, model, policy, trace)
+    runtime, engine, spec = _local_runtime(graph, inputs, graphs, tools, model, policy, trace, llm_url, llm_model)
     try:
         result = _run_job(runtime, spec, show=not (quiet or json_out))
     finally:
@@ -194,7 +198,7 @@ def run(
 
 
 def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tools: Path | None, model: Path | None,
-                   policy: str, trace: str | None) -> tuple[Any, Any, Any]:
+                   policy: str, trace: str | None, llm_url: str | None, llm_model: str | None) -> tuple[Any, Any, Any]:
     """(runtime, lazily loaded engine, job spec) for `run`; an unknown graph fails before anything runs."""
     from agentrt.executor import Runtime
     from agentrt.lazy_engine import LazyEngine, widen_gpu_limits
@@ -204,7 +208,7 @@ def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tool
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
     registry.get_graph(graph)
-    engine = LazyEngine(model)
+    engine = LazyEngine(model, llm_url=llm_url, llm_model=llm_model)
     runtime = Runtime(registry, engine, policy=policy, limits=PoolLimits())
     engine._on_load = widen_gpu_limits(runtime)
     return runtime, engine, JobSpec(graph=graph, inputs=inputs)
@@ -256,6 +260,24 @@ from agentrt.cli_trace import trace_app  # noqa: E402  (the `agentrt trace` comm
 
 app.add_typer(trace_app, name="trace")
 
+llm_app = typer.Typer(help="The inference engine on its own.")
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(
+    model: Path | None = typer.Argument(None, help="model directory (default: the shipped model)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="TCP port"),
+    served_model_name: str | None = typer.Option(None, help="the model's name in the API (default: the directory name)"),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from engine.serve import serve as serve_http
+
+    serve_http(str(model) if model else None, host=host, port=port, model_name=served_model_name)
+
+
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
 
@@ -277,6 +299,7 @@ def serve(
     bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ address to bind"),
     journal: Path = typer.Option(Path("agentrt-journal.sqlite"), help="SQLite job journal (created if absent)"),
     model: Path | None = MODEL,
+    llm_url: str | None = LLM_URL, llm_model: str | None = LLM_MODEL,
     no_engine: bool = typer.Option(False, "--no-engine", help="serve tool-only graphs without loading a model"),
     curve_secret: Path | None = typer.Option(None, help="server .key_secret file: enables CurveZMQ"),
     allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
@@ -297,11 +320,10 @@ def serve(
     registry = load_registry(graphs, tools)
     engine = None
     if not no_engine:
-        from agentrt.engine_client import EmbeddedEngine
-        from engine import LLM
+        from agentrt.backends import make_engine
 
         with console.status("loading the model"):
-            engine = EmbeddedEngine(LLM(model))
+            engine = make_engine(model, llm_url, llm_model)
     keys: dict[str, Any] = {"curve_allowed_clients": allowed_clients}  # without --curve-secret: refused, not ignored
     if curve_secret is not None:
         from agentrt.keys import load_keypair

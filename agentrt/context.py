@@ -22,12 +22,16 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
+from agentrt.backends.select import chat_format_of
 from agentrt.engine_client import LLMRequest
 from agentrt.errors import AgentrtError, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
-from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
+
+# Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
+# the {"name", "arguments"} JSON, the text closing the call). Others are parsed, not constrained.
+CALL_MARKERS = {"agentrt": ("<tool_call>", "", "</tool_call>"), "hermes": ("<tool_call>", "\n", "\n</tool_call>")}
 
 
 class Handle:
@@ -215,8 +219,10 @@ class JobContext:
         sess = session or self.session
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode)
-        prompt = sess.prompt(engine.encode)
+        fmt = chat_format_of(engine)
+        sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode, fmt)
+        opener = sess.generation_prompt(fmt)
+        prompt, prompt_text = sess.token_ids + engine.encode(opener), sess.text + opener
         task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
         provider = getattr(engine, "provider_name", telemetry.PROVIDER_NAME)
         attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name,
@@ -231,7 +237,7 @@ class JobContext:
             labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
             with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
                 gen = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                    self.job, task, deps, lambda: self._generate(prompt, prompt_text, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
                 telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
@@ -241,41 +247,66 @@ class JobContext:
         self._consumed(task)
         return gen
 
-    async def _generate(self, prompt: list[int], max_tokens: int, temperature: float, stop: list[str] | None,
+    async def _generate(self, prompt: list[int], prompt_text: str, max_tokens: int, temperature: float, stop: list[str] | None,
                         schema: Any, tools: list[Tool] | None, task: Task, sess: Session, ignore_eos: bool) -> Generation:
         engine = self.runtime.engine
         assert engine is not None
-        end_id = engine.special_id(END)
-        stops = [] if ignore_eos else [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
+        fmt = chat_format_of(engine)
+        end_ids = [engine.special_id(t) for t in fmt.end_tokens]
+        marker = CALL_MARKERS.get(fmt.family) if tools else None
+        open_id = engine.special_id(marker[0]) if marker else None
+        stops = [] if ignore_eos else end_ids + ([open_id] if open_id is not None else [])
         json_schema = _json_schema(schema)
         start = time.perf_counter()
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
                                                stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
-        usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
+        usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
-        if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
-            call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools)))
-            usage.add(call.usage)
-            call_ids = [i for i in call.token_ids if i != end_id]
-            ids += call_ids + [engine.special_id(CALL_CLOSE), end_id]
-            text = engine.decode(ids)
+        if marker and tools and ids and ids[-1] == open_id:
+            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage)
             reason = "tool_calls"
-        text = _trim(text, stop)
-        sess.commit_turn(prompt, ids, end_id, text)
+        elif not ids or ids[-1] not in end_ids:
+            ids.append(end_ids[0])  # close a turn cut by max_tokens, so the next turn renders after it
+        raw = engine.decode(ids)
+        parsed = fmt.parse(raw)
+        calls = [ToolCall(f"{task.id}-{i}", c.name, c.arguments) for i, c in enumerate(parsed.tool_calls)]
+        plain = {"role": "assistant", "content": raw.removesuffix(engine.decode(ids[-1:]))}
+        sess.commit_turn(prompt, ids, prompt_text, raw, _assistant_message(parsed, calls), fmt, plain)
         engine.pin(sess.id, sess.token_ids, sess.ttl)
         sess.pinned = True
         usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
         task.usage = usage
         self._account(usage)
         known = set(self.runtime.registry.tools)
-        calls = [ToolCall(f"{task.id}-{i}", n, a) for i, (n, a) in enumerate(parse_tool_calls(text))]
-        errors = find_tool_call_errors(text) + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
-        self.job.emit("llm_output", task, text=text, seconds=time.perf_counter() - start, ttft=out.ttft,
+        errors = parsed.errors + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
+        self.job.emit("llm_output", task, text=raw, seconds=time.perf_counter() - start, ttft=out.ttft,
                       prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
-        return Generation(text=text.removesuffix(END), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
+        return Generation(text=_trim(parsed.content, stop), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
+
+    async def _tool_call(self, prompt: list[int], marker: tuple[str, str, str], end_ids: list[int], max_tokens: int,
+                         temperature: float, tools: list[Tool], usage: Usage) -> list[int]:
+        """The rest of a tool call the model opened: `{"name", "arguments"}` under the tools' grammar,
+        then the family's closing text and the end-of-turn token."""
+        engine = self.runtime.engine
+        assert engine is not None
+        head = engine.encode(marker[1]) if marker[1] else []
+        call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
+                                                stop_token_ids=end_ids, json_schema=tool_call_schema(tools)))
+        usage.add(call.usage)
+        return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
+
+
+def _assistant_message(parsed: Any, calls: list[ToolCall]) -> dict[str, Any]:
+    """The assistant turn as later renderings of the conversation see it."""
+    message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+    if calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                 for c in calls]
+    if parsed.reasoning is not None:
+        message["reasoning_content"] = parsed.reasoning
+    return message
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
@@ -296,10 +327,11 @@ def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
 
 MAX_STRING_CHARS = 64
 MAX_ARRAY_ITEMS = 16
+MAX_INTEGER = 10**9
 
 
 def bound_schema(node: Any) -> Any:
-    """Give unbounded strings/arrays a maximum length, so a grammar-constrained output always
+    """Give unbounded strings/arrays a maximum length (and integers a range), so a grammar-constrained output always
     closes within a few hundred tokens (a small model can otherwise ramble inside a string)."""
     if isinstance(node, list):
         return [bound_schema(x) for x in node]
@@ -310,6 +342,9 @@ def bound_schema(node: Any) -> Any:
         out["maxLength"] = MAX_STRING_CHARS
     if out.get("type") == "array" and "maxItems" not in out:
         out["maxItems"] = MAX_ARRAY_ITEMS
+    if out.get("type") == "integer" and "maximum" not in out and "exclusiveMaximum" not in out:
+        out["maximum"] = MAX_INTEGER  # without it a sampled integer can run on digit after digit
+        out.setdefault("minimum", -MAX_INTEGER)
     return out
 
 

@@ -16,11 +16,13 @@ from typing import Any
 
 
 class LazyEngine:
-    """Wraps `EmbeddedEngine(LLM(model))`, built on the first attribute use. `on_load(engine)` runs once
+    """Wraps the EngineClient `make_engine(model, llm_url, llm_model)` builds (the embedded engine, or a
+    remote OpenAI-compatible one), built on the first attribute use. `on_load(engine)` runs once
     after loading (e.g. to set pool limits); `loaded` says whether the model was ever loaded."""
 
-    def __init__(self, model: Path | str | None = None, on_load: Callable[[Any], None] | None = None) -> None:
-        self._model = model
+    def __init__(self, model: Path | str | None = None, on_load: Callable[[Any], None] | None = None,
+                 llm_url: str | None = None, llm_model: str | None = None) -> None:
+        self._model, self._llm_url, self._llm_model = model, llm_url, llm_model
         self._on_load = on_load
         self._engine: Any = None
         self._lock = threading.Lock()
@@ -34,11 +36,10 @@ class LazyEngine:
         """The wrapped EmbeddedEngine, loading the model the first time. Raises what LLM() raises."""
         with self._lock:
             if self._engine is None:
-                from agentrt.engine_client import EmbeddedEngine
-                from engine import LLM
+                from agentrt.backends import make_engine
 
                 start = time.perf_counter()
-                self._engine = EmbeddedEngine(LLM(self._model))
+                self._engine = make_engine(self._model, self._llm_url, self._llm_model)
                 self.load_seconds = time.perf_counter() - start
                 if self._on_load is not None:
                     self._on_load(self._engine)
@@ -47,7 +48,9 @@ class LazyEngine:
     def close(self) -> None:
         """Close the engine if it was loaded."""
         if self._engine is not None:
-            self._engine.llm.close()
+            from agentrt.backends import close_engine
+
+            close_engine(self._engine)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -1,16 +1,18 @@
 """Conversation state kept across turns, as exact token ids, so each turn reuses the KV cache.
 
-The session never re-tokenises what the model generated: turn N+1's prompt is turn N's prompt, the
-exact generated ids, then the new messages' ids. The engine caches that prefix; the session pins it
-(with a TTL) while the agent runs tools, so the next turn prefills only its new tokens.
+Turns render with the model's own chat template (engine.chat.ChatFormat). When the template is
+prefix-stable (rendering the longer conversation starts with the text the session already holds),
+a turn appends only the new text's ids: the exact ids the model generated stay in place and the
+engine's cached prefix covers everything before the new messages. Many templates rewrite earlier
+turns (Qwen3 drops the `<think>` block of an assistant turn once a new user turn follows); then the
+whole conversation is re-encoded and the radix cache still matches the common prefix. The session
+pins its ids (with a TTL) while the agent runs tools, so the next turn prefills only its new tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-from engine.tokenizer import ASSISTANT, END, render_chat, render_message
 
 
 @dataclass(slots=True)
@@ -20,23 +22,53 @@ class Session:
     messages: list[dict[str, Any]] = field(default_factory=list)
     ttl: float | None = 30.0
     pinned: bool = False
+    tools: list[dict[str, Any]] | None = None  # fixed by the first turn (templates list them up front)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"enable_thinking": False}
+    text: str = ""  # the text that `token_ids` encode
+    num_incremental: int = 0  # turns appended after a prefix-stable rendering
+    num_full_renders: int = 0  # turns for which the template rewrote earlier text (re-encoded)
 
-    def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any) -> None:
+    def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any, fmt: Any) -> None:
         """Append messages (the first call may carry the system turn and the tool list)."""
         if not messages:
             return
-        text = render_chat(messages, tools, add_generation_prompt=False) if not self.token_ids else "".join(render_message(m) for m in messages)
-        self.token_ids.extend(encode(text))
+        if not self.messages and not self.token_ids:
+            self.tools = tools
         self.messages.extend(messages)
+        self._sync(fmt.render(self.messages, self.tools, add_generation_prompt=False, **self.template_kwargs), encode)
 
-    def prompt(self, encode: Any) -> list[int]:
-        """The ids to generate the next assistant turn from."""
-        return self.token_ids + encode(ASSISTANT)
+    def _sync(self, full: str, encode: Any) -> None:
+        if full.startswith(self.text):
+            self.token_ids.extend(encode(full[len(self.text):]))
+            self.num_incremental += 1
+        else:
+            self.token_ids = encode(full)
+            self.num_full_renders += 1
+        self.text = full
 
-    def commit_turn(self, prompt_ids: list[int], output_ids: list[int], end_id: int, text: str) -> None:
-        """Record the assistant turn exactly as generated (closing it with <|end|> if it was cut)."""
-        ids = list(output_ids)
-        if not ids or ids[-1] != end_id:
-            ids.append(end_id)
-        self.token_ids = prompt_ids + ids
-        self.messages.append({"role": "assistant", "content": text.removesuffix(END)})
+    def prompt(self, encode: Any, fmt: Any) -> list[int]:
+        """The ids to generate the next assistant turn from (the template's generation prompt appended)."""
+        return self.token_ids + encode(self.generation_prompt(fmt))
+
+    def generation_prompt(self, fmt: Any) -> str:
+        """What the template adds to open an assistant turn, e.g. `<|assistant|>` or `<|im_start|>assistant\\n`."""
+        kw = self.template_kwargs
+        with_prompt = fmt.render(self.messages, self.tools, add_generation_prompt=True, **kw)
+        without = fmt.render(self.messages, self.tools, add_generation_prompt=False, **kw)
+        if not with_prompt.startswith(without):
+            raise ValueError("the chat template's generation prompt rewrites the conversation; cannot continue a session")
+        return with_prompt[len(without):]
+
+    def commit_turn(self, prompt_ids: list[int], output_ids: list[int], prompt_text: str, output_text: str,
+                    message: dict[str, Any], fmt: Any, raw_message: dict[str, Any] | None = None) -> None:
+        """Record the assistant turn exactly as generated (`output_ids` already closed by an end token)
+        and the message later turns render: the parsed `message`, or `raw_message` (the output as plain
+        content) when only that renders back to the generated text (a malformed or cut-off call)."""
+        self.token_ids = prompt_ids + list(output_ids)
+        self.text = prompt_text + output_text
+        if raw_message is not None and not self._renders_as(message, fmt) and self._renders_as(raw_message, fmt):
+            message = raw_message
+        self.messages.append(message)
+
+    def _renders_as(self, message: dict[str, Any], fmt: Any) -> bool:
+        return bool(fmt.render([*self.messages, message], self.tools, add_generation_prompt=False, **self.template_kwargs) == self.text)

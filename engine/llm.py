@@ -199,6 +199,28 @@ class LLM:
             delta_text=text[len(prev_text) :] if text.startswith(prev_text) else text,
         )
 
+    # ---- chat ----------------------------------------------------------------------------
+    @property
+    def chat_format(self) -> Any:
+        """The model's chat format (engine.chat.ChatFormat), loaded on first use."""
+        if getattr(self, "_chat_format", None) is None:
+            from engine.chat.session import load_chat_format
+
+            self._chat_format = load_chat_format(self)
+        return self._chat_format
+
+    def chat(self, messages: Seq[dict[str, Any]] | Seq[Seq[dict[str, Any]]], params: SamplingParams | None = None, *,
+             tools: Seq[dict[str, Any]] | None = None, tool_choice: str = "auto", **template_kwargs: Any) -> list[Any]:
+        """Reply to one conversation (or a list of them) rendered with the model's own chat template.
+
+        Returns engine.chat.session.ChatOutput per conversation: `.text` (no special tokens),
+        `.tool_calls` (name, arguments), `.reasoning`. With tools, calls are grammar-constrained in the
+        model's own format (`tool_choice="required"` forces one). Template flags such as
+        `enable_thinking` pass through `template_kwargs`. Raises InvalidRequestError for a bad conversation."""
+        from engine.chat.session import chat
+
+        return chat(self, messages, params, tools=tools, tool_choice=tool_choice, **template_kwargs)
+
     # ---- async API -----------------------------------------------------------------------
     async def stream(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None

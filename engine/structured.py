@@ -28,6 +28,11 @@ class GrammarFactory:
         for token, idx in vocab.items():
             if idx < vocab_size:
                 encoded[idx] = token
+        # Special tokens enter xgrammar as empty strings, which it never lets a grammar emit: a
+        # special `</tool_call>` (or `<|end|>`) cannot appear inside a JSON string it constrains.
+        for idx, added in tokenizer.get_added_tokens_decoder().items():
+            if added.special and idx < vocab_size:
+                encoded[idx] = ""
         info = xgr.TokenizerInfo(
             encoded, xgr.VocabType.BYTE_LEVEL, vocab_size=vocab_size, stop_token_ids=stop_token_ids
         )
@@ -39,7 +44,8 @@ class GrammarFactory:
     def compile(self, json_schema: str | dict[str, Any] | None, grammar: str | None) -> Any:
         """Compile (or fetch) a grammar. Raises InvalidRequestError for an invalid schema/grammar."""
         if json_schema is not None:
-            key = ("json", json_schema if isinstance(json_schema, str) else json.dumps(json_schema, sort_keys=True))
+            # Never sort_keys: xgrammar generates properties in the order the schema declares them.
+            key = ("json", json_schema if isinstance(json_schema, str) else json.dumps(json_schema))
         else:
             key = ("ebnf", str(grammar))
         with self._lock:

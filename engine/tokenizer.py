@@ -1,14 +1,17 @@
-"""The chat format of agentrt's models: special tokens, chat rendering and tool-call parsing.
+"""agentrt's default model's chat format: special tokens, rendering and tool-call parsing.
 
 A conversation renders as `<|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|>` with tool
 results as `<|tool|>...<|end|>`. An assistant tool call is
-`<tool_call>{"name": "...", "arguments": {...}}</tool_call>` inside the assistant turn. Rendering
-is prefix-stable: the rendering of a conversation followed by the model's output is the rendering
-of the longer conversation, so each turn reuses the previous turn's KV cache.
+`<tool_call>{"name": "...", "arguments": {...}}</tool_call>` inside the assistant turn. The format
+is the jinja `chat_template` in the default model's tokenizer_config.json (engine.chat renders it as
+transformers does); this module keeps the helpers training and tests use. Rendering is
+prefix-stable: the rendering of a conversation followed by the model's output is the rendering of
+the longer conversation, so each turn reuses the previous turn's KV cache.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,54 +20,34 @@ from typing import Any
 SYSTEM, USER, ASSISTANT, TOOL, END = "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>"
 CALL_OPEN, CALL_CLOSE, PAD, EOS = "<tool_call>", "</tool_call>", "<|pad|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, EOS, SYSTEM, USER, ASSISTANT, TOOL, END, CALL_OPEN, CALL_CLOSE]
-ROLE_TAGS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL}
 
 Message = dict[str, Any]
 
 
-def tool_signature(schema: dict[str, Any]) -> str:
-    """One line per tool: `name(arg: type, ...) - description` from an OpenAI function schema."""
-    fn = schema.get("function", schema)
-    props = fn.get("parameters", {}).get("properties", {})
-    required = set(fn.get("parameters", {}).get("required", []))
-    args = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
-    desc = (fn.get("description") or "").split("\n")[0][:160]
-    return f"{fn['name']}({args}) - {desc}"
-
-
-def render_tools(tools: Sequence[dict[str, Any]]) -> str:
-    return "\n\n# Tools\nCall a tool with <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.\n" + "\n".join(
-        tool_signature(t) for t in tools
-    )
-
-
 def render_tool_call(name: str, arguments: dict[str, Any] | str) -> str:
+    """One call as the default model writes it (the same text its chat template renders)."""
     args = json.loads(arguments) if isinstance(arguments, str) else arguments
-    return f"{CALL_OPEN}{json.dumps({'name': name, 'arguments': args}, separators=(', ', ': '))}{CALL_CLOSE}"
+    return f"{CALL_OPEN}{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}{CALL_CLOSE}"
 
 
 def render_message(message: Message) -> str:
-    """One turn, OpenAI message format (role, content, optional tool_calls)."""
-    role = message["role"]
-    if role not in ROLE_TAGS:
-        raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_TAGS)}")
-    body = message.get("content") or ""
-    for call in message.get("tool_calls") or ():
-        fn = call.get("function", call)
-        body += render_tool_call(fn["name"], fn.get("arguments", {}))
-    return f"{ROLE_TAGS[role]}{body}{END}"
+    """One turn, OpenAI message format (role, content, optional tool_calls), in the default model's
+    format. Raises InvalidRequestError (a ValueError) for an unknown role."""
+    return render_chat([message], add_generation_prompt=False)
 
 
 def render_chat(messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None, add_generation_prompt: bool = True) -> str:
-    """Render a conversation; `tools` (OpenAI schemas) are listed at the end of the system turn."""
-    parts = []
-    for i, m in enumerate(messages):
-        if i == 0 and m["role"] == "system" and tools:
-            m = {**m, "content": (m.get("content") or "") + render_tools(tools)}
-        parts.append(render_message(m))
-    if add_generation_prompt:
-        parts.append(ASSISTANT)
-    return "".join(parts)
+    """Render a conversation with the default model's chat template (its tokenizer_config.json);
+    `tools` (OpenAI schemas) are listed at the end of the system turn."""
+    return _default_format().render(messages, tools, add_generation_prompt=add_generation_prompt)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_format() -> Any:
+    from engine.chat.format import ChatFormat
+    from engine.config import DEFAULT_MODEL_DIR
+
+    return ChatFormat.from_model_dir(DEFAULT_MODEL_DIR)
 
 
 def parse_tool_calls(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -86,12 +69,32 @@ def find_tool_call_errors(text: str) -> list[str]:
 
 
 def _call_bodies(text: str) -> list[str]:
+    """The body of every `<tool_call>...` in `text`. A body that starts with a JSON value ends where
+    that value ends, so a `</tool_call>` inside one of its strings does not cut the call short."""
     bodies, pos = [], 0
     while (start := text.find(CALL_OPEN, pos)) != -1:
-        end = text.find(CALL_CLOSE, start)
-        bodies.append(text[start + len(CALL_OPEN) : end if end != -1 else len(text)])
-        pos = end + len(CALL_CLOSE) if end != -1 else len(text)
+        begin = start + len(CALL_OPEN)
+        end = _json_end(text, begin)
+        if end is None:
+            close = text.find(CALL_CLOSE, begin)
+            end = close if close != -1 else len(text)
+        bodies.append(text[begin:end])
+        after = end + len(text[end:]) - len(text[end:].lstrip())
+        pos = after + len(CALL_CLOSE) if text.startswith(CALL_CLOSE, after) else max(end, begin)
     return bodies
+
+
+def _json_end(text: str, begin: int) -> int | None:
+    """Where the JSON value starting at `begin` (after whitespace) ends, or None if none parses."""
+    stripped = len(text[begin:]) - len(text[begin:].lstrip())
+    try:
+        _, end = _DECODER.raw_decode(text, begin + stripped)
+    except json.JSONDecodeError:
+        return None
+    return int(end)
+
+
+_DECODER = json.JSONDecoder()
 
 
 def _parse_call(body: str) -> tuple[str, dict[str, Any]] | str:

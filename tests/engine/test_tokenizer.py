@@ -48,3 +48,13 @@ def test_special_tokens_encode_to_single_ids() -> None:
     ids = tok.encode("<|user|>hi<|end|><tool_call>")
     assert ids[0] == tok.special["<|user|>"] and ids[-1] == tok.special["<tool_call>"]
     assert tok.decode(tok.encode("héllo wörld {\"a\": 1}")) == "héllo wörld {\"a\": 1}"
+
+
+def test_the_default_template_renders_the_format_the_model_was_trained_on() -> None:
+    tools = [{"type": "function", "function": {"name": "think", "description": "Think.\nMore.", "parameters": {
+        "type": "object", "properties": {"thought": {"type": "string"}, "depth": {"type": "integer"}}, "required": ["thought"]}}}]
+    expected = ('<|system|>policy\n\n# Tools\nCall a tool with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.\n'
+                'think(thought: string, depth?: integer) - Think.<|end|><|user|>cancel ABC123<|end|><|assistant|><tool_call>'
+                '{"name": "get_reservation_details", "arguments": {"reservation_id": "ABC123"}}</tool_call><|end|>'
+                '<|tool|>{"status": "ok"}<|end|><|assistant|>')
+    assert render_chat(CONV, tools) == expected

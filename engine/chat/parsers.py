@@ -1,0 +1,126 @@
+"""Tool-call and reasoning parsers per model family: the model's raw output text (special tokens
+kept) in, the answer `content`, the `reasoning` and the `tool_calls` out.
+
+Families: "agentrt" and "hermes" (Qwen, Hermes: `<tool_call>{"name", "arguments"}</tool_call>`),
+"deepseek_v3" (`<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\nARGS\\n```<｜tool▁call▁end｜>`)
+and "harmony" (gpt-oss channels: analysis = reasoning, final = answer, commentary to=functions.X = call).
+A `<think>...</think>` block (Qwen3, DeepSeek-R1 style) is split off as reasoning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.tokenizer import find_tool_call_errors, parse_tool_calls
+
+FAMILIES = ("agentrt", "hermes", "deepseek_v3", "harmony")
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ParsedOutput:
+    content: str
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # malformed calls, for reporting back to the model
+
+
+def parse_output(family: str, text: str, special_tokens: tuple[str, ...] = (), think: bool = False) -> ParsedOutput:
+    """Split `text` into content, reasoning and tool calls by `family`'s format; `special_tokens`
+    (end-of-turn and other control tokens) are removed from the content."""
+    if family == "harmony":
+        return _parse_harmony(text)
+    reasoning, rest = split_reasoning(text) if think else (None, text)
+    if family == "deepseek_v3":
+        parsed = _parse_deepseek(rest)
+    elif family in ("agentrt", "hermes"):
+        body_start = rest.find("<tool_call>")
+        calls = [ToolCall(n, a) for n, a in parse_tool_calls(rest)]
+        parsed = ParsedOutput(rest if body_start == -1 else rest[:body_start], None, calls, find_tool_call_errors(rest))
+    else:
+        raise ValueError(f"unknown chat family {family!r}; expected one of {FAMILIES}")
+    parsed.reasoning = reasoning
+    parsed.content = _strip_tokens(parsed.content, special_tokens).strip() if parsed.tool_calls else \
+        _strip_tokens(parsed.content, special_tokens)
+    return parsed
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """(reasoning, rest) around `</think>`; without `</think>` the whole text is the answer."""
+    end = text.find("</think>")
+    if end == -1:
+        return None, text
+    reasoning = text[:end]
+    start = reasoning.find("<think>")
+    reasoning = reasoning[start + len("<think>"):] if start != -1 else reasoning
+    return reasoning.strip("\n"), text[end + len("</think>"):].lstrip("\n")
+
+
+def _strip_tokens(text: str, tokens: tuple[str, ...]) -> str:
+    for tok in tokens:
+        text = text.replace(tok, "")
+    return text
+
+
+DS_CALLS_BEGIN, DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+DS_CALL = re.compile(r"<｜tool▁call▁begin｜>(?P<type>[^<]*?)<｜tool▁sep｜>(?P<name>[^\n]+)\n```json\n(?P<args>.*?)\n```"
+                     r"<｜tool▁call▁end｜>", re.DOTALL)
+
+
+def _parse_deepseek(text: str) -> ParsedOutput:
+    """Calls sit inside `<｜tool▁calls▁begin｜>...`; a grammar-constrained call may start directly
+    with `<｜tool▁call▁begin｜>`, so the content ends at whichever comes first."""
+    found = [i for i in (text.find(DS_CALLS_BEGIN), text.find("<｜tool▁call▁begin｜>")) if i != -1]
+    if not found:
+        return ParsedOutput(text)
+    start = min(found)
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    for m in DS_CALL.finditer(text, start):
+        args = _object_or_error(m["args"], errors)
+        if args is not None:
+            calls.append(ToolCall(m["name"].strip(), args))
+    return ParsedOutput(text[:start], None, calls, errors)
+
+
+HARMONY_MESSAGE = re.compile(
+    r"(?:<\|start\|>assistant)?(?P<pre>[^<]*?)(?:<\|channel\|>(?P<channel>\w+))?(?P<header>[^<]*?)(?:<\|constrain\|>\w+)?"
+    r"<\|message\|>(?P<body>.*?)(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
+
+
+def _parse_harmony(text: str) -> ParsedOutput:
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    for m in HARMONY_MESSAGE.finditer(text):
+        recipient = re.search(r"to=functions\.([\w.-]+)", (m["pre"] or "") + (m["header"] or ""))
+        if recipient:
+            args = _object_or_error(m["body"], errors)
+            if args is not None:
+                calls.append(ToolCall(recipient[1], args))
+        elif m["channel"] == "analysis":
+            reasoning.append(m["body"])
+        else:
+            content.append(m["body"])
+    return ParsedOutput("".join(content), "".join(reasoning) or None, calls, errors)
+
+
+def _object_or_error(body: str, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        args = json.loads(body) if body.strip() else {}
+    except json.JSONDecodeError as exc:
+        errors.append(f"tool call arguments are not valid JSON ({exc.msg}): {body[:80]!r}")
+        return None
+    if not isinstance(args, dict):
+        errors.append(f"tool call arguments must be an object: {body[:80]!r}")
+        return None
+    return args

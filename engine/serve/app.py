@@ -1,0 +1,174 @@
+"""The OpenAI-compatible HTTP server over one `engine.LLM` (FastAPI): /v1/chat/completions,
+/v1/completions, /v1/models, /health. Requests run concurrently through `LLM.stream`, so the engine
+batches them; a client that disconnects aborts its request (the stream's exit frees its KV).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.chat.session import chat_params, to_chat_output
+from engine.errors import InvalidRequestError
+from engine.sequence import RequestOutput
+from engine.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    response_schema,
+    sampling_params,
+    selected_tools,
+)
+
+logger = logging.getLogger(__name__)
+DEFAULT_MAX_TOKENS = 256
+
+
+def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
+    """A FastAPI app serving `llm` under `model_name`."""
+    app = FastAPI(title="agentrt engine", description="OpenAI-compatible API over engine.LLM")
+
+    @app.exception_handler(InvalidRequestError)
+    async def invalid(_: Request, exc: InvalidRequestError) -> JSONResponse:
+        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}}, status_code=400)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "agentrt"}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        params = sampling_params(req, DEFAULT_MAX_TOKENS, response_schema(req.response_format))
+        ids = llm.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
+        llm.core.validate(ids, params)
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return StreamingResponse(_sse(_completion_chunks(llm, ids, params, rid, model_name, req)), media_type="text/event-stream")
+        out = await _final(llm, ids, params, rid, request)
+        choice = {"index": 0, "text": out.text, "finish_reason": _reason(out), "logprobs": None, "stop_reason": _stop_reason(out, params)}
+        if req.return_token_ids:
+            choice["token_ids"] = list(out.token_ids)
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name,
+                "choices": [choice], "usage": usage(out)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        fmt = llm.chat_format
+        tools, choice = selected_tools(req.tools, req.tool_choice)
+        prompt = fmt.render(req.messages, req.tools if choice != "none" else None, add_generation_prompt=True,
+                            **req.chat_template_kwargs)
+        params = chat_params(llm, fmt, sampling_params(req, DEFAULT_MAX_TOKENS, response_schema(req.response_format)),
+                             tools, choice)
+        ids = llm.encode(prompt)
+        llm.core.validate(ids, params)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            return StreamingResponse(_sse(_chat_chunks(llm, fmt, ids, params, rid, model_name, req)), media_type="text/event-stream")
+        out = await _final(llm, ids, params, rid, request)
+        return chat_response(fmt, out, rid, model_name)
+
+    return app
+
+
+async def _final(llm: Any, ids: list[int], params: Any, rid: str, request: Request) -> RequestOutput:
+    """The finished output; leaving early (client gone) aborts the request in the engine."""
+    last = None
+    async for out in llm.stream(ids, params, request_id=rid):
+        last = out
+        if not out.finished and await request.is_disconnected():
+            logger.info("client disconnected: aborting %s", rid)
+            break
+    assert last is not None
+    return last
+
+
+def usage(out: RequestOutput) -> dict[str, Any]:
+    u = out.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.generated_tokens,
+            "total_tokens": u.prompt_tokens + u.generated_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def _stop_reason(out: RequestOutput, params: Any) -> int | None:
+    """The stop token that ended the output (vLLM's `stop_reason`), if one did."""
+    last = out.token_ids[-1] if out.token_ids else None
+    return last if last is not None and last in params.stop_token_ids else None
+
+
+def _reason(out: RequestOutput) -> str | None:
+    return out.finish_reason.value if out.finish_reason else None
+
+
+def chat_response(fmt: Any, out: RequestOutput, rid: str, model_name: str) -> dict[str, Any]:
+    parsed = to_chat_output(fmt, out)
+    message: dict[str, Any] = {"role": "assistant", "content": parsed.text if parsed.text or not parsed.tool_calls else None}
+    if parsed.reasoning is not None:
+        message["reasoning_content"] = parsed.reasoning
+    if parsed.tool_calls:
+        message["tool_calls"] = _tool_calls(parsed.tool_calls, rid)
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+            "choices": [{"index": 0, "message": message, "finish_reason": parsed.finish_reason, "logprobs": None}],
+            "usage": usage(out)}
+
+
+def _tool_calls(calls: list[Any], rid: str) -> list[dict[str, Any]]:
+    return [{"id": f"call_{rid[-12:]}_{i}", "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for i, c in enumerate(calls)]
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    async for chunk in chunks:
+        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _completion_chunks(llm: Any, ids: list[int], params: Any, rid: str, model: str, req: Any) -> AsyncIterator[dict[str, Any]]:
+    head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
+    async for out in llm.stream(ids, params, request_id=rid):
+        yield {**head, "choices": [{"index": 0, "text": out.delta_text, "finish_reason": _reason(out) if out.finished else None}]}
+        if out.finished and (req.stream_options or {}).get("include_usage"):
+            yield {**head, "choices": [], "usage": usage(out)}
+
+
+async def _chat_chunks(llm: Any, fmt: Any, ids: list[int], params: Any, rid: str, model: str, req: Any) -> AsyncIterator[dict[str, Any]]:
+    """Content and reasoning stream as deltas of the parsed text; tool calls arrive whole at the end."""
+    head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    sent = {"content": "", "reasoning_content": ""}
+    async for out in llm.stream(ids, params, request_id=rid):
+        parsed = to_chat_output(fmt, out)
+        delta: dict[str, Any] = {}
+        for key, value in (("content", parsed.text), ("reasoning_content", parsed.reasoning or "")):
+            if value.startswith(sent[key]) and len(value) > len(sent[key]):
+                delta[key], sent[key] = value[len(sent[key]):], value
+        if out.finished and parsed.tool_calls:
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_tool_calls(parsed.tool_calls, rid))]
+        if delta or out.finished:
+            reason = parsed.finish_reason if out.finished else None
+            yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+        if out.finished and (req.stream_options or {}).get("include_usage"):
+            yield {**head, "choices": [], "usage": usage(out)}
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+          **engine_kwargs: Any) -> None:
+    """Load `model` (None = the shipped default) and serve it until interrupted (`agentrt llm serve`)."""
+    import uvicorn
+
+    from engine.llm import LLM
+
+    llm = LLM(model, **engine_kwargs)
+    name = model_name or ("agentrt-default" if model is None else str(llm.config.model_path.name))
+    try:
+        uvicorn.run(create_app(llm, name), host=host, port=port, log_level="info")
+    finally:
+        llm.close()

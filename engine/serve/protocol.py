@@ -1,0 +1,86 @@
+"""OpenAI request bodies the server accepts (pydantic, as FastAPI validates them) and the mapping
+of their sampling fields onto SamplingParams."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import InvalidRequestError
+from engine.sequence import SamplingParams
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int = 1
+    # vLLM's extra parameters
+    ignore_eos: bool = False  # generate max_tokens whatever the model's EOS
+    stop_token_ids: list[int] = Field(default_factory=list)
+    return_token_ids: bool = False  # choices carry the generated `token_ids`
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    max_completion_tokens: int | None = None
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[int]
+    response_format: dict[str, Any] | None = None
+
+
+def sampling_params(req: _Request, default_max_tokens: int, json_schema: dict[str, Any] | None = None) -> SamplingParams:
+    """Raises InvalidRequestError for values the engine does not accept (n > 1 included)."""
+    if req.n != 1:
+        raise InvalidRequestError(f"n must be 1, got {req.n}")
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+                          max_tokens=max_tokens, stop=stop, json_schema=json_schema,
+                          ignore_eos=req.ignore_eos, stop_token_ids=tuple(req.stop_token_ids))
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a `response_format` asks for (json_object = any JSON object)."""
+    kind: Literal["text", "json_object", "json_schema"] | None = (response_format or {}).get("type")
+    if response_format is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequestError("response_format json_schema needs a 'json_schema': {'schema': {...}}")
+        return schema
+    raise InvalidRequestError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
+
+
+def selected_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None) -> tuple[list[dict[str, Any]] | None, str]:
+    """(tools offered to the grammar, "auto" | "required" | "none") for an OpenAI tool_choice; a named
+    function becomes "required" over that one tool. Raises InvalidRequestError for an unknown name."""
+    if not tools or tool_choice == "none":
+        return tools, "none"
+    if tool_choice is None or tool_choice in ("auto", "required"):
+        return tools, str(tool_choice or "auto")
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if t.get("function", t).get("name") == name]
+        if not chosen:
+            raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the tools")
+        return chosen, "required"
+    raise InvalidRequestError(f"tool_choice must be none, auto, required or a function, got {tool_choice!r}")

@@ -1,0 +1,47 @@
+"""Structured output: properties in declared order; special tokens never inside constrained JSON."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer
+
+from engine.config import DEFAULT_MODEL_DIR
+from engine.structured import GrammarFactory
+from engine.tokenizer import CALL_CLOSE, parse_tool_calls
+
+CALL = {"type": "object", "properties": {"name": {"const": "book"}, "arguments": {"type": "object"}},
+        "required": ["name", "arguments"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def factory() -> GrammarFactory:
+    tok = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    return GrammarFactory(tok, tok.get_vocab_size(), [6])
+
+
+def test_properties_are_generated_in_declared_order(factory: GrammarFactory) -> None:
+    assert factory.matcher(CALL, None).accept_string('{"name": "book", "arguments": ')
+    assert not factory.matcher(CALL, None).accept_string('{"arguments"')
+    answer_first = {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}},
+                    "required": ["reasoning", "answer"]}
+    assert factory.matcher(answer_first, None).accept_string('{"reasoning": ')
+    assert not factory.matcher(answer_first, None).accept_string('{"answer"')
+
+
+def test_a_special_closing_tag_cannot_be_emitted_inside_a_json_string(factory: GrammarFactory) -> None:
+    import xgrammar as xgr
+
+    tok = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    close_id = tok.token_to_id(CALL_CLOSE)
+    matcher = factory.matcher({"type": "object", "properties": {"note": {"type": "string"}}}, None)
+    assert matcher.accept_string('{"note": "a')
+    mask = xgr.allocate_token_bitmask(1, factory.vocab_size)
+    matcher.fill_next_token_bitmask(mask)
+    allowed = xgr.testing._get_masked_tokens_from_bitmask(mask, factory.vocab_size)
+    assert close_id in allowed  # the helper lists the *rejected* ids
+    assert tok.token_to_id("a") not in allowed
+
+
+def test_a_closing_tag_inside_a_string_does_not_split_the_call() -> None:
+    text = '<tool_call>{"name": "note", "arguments": {"text": "a</tool_call>b"}}</tool_call><tool_call>{"name": "x", "arguments": {}}</tool_call>'
+    assert parse_tool_calls(text) == [("note", {"text": "a</tool_call>b"}), ("x", {})]
