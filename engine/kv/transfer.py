@@ -48,6 +48,20 @@ def cached_blocks(llm: Any, token_ids: list[int]) -> list[bytes]:
     return block_keys(token_ids[: num * bs], bs)
 
 
+def all_cached_blocks(llm: Any) -> list[bytes]:
+    """Hashes of every block in `llm`'s device prefix cache (a router rebuilds its index from these)."""
+    bs = llm.config.block_size
+    out: list[bytes] = []
+    with llm._step_lock:
+        stack = [(child, b"") for child in _radix(llm).root.children.values()]
+        while stack:
+            node, parent = stack.pop()
+            keys = block_keys(list(node.key), bs, 0, parent)
+            out.extend(keys)
+            stack.extend((child, keys[-1]) for child in node.children.values())
+    return out
+
+
 def export_prefix(llm: Any, token_ids: list[int]) -> PrefixKV:
     """Copy out the KV of the cached page-aligned prefix of `token_ids` (possibly empty)."""
     bs = llm.config.block_size

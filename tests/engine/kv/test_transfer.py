@@ -7,7 +7,7 @@ import pytest
 from engine import LLM, SamplingParams
 from engine.errors import InvalidRequestError
 from engine.kv.tiers import block_keys
-from engine.kv.transfer import PrefixKV, cached_blocks, export_prefix, import_prefix, watch_evictions
+from engine.kv.transfer import PrefixKV, all_cached_blocks, cached_blocks, export_prefix, import_prefix, watch_evictions
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 PROMPT = list(range(20, 58))  # 38 tokens: 9 whole blocks of 4 and a partial one
@@ -28,6 +28,9 @@ def test_imported_prefix_is_reused_and_decodes_exactly_like_one_engine() -> None
     assert out.usage.cached_tokens == kv.num_blocks * 4
     assert out.token_ids == alone.generate(PROMPT, GREEDY)[0].token_ids
     assert cached_blocks(decode, PROMPT) == block_keys(PROMPT, 4)
+    branch = PROMPT[:8] + [7] * 8  # shares two blocks, then forks the tree (the last token has no KV)
+    decode.generate(branch, SamplingParams(temperature=0.0, max_tokens=1))
+    assert set(all_cached_blocks(decode)) == set(block_keys((PROMPT + out.token_ids)[:-1], 4)) | set(block_keys(branch, 4))
 
 
 def test_evicted_blocks_are_reported_by_their_hashes() -> None:
