@@ -72,6 +72,26 @@ def task_table(dag: Any) -> Table:
     return table
 
 
+RAY = typer.Option(None, "--ray", help="run on Ray: a cluster address (as ray.init takes it) or 'local' to start one")
+ENGINE_REPLICAS = typer.Option(1, help="with --ray: engine replicas (Ray actors) behind the router")
+PREFILL_REPLICAS = typer.Option(0, help="with --ray: prefill replicas (disaggregated; needs --decode-replicas)")
+DECODE_REPLICAS = typer.Option(0, help="with --ray: decode replicas (disaggregated; needs --prefill-replicas)")
+ROUTER = typer.Option("kv-aware", help="with --ray: router policy: kv-aware, round-robin or least-loaded")
+
+
+def _engine(model: Path | None, ray: str | None, replicas: int, prefill: int, decode: int, router: str) -> tuple[Any, Any, Any]:
+    """(engine client, tool executor or None, Ray cluster or None): embedded, or replicas on Ray."""
+    if ray is not None:
+        from agentrt.ray import RayCluster
+
+        cluster = RayCluster.from_cli(ray, replicas, prefill, decode, router, model)
+        return cluster.engine, cluster.tools, cluster
+    from agentrt.engine_client import EmbeddedEngine
+    from engine import LLM
+
+    return EmbeddedEngine(LLM(model)), None, None
+
+
 @app.command()
 def run(
     graph: str = typer.Argument(..., help="name of a registered graph, e.g. airline_support"),
@@ -83,6 +103,8 @@ def run(
     trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ray: str | None = RAY, engine_replicas: int = ENGINE_REPLICAS, prefill_replicas: int = PREFILL_REPLICAS,
+    decode_replicas: int = DECODE_REPLICAS, router: str = ROUTER,
 ) -> None:
     """Run one job locally with a live progress display; print its result and a per-task table."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
@@ -91,7 +113,6 @@ def run(
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"--input is not JSON: {exc}") from exc
     from agentrt import telemetry
-    from agentrt.engine_client import EmbeddedEngine
     from agentrt.executor import Runtime
     from agentrt.types import JobSpec
 
@@ -99,10 +120,8 @@ def run(
         telemetry.configure(f"jsonl:{trace}")
     registry = load_registry(graphs, tools)
     with console.status("loading the model"):
-        from engine import LLM
-
-        engine = EmbeddedEngine(LLM(model))
-    runtime = Runtime(registry, engine, policy=policy)
+        engine, tool_executor, cluster = _engine(model, ray, engine_replicas, prefill_replicas, decode_replicas, router)
+    runtime = Runtime(registry, engine, policy=policy, tools=tool_executor)
     progress = Progress()
 
     async def main() -> Any:
@@ -129,7 +148,10 @@ def run(
     if dag is not None:
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
-    engine.llm.close()
+    if cluster is not None:
+        cluster.shutdown()
+    else:
+        engine.llm.close()
     if result.status != "succeeded":
         raise typer.Exit(1)
 
@@ -231,6 +253,8 @@ def serve(
     allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
     max_inflight: int = typer.Option(1000, help="maximum jobs in flight per client"),
     trace: Path | None = typer.Option(None, help="write OpenTelemetry spans to this JSONL file"),
+    ray: str | None = RAY, engine_replicas: int = ENGINE_REPLICAS, prefill_replicas: int = PREFILL_REPLICAS,
+    decode_replicas: int = DECODE_REPLICAS, router: str = ROUTER,
 ) -> None:
     """Serve registered graphs over ZeroMQ (see docs/protocol.md) until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -241,12 +265,9 @@ def serve(
     if trace is not None:
         telemetry.configure(f"jsonl:{trace}")
     registry = load_registry(graphs, tools)
-    engine = None
+    engine = tool_executor = None
     if not no_engine:
-        from agentrt.engine_client import EmbeddedEngine
-        from engine import LLM
-
-        engine = EmbeddedEngine(LLM(model))
+        engine, tool_executor, _ = _engine(model, ray, engine_replicas, prefill_replicas, decode_replicas, router)
     keys: dict[str, Any] = {}
     if curve_secret is not None:
         from agentrt.keys import load_keypair
@@ -254,7 +275,7 @@ def serve(
         pub, sec = load_keypair(curve_secret)
         keys = {"curve_public_key": pub, "curve_secret_key": sec, "curve_allowed_clients": allowed_clients}
     config = ServerConfig(bind=bind, journal=journal, max_inflight_per_client=max_inflight, **keys)
-    server = Server(Runtime(registry, engine), config)
+    server = Server(Runtime(registry, engine, tools=tool_executor), config)
     console.print(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")
     anyio.run(server.serve)
 

@@ -11,7 +11,7 @@ store straight to the decode replica that generates; the driver only holds the r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -35,7 +35,7 @@ class RoutingStats:
     num_retries: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens the serving replica found in its cache
-    by_replica: dict[str, int] | None = None
+    tokens_by_replica: dict[str, int] = field(default_factory=dict)  # tokens computed (prefill + generated)
 
     @property
     def hit_rate(self) -> float:
@@ -56,7 +56,7 @@ class RayEngineClient:
         self.block_size = pool.info.block_size
         path = EngineConfig(**pool.config.engine_options).model_path / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(path))
-        self.stats = RoutingStats(by_replica={})
+        self.stats = RoutingStats()
         self._tips: dict[bytes, str] = {}  # last block hash of a pinned conversation -> its session id
         self._pins: dict[str, tuple[str, bytes | None]] = {}  # pin key -> (replica, tip)
         self._hints: dict[str, str] = {}  # hint key -> replica
@@ -98,8 +98,9 @@ class RayEngineClient:
         finally:
             pool.router.end(name, need)
         pool.router.index.apply(name, reply.events.stored, reply.events.removed)
-        assert self.stats.by_replica is not None
-        self.stats.by_replica[name] = self.stats.by_replica.get(name, 0) + 1
+        u = reply.response.usage
+        work = self.stats.tokens_by_replica
+        work[name] = work.get(name, 0) + u.prefill_tokens_computed + u.generated_tokens
         return (refs[0], reply) if num_returns > 1 else reply
 
     async def _serve(self, request: LLMRequest, hashes: list[bytes], session: str | None) -> ReplicaReply:

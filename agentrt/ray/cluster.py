@@ -35,6 +35,17 @@ class RayCluster:
         self.tools: RayToolExecutor | None = None
         self._started_ray = False
 
+    @classmethod
+    def from_cli(cls, address: str, engine_replicas: int, prefill_replicas: int, decode_replicas: int, router: str,
+                 model: Any = None) -> RayCluster:
+        """The cluster `agentrt serve/run --ray ADDRESS ...` asks for, started. Tools stay in the
+        driver: the shipped graphs give their tools per-job state (the airline database)."""
+        options = {"model": str(model)} if model is not None else {}
+        config = RayConfig(address=address, num_replicas=engine_replicas, num_prefill_replicas=prefill_replicas,
+                           num_decode_replicas=decode_replicas, router=router, engine_options=options,
+                           default_tool_resource="local")
+        return cls(config).start()
+
     def start(self) -> RayCluster:
         cfg = self.config
         if not ray.is_initialized():
@@ -47,7 +58,7 @@ class RayCluster:
             self.pool = ReplicaPool("replica", cfg.num_replicas, cfg)
         self.pool.start()
         self.engine = RayEngineClient(self.pool, prefill=self.prefill_pool, max_retries=cfg.max_retries)
-        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool)
+        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool, cfg.default_tool_resource)
         return self
 
     def _init_ray(self) -> None:
@@ -70,6 +81,8 @@ class RayCluster:
         return Runtime(registry, self.engine, tools=self.tools, **kwargs)
 
     def shutdown(self) -> None:
+        if self.tools is not None:
+            self.tools.close()
         for pool in (self.pool, self.prefill_pool):
             if pool is not None:
                 pool.shutdown()

@@ -7,7 +7,7 @@ from typing import Any
 
 from agentrt.ray.router import POLICIES, RouterError
 
-TOOL_RESOURCES = ("cpu", "storage", "gpu")
+TOOL_RESOURCES = ("cpu", "storage", "gpu", "local")
 
 
 @dataclass(slots=True)
@@ -19,8 +19,9 @@ class RayConfig:
     unless `num_prefill_replicas` and `num_decode_replicas` are both set (disaggregated: prefill
     replicas compute the prompt's KV, decode replicas import it and generate). `engine_options` are
     `engine.LLM` keyword arguments for every replica (None model = the shipped one).
-    `tool_resources` maps tool names to "cpu" (the default), "storage" (the custom `storage`
-    resource) or "gpu". Raises RouterError (a ValueError) naming a bad value.
+    `tool_resources` maps tool names to "cpu", "storage" (the custom `storage` resource), "gpu" or
+    "local" (in the driver: for tools bound to job state, such as a per-job database in a context
+    variable); tools not named get `default_tool_resource`. Raises RouterError (a ValueError) naming a bad value.
     """
 
     address: str = "local"
@@ -33,6 +34,7 @@ class RayConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     max_retries: int = 2  # re-sends of a request whose replica died
     tool_resources: dict[str, str] = field(default_factory=dict)
+    default_tool_resource: str = "cpu"
     num_cpus_per_tool: float = 1.0
     object_store_memory: int | None = 200 * 2**20  # for a local cluster; None = Ray's default
     placement_group: bool | None = None  # None: a placement group only when replicas take GPUs
@@ -49,7 +51,7 @@ class RayConfig:
                 raise RouterError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_replicas < 1 and not self.disaggregated:
             raise RouterError(f"num_replicas must be >= 1, got {self.num_replicas}")
-        bad = {t: r for t, r in self.tool_resources.items() if r not in TOOL_RESOURCES}
+        bad = {t: r for t, r in (self.tool_resources | {"(default)": self.default_tool_resource}).items() if r not in TOOL_RESOURCES}
         if bad:
             raise RouterError(f"tool resources must be one of {TOOL_RESOURCES}, got {bad}")
 
