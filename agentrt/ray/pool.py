@@ -56,10 +56,11 @@ class ReplicaPool:
     def replace(self, name: str, dead: Any) -> None:
         """Replace replica `name` if `dead` is still its handle (many failed requests may report the
         same death; only the first replaces). The new replica starts empty."""
-        if self.handles.get(name) is not dead:
+        current = self.handles.get(name)
+        if current is None or current is not dead:
             return
         try:
-            ray.kill(dead, no_restart=True)
+            ray.kill(current, no_restart=True)
         except Exception:  # already gone
             pass
         self.router.index.drop(name)

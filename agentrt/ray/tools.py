@@ -33,7 +33,7 @@ def _run_tool(fn: Any, args: dict[str, Any]) -> tuple[Any, float, str]:
     """Runs on the worker: the result, the CPU seconds it took, and the node it ran on."""
     start = time.thread_time()
     result = fn(**args)
-    if inspect.isawaitable(result):
+    if inspect.iscoroutine(result):
         result = asyncio.run(result)
     return result, time.thread_time() - start, ray.get_runtime_context().get_node_id()
 

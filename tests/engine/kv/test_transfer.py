@@ -7,7 +7,14 @@ import pytest
 from engine import LLM, SamplingParams
 from engine.errors import InvalidRequestError
 from engine.kv.tiers import block_keys
-from engine.kv.transfer import PrefixKV, all_cached_blocks, cached_blocks, export_prefix, import_prefix, watch_evictions
+from engine.kv.transfer import (
+    PrefixKV,
+    all_cached_blocks,
+    cached_blocks,
+    export_prefix,
+    import_prefix,
+    watch_evictions,
+)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 PROMPT = list(range(20, 58))  # 38 tokens: 9 whole blocks of 4 and a partial one
