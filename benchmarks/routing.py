@@ -115,11 +115,13 @@ def summarise(jct: list[float], hit: float, work: dict[str, int], replicas: int)
             "imbalance": max(loads) / mean - 1 if mean else 0.0, "load": loads}
 
 
-def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int) -> dict[str, dict[str, Any]]:
+def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int,
+            overlap_weight: float) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
     options = {"num_threads": 1, "kv_cache_memory_gb": 0.25}
-    config = RayConfig(address="local", num_replicas=replicas, router=policy, num_cpus_per_replica=0.5, engine_options=options)
+    config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
+                       num_cpus_per_replica=0.5, engine_options=options)
     out = {}
     with RayCluster(config) as cluster:
         engine = cluster.engine
@@ -145,7 +147,7 @@ def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]
 
 
 def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
-            load: float) -> dict[str, dict[str, Any]]:
+            load: float, overlap_weight: float) -> dict[str, dict[str, Any]]:
     """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
     times the replicas' capacity."""
     duration = max(r["timestamp"] for r in reqs) / 1000
@@ -158,7 +160,7 @@ def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: floa
         single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
         out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
         for policy in POLICIES:
-            res = simulate(requests, n, policy, capacity, prefill_s, decode_s)
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight)
             loads = list(res.work_s.values())
             ordered = sorted(res.jct_s)
             out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--sim-prefill-s", type=float, default=1e-4, help="simulated seconds per prefilled token")
     ap.add_argument("--sim-decode-s", type=float, default=2e-2, help="simulated seconds per output token")
     ap.add_argument("--sim-load", type=float, default=0.9, help="offered uncached work / simulated capacity")
+    ap.add_argument("--overlap-weight", type=float, default=4.0, help="kv-aware: weight of blocks to prefill vs active blocks")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()
@@ -216,8 +219,8 @@ def main() -> None:
         runs, tools = eval_runs(args.trajectories)
         workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
                      "mooncake": mooncake_jobs(mooncake(args.mooncake_requests), args.model_blocks, args.model_block_tokens)}
-        single = measure(workloads, 1, "kv-aware", args.concurrency)
-        pols = {p: measure(workloads, args.replicas, p, args.concurrency) for p in POLICIES}
+        single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
+        pols = {p: measure(workloads, args.replicas, p, args.concurrency, args.overlap_weight) for p in POLICIES}
         for name in workloads:
             pol = {p: pols[p][name] for p in POLICIES}
             title = f"{name} replay, {args.replicas} replicas on local Ray"
@@ -229,7 +232,8 @@ def main() -> None:
             data[f"{name}_targets"] = targets(single[name], pol)
     if args.sim or args.quick:
         reqs = mooncake(None if not args.quick else 200)
-        sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load)
+        sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,
+                      args.overlap_weight)
         data["sim"] = sim
         for n, res in sim.items():
             single = {"hit_rate": res["single_replica_hit_rate"], "jct_mean_s": float("nan"), "jct_p99_s": float("nan")}
