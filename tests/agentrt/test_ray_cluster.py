@@ -35,6 +35,12 @@ def archive(x: int) -> int:
     return x + 1
 
 
+@tool
+def driver_pid() -> int:
+    """Tool bound to the driver ("local")."""
+    return os.getpid()
+
+
 @graph
 async def chat_and_tools(ctx: Any, n: int) -> dict[str, int]:
     first = await ctx.generate([{"role": "system", "content": "You are an airline agent."},
@@ -42,7 +48,7 @@ async def chat_and_tools(ctx: Any, n: int) -> dict[str, int]:
     doubled = await ctx.call("double", x=n)
     stored = await ctx.call("archive", x=doubled)
     second = await ctx.generate(f"Booking {stored} is done.", max_tokens=6, ignore_eos=True)
-    return {"n": stored, "cached": second.usage.cached_tokens, "prompt": second.usage.prompt_tokens, "first": first.usage.prompt_tokens}
+    return {"n": stored, "pid": await ctx.call("driver_pid"), "cached": second.usage.cached_tokens, "prompt": second.usage.prompt_tokens, "first": first.usage.prompt_tokens}
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +65,14 @@ def nodes() -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def replicas(nodes: dict[str, str]) -> Iterator[RayCluster]:
     config = RayConfig(address="auto", num_replicas=2, num_cpus_per_replica=0.5, engine_options=ENGINE,
-                       tool_resources={"archive": "storage"}, num_cpus_per_tool=0.5)
+                       tool_resources={"archive": "storage", "driver_pid": "local"}, num_cpus_per_tool=0.5)
     with RayCluster(config) as cluster:
         yield cluster
 
 
 def _registry() -> Registry:
     reg = Registry()
-    for obj in (double, archive, chat_and_tools):
+    for obj in (double, archive, driver_pid, chat_and_tools):
         reg.register(obj)
     return reg
 
@@ -89,7 +95,8 @@ async def test_jobs_complete_and_tools_land_on_nodes_with_their_resource(replica
     assert replicas.tools is not None
     placed = {(p.tool, p.node_id) for p in replicas.tools.placements}
     assert {node for name, node in placed if name == "archive"} == {nodes["storage"]}
-    assert {name for name, _ in placed} == {"double", "archive"}
+    assert {name for name, _ in placed} == {"double", "archive"}  # "local" tools ran in the driver:
+    assert {r.output["pid"] for r in results} == {os.getpid()}
 
 
 async def test_a_replica_killed_mid_job_is_replaced_and_its_requests_retried(replicas: RayCluster) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agentrt.ray.config import RayConfig
 from agentrt.ray.router import KVIndex, Router, RouterError, rendezvous
 
 
@@ -99,3 +100,11 @@ def test_bad_policy_and_no_replicas_raise_typed_errors() -> None:
         Router("fastest")
     with pytest.raises(RouterError, match="no live engine replica"):
         Router().route([1])
+
+
+def test_ray_config_names_the_bad_value() -> None:
+    with pytest.raises(RouterError, match="1 prefill and 0 decode"):
+        RayConfig(num_prefill_replicas=1)
+    with pytest.raises(RouterError, match="'disk'"):
+        RayConfig(tool_resources={"read": "disk"})
+    assert RayConfig(num_replicas=0, num_prefill_replicas=1, num_decode_replicas=2).disaggregated
