@@ -51,6 +51,12 @@ async def chat_and_tools(ctx: Any, n: int) -> dict[str, int]:
     return {"n": stored, "pid": await ctx.call("driver_pid"), "cached": second.usage.cached_tokens, "prompt": second.usage.prompt_tokens, "first": first.usage.prompt_tokens}
 
 
+@graph
+async def long_answer(ctx: Any) -> int:
+    gen = await ctx.generate("Tell me about every flight to Seattle.", max_tokens=160, ignore_eos=True)
+    return len(gen.token_ids)
+
+
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[dict[str, str]]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -72,7 +78,7 @@ def replicas(nodes: dict[str, str]) -> Iterator[RayCluster]:
 
 def _registry() -> Registry:
     reg = Registry()
-    for obj in (double, archive, driver_pid, chat_and_tools):
+    for obj in (double, archive, driver_pid, chat_and_tools, long_answer):
         reg.register(obj)
     return reg
 
@@ -104,27 +110,21 @@ async def test_a_replica_killed_mid_job_is_replaced_and_its_requests_retried(rep
 
     assert replicas.engine is not None and replicas.pool is not None
     engine, pool = replicas.engine, replicas.pool
-    from engine.kv.tiers import block_keys
-
-    prompt = list(range(30, 90))
-    victim = pool.router.route(block_keys(prompt, 4)).replica  # where the request will go
-    handle = pool.handles[victim]
+    runtime = replicas.runtime(_registry())
     retries = engine.stats.num_retries
-
-    async def long_request() -> Any:
-        return await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=160, ignore_eos=True))
-
+    out: list[Any] = []
     async with anyio.create_task_group() as tg:
-        out: list[Any] = []
-        tg.start_soon(lambda: _collect(long_request, out))
-        while pool.router.loads[victim].num_requests == 0:  # in flight on the victim
+        tg.start_soon(lambda: _collect(lambda: runtime.run_job(JobSpec(graph="long_answer")), out))
+        while not any(load.num_requests for load in pool.router.loads.values()):  # its LLM call is in flight
             await anyio.sleep(0.01)
+        victim = next(name for name, load in pool.router.loads.items() if load.num_requests)
+        handle = pool.handles[victim]
         ray.kill(handle, no_restart=True)
-    assert len(out) == 1 and len(out[0].token_ids) == 160
+    assert out[0].status == "succeeded" and out[0].output == 160
     assert pool.handles[victim] is not handle and pool.num_replacements >= 1
     assert engine.stats.num_retries > retries
-    again = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=160, ignore_eos=True))
-    assert again.token_ids == out[0].token_ids
+    reply = await pool.handles[victim].generate.remote(LLMRequest(prompt_ids=list(range(30, 90)), max_tokens=8))
+    assert len(reply.response.token_ids) == 8  # the replacement serves
 
 
 async def _collect(fn: Any, out: list[Any]) -> None:
