@@ -3,7 +3,7 @@
 Two workloads: tau-bench airline agent runs (each run a job; every recorded assistant turn an LLM
 call whose prompt is the conversation so far, up to the model's context) and the Mooncake trace
 (each request a job; each 512-token hash id becomes `--model-block-tokens` seeded tokens, first
-`--model-blocks` ids). Measured on engine replicas on a local Ray cluster, per policy on fresh
+`--model-blocks` ids; requests of the trace's 8 most shared prefix groups). Measured on engine replicas on a local Ray cluster, per policy on fresh
 replicas, plus one replica alone (the hit-rate ceiling): prefix hit rate (cached / prompt tokens,
 as the engines report it), mean and p99 job completion time, per-replica load (tokens computed;
 imbalance = max / mean - 1). `--sim` adds the no-model simulator (benchmarks/routing_sim.py) on the
@@ -75,6 +75,17 @@ def mooncake(limit: int | None = None) -> list[dict[str, Any]]:
     lines = data_file("mooncake", "synthetic_trace.jsonl").read_text().splitlines()
     reqs = [json.loads(line) for line in lines if line.strip()]
     return reqs[:limit] if limit else reqs
+
+
+def shared_prefix_requests(reqs: list[dict[str, Any]], num_groups: int, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` requests, in trace order, whose first block is one of the `num_groups`
+    most common first blocks: the trace's conversations that share prefixes (a window from the
+    start of the trace shares almost none in its first blocks)."""
+    counts: dict[int, int] = {}
+    for r in reqs:
+        counts[r["hash_ids"][0]] = counts.get(r["hash_ids"][0], 0) + 1
+    top = set(sorted(counts, key=lambda h: -counts[h])[:num_groups])
+    return [r for r in reqs if r["hash_ids"][0] in top][:limit]
 
 
 def mooncake_jobs(reqs: list[dict[str, Any]], blocks: int, block_tokens: int) -> list[Job]:
@@ -193,10 +204,10 @@ COLUMNS = ["policy", "hit rate", "JCT mean s", "JCT p99 s", "imbalance", "hit vs
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicas", type=int, default=2, help="engine replicas per policy (2-4)")
-    ap.add_argument("--jobs", type=int, default=8, help="agent runs to replay (eval split)")
+    ap.add_argument("--jobs", type=int, default=16, help="agent runs to replay (eval split: 16 runs)")
     ap.add_argument("--max-turns", type=int, default=6)
     ap.add_argument("--max-out", type=int, default=8, help="output tokens per LLM call, at most")
-    ap.add_argument("--mooncake-requests", type=int, default=32)
+    ap.add_argument("--mooncake-requests", type=int, default=64, help="from the 8 most shared prefix groups")
     ap.add_argument("--model-blocks", type=int, default=8, help="Mooncake hash ids kept per request")
     ap.add_argument("--model-block-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
@@ -218,7 +229,8 @@ def main() -> None:
     if not args.no_cluster:
         runs, tools = eval_runs(args.trajectories)
         workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
-                     "mooncake": mooncake_jobs(mooncake(args.mooncake_requests), args.model_blocks, args.model_block_tokens)}
+                     "mooncake": mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests), args.model_blocks,
+                                              args.model_block_tokens)}
         single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
         pols = {p: measure(workloads, args.replicas, p, args.concurrency, args.overlap_weight) for p in POLICIES}
         for name in workloads:
