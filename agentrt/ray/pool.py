@@ -37,7 +37,8 @@ class ReplicaPool:
 
     def start(self) -> None:
         if self.config.use_placement_group:
-            bundle = {"CPU": self.config.num_cpus_per_replica, "GPU": self.config.num_gpus_per_replica}
+            wanted = {"CPU": self.config.num_cpus_per_replica, "GPU": self.config.num_gpus_per_replica}
+            bundle = {k: v for k, v in wanted.items() if v > 0}  # Ray refuses zero-sized bundle entries
             self._group = placement_group([bundle] * len(self.names), strategy="PACK")
             ray.get(self._group.ready())
         for name in self.names:
