@@ -201,9 +201,33 @@ def rows_of(single: dict[str, Any], pol: dict[str, dict[str, Any]]) -> list[list
 COLUMNS = ["policy", "hit rate", "JCT mean s", "JCT p99 s", "imbalance", "hit vs RR", "JCT speed-up vs RR"]
 
 
+def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]) -> None:
+    """Each workload on one replica, then per replica count and policy on fresh replicas. The first
+    count's agent figures are `policies` in the JSON; every count is under `by_replicas`."""
+    runs, tools = eval_runs(args.trajectories)
+    workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
+                 "mooncake": mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests), args.model_blocks,
+                                          args.model_block_tokens)}
+    single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
+    data["by_replicas"] = {}
+    for n in args.replicas:
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight) for p in POLICIES}
+        for name in workloads:
+            pol = {p: pols[p][name] for p in POLICIES}
+            title = f"{name} replay, {n} replicas on local Ray"
+            print_table(title, COLUMNS, rows_of(single[name], pol))
+            sections.append(f"**{title}** (imbalance = max / mean replica load - 1)\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
+            data["by_replicas"].setdefault(str(n), {})[name] = {"policies": pol, "targets": targets(single[name], pol)}
+            if n == args.replicas[0]:
+                data["policies" if name == "agent" else f"{name}_policies"] = pol
+                data[f"{name}_targets"] = targets(single[name], pol)
+    for name in workloads:
+        data[f"{name}_single_replica"] = single[name]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--replicas", type=int, default=2, help="engine replicas per policy (2-4)")
+    ap.add_argument("--replicas", type=int, nargs="+", default=[2], help="engine replica counts to measure (2-4)")
     ap.add_argument("--jobs", type=int, default=16, help="agent runs to replay (eval split: 16 runs)")
     ap.add_argument("--max-turns", type=int, default=6)
     ap.add_argument("--max-out", type=int, default=8, help="output tokens per LLM call, at most")
@@ -227,21 +251,7 @@ def main() -> None:
     data: dict[str, Any] = {}
     sections = []
     if not args.no_cluster:
-        runs, tools = eval_runs(args.trajectories)
-        workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
-                     "mooncake": mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests), args.model_blocks,
-                                              args.model_block_tokens)}
-        single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
-        pols = {p: measure(workloads, args.replicas, p, args.concurrency, args.overlap_weight) for p in POLICIES}
-        for name in workloads:
-            pol = {p: pols[p][name] for p in POLICIES}
-            title = f"{name} replay, {args.replicas} replicas on local Ray"
-            print_table(title, COLUMNS, rows_of(single[name], pol))
-            sections.append(f"**{title}** (imbalance = max / mean replica load - 1)\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
-            key = "policies" if name == "agent" else f"{name}_policies"
-            data[key] = pol
-            data[f"{name}_single_replica"] = single[name]
-            data[f"{name}_targets"] = targets(single[name], pol)
+        measured(args, data, sections)
     if args.sim or args.quick:
         reqs = mooncake(None if not args.quick else 200)
         sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,

@@ -108,3 +108,14 @@ def test_ray_config_names_the_bad_value() -> None:
     with pytest.raises(RouterError, match="'disk'"):
         RayConfig(tool_resources={"read": "disk"})
     assert RayConfig(num_replicas=0, num_prefill_replicas=1, num_decode_replicas=2).disaggregated
+
+
+def test_cli_options_are_checked_before_any_ray_process_starts() -> None:
+    ray = pytest.importorskip("ray")
+    from agentrt.ray import RayCluster
+
+    with pytest.raises(RouterError, match="1 prefill and 0 decode"):
+        RayCluster.from_cli("local", 1, 1, 0, "kv-aware")
+    with pytest.raises(RouterError, match="'fastest'"):
+        RayCluster.from_cli("local", 2, 0, 0, "fastest")
+    assert not ray.is_initialized()
