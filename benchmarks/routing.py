@@ -242,7 +242,7 @@ def main() -> None:
     ap.add_argument("--sim-prefill-s", type=float, default=1e-4, help="simulated seconds per prefilled token")
     ap.add_argument("--sim-decode-s", type=float, default=2e-2, help="simulated seconds per output token")
     ap.add_argument("--sim-load", type=float, default=0.9, help="offered uncached work / simulated capacity")
-    ap.add_argument("--overlap-weight", type=float, default=4.0, help="kv-aware: weight of blocks to prefill vs active blocks")
+    ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()

@@ -72,7 +72,7 @@ def _serve(rep: SimReplica, req: SimRequest) -> int:
 
 
 def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
-             prefill_s: float, decode_s: float, overlap_weight: float = 4.0) -> SimResult:
+             prefill_s: float, decode_s: float, overlap_weight: float = 1.0) -> SimResult:
     """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
     in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
     after the previous one finished."""
