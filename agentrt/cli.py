@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import typer
 from rich.table import Table
@@ -155,6 +155,11 @@ LLM_URL = typer.Option(None, "--llm-url", envvar="AGENTRT_LLM_URL",
                        help="OpenAI-compatible endpoint to use instead of the embedded engine (env AGENTRT_LLM_URL)")
 LLM_MODEL = typer.Option(None, "--llm-model", envvar="AGENTRT_LLM_MODEL", help="model name at --llm-url (env AGENTRT_LLM_MODEL)")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress or tables; only the result on stdout")
+RAY = typer.Option(None, "--ray", help="run on Ray: a cluster address (as ray.init takes it) or 'local' to start one")
+ENGINE_REPLICAS = typer.Option(1, help="with --ray: engine replicas (Ray actors) behind the router")
+PREFILL_REPLICAS = typer.Option(0, help="with --ray: prefill replicas (disaggregated; needs --decode-replicas)")
+DECODE_REPLICAS = typer.Option(0, help="with --ray: decode replicas (disaggregated; needs --prefill-replicas)")
+ROUTER = typer.Option("kv-aware", help="with --ray: router policy: kv-aware, round-robin or least-loaded")
 
 
 @app.command()
@@ -168,6 +173,8 @@ def run(
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
     json_out: bool = JSON_OUT, quiet: bool = QUIET,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log at INFO level"),
+    ray: str | None = RAY, engine_replicas: int = ENGINE_REPLICAS, prefill_replicas: int = PREFILL_REPLICAS,
+    decode_replicas: int = DECODE_REPLICAS, router: str = ROUTER,
 ) -> None:
     """Run one job locally and print its output.
 
@@ -180,14 +187,18 @@ def run(
         raise typer.BadParameter(f"unknown policy {policy!r}; use las or fcfs", param_hint="--policy")
     from agentrt import telemetry
 
-    runtime, engine, spec = _local_runtime(graph, inputs, graphs, tools, model, policy, trace, llm_url, llm_model)
+    ray_opts = RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router)
+    runtime, engine, spec, cluster = _local_runtime(graph, inputs, graphs, tools, model, policy, trace, llm_url, llm_model, ray_opts)
     try:
         result = _run_job(runtime, spec, show=not (quiet or json_out))
     finally:
-        engine.close()
+        if cluster is not None:
+            cluster.shutdown()
+        else:
+            engine.close()
         telemetry.shutdown()
     job_dag = runtime.jobs[result.job_id].dag
-    _report_run(result, task_rows(job_dag), json_out, quiet, engine.load_seconds)
+    _report_run(result, task_rows(job_dag), json_out, quiet, getattr(engine, "load_seconds", 0.0))
     if dag is not None:
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
@@ -197,9 +208,35 @@ def run(
         raise typer.Exit(out.EXIT_FAILED)
 
 
+class RayOptions(NamedTuple):
+    """`--ray ADDRESS|local` and its replica/router options (address None: no Ray)."""
+
+    address: str | None
+    engine_replicas: int
+    prefill_replicas: int
+    decode_replicas: int
+    router: str
+
+
+def _ray_cluster(opts: RayOptions, model: Path | None, llm_url: str | None) -> Any:
+    """The started RayCluster for `--ray`, or None without it."""
+    if opts.address is None:
+        return None
+    if llm_url is not None:
+        raise typer.BadParameter("--ray runs engine replicas of a local model; it cannot be combined with --llm-url",
+                                 param_hint="--ray")
+    from agentrt.ray import RayCluster
+
+    with console.status("starting Ray engine replicas"):
+        return RayCluster.from_cli(opts.address, opts.engine_replicas, opts.prefill_replicas, opts.decode_replicas,
+                                   opts.router, model)
+
+
 def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tools: Path | None, model: Path | None,
-                   policy: str, trace: str | None, llm_url: str | None, llm_model: str | None) -> tuple[Any, Any, Any]:
-    """(runtime, lazily loaded engine, job spec) for `run`; an unknown graph fails before anything runs."""
+                   policy: str, trace: str | None, llm_url: str | None, llm_model: str | None,
+                   ray_opts: RayOptions) -> tuple[Any, Any, Any, Any]:
+    """(runtime, engine, job spec, Ray cluster or None) for `run`; an unknown graph fails before anything runs.
+    Without --ray the engine is loaded lazily (tool-only graphs never load the model)."""
     from agentrt.executor import Runtime
     from agentrt.lazy_engine import LazyEngine, widen_gpu_limits
     from agentrt.scheduler import PoolLimits
@@ -208,10 +245,14 @@ def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tool
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
     registry.get_graph(graph)
+    cluster = _ray_cluster(ray_opts, model, llm_url)
+    if cluster is not None:
+        runtime = Runtime(registry, cluster.engine, policy=policy, tools=cluster.tools)
+        return runtime, cluster.engine, JobSpec(graph=graph, inputs=inputs), cluster
     engine = LazyEngine(model, llm_url=llm_url, llm_model=llm_model)
     runtime = Runtime(registry, engine, policy=policy, limits=PoolLimits())
     engine._on_load = widen_gpu_limits(runtime)
-    return runtime, engine, JobSpec(graph=graph, inputs=inputs)
+    return runtime, engine, JobSpec(graph=graph, inputs=inputs), None
 
 
 def _run_job(runtime: Any, spec: Any, show: bool) -> Any:
@@ -305,6 +346,8 @@ def serve(
     allowed_clients: Path | None = typer.Option(None, help="folder of allowed client .key files (with --curve-secret)"),
     max_inflight: int = typer.Option(1000, help="maximum jobs in flight per client"),
     trace: str | None = TRACE,
+    ray: str | None = RAY, engine_replicas: int = ENGINE_REPLICAS, prefill_replicas: int = PREFILL_REPLICAS,
+    decode_replicas: int = DECODE_REPLICAS, router: str = ROUTER,
 ) -> None:
     """Serve registered graphs over ZeroMQ (see docs/protocol.md) until interrupted.
 
@@ -318,12 +361,16 @@ def serve(
 
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
-    engine = None
+    engine = tool_executor = None
     if not no_engine:
-        from agentrt.backends import make_engine
+        cluster = _ray_cluster(RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router), model, llm_url)
+        if cluster is not None:
+            engine, tool_executor = cluster.engine, cluster.tools
+        else:
+            from agentrt.backends import make_engine
 
-        with console.status("loading the model"):
-            engine = make_engine(model, llm_url, llm_model)
+            with console.status("loading the model"):
+                engine = make_engine(model, llm_url, llm_model)
     keys: dict[str, Any] = {"curve_allowed_clients": allowed_clients}  # without --curve-secret: refused, not ignored
     if curve_secret is not None:
         from agentrt.keys import load_keypair
@@ -331,7 +378,7 @@ def serve(
         pub, sec = load_keypair(curve_secret)
         keys |= {"curve_public_key": pub, "curve_secret_key": sec}
     config = ServerConfig(bind=bind, journal=journal, max_inflight_per_client=max_inflight, **keys)
-    server = Server(Runtime(registry, engine), config)
+    server = Server(Runtime(registry, engine, tools=tool_executor), config)
     out.message(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")
     try:
         anyio.run(server.serve)

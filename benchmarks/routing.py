@@ -1,0 +1,276 @@
+"""Routing benchmark: the KV-aware router against round-robin and least-loaded, side by side.
+
+Two workloads: tau-bench airline agent runs (each run a job; every recorded assistant turn an LLM
+call whose prompt is the conversation so far, up to the model's context) and the Mooncake trace
+(each request a job; each 512-token hash id becomes `--model-block-tokens` seeded tokens, first
+`--model-blocks` ids; requests of the trace's 8 most shared prefix groups). Measured on engine replicas on a local Ray cluster, per policy on fresh
+replicas, plus one replica alone (the hit-rate ceiling): prefix hit rate (cached / prompt tokens,
+as the engines report it), mean and p99 job completion time, per-replica load (tokens computed;
+imbalance = max / mean - 1). `--sim` adds the no-model simulator (benchmarks/routing_sim.py) on the
+full Mooncake trace at 8-64 replicas. Tool calls of the agent runs are not executed (LLM calls only).
+
+    python benchmarks/routing.py [--replicas 2] [--jobs 8] [--max-turns 6] [--trajectories FILE] [--sim] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
+from benchmarks.routing_sim import SimRequest, simulate  # noqa: E402
+from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
+from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
+
+CONTEXT = 4096
+POLICIES = ("kv-aware", "round-robin", "least-loaded")
+MOONCAKE_BLOCK = 512
+
+
+@dataclass(slots=True)
+class Job:
+    turns: list[tuple[list[int], int]]  # (prompt ids, output tokens) per LLM call
+
+
+def eval_runs(trajectories: Path | None) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The agent runs to replay and the tool schemas: `trajectories` whole, else the held-out
+    (eval) tasks of the tau-bench airline split in engine/train/data.py."""
+    if trajectories is not None:
+        runs = [r["traj"] for r in json.loads(trajectories.read_text())]
+        return runs, json.loads(data_file("tau-bench-airline", "tools.json").read_text())
+    from engine.train.data import load_airline
+
+    data = load_airline()
+    return data.held_out, data.tools
+
+
+def agent_jobs(runs: list[list[dict[str, Any]]], tools: list[dict[str, Any]], max_turns: int, max_out: int) -> list[Job]:
+    tok = ChatTokenizer(DEFAULT_MODEL_DIR)
+    jobs = []
+    for traj in runs:
+        turns: list[tuple[list[int], int]] = []
+        for i, m in enumerate(traj):
+            if m["role"] != "assistant":
+                continue
+            prompt = tok.encode(render_chat(traj[:i], tools, add_generation_prompt=True))
+            out = min(max_out, max(1, len(tok.encode(render_message(m)))))
+            if len(prompt) + out >= CONTEXT or len(turns) >= max_turns:
+                break
+            turns.append((prompt, out))
+        jobs.append(Job(turns))
+    return jobs
+
+
+def mooncake(limit: int | None = None) -> list[dict[str, Any]]:
+    lines = data_file("mooncake", "synthetic_trace.jsonl").read_text().splitlines()
+    reqs = [json.loads(line) for line in lines if line.strip()]
+    return reqs[:limit] if limit else reqs
+
+
+def shared_prefix_requests(reqs: list[dict[str, Any]], num_groups: int, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` requests, in trace order, whose first block is one of the `num_groups`
+    most common first blocks: the trace's conversations that share prefixes (a window from the
+    start of the trace shares almost none in its first blocks)."""
+    counts: dict[int, int] = {}
+    for r in reqs:
+        counts[r["hash_ids"][0]] = counts.get(r["hash_ids"][0], 0) + 1
+    top = set(sorted(counts, key=lambda h: -counts[h])[:num_groups])
+    return [r for r in reqs if r["hash_ids"][0] in top][:limit]
+
+
+def mooncake_jobs(reqs: list[dict[str, Any]], blocks: int, block_tokens: int) -> list[Job]:
+    def tokens(hid: int) -> list[int]:
+        rng = random.Random(hid)
+        return [rng.randrange(16, 8000) for _ in range(block_tokens)]
+
+    return [Job([([t for h in r["hash_ids"][:blocks] for t in tokens(h)], 4)]) for r in reqs]
+
+
+# ---- measured: replicas on Ray ----------------------------------------------------------------
+async def replay(engine: Any, jobs: list[Job], concurrency: int) -> list[float]:
+    """Run every job (its turns in order, each turn's conversation pinned like a session's);
+    `concurrency` jobs at a time. Returns job completion times."""
+    from agentrt.engine_client import LLMRequest
+
+    slots = asyncio.Semaphore(concurrency)
+    jct: list[float] = []
+
+    async def one(i: int, job: Job) -> None:
+        async with slots:
+            start = time.perf_counter()
+            for prompt, out in job.turns:
+                res = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=out, ignore_eos=True))
+                engine.pin(f"job{i}", prompt + res.token_ids, 30.0)
+            engine.unpin(f"job{i}")
+            jct.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
+    return jct
+
+
+def summarise(jct: list[float], hit: float, work: dict[str, int], replicas: int) -> dict[str, Any]:
+    loads = [work.get(name, 0) for name in sorted(work)] + [0] * (replicas - len(work))
+    mean = statistics.fmean(loads) if loads else 0.0
+    ordered = sorted(jct)
+    return {"hit_rate": hit, "jct_mean_s": statistics.fmean(jct), "jct_p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "imbalance": max(loads) / mean - 1 if mean else 0.0, "load": loads}
+
+
+def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int,
+            overlap_weight: float) -> dict[str, dict[str, Any]]:
+    from agentrt.ray import RayCluster, RayConfig
+
+    options = {"num_threads": 1, "kv_cache_memory_gb": 0.25}
+    config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
+                       num_cpus_per_replica=0.5, engine_options=options)
+    out = {}
+    with RayCluster(config) as cluster:
+        engine = cluster.engine
+        assert engine is not None
+        for name, jobs in workloads.items():
+            before = (engine.stats.prompt_tokens, engine.stats.cached_tokens, dict(engine.stats.tokens_by_replica))
+            jct = asyncio.run(replay(engine, jobs, concurrency))
+            prompt = engine.stats.prompt_tokens - before[0]
+            hit = (engine.stats.cached_tokens - before[1]) / max(1, prompt)
+            work = {r: t - before[2].get(r, 0) for r, t in engine.stats.tokens_by_replica.items()}
+            out[name] = summarise(jct, hit, work, replicas)
+    return out
+
+
+# ---- simulated: the full Mooncake trace at 8-64 replicas --------------------------------------
+def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]:
+    out = []
+    for j, r in enumerate(reqs):
+        n = len(r["hash_ids"])
+        sizes = [MOONCAKE_BLOCK] * (n - 1) + [r["input_length"] - MOONCAKE_BLOCK * (n - 1)]
+        out.append(SimRequest(r["timestamp"] / 1000 * stretch, list(r["hash_ids"]), sizes, r["output_length"], job=j))
+    return out
+
+
+def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
+            load: float, overlap_weight: float) -> dict[str, dict[str, Any]]:
+    """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
+    times the replicas' capacity."""
+    duration = max(r["timestamp"] for r in reqs) / 1000
+    work = sum(r["input_length"] * prefill_s + r["output_length"] * decode_s for r in reqs)
+    capacity = max(1, int(capacity_tokens // MOONCAKE_BLOCK))
+    out: dict[str, dict[str, Any]] = {}
+    for n in counts:
+        stretch = work / (n * load * duration)
+        requests = sim_requests(reqs, stretch)
+        single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
+        out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
+        for policy in POLICIES:
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight)
+            loads = list(res.work_s.values())
+            ordered = sorted(res.jct_s)
+            out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
+                                   "jct_p99_s": ordered[int(0.99 * (len(ordered) - 1))],
+                                   "imbalance": max(loads) / statistics.fmean(loads) - 1}
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def targets(single: dict[str, Any], pol: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    kv, rr = pol["kv-aware"], pol["round-robin"]
+    return {"kv_hit_vs_single": kv["hit_rate"] / max(1e-9, single["hit_rate"]),
+            "kv_hit_vs_round_robin": kv["hit_rate"] / max(1e-9, rr["hit_rate"]),
+            "kv_imbalance": kv["imbalance"],
+            "met": kv["hit_rate"] >= 0.95 * single["hit_rate"] and kv["hit_rate"] >= 1.5 * rr["hit_rate"] and kv["imbalance"] <= 0.2}
+
+
+def rows_of(single: dict[str, Any], pol: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    rr = pol["round-robin"]
+    rows = [["1 replica", single["hit_rate"], single["jct_mean_s"], single["jct_p99_s"], 0.0, "-", "-"]]
+    for name, r in pol.items():
+        rows.append([name, r["hit_rate"], r["jct_mean_s"], r["jct_p99_s"], r["imbalance"],
+                     r["hit_rate"] / max(1e-9, rr["hit_rate"]), rr["jct_mean_s"] / r["jct_mean_s"]])
+    return rows
+
+
+COLUMNS = ["policy", "hit rate", "JCT mean s", "JCT p99 s", "imbalance", "hit vs RR", "JCT speed-up vs RR"]
+
+
+def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]) -> None:
+    """Each workload on one replica, then per replica count and policy on fresh replicas. The first
+    count's agent figures are `policies` in the JSON; every count is under `by_replicas`."""
+    runs, tools = eval_runs(args.trajectories)
+    workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
+                 "mooncake": mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests), args.model_blocks,
+                                          args.model_block_tokens)}
+    single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
+    data["by_replicas"] = {}
+    for n in args.replicas:
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight) for p in POLICIES}
+        for name in workloads:
+            pol = {p: pols[p][name] for p in POLICIES}
+            title = f"{name} replay, {n} replicas on local Ray"
+            print_table(title, COLUMNS, rows_of(single[name], pol))
+            sections.append(f"**{title}** (imbalance = max / mean replica load - 1)\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
+            data["by_replicas"].setdefault(str(n), {})[name] = {"policies": pol, "targets": targets(single[name], pol)}
+            if n == args.replicas[0]:
+                data["policies" if name == "agent" else f"{name}_policies"] = pol
+                data[f"{name}_targets"] = targets(single[name], pol)
+    for name in workloads:
+        data[f"{name}_single_replica"] = single[name]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--replicas", type=int, nargs="+", default=[2], help="engine replica counts to measure (2-4)")
+    ap.add_argument("--jobs", type=int, default=16, help="agent runs to replay (eval split: 16 runs)")
+    ap.add_argument("--max-turns", type=int, default=6)
+    ap.add_argument("--max-out", type=int, default=8, help="output tokens per LLM call, at most")
+    ap.add_argument("--mooncake-requests", type=int, default=64, help="from the 8 most shared prefix groups")
+    ap.add_argument("--model-blocks", type=int, default=8, help="Mooncake hash ids kept per request")
+    ap.add_argument("--model-block-tokens", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format (default: eval split)")
+    ap.add_argument("--sim", action="store_true", help="also simulate the full Mooncake trace at 8-64 replicas")
+    ap.add_argument("--sim-replicas", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--sim-capacity-tokens", type=float, default=5e5, help="KV capacity per simulated replica")
+    ap.add_argument("--sim-prefill-s", type=float, default=1e-4, help="simulated seconds per prefilled token")
+    ap.add_argument("--sim-decode-s", type=float, default=2e-2, help="simulated seconds per output token")
+    ap.add_argument("--sim-load", type=float, default=0.9, help="offered uncached work / simulated capacity")
+    ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
+    ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
+    args = ap.parse_args()
+    if args.quick:
+        args.jobs, args.max_turns, args.mooncake_requests, args.sim_replicas = 2, 2, 4, [8]
+    data: dict[str, Any] = {}
+    sections = []
+    if not args.no_cluster:
+        measured(args, data, sections)
+    if args.sim or args.quick:
+        reqs = mooncake(None if not args.quick else 200)
+        sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,
+                      args.overlap_weight)
+        data["sim"] = sim
+        for n, res in sim.items():
+            single = {"hit_rate": res["single_replica_hit_rate"], "jct_mean_s": float("nan"), "jct_p99_s": float("nan")}
+            title = f"simulated Mooncake trace, {n} replicas (simulated seconds)"
+            print_table(title, COLUMNS, rows_of(single, {p: res[p] for p in POLICIES}))
+            sections.append(f"**{title}**\n\n{markdown_table(COLUMNS, rows_of(single, {p: res[p] for p in POLICIES}))}")
+    if args.quick:
+        print(json.dumps({k: list(v) if isinstance(v, dict) else v for k, v in data.items()}))
+        return
+    command = "python " + " ".join(sys.argv)
+    body = ("The machine was shared with other jobs while measuring; JCTs are noisy (one run per policy). "
+            "Targets (agent replay): kv-aware hit rate within 5% of one replica's and >= 1.5x round-robin's, "
+            "imbalance <= 0.2.\n\n" + "\n\n".join(sections))
+    write_section("routing", "Routing: KV-aware vs round-robin vs least-loaded (agentrt[ray])", body, command, data)
+
+
+if __name__ == "__main__":
+    main()

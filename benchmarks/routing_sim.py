@@ -1,0 +1,115 @@
+"""The routing simulator behind `benchmarks/routing.py --sim`: no model, only block ids.
+
+Each replica is a prefix cache of bounded capacity (engine/kv/radix.py over block ids, LRU eviction)
+and a single FIFO server whose service time is a stated cost model: `prefill_s` per prompt token it
+must compute plus `decode_s` per output token. The router (agentrt/ray/router.py, the same code the
+Ray client uses) sees only what a real one sees: each replica's block events and the requests in
+flight. Times are simulated seconds, not measurements.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrt.ray.router import Router
+from engine.kv.block_pool import BlockPool
+from engine.kv.radix import RadixCache
+
+
+@dataclass(slots=True)
+class SimRequest:
+    arrival: float  # seconds
+    blocks: list[Any]  # chained block ids of the prompt
+    block_tokens: list[int]  # tokens in each block
+    output_tokens: int
+    session: str | None = None
+    job: int = 0  # requests of one job run one after another
+
+
+@dataclass(slots=True)
+class SimReplica:
+    cache: RadixCache
+    free_at: float = 0.0
+    work_s: float = 0.0
+    inflight: list[tuple[float, int]] = field(default_factory=list)  # heap of (finish time, blocks)
+    removed: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SimResult:
+    hit_rate: float
+    jct_s: list[float]
+    work_s: dict[str, float]
+
+
+def _replica(capacity_blocks: int) -> SimReplica:
+    cache = RadixCache(BlockPool(capacity_blocks), 1)
+    rep = SimReplica(cache)
+
+    def on_evict(path: list[Any], blocks: list[int], hits: int) -> None:
+        rep.removed.extend(path[len(path) - len(blocks):])
+
+    cache.on_evict = on_evict
+    return rep
+
+
+def _serve(rep: SimReplica, req: SimRequest) -> int:
+    """Run `req`'s prefix through the replica's cache; return the blocks it found cached."""
+    cache, pool, ids = rep.cache, rep.cache.pool, req.blocks
+    match = cache.match_prefix(ids)
+    cache.lock(match.node)
+    missing = len(ids) - match.num_tokens
+    if not pool.can_allocate(missing):
+        cache.evict(missing - pool.num_free_blocks)
+    fit = min(missing, pool.num_free_blocks)
+    new = pool.allocate(fit)
+    cache.insert(ids[: match.num_tokens + fit], match.block_ids + new)
+    pool.decref(new)
+    cache.unlock(match.node)
+    return match.num_tokens
+
+
+def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
+             prefill_s: float, decode_s: float, overlap_weight: float = 1.0) -> SimResult:
+    """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
+    in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
+    after the previous one finished."""
+    router = Router(policy, overlap_weight)
+    reps = {f"r{i}": _replica(capacity_blocks) for i in range(num_replicas)}
+    for name in reps:
+        router.add_replica(name)
+    jobs: dict[int, list[SimRequest]] = {}
+    for r in requests:
+        jobs.setdefault(r.job, []).append(r)
+    queue = [(turns[0].arrival, job, 0) for job, turns in jobs.items()]
+    heapq.heapify(queue)
+    end: dict[int, float] = {}
+    hit = total = 0
+    while queue:
+        now, job, k = heapq.heappop(queue)
+        req = jobs[job][k]
+        for name, rep in reps.items():  # requests finished by now leave the router's load
+            while rep.inflight and rep.inflight[0][0] <= now:
+                router.end(name, heapq.heappop(rep.inflight)[1])
+        name = router.route(req.blocks, req.session).replica
+        rep = reps[name]
+        cached = _serve(rep, req)
+        stored = rep.cache.cached_prefix_len(req.blocks)
+        router.index.apply(name, stored=req.blocks[:stored], removed=rep.removed)
+        rep.removed = []
+        hit_tokens = sum(req.block_tokens[:cached])
+        hit += hit_tokens
+        total += sum(req.block_tokens)
+        service = (sum(req.block_tokens) - hit_tokens) * prefill_s + req.output_tokens * decode_s
+        rep.free_at = max(now, rep.free_at) + service
+        rep.work_s += service
+        heapq.heappush(rep.inflight, (rep.free_at, len(req.blocks)))
+        router.begin(name, len(req.blocks))
+        if k + 1 < len(jobs[job]):
+            heapq.heappush(queue, (rep.free_at + jobs[job][k + 1].arrival, job, k + 1))
+        else:
+            end[job] = rep.free_at
+    jct = [end[j] - jobs[j][0].arrival for j in jobs]
+    return SimResult(hit / total if total else 0.0, jct, {n: r.work_s for n, r in reps.items()})

@@ -1,0 +1,121 @@
+"""The KV-aware router's pure policy: index, scoring, affinity, restart behaviour."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentrt.ray.config import RayConfig
+from agentrt.ray.router import KVIndex, Router, RouterError, rendezvous
+
+
+def test_index_overlap_counts_leading_blocks_per_replica() -> None:
+    index = KVIndex()
+    index.apply("a", stored=[1, 2, 3])
+    index.apply("b", stored=[1, 9, 3])
+    assert index.overlap([1, 2, 3, 4]) == {"a": 3, "b": 1}
+    assert index.overlap([7, 2]) == {}
+
+
+def test_removed_blocks_leave_the_index_and_dropping_a_replica_forgets_it() -> None:
+    index = KVIndex()
+    index.apply("a", stored=[1, 2])
+    index.apply("a", removed=[2])
+    assert index.overlap([1, 2]) == {"a": 1}
+    index.drop("a")
+    assert index.overlap([1]) == {} and index.holders == {}
+
+
+def test_kv_aware_sends_a_request_to_the_replica_holding_its_prefix() -> None:
+    router = Router("kv-aware")
+    for r in ("r0", "r1", "r2"):
+        router.add_replica(r)
+    router.index.apply("r2", stored=[10, 11, 12])
+    decision = router.route([10, 11, 12, 13])
+    assert decision.replica == "r2" and decision.overlap_blocks == 3
+
+
+def test_kv_aware_leaves_a_busy_replica_when_the_load_outweighs_the_overlap() -> None:
+    router = Router("kv-aware")
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    router.index.apply("r0", stored=[1])
+    router.begin("r0", 50)
+    assert router.route([1, 2, 3]).replica == "r1"
+
+
+def test_round_robin_cycles_and_least_loaded_picks_the_idle_replica() -> None:
+    rr = Router("round-robin")
+    for r in ("a", "b", "c"):
+        rr.add_replica(r)
+    assert [rr.route([1]).replica for _ in range(4)] == ["a", "b", "c", "a"]
+    ll = Router("least-loaded")
+    for r in ("a", "b"):
+        ll.add_replica(r)
+    ll.begin("a", 1)
+    assert ll.route([1]).replica == "b"
+    ll.end("a", 1)
+    ll.begin("b", 1)
+    assert ll.route([1]).replica == "a"
+
+
+def test_session_affinity_survives_a_router_restart_without_any_router_state() -> None:
+    names = [f"replica-{i}" for i in range(8)]
+    first = Router("kv-aware")
+    for r in names:
+        first.add_replica(r)
+    placed = {s: first.route([f"{s}-0"], session=s).replica for s in ("job1/s", "job2/s", "job3/s")}
+    restarted = Router("kv-aware")
+    for r in reversed(names):
+        restarted.add_replica(r)
+    assert {s: restarted.route([f"{s}-0"], session=s).replica for s in placed} == placed
+
+
+def test_later_turns_follow_the_conversation_blocks_through_a_rebuilt_index() -> None:
+    names = ["a", "b", "c"]
+    router = Router("kv-aware")
+    for r in names:
+        router.add_replica(r)
+    turn1 = ["sys", "u1"]
+    first = router.route(turn1, session="s").replica
+    router.index.apply(first, stored=turn1 + ["a1"])  # the replica's block events after turn 1
+    snapshot = {r: set(router.index.by_replica.get(r, ())) for r in names}
+    restarted = Router("kv-aware")
+    for r in names:
+        restarted.add_replica(r)
+        restarted.index.apply(r, stored=snapshot[r])
+    assert restarted.route(turn1 + ["a1", "u2"], session="s").replica == first
+
+
+def test_rendezvous_moves_only_the_keys_of_a_removed_replica() -> None:
+    names = ["a", "b", "c", "d"]
+    keys = [f"k{i}" for i in range(200)]
+    before = {k: rendezvous(k, names)[0] for k in keys}
+    after = {k: rendezvous(k, ["a", "b", "d"])[0] for k in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != "c")
+    assert {after[k] for k in keys} == {"a", "b", "d"}
+
+
+def test_bad_policy_and_no_replicas_raise_typed_errors() -> None:
+    with pytest.raises(RouterError, match="'fastest'"):
+        Router("fastest")
+    with pytest.raises(RouterError, match="no live engine replica"):
+        Router().route([1])
+
+
+def test_ray_config_names_the_bad_value() -> None:
+    with pytest.raises(RouterError, match="1 prefill and 0 decode"):
+        RayConfig(num_prefill_replicas=1)
+    with pytest.raises(RouterError, match="'disk'"):
+        RayConfig(tool_resources={"read": "disk"})
+    assert RayConfig(num_replicas=0, num_prefill_replicas=1, num_decode_replicas=2).disaggregated
+
+
+def test_cli_options_are_checked_before_any_ray_process_starts() -> None:
+    ray = pytest.importorskip("ray")
+    from agentrt.ray import RayCluster
+
+    with pytest.raises(RouterError, match="1 prefill and 0 decode"):
+        RayCluster.from_cli("local", 1, 1, 0, "kv-aware")
+    with pytest.raises(RouterError, match="'fastest'"):
+        RayCluster.from_cli("local", 2, 0, 0, "fastest")
+    assert not ray.is_initialized()
