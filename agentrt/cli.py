@@ -26,6 +26,8 @@ AGENTRT_ADDRESS: server of submit/status/cancel (default tcp://127.0.0.1:5555)
 AGENTRT_DATA_DIR: public data folder (default ../shared/data)
 AGENTRT_CACHE_DIR: compiled native kernels (default ~/.cache/agentrt)
 AGENTRT_DEBUG=1: print tracebacks (as --debug)
+AGENTRT_LLM_URL, AGENTRT_LLM_MODEL, AGENTRT_LLM_API_KEY: a remote OpenAI-compatible engine
+AGENTRT_TOKENIZER_CACHE: real tokenizers for tests (default ~/.cache/agentrt/tokenizers)
 OTEL_TRACES_EXPORTER: otlp, console or none (when --trace is not given)
 OTEL_METRICS_EXPORTER: otlp, console or none (GenAI metrics)
 OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT (or _TRACES_...): the collector

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.tokenizer import find_tool_call_errors, parse_tool_calls
+from engine.chat.tool_calls import find_tool_call_errors, parse_tool_calls
 
 FAMILIES = ("agentrt", "hermes", "deepseek_v3", "harmony")
 

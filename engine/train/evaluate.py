@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from engine.chat.tool_calls import parse_tool_calls
 from engine.model.loader import load_model
-from engine.tokenizer import ChatTokenizer, parse_tool_calls, render_chat
+from engine.tokenizer import ChatTokenizer, render_chat
 from engine.train.data import AirlineData, render_conversations
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+from engine.chat.tool_calls import find_tool_call_errors, parse_tool_calls
 from engine.config import DEFAULT_MODEL_DIR
-from engine.tokenizer import (
-    ChatTokenizer,
-    find_tool_call_errors,
-    parse_tool_calls,
-    render_chat,
-    render_tool_call,
-)
+from engine.tokenizer import ChatTokenizer, render_chat, render_tool_call
 
 CONV = [
     {"role": "system", "content": "policy"},

@@ -124,6 +124,6 @@ def test_cli_run_uses_the_endpoint_given_by_llm_url(server_url: str) -> None:
     inputs = '{"question": "What is my reservation status?", "database": "synthetic", "max_steps": 1}'
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "agentrt.cli", "run", "react", "--input", inputs, "--llm-url", server_url,
-                           "--llm-model", "agentrt-default"], capture_output=True, text=True, env=env, timeout=240, check=False)
+                           "--llm-model", "agentrt-default", "--json"], capture_output=True, text=True, env=env, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '"status": "succeeded"' in proc.stdout
