@@ -91,6 +91,7 @@ class EngineCore:
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
+        self._priority_cmds: deque[tuple[str, int]] = deque()
         self._pin_cmds: deque[tuple[str, list[int] | None, float | None]] = deque()
         self.pins: dict[str, Pin] = {}
         # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
@@ -200,6 +201,13 @@ class EngineCore:
     def abort(self, request_id: str) -> None:
         """Cancel a request (any thread); it finishes with FinishReason.ABORT at the next step."""
         self._aborts.append(request_id)
+
+    def set_priority(self, request_id: str, priority: int) -> None:
+        """Change a queued or running request's priority (any thread; lower is more urgent).
+        Applied at the next step; unknown or finished requests are ignored."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidRequestError(f"priority must be an int (lower is more urgent), got {priority!r}")
+        self._priority_cmds.append((request_id, priority))
 
     def pin(self, key: str, token_ids: list[int], ttl: float | None = None) -> None:
         """Keep the cached prefix of `token_ids` (e.g. a conversation between turns) from being
@@ -350,6 +358,11 @@ class EngineCore:
             self.scheduler.add(new)
             if self.suffix is not None:
                 self.suffix.observe(new.request_id, new.token_ids)
+        while self._priority_cmds:
+            request_id, priority = self._priority_cmds.popleft()
+            target = self._by_id.get(request_id)
+            if target is not None:
+                self.scheduler.set_priority(target, priority)
         outputs = []
         while self._aborts:
             seq = self._by_id.get(self._aborts.popleft())
