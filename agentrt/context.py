@@ -242,14 +242,16 @@ class JobContext:
         stops = [] if ignore_eos else [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
         json_schema = _json_schema(schema)
         start = time.perf_counter()
+        # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
+        sched = {"priority": self.runtime.scheduler.engine_priority(self.job_id), "program_id": self.job_id}
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
+                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos, **sched))
         usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
             call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools)))
+                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools), **sched))
             usage.add(call.usage)
             call_ids = [i for i in call.token_ids if i != end_id]
             ids += call_ids + [engine.special_id(CALL_CLOSE), end_id]

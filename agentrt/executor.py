@@ -151,11 +151,20 @@ class Runtime:
             raise
         finally:
             task.finished = time.perf_counter()
-            self.scheduler.release(task, task.duration)
+            self._release(job, task)
             self._dispatch()
         task.state = TaskState.SUCCEEDED
         job.emit("task_finished", task, state="succeeded", usage=msgspec.to_builtins(task.usage))
         return result
+
+    def _release(self, job: JobRun, task: Task) -> None:
+        """Give back the task's pool capacity and credit its engine work to the job (LAS service);
+        when the job's service grew, its LLM requests still in the engine are re-prioritised."""
+        before = self.scheduler.engine_priority(job.spec.job_id)
+        self.scheduler.release(task, engine_work(task))
+        after = self.scheduler.engine_priority(job.spec.job_id)
+        if after != before and self.engine is not None:
+            self.engine.set_program_priority(job.spec.job_id, after)
 
     async def _attempts(self, task: Task, fn: Callable[[], Awaitable[Any]], retry: RetryPolicy) -> Any:
         for attempt in range(1, retry.max_attempts + 1):
@@ -201,6 +210,13 @@ class Runtime:
                 tokens = self.prefix_hints.get(task.id)
                 if tokens is not None:
                     self.engine.hint(task.id, tokens, steps)
+
+
+def engine_work(task: Task) -> int:
+    """The engine work a task consumed, in tokens: prompt tokens computed (including ones recomputed
+    after a preemption) plus tokens decoded. Tools and sub-agent coordination consume none."""
+    u = task.usage
+    return u.prefill_tokens_computed + u.recomputed_tokens + u.generated_tokens
 
 
 PREFETCH_NEXT = 2  # queued LLM calls re-announced on every dispatch

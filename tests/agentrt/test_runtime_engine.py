@@ -32,7 +32,8 @@ async def two_turns(ctx: Any) -> list[dict[str, int]]:
     for msgs in ([{"role": "system", "content": "# Airline Agent Policy"}, {"role": "user", "content": "Hi, I need help with a booking."}],
                  [{"role": "user", "content": "My user id is mia_li_3668."}]):
         gen = await ctx.generate(msgs, max_tokens=24)
-        out.append({"prompt": gen.usage.prompt_tokens, "cached": gen.usage.cached_tokens, "computed": gen.usage.prefill_tokens_computed})
+        out.append({"prompt": gen.usage.prompt_tokens, "cached": gen.usage.cached_tokens, "computed": gen.usage.prefill_tokens_computed,
+                    "generated": gen.usage.generated_tokens})
     return out
 
 
@@ -121,3 +122,24 @@ async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: Em
     assert rt.prefix_hints == {}
     engine.llm.core.step()
     assert engine.llm.core.hints == {}
+
+
+async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(engine: EmbeddedEngine) -> None:
+    from agentrt.engine_client import LLMRequest, LLMResponse
+
+    seen: list[LLMRequest] = []
+
+    class Recording(EmbeddedEngine):
+        async def generate(self, request: LLMRequest) -> LLMResponse:
+            seen.append(request)
+            return await super().generate(request)
+
+    reg = Registry()
+    reg.register(two_turns)
+    rt = Runtime(reg, Recording(engine.llm))
+    res = await rt.run_job(JobSpec(graph="two_turns", job_id="prio-job"))
+    assert res.status == "succeeded"
+    first, second = seen
+    assert first.priority == 0 and first.program_id == second.program_id == "prio-job"
+    u = res.output[0]
+    assert second.priority == u["computed"] + u["generated"] > 0  # engine work, not seconds
