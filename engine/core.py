@@ -85,6 +85,8 @@ class EngineCore:
             self.token_drafters["ngram"] = NgramDrafter()
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
         self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits) if config.host_kv_blocks and self.scheduler.radix else None
+        self.scheduler.release_pins = self._release_pin
+        self.num_pins_released = 0  # pins given up early under KV pressure
         if self.host_tier is not None:
             self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
             self.scheduler.extend_prefix = self._restore
@@ -272,6 +274,21 @@ class EngineCore:
         for key in [k for k, p in self.pins.items() if p.expires is not None and p.expires <= now]:
             if radix is not None:
                 radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
+
+    def _release_pin(self) -> int:
+        """Scheduler hook under KV pressure: release the TTL pin expiring last (its agent is the
+        furthest from resuming; Continuum), so its prefix becomes evictable (to the host tier when
+        there is one: the agent is paused there, ThunderAgent). Pins without a TTL are kept.
+        Returns 1 when a pin was released, else 0."""
+        radix = self.scheduler.radix
+        timed = [(p.expires, key) for key, p in self.pins.items() if p.expires is not None]
+        if not timed or radix is None:
+            return 0
+        _, key = max(timed)
+        radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
+        self.num_pins_released += 1
+        logger.debug("released pin %s under KV pressure", key)
+        return 1
 
     def has_unfinished(self) -> bool:
         return bool(self._inbox or self._aborts or self._hint_cmds or self.scheduler.has_unfinished())

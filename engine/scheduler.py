@@ -122,6 +122,9 @@ class Scheduler:
         # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
         # (bytes restored from host, bytes restored from disk).
         self.extend_prefix: Callable[[list[int], int], tuple[int, int]] | None = None
+        # Releases pinned prefixes when nothing else can be evicted (see EngineCore.pin); returns
+        # how many pins it released (0 = none left to release).
+        self.release_pins: Callable[[], int] | None = None
 
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -279,9 +282,15 @@ class Scheduler:
         return True
 
     def _make_room(self, num_blocks: int) -> bool:
+        """Free blocks by evicting unlocked cached prefixes; when none are left, release pins (a
+        pinned agent waiting on a tool pays a restore or recompute later, instead of a request
+        waiting or being preempted now) and evict again."""
         while not self.pool.can_allocate(num_blocks):
-            if self.radix is None or self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+            if self.radix is None:
                 return False
+            if self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+                if self.release_pins is None or self.release_pins() == 0:
+                    return False
         return True
 
     def _preempt(self, seq: Sequence) -> None:
