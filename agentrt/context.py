@@ -23,7 +23,7 @@ import msgspec
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
 from agentrt.engine_client import LLMRequest
-from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.errors import AgentrtError, SchemaError, ToolError, UnknownToolError
 from agentrt.sessions import Session
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
@@ -61,6 +61,8 @@ class JobContext:
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
         self._session = session
         self._frontier: dict[str, None] = {}
+        self._last_session: Session | None = None  # the conversation of this context's last LLM call
+        self._next_hint: str | None = None  # key of the hint announcing that conversation's next turn
 
     @property
     def job_id(self) -> str:
@@ -106,12 +108,65 @@ class JobContext:
         task, deps = self._task(t.name, TaskKind.TOOL, Pool.CPU)
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
                  "agentrt.job.id": self.job_id}
+        self._pin_for_tool(t.name)
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp:
-            result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            try:
+                result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            finally:
+                if task.started is not None:
+                    self.runtime.tool_latency.observe(t.name, task.duration)
             sp.set_attribute("agentrt.cpu_seconds", task.usage.cpu_seconds)
             sp.set_attribute("agentrt.cost.usd", task.usage.cost_usd)
         self._consumed(task)
         return result
+
+    async def call_all(self, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Run one model turn's tool calls. They are independent (none sees another's result), so
+        they run concurrently unless the runtime's serving policy says otherwise. Results come back
+        in the model's order, so the conversation keeps it; a call that fails with ToolError,
+        SchemaError or UnknownToolError yields that exception in its place (other errors raise)."""
+        pairs = [(c.name, c.arguments) if isinstance(c, ToolCall) else c for c in calls]
+
+        async def one(name: str, args: dict[str, Any], levels_left: int) -> Any:
+            self._announce_next_turn(levels_left)
+            try:
+                return await self.call(name, **args)
+            except (ToolError, SchemaError, UnknownToolError) as exc:
+                return exc
+
+        if self.runtime.serving.parallel_tools:
+            return await self.gather(*[one(n, a, 1) for n, a in pairs])
+        return [await one(n, a, len(pairs) - i) for i, (n, a) in enumerate(pairs)]
+
+    def _pin_for_tool(self, tool: str) -> None:
+        """Continuum: keep this context's conversation KV pinned while `tool` runs, for the tool's
+        learned p90 latency (concurrent calls: until the slowest is expected back)."""
+        sess, rt = self._last_session, self.runtime
+        if sess is None or rt.engine is None or not rt.serving.tool_pins:
+            return
+        ttl = rt.tool_latency.ttl(tool)
+        deadline = time.monotonic() + ttl
+        if deadline > sess.pin_deadline:
+            sess.pin_deadline = deadline
+            self._pin(sess, ttl)
+
+    def _pin(self, sess: Session, ttl: float | None) -> None:
+        assert self.runtime.engine is not None
+        if not sess.pinned:
+            self.job.sessions.append(sess)  # unpinned when the job ends
+        self.runtime.engine.pin(sess.id, sess.token_ids, ttl)
+        sess.pinned = True
+
+    def _announce_next_turn(self, levels_left: int) -> None:
+        """KVFlow: the conversation's next LLM call runs after `levels_left` more levels of this
+        turn's tool graph (1: the calls running now are the last). The engine evicts it last and,
+        at 1 step, prefetches it from the host tier while the tools run."""
+        sess, rt = self._last_session, self.runtime
+        if sess is None or rt.engine is None or not rt.serving.graph_hints:
+            return
+        self._next_hint = f"{sess.id}/next"
+        self.job.hints.add(self._next_hint)
+        rt.engine.hint(self._next_hint, sess.token_ids, levels_left)
 
     async def _run_tool(self, t: Tool, args: dict[str, Any], task: Task) -> Any:
         try:
@@ -218,10 +273,17 @@ class JobContext:
         task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
         attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": engine.model_name, "gen_ai.conversation.id": sess.id,
                  "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature, "agentrt.job.id": self.job_id}
-        # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
-        # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
-        engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
-        self.runtime.prefix_hints[task.id] = prompt
+        self._last_session = sess
+        if self._next_hint is not None:
+            engine.unhint(self._next_hint)
+            self.job.hints.discard(self._next_hint)
+            self._next_hint = None
+        hinted = self.runtime.serving.graph_hints
+        if hinted:
+            # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
+            # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
+            engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
+            self.runtime.prefix_hints[task.id] = prompt
         try:
             with telemetry.span(f"chat {engine.model_name}", attrs) as sp:
                 gen = await self.runtime.run_task(
@@ -229,8 +291,9 @@ class JobContext:
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
         finally:
-            self.runtime.prefix_hints.pop(task.id, None)
-            engine.unhint(task.id)
+            if hinted:
+                self.runtime.prefix_hints.pop(task.id, None)
+                engine.unhint(task.id)
         self._consumed(task)
         return gen
 
@@ -243,15 +306,17 @@ class JobContext:
         json_schema = _json_schema(schema)
         start = time.perf_counter()
         # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
-        sched = {"priority": self.runtime.scheduler.engine_priority(self.job_id), "program_id": self.job_id}
+        prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos, **sched))
+                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos,
+                                               priority=prio, program_id=self.job_id))
         usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
             call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools), **sched))
+                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools),
+                                                    priority=prio, program_id=self.job_id))
             usage.add(call.usage)
             call_ids = [i for i in call.token_ids if i != end_id]
             ids += call_ids + [engine.special_id(CALL_CLOSE), end_id]
@@ -259,8 +324,9 @@ class JobContext:
             reason = "tool_calls"
         text = _trim(text, stop)
         sess.commit_turn(prompt, ids, end_id, text)
-        engine.pin(sess.id, sess.token_ids, sess.ttl)
-        sess.pinned = True
+        if self.runtime.serving.tool_pins:
+            sess.pin_deadline = 0.0  # provisional: a tool call re-pins it for that tool's latency
+            self._pin(sess, sess.ttl)
         usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
         task.usage = usage
         self._account(usage)

@@ -29,7 +29,8 @@ from agentrt.dag import JobDAG
 from agentrt.engine_client import EngineClient
 from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
 from agentrt.pools import LocalToolExecutor, ToolExecutor
-from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.scheduler import PoolLimits, Scheduler, ServingPolicy
+from agentrt.sessions import ToolLatencies
 from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState, Usage
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class JobRun:
     on_event: EventSink | None = None
     usage: Usage = field(default_factory=Usage)
     sessions: list[Any] = field(default_factory=list)
+    hints: set[str] = field(default_factory=set)  # next-turn hints still announced to the engine
     task_group: Any = None
 
     def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
@@ -58,12 +60,14 @@ class Runtime:
     """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
-    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model.
+    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model; serving (which
+    program-aware mechanisms reach the engine, default all).
     """
 
     def __init__(
         self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
         policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
+        serving: ServingPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -73,6 +77,8 @@ class Runtime:
         self.scheduler = Scheduler(policy, limits)
         self.tools = tools or LocalToolExecutor(num_threads=limits.cpu)
         self.cost = cost or CostModel()
+        self.serving = serving or ServingPolicy()
+        self.tool_latency = ToolLatencies()  # per-tool latency, learned online: pin TTLs at tool calls
         self.jobs: dict[str, JobRun] = {}
         self._grants: dict[str, anyio.Event] = {}
         self._ids = itertools.count(1)
@@ -121,6 +127,10 @@ class Runtime:
         for session in job.sessions:
             if session.pinned and self.engine is not None:
                 self.engine.unpin(session.id)
+        for key in job.hints:
+            if self.engine is not None:
+                self.engine.unhint(key)
+        job.hints.clear()
         self.scheduler.finish_job(job.spec.job_id)
         for task in job.dag.tasks.values():
             if task.state in (TaskState.PENDING, TaskState.RUNNING):
@@ -163,7 +173,7 @@ class Runtime:
         before = self.scheduler.engine_priority(job.spec.job_id)
         self.scheduler.release(task, engine_work(task))
         after = self.scheduler.engine_priority(job.spec.job_id)
-        if after != before and self.engine is not None:
+        if after != before and self.engine is not None and self.serving.engine_priority:
             self.engine.set_program_priority(job.spec.job_id, after)
 
     async def _attempts(self, task: Task, fn: Callable[[], Awaitable[Any]], retry: RetryPolicy) -> Any:
@@ -203,7 +213,7 @@ class Runtime:
             event = self._grants.pop(task.id, None)
             if event is not None:
                 event.set()
-        if self.engine is not None and self.prefix_hints:
+        if self.engine is not None and self.prefix_hints and self.serving.graph_hints:
             # The next LLM calls in line: announce them as imminent so the engine keeps their
             # prefixes on the device, or restores them from host memory, while they wait.
             for steps, task in enumerate(self.scheduler.peek(Pool.GPU, PREFETCH_NEXT)):

@@ -51,6 +51,17 @@ class PoolLimits:
 
 
 @dataclass(slots=True)
+class ServingPolicy:
+    """Which program-aware mechanisms the runtime applies on top of its pool scheduling (all on by
+    default; all off is a plain request-level serving stack, the benchmark's "vllm-like" row)."""
+
+    engine_priority: bool = True  # LLM requests carry the job's LAS priority into the engine (Autellix)
+    tool_pins: bool = True  # pin a turn's KV at its tool calls, TTL learned per tool (Continuum)
+    graph_hints: bool = True  # steps-to-execution hints and host prefetch from the job's graph (KVFlow)
+    parallel_tools: bool = True  # a turn's independent tool calls run concurrently
+
+
+@dataclass(slots=True)
 class _Job:
     job_id: str
     priority: int

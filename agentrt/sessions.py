@@ -7,6 +7,8 @@ exact generated ids, then the new messages' ids. The engine caches that prefix; 
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ class Session:
     messages: list[dict[str, Any]] = field(default_factory=list)
     ttl: float | None = 30.0
     pinned: bool = False
+    pin_deadline: float = 0.0  # time.monotonic() when the current pin's TTL runs out
 
     def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any) -> None:
         """Append messages (the first call may carry the system turn and the tool list)."""
@@ -40,3 +43,32 @@ class Session:
             ids.append(end_id)
         self.token_ids = prompt_ids + ids
         self.messages.append({"role": "assistant", "content": text.removesuffix(END)})
+
+
+@dataclass(slots=True)
+class ToolLatencies:
+    """Each tool's latency distribution, learned online from its recent calls: the TTL of the KV pin
+    an agent holds while it waits on that tool (Continuum). The TTL is the `quantile` of the last
+    `window` observed latencies (p90 by default), `prior` seconds before a tool was ever seen."""
+
+    quantile: float = 0.9
+    window: int = 64
+    prior: float = 30.0
+    _samples: dict[str, deque[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.window < 1 or self.prior <= 0:
+            raise ValueError(f"window must be >= 1 and prior > 0, got {self.window}, {self.prior}")
+
+    def observe(self, tool: str, seconds: float) -> None:
+        self._samples.setdefault(tool, deque(maxlen=self.window)).append(max(0.0, seconds))
+
+    def ttl(self, tool: str) -> float:
+        """Seconds to keep the caller's KV pinned while `tool` runs."""
+        xs = self._samples.get(tool)
+        if not xs:
+            return self.prior
+        ordered = sorted(xs)
+        return ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
