@@ -61,6 +61,7 @@ class JobContext:
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
         self._session = session
         self._frontier: dict[str, None] = {}
+        self._frozen: list[str] | None = None  # the frontier as a gather began (its calls' deps)
         self._last_session: Session | None = None  # the conversation of this context's last LLM call
         self._next_hint: str | None = None  # key of the hint announcing that conversation's next turn
 
@@ -84,7 +85,7 @@ class JobContext:
     def _task(self, name: str, kind: TaskKind, pool: Pool, est_tokens: int = 0) -> tuple[Task, list[str]]:
         task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
                     parent=self.task.id if self.task else None)
-        return task, list(self._frontier)
+        return task, list(self._frontier) if self._frozen is None else self._frozen
 
     def _account(self, usage: Usage) -> None:
         """Add a leaf's usage to this context, its ancestors and the job."""
@@ -238,12 +239,19 @@ class JobContext:
         the awaiting task."""
         if not aws:
             return []
+        # The calls gathered here depend on what was consumed before the gather, not on siblings
+        # that happen to finish first (which would also make each new task's deps grow with width).
+        outer = self._frozen
+        if outer is None:
+            self._frozen = list(self._frontier)
         tasks = [asyncio.ensure_future(aw) for aw in aws]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except BaseException:
             await _cancel_all(tasks)
             raise
+        finally:
+            self._frozen = outer
         if pending:
             await _cancel_all(list(pending))
             failed = next(t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None)

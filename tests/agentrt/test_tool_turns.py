@@ -147,3 +147,26 @@ def test_tool_latency_ttl_is_the_prior_then_the_observed_quantile() -> None:
     for x in range(1, 21):  # the window keeps the last 10: 11..20
         lat.observe("search", float(x))
     assert lat.ttl("search") == 19.0
+
+
+@graph
+async def wide_after_one(ctx: Any, n: int) -> int:
+    await ctx.call(slow_echo, text="setup", delay=0.0)
+    async def later(i: int) -> str:
+        await anyio.sleep(0.002 * i)  # later siblings start after earlier ones finished
+        return await ctx.call(slow_echo, text=str(i), delay=0.0)
+
+    await ctx.gather(*[later(i) for i in range(n)])
+    return len(await ctx.call(slow_echo, text="done", delay=0.0))
+
+
+async def test_gathered_calls_depend_on_what_came_before_not_on_each_other() -> None:
+    reg = Registry()
+    reg.register(slow_echo)
+    reg.register(wide_after_one)
+    rt = Runtime(reg, None, limits=PoolLimits(cpu=2))  # a saturated pool: siblings finish while others start
+    res = await rt.run_job(JobSpec(graph="wide_after_one", inputs={"n": 40}))
+    tasks = list(rt.jobs[res.job_id].dag.tasks.values())
+    setup, middle, last = tasks[0], tasks[1:-1], tasks[-1]
+    assert all(t.deps == (setup.id,) for t in middle)
+    assert set(last.deps) == {t.id for t in middle}  # fan-in after the gather
