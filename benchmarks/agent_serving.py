@@ -250,11 +250,19 @@ def summarise(runs: list[Result], num_jobs: int) -> dict[str, float]:
     }
 
 
-def kv_budget(rate: float, unloaded: float, mean_context: float) -> int:
-    """Blocks for ~1/3 of the live jobs' contexts at 3x-unloaded job times (Little's law:
-    live jobs = rate x job time), never below one full-context request plus slack."""
+def kv_budget(rate: float, unloaded: float, mean_context: float, shared: int) -> int:
+    """Blocks for ~1/3 of the live jobs' contexts at 3x-unloaded job times (Little's law: live jobs
+    = rate x job time), the prefix every job shares (system prompt, tool list) counted once; never
+    below one full-context request plus slack."""
     live = rate * 3 * unloaded
-    return max(CONTEXT // BLOCK + 32, math.ceil(live * mean_context / 3 / BLOCK))
+    footprint = shared + live * (mean_context - shared)
+    return max(CONTEXT // BLOCK + 32, math.ceil(footprint / 3 / BLOCK))
+
+
+def shared_prefix_len(jobs: list[Job]) -> int:
+    firsts = [j.turns[0].prompt_ids for j in jobs if j.turns]
+    n = min(len(p) for p in firsts)
+    return next((i for i in range(n) if len({p[i] for p in firsts}) > 1), n)
 
 
 def unloaded_job_time(num: int) -> float:
@@ -269,14 +277,15 @@ def unloaded_job_time(num: int) -> float:
     return statistics.median(times)
 
 
-def calibrate(unloaded: float, mean_context: float, steps: int) -> tuple[float, list[str]]:
+def calibrate(unloaded: float, mean_context: float, shared: int, steps: int) -> tuple[float, list[str]]:
     """The first rate on a ladder (x1.6 from one job per unloaded job time) at which (a)'s p50 job
     time is >= 3x the unloaded one; the last rate tried when none is within `steps`."""
     log, rate = [], 1.0 / unloaded
     for _ in range(steps):
-        res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context)))
+        res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context, shared)))
         p50 = pct(res.jct, 0.5)
         log.append(f"{rate:.3g}/s: p50 {p50:.2f} s = {p50 / unloaded:.2f}x unloaded")
+        print("calibration:", log[-1], flush=True)
         if p50 >= 3 * unloaded:
             break
         rate *= 1.6
@@ -296,11 +305,11 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=16)
+    ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
-    ap.add_argument("--max-turns", type=int, default=6, help="replay at most this many turns of each run")
-    ap.add_argument("--max-output", type=int, default=48, help="cap on a replayed turn's output tokens")
+    ap.add_argument("--max-turns", type=int, default=8, help="replay at most this many turns of each run")
+    ap.add_argument("--max-output", type=int, default=32, help="cap on a replayed turn's output tokens")
     ap.add_argument("--tool-latency", default="0.4,4.0", help="MEDIAN,P99 seconds of the lognormal tool latency")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
@@ -320,22 +329,25 @@ def main() -> None:
     JOBS[:] = build_jobs(runs, jobs, args.seed, 2 if args.quick else args.max_turns, 4 if args.quick else args.max_output,
                          latency, system=not args.quick)
     mean_context = statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns)
+    shared = shared_prefix_len(JOBS)
     log: list[str] = []
     if args.quick:
         rate, unloaded = args.rate or 2.0, float("nan")
     else:
         unloaded = unloaded_job_time(3)
-        rate, log = (args.rate, []) if args.rate else calibrate(unloaded, mean_context, args.calibration_steps)
-    kv_blocks = args.kv_blocks or kv_budget(rate, unloaded if not args.quick else 1.0, mean_context)
+        rate, log = (args.rate, []) if args.rate else calibrate(unloaded, mean_context, shared, args.calibration_steps)
+    kv_blocks = args.kv_blocks or kv_budget(rate, unloaded if not args.quick else 1.0, mean_context, shared)
     results: dict[str, list[Result]] = {name: [] for name in CONFIGS}
     for _ in range(1 if args.quick else max(1, args.repeats)):  # interleaved: machine noise hits every config alike
         for name in CONFIGS:
             results[name].append(asyncio.run(run_config(name, rate, kv_blocks)))
+            print(f"{name}: mean JCT {statistics.fmean(results[name][-1].jct):.2f} s", flush=True)
     summary = {name: summarise(rs, jobs) for name, rs in results.items()}
     rows = table_rows(summary)
     turns = sum(len(j.turns) for j in JOBS)
     calls = sum(len(t.calls) for j in JOBS for t in j.turns)
     print_table(f"agent serving: {jobs} jobs ({turns} LLM turns, {calls} tool calls) at {rate:.3g}/s, {kv_blocks} KV blocks", COLUMNS, rows)
+    print(json.dumps({"rate": rate, "unloaded_s": unloaded, "kv_blocks": kv_blocks, "configs": summary}))
     if args.quick or args.no_write:
         return
     full, base = summary["agentrt"], summary["vllm-like"]
@@ -346,7 +358,7 @@ def main() -> None:
             f"({turns} LLM turns, {calls} tool calls; at most {args.max_turns} turns and {args.max_output} output tokens each), "
             f"Poisson arrivals at {rate:.3g}/s; unloaded job time {unloaded:.2f} s (median of 3 jobs run alone). "
             f"Rate ladder for (a): {'; '.join(log) or 'rate given'}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
-            f"(~1/3 of the live jobs' contexts), host tier 4x that, in every config. Tool latencies lognormal per tool "
+            f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
             f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. Machine shared with "
             f"other jobs. Full stack vs vllm-like: mean JCT {base['jct_mean_s'] / full['jct_mean_s']:.2f}x lower, p99 "
