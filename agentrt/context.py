@@ -23,8 +23,9 @@ import msgspec
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
 from agentrt.engine_client import LLMRequest
-from agentrt.errors import AgentrtError, SchemaError, ToolError, UnknownToolError
+from agentrt.errors import AgentrtError, SchemaError, ToolError
 from agentrt.sessions import Session
+from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 from engine.tokenizer import CALL_CLOSE, CALL_OPEN, END, find_tool_call_errors, parse_tool_calls
 
@@ -109,7 +110,7 @@ class JobContext:
         task, deps = self._task(t.name, TaskKind.TOOL, Pool.CPU)
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
                  "agentrt.job.id": self.job_id}
-        self._pin_for_tool(t.name)
+        pin_for_tool(self, t.name)
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp:
             try:
                 result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
@@ -122,52 +123,10 @@ class JobContext:
         return result
 
     async def call_all(self, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
-        """Run one model turn's tool calls. They are independent (none sees another's result), so
-        they run concurrently unless the runtime's serving policy says otherwise. Results come back
-        in the model's order, so the conversation keeps it; a call that fails with ToolError,
-        SchemaError or UnknownToolError yields that exception in its place (other errors raise)."""
-        pairs = [(c.name, c.arguments) if isinstance(c, ToolCall) else c for c in calls]
-
-        async def one(name: str, args: dict[str, Any], levels_left: int) -> Any:
-            self._announce_next_turn(levels_left)
-            try:
-                return await self.call(name, **args)
-            except (ToolError, SchemaError, UnknownToolError) as exc:
-                return exc
-
-        if self.runtime.serving.parallel_tools:
-            return await self.gather(*[one(n, a, 1) for n, a in pairs])
-        return [await one(n, a, len(pairs) - i) for i, (n, a) in enumerate(pairs)]
-
-    def _pin_for_tool(self, tool: str) -> None:
-        """Continuum: keep this context's conversation KV pinned while `tool` runs, for the tool's
-        learned p90 latency (concurrent calls: until the slowest is expected back)."""
-        sess, rt = self._last_session, self.runtime
-        if sess is None or rt.engine is None or not rt.serving.tool_pins:
-            return
-        ttl = rt.tool_latency.ttl(tool)
-        deadline = time.monotonic() + ttl
-        if deadline > sess.pin_deadline:
-            sess.pin_deadline = deadline
-            self._pin(sess, ttl)
-
-    def _pin(self, sess: Session, ttl: float | None) -> None:
-        assert self.runtime.engine is not None
-        if not sess.pinned:
-            self.job.sessions.append(sess)  # unpinned when the job ends
-        self.runtime.engine.pin(sess.id, sess.token_ids, ttl)
-        sess.pinned = True
-
-    def _announce_next_turn(self, levels_left: int) -> None:
-        """KVFlow: the conversation's next LLM call runs after `levels_left` more levels of this
-        turn's tool graph (1: the calls running now are the last). The engine evicts it last and,
-        at 1 step, prefetches it from the host tier while the tools run."""
-        sess, rt = self._last_session, self.runtime
-        if sess is None or rt.engine is None or not rt.serving.graph_hints:
-            return
-        self._next_hint = f"{sess.id}/next"
-        self.job.hints.add(self._next_hint)
-        rt.engine.hint(self._next_hint, sess.token_ids, levels_left)
+        """Run one model turn's tool calls, concurrently unless the runtime's serving policy says
+        otherwise; results (or the ToolError/SchemaError/UnknownToolError a call raised) in the
+        model's order. See agentrt.tool_turns."""
+        return await run_tool_turn(self, calls)
 
     async def _run_tool(self, t: Tool, args: dict[str, Any], task: Task) -> Any:
         try:
@@ -334,7 +293,7 @@ class JobContext:
         sess.commit_turn(prompt, ids, end_id, text)
         if self.runtime.serving.tool_pins:
             sess.pin_deadline = 0.0  # provisional: a tool call re-pins it for that tool's latency
-            self._pin(sess, sess.ttl)
+            pin_session(self, sess, sess.ttl)
         usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
         task.usage = usage
         self._account(usage)
