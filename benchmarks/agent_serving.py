@@ -265,11 +265,11 @@ def shared_prefix_len(jobs: list[Job]) -> int:
     return next((i for i in range(n) if len({p[i] for p in firsts}) > 1), n)
 
 
-def unloaded_job_time(num: int) -> float:
-    """Median time of the first `num` jobs, each run alone on (a) with ample KV."""
+def unloaded_job_time() -> float:
+    """Median job time with every job run alone on (a), ample KV (the same jobs as the load)."""
     saved, times = JOBS[:], []
     try:
-        for job in saved[:num]:
+        for job in saved:
             JOBS[:] = [Job(job.turns, 0.0)]
             times += asyncio.run(run_config("vllm-like", 1.0, CONTEXT // BLOCK * 4)).jct
     finally:
@@ -278,9 +278,9 @@ def unloaded_job_time(num: int) -> float:
 
 
 def calibrate(unloaded: float, mean_context: float, shared: int, steps: int) -> tuple[float, list[str]]:
-    """The first rate on a ladder (x1.6 from one job per unloaded job time) at which (a)'s p50 job
+    """The first rate on a ladder (x1.6 from 1.5 jobs per unloaded job time) at which (a)'s p50 job
     time is >= 3x the unloaded one; the last rate tried when none is within `steps`."""
-    log, rate = [], 1.0 / unloaded
+    log, rate = [], 1.5 / unloaded
     for _ in range(steps):
         res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context, shared)))
         p50 = pct(res.jct, 0.5)
@@ -305,11 +305,11 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=12)
+    ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
-    ap.add_argument("--max-turns", type=int, default=8, help="replay at most this many turns of each run")
-    ap.add_argument("--max-output", type=int, default=32, help="cap on a replayed turn's output tokens")
+    ap.add_argument("--max-turns", type=int, default=6, help="replay at most this many turns of each run")
+    ap.add_argument("--max-output", type=int, default=24, help="cap on a replayed turn's output tokens")
     ap.add_argument("--tool-latency", default="0.4,4.0", help="MEDIAN,P99 seconds of the lognormal tool latency")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
@@ -334,7 +334,8 @@ def main() -> None:
     if args.quick:
         rate, unloaded = args.rate or 2.0, float("nan")
     else:
-        unloaded = unloaded_job_time(3)
+        unloaded = unloaded_job_time()
+        print(f"unloaded p50 job time {unloaded:.2f} s", flush=True)
         rate, log = (args.rate, []) if args.rate else calibrate(unloaded, mean_context, shared, args.calibration_steps)
     kv_blocks = args.kv_blocks or kv_budget(rate, unloaded if not args.quick else 1.0, mean_context, shared)
     results: dict[str, list[Result]] = {name: [] for name in CONFIGS}
@@ -356,7 +357,7 @@ def main() -> None:
            + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else ""))
     body = (markdown_table(COLUMNS, rows) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
             f"({turns} LLM turns, {calls} tool calls; at most {args.max_turns} turns and {args.max_output} output tokens each), "
-            f"Poisson arrivals at {rate:.3g}/s; unloaded job time {unloaded:.2f} s (median of 3 jobs run alone). "
+            f"Poisson arrivals at {rate:.3g}/s; unloaded p50 job time {unloaded:.2f} s (every job run alone). "
             f"Rate ladder for (a): {'; '.join(log) or 'rate given'}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
             f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
