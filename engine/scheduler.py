@@ -56,7 +56,7 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
 class WaitingQueue:
     """Waiting sequences ordered by (priority, arrival order); O(log n) push, pop and reprioritise.
 
-    A heap entry is (priority, order, version, seq); it is live while the sequence is queued and
+    A heap entry is (priority, order, version, seq_id, seq); it is live while the sequence is queued and
     its `queue_version` still equals the entry's. Stale entries are dropped when they surface."""
 
     def __init__(self) -> None:
