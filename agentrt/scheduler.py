@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,17 @@ from agentrt.types import Pool, Task
 
 # An explicit job priority outranks any amount of attained service in the engine's priority.
 PRIORITY_STRIDE = 1 << 40
+
+
+LAS_QUANTUM = 2048  # tokens of engine work in the first LAS level; each further level doubles
+LAS_LEVELS = 8
+
+
+def las_level(service: float) -> int:
+    """0 below LAS_QUANTUM tokens of service, then 1 + floor(log2(service / LAS_QUANTUM)), capped."""
+    if service < LAS_QUANTUM:
+        return 0
+    return min(LAS_LEVELS - 1, 1 + int(math.log2(service / LAS_QUANTUM)))
 
 
 @dataclass(slots=True)
@@ -108,13 +120,17 @@ class Scheduler:
         return self._jobs[job_id].service
 
     def engine_priority(self, job_id: str) -> int:
-        """The priority the job's LLM requests get in the engine (lower is more urgent): its
-        attained service in tokens under "las", 0 under "fcfs"; an explicit job priority dominates."""
+        """The priority the job's LLM requests get in the engine (lower is more urgent): under "las"
+        its attained service's level (`las_level`), 0 under "fcfs"; an explicit job priority dominates.
+
+        Levels, not raw tokens: in the engine a priority inversion preempts a running request (its
+        KV is recomputed), so jobs of similar service share a level and are served first come first
+        served within it, as in Autellix's discretised PLAS queues."""
         job = self._jobs.get(job_id)
         if job is None:
             return 0
-        service = int(job.service) if self.policy == "las" else 0
-        return -job.priority * PRIORITY_STRIDE + service
+        level = las_level(job.service) if self.policy == "las" else 0
+        return -job.priority * PRIORITY_STRIDE + level
 
     def _key(self, job: _Job) -> tuple[float, ...]:
         return (-job.priority, job.service if self.policy == "las" else 0.0, job.arrival)

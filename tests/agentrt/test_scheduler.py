@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.scheduler import PoolLimits, Scheduler, las_level
 from agentrt.types import Pool, Task, TaskKind
 
 _n = iter(range(10**9))
@@ -154,3 +154,18 @@ def test_a_saturated_pool_costs_a_bounded_number_of_heap_operations_per_task() -
         running += s.pick()
     assert done == num_jobs * per_job and s.num_queued == 0
     assert s.num_heap_ops <= 6 * done  # a push and a pop per start, a re-rank push per release
+
+
+def test_engine_priority_is_the_las_level_and_job_priority_dominates() -> None:
+    s = Scheduler("las", PoolLimits(gpu=4))
+    s.submit_job("light")
+    s.submit_job("vip", priority=1)
+    for job, work in (("light", 10.0), ("vip", 1e6)):
+        t = task(job, Pool.GPU)
+        s.enqueue(t)
+        s.pick()
+        s.release(t, service=work)
+    assert las_level(10.0) == las_level(2047.0) == 0 < las_level(2048.0) == 1 < las_level(8192.0) == 3
+    assert s.engine_priority("light") == 0
+    assert s.engine_priority("vip") < s.engine_priority("light")  # explicit priority beats any service
+    assert Scheduler("fcfs").engine_priority("anything") == 0
