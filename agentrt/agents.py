@@ -34,11 +34,10 @@ async def tool_loop(
         pending = [_tool_message(f"Error: {e}") for e in gen.tool_call_errors]
         if not gen.tool_calls and not pending:
             return {"answer": gen.text, "steps": step, "tool_calls": calls, "stopped": "answer"}
-        for call in gen.tool_calls:
-            try:
-                result = await ctx.call(call.name, **call.arguments)
-            except (ToolError, SchemaError, UnknownToolError) as exc:
-                result = f"Error: {exc}"
+        # The turn's calls run concurrently; results are appended in the model's order.
+        for call, result in zip(gen.tool_calls, await ctx.call_all(gen.tool_calls), strict=True):
+            if isinstance(result, ToolError | SchemaError | UnknownToolError):
+                result = f"Error: {result}"
             calls.append({"name": call.name, "arguments": call.arguments, "result": str(result)[:200]})
             pending.append(_tool_message(result))
     return {"answer": None, "steps": max_steps, "tool_calls": calls, "stopped": "max_steps"}

@@ -27,6 +27,7 @@ from agentrt.engine_client import LLMRequest
 from agentrt.errors import AgentrtError, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
+from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 
 # Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
@@ -63,6 +64,9 @@ class JobContext:
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
         self._session = session
         self._frontier: dict[str, None] = {}
+        self._frozen: list[str] | None = None  # the frontier as a gather began (its calls' deps)
+        self._last_session: Session | None = None  # the conversation of this context's last LLM call
+        self._next_hint: str | None = None  # key of the hint announcing that conversation's next turn
 
     @property
     def job_id(self) -> str:
@@ -84,7 +88,7 @@ class JobContext:
     def _task(self, name: str, kind: TaskKind, pool: Pool, est_tokens: int = 0) -> tuple[Task, list[str]]:
         task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
                     parent=self.task.id if self.task else None)
-        return task, list(self._frontier)
+        return task, list(self._frontier) if self._frozen is None else self._frozen
 
     def _account(self, usage: Usage) -> None:
         """Add a leaf's usage to this context, its ancestors and the job."""
@@ -108,14 +112,25 @@ class JobContext:
         task, deps = self._task(t.name, TaskKind.TOOL, Pool.NONE if t.is_async else Pool.CPU)  # async tools wait on I/O, not cores
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
                  "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id}
+        pin_for_tool(self, t.name)
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \
                 telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
-            result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            try:
+                result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            finally:
+                if task.started is not None:
+                    self.runtime.tool_latency.observe(t.name, task.duration)
             sp.set_attribute("agentrt.cpu_seconds", task.usage.cpu_seconds)
             sp.set_attribute("agentrt.cost.usd", task.usage.cost_usd)
             telemetry.tool_cost(t.name, task.usage.cost_usd)
         self._consumed(task)
         return result
+
+    async def call_all(self, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Run one model turn's tool calls, concurrently unless the runtime's serving policy says
+        otherwise; results (or the ToolError/SchemaError/UnknownToolError a call raised) in the
+        model's order. See agentrt.tool_turns."""
+        return await run_tool_turn(self, calls)
 
     async def _run_tool(self, t: Tool, args: dict[str, Any], task: Task) -> Any:
         try:
@@ -189,12 +204,19 @@ class JobContext:
         the awaiting task."""
         if not aws:
             return []
+        # The calls gathered here depend on what was consumed before the gather, not on siblings
+        # that happen to finish first (which would also make each new task's deps grow with width).
+        outer = self._frozen
+        if outer is None:
+            self._frozen = list(self._frontier)
         tasks = [asyncio.ensure_future(aw) for aw in aws]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except BaseException:
             await _cancel_all(tasks)
             raise
+        finally:
+            self._frozen = outer
         if pending:
             await _cancel_all(list(pending))
             failed = next(t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None)
@@ -229,10 +251,17 @@ class JobContext:
                  "gen_ai.conversation.id": sess.id, "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature,
                  "agentrt.task.name": name, "agentrt.task.id": task.id, "agentrt.job.id": self.job_id}
         history = list(sess.messages) if telemetry.capture_content() else None
-        # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
-        # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
-        engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
-        self.runtime.prefix_hints[task.id] = prompt
+        self._last_session = sess
+        if self._next_hint is not None:
+            engine.unhint(self._next_hint)
+            self.job.hints.discard(self._next_hint)
+            self._next_hint = None
+        hinted = self.runtime.serving.graph_hints
+        if hinted:
+            # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
+            # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
+            engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
+            self.runtime.prefix_hints[task.id] = prompt
         try:
             labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
             with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
@@ -242,8 +271,9 @@ class JobContext:
                 _llm_span_attributes(sp, gen, task)
                 telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
         finally:
-            self.runtime.prefix_hints.pop(task.id, None)
-            engine.unhint(task.id)
+            if hinted:
+                self.runtime.prefix_hints.pop(task.id, None)
+                engine.unhint(task.id)
         self._consumed(task)
         return gen
 
@@ -258,13 +288,16 @@ class JobContext:
         stops = [] if ignore_eos else end_ids + ([open_id] if open_id is not None else [])
         json_schema = _json_schema(schema)
         start = time.perf_counter()
+        # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
+        prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
+                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos,
+                                               priority=prio, program_id=self.job_id))
         usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if marker and tools and ids and ids[-1] == open_id:
-            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage)
+            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio)
             reason = "tool_calls"
         elif not ids or ids[-1] not in end_ids:
             ids.append(end_ids[0])  # close a turn cut by max_tokens, so the next turn renders after it
@@ -273,8 +306,9 @@ class JobContext:
         calls = [ToolCall(f"{task.id}-{i}", c.name, c.arguments) for i, c in enumerate(parsed.tool_calls)]
         plain = {"role": "assistant", "content": raw.removesuffix(engine.decode(ids[-1:]))}
         sess.commit_turn(prompt, ids, prompt_text, raw, _assistant_message(parsed, calls), fmt, plain)
-        engine.pin(sess.id, sess.token_ids, sess.ttl)
-        sess.pinned = True
+        if self.runtime.serving.tool_pins:
+            sess.pin_deadline = 0.0  # provisional: a tool call re-pins it for that tool's latency
+            pin_session(self, sess, sess.ttl)
         usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
         task.usage = usage
         self._account(usage)
@@ -286,14 +320,15 @@ class JobContext:
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
 
     async def _tool_call(self, prompt: list[int], marker: tuple[str, str, str], end_ids: list[int], max_tokens: int,
-                         temperature: float, tools: list[Tool], usage: Usage) -> list[int]:
+                         temperature: float, tools: list[Tool], usage: Usage, priority: int = 0) -> list[int]:
         """The rest of a tool call the model opened: `{"name", "arguments"}` under the tools' grammar,
         then the family's closing text and the end-of-turn token."""
         engine = self.runtime.engine
         assert engine is not None
         head = engine.encode(marker[1]) if marker[1] else []
         call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                stop_token_ids=end_ids, json_schema=tool_call_schema(tools)))
+                                                stop_token_ids=end_ids, json_schema=tool_call_schema(tools),
+                                                priority=priority, program_id=self.job_id))
         usage.add(call.usage)
         return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
 

@@ -3,6 +3,7 @@ implementation over `engine.LLM`. Nothing else in agentrt may assume the engine 
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Protocol
 
@@ -21,6 +22,8 @@ class LLMRequest(msgspec.Struct, kw_only=True):
     json_schema: dict[str, Any] | None = None
     ignore_eos: bool = False
     seed: int | None = None
+    priority: int = 0  # lower is more urgent (the runtime sets it from the job's attained service)
+    program_id: str | None = None  # the job the request belongs to (see `set_program_priority`)
 
 
 class LLMResponse(msgspec.Struct, kw_only=True):
@@ -50,6 +53,8 @@ class EngineClient(Protocol):
 
     def unhint(self, key: str) -> None: ...
 
+    def set_program_priority(self, program_id: str, priority: int) -> None: ...
+
     def kv_capacity_tokens(self) -> int: ...
 
     def max_batch(self) -> int: ...
@@ -68,6 +73,8 @@ class EmbeddedEngine:
         if self.llm.tokenizer is None:
             raise ValueError("the runtime needs a model with a tokenizer (tokenizer.json)")
         self.model_name = model_name if llm is None else str(self.llm.config.model_path.name)
+        self._ids = itertools.count()
+        self._live: dict[str, dict[str, None]] = {}  # program id -> its requests in the engine
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         from engine import SamplingParams
@@ -75,16 +82,24 @@ class EmbeddedEngine:
         params = SamplingParams(
             temperature=request.temperature, max_tokens=request.max_tokens,
             stop_token_ids=tuple(request.stop_token_ids), json_schema=request.json_schema,
-            ignore_eos=request.ignore_eos, seed=request.seed,
+            ignore_eos=request.ignore_eos, seed=request.seed, priority=request.priority, program_id=request.program_id,
         )
         last = None
         start = time.perf_counter()
         ttft = 0.0
-        with anyio.move_on_after(self.timeout) as scope:  # leaving the stream aborts the request, freeing its KV
-            async for out in self.llm.stream(request.prompt_ids, params):
-                if last is None:
-                    ttft = time.perf_counter() - start
-                last = out
+        rid = f"{request.program_id or 'req'}#{id(self):x}-{next(self._ids)}"
+        live = self._live.setdefault(request.program_id, {}) if request.program_id else {}
+        live[rid] = None
+        try:
+            with anyio.move_on_after(self.timeout) as scope:  # leaving the stream aborts the request, freeing its KV
+                async for out in self.llm.stream(request.prompt_ids, params, request_id=rid):
+                    if last is None:
+                        ttft = time.perf_counter() - start
+                    last = out
+        finally:
+            live.pop(rid, None)
+            if request.program_id and not live:
+                self._live.pop(request.program_id, None)
         if scope.cancelled_caught:
             raise LLMTimeoutError(f"LLM call of {len(request.prompt_ids)} prompt tokens took longer than {self.timeout}s; aborted")
         assert last is not None
@@ -122,6 +137,11 @@ class EmbeddedEngine:
 
     def unhint(self, key: str) -> None:
         self.llm.core.unhint(key)
+
+    def set_program_priority(self, program_id: str, priority: int) -> None:
+        """Re-prioritise every request of `program_id` still waiting or running in the engine."""
+        for rid in list(self._live.get(program_id, ())):
+            self.llm.core.set_priority(rid, priority)
 
     def kv_capacity_tokens(self) -> int:
         sched = self.llm.core.scheduler

@@ -28,7 +28,8 @@ from agentrt.engine_client import EngineClient
 from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
 from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
-from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.scheduler import PoolLimits, Scheduler, ServingPolicy
+from agentrt.sessions import ToolLatencies
 from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,14 @@ class Runtime:
     """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
-    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model.
+    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model; serving (which
+    program-aware mechanisms reach the engine, default all).
     """
 
     def __init__(
         self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
         policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
+        serving: ServingPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -53,6 +56,8 @@ class Runtime:
         self.scheduler = Scheduler(policy, limits)
         self.tools = tools or LocalToolExecutor(num_threads=limits.cpu)
         self.cost = cost or CostModel()
+        self.serving = serving or ServingPolicy()
+        self.tool_latency = ToolLatencies()  # per-tool latency, learned online: pin TTLs at tool calls
         self.jobs: dict[str, JobRun] = {}
         self._grants: dict[str, anyio.Event] = {}
         self._ids = itertools.count(1)
@@ -105,6 +110,10 @@ class Runtime:
         for session in job.sessions:
             if session.pinned and self.engine is not None:
                 self.engine.unpin(session.id)
+        for key in job.hints:
+            if self.engine is not None:
+                self.engine.unhint(key)
+        job.hints.clear()
         self.scheduler.finish_job(job.spec.job_id)
         for task in job.dag.tasks.values():
             if task.state in (TaskState.PENDING, TaskState.RUNNING):
@@ -135,11 +144,20 @@ class Runtime:
             raise
         finally:
             task.finished = time.perf_counter()
-            self.scheduler.release(task, task.duration)
+            self._release(job, task)
             self._dispatch()
         task.state = TaskState.SUCCEEDED
         job.emit("task_finished", task, state="succeeded", usage=msgspec.to_builtins(task.usage))
         return result
+
+    def _release(self, job: JobRun, task: Task) -> None:
+        """Give back the task's pool capacity and credit its engine work to the job (LAS service);
+        when the job's service grew, its LLM requests still in the engine are re-prioritised."""
+        before = self.scheduler.engine_priority(job.spec.job_id)
+        self.scheduler.release(task, engine_work(task))
+        after = self.scheduler.engine_priority(job.spec.job_id)
+        if after != before and self.engine is not None and self.serving.engine_priority:
+            self.engine.set_program_priority(job.spec.job_id, after)
 
     async def _attempts(self, task: Task, fn: Callable[[], Awaitable[Any]], retry: RetryPolicy) -> Any:
         for attempt in range(1, retry.max_attempts + 1):
@@ -178,13 +196,20 @@ class Runtime:
             event = self._grants.pop(task.id, None)
             if event is not None:
                 event.set()
-        if self.engine is not None and self.prefix_hints:
+        if self.engine is not None and self.prefix_hints and self.serving.graph_hints:
             # The next LLM calls in line: announce them as imminent so the engine keeps their
             # prefixes on the device, or restores them from host memory, while they wait.
             for steps, task in enumerate(self.scheduler.peek(Pool.GPU, PREFETCH_NEXT)):
                 tokens = self.prefix_hints.get(task.id)
                 if tokens is not None:
                     self.engine.hint(task.id, tokens, steps)
+
+
+def engine_work(task: Task) -> int:
+    """The engine work a task consumed, in tokens: prompt tokens computed (including ones recomputed
+    after a preemption) plus tokens decoded. Tools and sub-agent coordination consume none."""
+    u = task.usage
+    return u.prefill_tokens_computed + u.recomputed_tokens + u.generated_tokens
 
 
 PREFETCH_NEXT = 2  # queued LLM calls re-announced on every dispatch

@@ -16,7 +16,8 @@ from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
 from agentrt.engine_client import EngineClient
 from agentrt.pools import ToolExecutor
-from agentrt.scheduler import Scheduler
+from agentrt.scheduler import Scheduler, ServingPolicy
+from agentrt.sessions import ToolLatencies
 from agentrt.types import JobSpec, RetryPolicy, Task, Usage
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -30,6 +31,7 @@ class JobRun:
     on_event: EventSink | None = None
     usage: Usage = field(default_factory=Usage)
     sessions: list[Any] = field(default_factory=list)
+    hints: set[str] = field(default_factory=set)  # next-turn hints still announced to the engine
     task_group: Any = None
 
     def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
@@ -49,6 +51,8 @@ class TaskRunner(Protocol):
     tools: ToolExecutor
     cost: CostModel
     prefix_hints: dict[str, list[int]]
+    serving: ServingPolicy
+    tool_latency: ToolLatencies
 
     def new_id(self, prefix: str) -> str: ...
 

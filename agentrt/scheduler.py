@@ -4,15 +4,44 @@ Policies: "las" (program-level least-attained-service, as in Autellix: the job t
 the least service so far goes first, so short programs are not stuck behind long ones) and "fcfs"
 (job arrival order). An explicit job priority dominates either. Each pool has its own queue and
 capacity, so a task that does not fit its pool never blocks tasks of other pools.
+
+Service is engine work, not wall time: the runtime credits each finished task with the tokens the
+engine computed and decoded for it (0 for tools and sub-agent coordination), so a job that waited
+long in queues or on tools but consumed little keeps its priority. For parallel sub-agents the job's
+service is its critical path (Autellix's ATLAS): a task's cumulative service is the largest of its
+dependencies' plus its own, and the job's service is the largest cumulative service of any task,
+so k siblings each doing s count s, not k*s.
+
+Cost: per pool, a heap of jobs that have queued tasks (entries go stale lazily when a job's service
+changes), and per job and pool a FIFO of its tasks. `enqueue`, `cancel` and `release` are O(log J)
+(J = jobs with queued tasks); `pick` is O(log J) per task started and stops at once when its pool
+is full. Nothing is re-heapified.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agentrt.types import Pool, Task
+
+# An explicit job priority outranks any amount of attained service in the engine's priority.
+PRIORITY_STRIDE = 1 << 40
+
+
+LAS_QUANTUM = 2048  # tokens of engine work in the first LAS level; each further level doubles
+LAS_LEVELS = 8
+
+
+def las_level(service: float) -> int:
+    """0 below LAS_QUANTUM tokens of service, then 1 + floor(log2(service / LAS_QUANTUM)), capped."""
+    if service < LAS_QUANTUM:
+        return 0
+    return min(LAS_LEVELS - 1, 1 + int(math.log2(service / LAS_QUANTUM)))
 
 
 @dataclass(slots=True)
@@ -34,10 +63,27 @@ class PoolLimits:
 
 
 @dataclass(slots=True)
+class ServingPolicy:
+    """Which program-aware mechanisms the runtime applies on top of its pool scheduling (all on by
+    default; all off is a plain request-level serving stack, the benchmark's "vllm-like" row)."""
+
+    engine_priority: bool = True  # LLM requests carry the job's LAS priority into the engine (Autellix)
+    tool_pins: bool = True  # pin a turn's KV at its tool calls, TTL learned per tool (Continuum)
+    graph_hints: bool = True  # steps-to-execution hints and host prefetch from the job's graph (KVFlow)
+    parallel_tools: bool = True  # a turn's independent tool calls run concurrently
+
+
+@dataclass(slots=True)
 class _Job:
+    job_id: str
     priority: int
     arrival: int
     service: float = 0.0
+    version: int = 0  # bumped when the job's rank changes; older heap entries are stale
+    queues: dict[Pool, deque[Task]] = field(default_factory=dict)
+    in_heap: set[Pool] = field(default_factory=set)  # pools holding a live entry for this job
+    base: dict[str, float] = field(default_factory=dict)  # task -> cumulative service of its deps at enqueue
+    path: dict[str, float] = field(default_factory=dict)  # task -> cumulative service when it finished
 
 
 @dataclass(slots=True)
@@ -46,40 +92,72 @@ class Scheduler:
     limits: PoolLimits = field(default_factory=PoolLimits)
     in_use: dict[Pool, int] = field(default_factory=dict)
     tokens_in_use: int = 0
+    num_heap_ops: int = 0  # heap pushes and pops so far (the cost model's unit, checked by tests)
     _jobs: dict[str, _Job] = field(default_factory=dict)
-    _queues: dict[Pool, list[tuple[tuple[float, ...], int, Task]]] = field(default_factory=dict)
+    _heaps: dict[Pool, list[tuple[tuple[float, ...], int, str]]] = field(default_factory=dict)
+    _queued: set[str] = field(default_factory=set)  # ids of queued (not cancelled) tasks
+    _num_queued: dict[Pool, int] = field(default_factory=dict)
     _counter: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         if self.policy not in ("las", "fcfs"):
             raise ValueError(f"policy must be 'las' or 'fcfs', got {self.policy!r}")
 
+    # ---- jobs ----------------------------------------------------------------------------
     def submit_job(self, job_id: str, priority: int = 0) -> None:
-        self._jobs[job_id] = _Job(priority, next(self._counter))
+        self._jobs[job_id] = _Job(job_id, priority, next(self._counter))
 
     def finish_job(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            for pool, queue in job.queues.items():
+                for t in queue:
+                    if t.id in self._queued:
+                        self._queued.discard(t.id)
+                        self._num_queued[pool] -= 1
 
     def attained_service(self, job_id: str) -> float:
         return self._jobs[job_id].service
 
-    def enqueue(self, task: Task) -> None:
-        """Queue a task that is ready to run (its job must be submitted)."""
-        self._queues.setdefault(task.pool, []).append((self._key(task.job_id), next(self._counter), task))
+    def engine_priority(self, job_id: str) -> int:
+        """The priority the job's LLM requests get in the engine (lower is more urgent): under "las"
+        its attained service's level (`las_level`), 0 under "fcfs"; an explicit job priority dominates.
 
-    def _key(self, job_id: str) -> tuple[float, ...]:
-        job = self._jobs[job_id]
-        service = job.service if self.policy == "las" else 0.0
-        return (-job.priority, service, job.arrival)
+        Levels, not raw tokens: in the engine a priority inversion preempts a running request (its
+        KV is recomputed), so jobs of similar service share a level and are served first come first
+        served within it, as in Autellix's discretised PLAS queues."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return 0
+        level = las_level(job.service) if self.policy == "las" else 0
+        return -job.priority * PRIORITY_STRIDE + level
+
+    def _key(self, job: _Job) -> tuple[float, ...]:
+        return (-job.priority, job.service if self.policy == "las" else 0.0, job.arrival)
+
+    def _push(self, job: _Job, pool: Pool) -> None:
+        job.in_heap.add(pool)
+        self.num_heap_ops += 1
+        heapq.heappush(self._heaps.setdefault(pool, []), (self._key(job), job.version, job.job_id))
+
+    # ---- tasks ---------------------------------------------------------------------------
+    def enqueue(self, task: Task) -> None:
+        """Queue a task that is ready to run (its job must be submitted; `task.deps` set)."""
+        job = self._jobs[task.job_id]
+        job.base[task.id] = max((job.path.get(d, job.base.get(d, 0.0)) for d in task.deps), default=0.0)
+        job.queues.setdefault(task.pool, deque()).append(task)
+        self._queued.add(task.id)
+        self._num_queued[task.pool] = self._num_queued.get(task.pool, 0) + 1
+        if task.pool not in job.in_heap:
+            self._push(job, task.pool)
 
     def cancel(self, task: Task) -> bool:
-        """Drop a queued task; False if it was not queued."""
-        queue = self._queues.get(task.pool, [])
-        for i, (_, _, t) in enumerate(queue):
-            if t is task:
-                queue.pop(i)
-                return True
-        return False
+        """Drop a queued task (lazily: it is skipped when it surfaces); False if it was not queued."""
+        if task.id not in self._queued:
+            return False
+        self._queued.discard(task.id)
+        self._num_queued[task.pool] -= 1
+        return True
 
     def fits(self, task: Task) -> bool:
         if self.in_use.get(task.pool, 0) + task.units > self.limits.capacity(task.pool):
@@ -90,26 +168,42 @@ class Scheduler:
         return True
 
     def pick(self) -> list[Task]:
-        """Tasks to start now, best first per pool, never exceeding any pool's capacity."""
-        started = []
-        for pool, queue in self._queues.items():
-            # Keys are refreshed so LAS sees service attained since enqueue.
-            queue[:] = [(self._key(t.job_id) if t.job_id in self._jobs else k, n, t) for k, n, t in queue]
-            heapq.heapify(queue)
+        """Tasks to start now, best job first per pool, never exceeding any pool's capacity."""
+        started: list[Task] = []
+        for pool, heap in self._heaps.items():
             skipped = []
-            while queue:
-                item = heapq.heappop(queue)
-                if self.fits(item[2]):
-                    self._acquire(item[2])
-                    started.append(item[2])
-                elif self.in_use.get(pool, 0) >= self.limits.capacity(pool):
-                    skipped.append(item)
-                    break
-                else:
-                    skipped.append(item)  # too big for what is left (tokens); a smaller one may fit
-            for item in skipped:
-                heapq.heappush(queue, item)
+            while heap and self.in_use.get(pool, 0) < self.limits.capacity(pool):
+                entry = heapq.heappop(heap)
+                self.num_heap_ops += 1
+                job = self._jobs.get(entry[2])
+                if job is None or entry[1] != job.version or pool not in job.in_heap:
+                    continue  # stale: the job finished or was re-ranked
+                job.in_heap.discard(pool)
+                task = self._take_fitting(job.queues[pool])
+                if task is None:
+                    if job.queues[pool]:
+                        skipped.append(job)  # nothing of it fits what is left; a smaller one may
+                    continue
+                self._acquire(task)
+                started.append(task)
+                if job.queues[pool]:
+                    self._push(job, pool)
+            for job in skipped:
+                self._push(job, pool)
         return started
+
+    def _take_fitting(self, queue: deque[Task]) -> Task | None:
+        """Remove and return the first live task of `queue` that fits its pool now (cancelled
+        tasks at the head are dropped on the way)."""
+        while queue and queue[0].id not in self._queued:
+            queue.popleft()
+        for i, task in enumerate(queue):
+            if task.id in self._queued and self.fits(task):
+                del queue[i]  # i == 0 unless tasks ahead of it are too big for what is left
+                self._queued.discard(task.id)
+                self._num_queued[task.pool] -= 1
+                return task
+        return None
 
     def _acquire(self, task: Task) -> None:
         self.in_use[task.pool] = self.in_use.get(task.pool, 0) + task.units
@@ -117,21 +211,52 @@ class Scheduler:
             self.tokens_in_use += task.est_tokens
 
     def release(self, task: Task, service: float) -> None:
-        """Return a started task's capacity and credit `service` (e.g. seconds) to its job."""
+        """Return a started task's capacity and credit `service` (engine work, e.g. tokens computed
+        and decoded) to its job along the critical path (see the module docstring)."""
         self.in_use[task.pool] -= task.units
         if task.pool is Pool.GPU:
             self.tokens_in_use -= task.est_tokens
-        if task.job_id in self._jobs:
-            self._jobs[task.job_id].service += service
+        job = self._jobs.get(task.job_id)
+        if job is None:
+            return
+        cum = max(job.base.pop(task.id, 0.0), job.path.get(task.id, 0.0)) + service
+        job.path[task.id] = cum
+        if task.parent is not None:  # a sub-agent's service is the longest chain under it
+            job.path[task.parent] = max(job.path.get(task.parent, 0.0), cum)
+        if cum > job.service:
+            job.service = cum
+            if self.policy == "las":
+                job.version += 1  # re-rank: fresh entries, the old ones go stale
+                for pool in list(job.in_heap):
+                    self._push(job, pool)
 
+    # ---- introspection -------------------------------------------------------------------
     @property
     def num_queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
-    def peek(self, pool: Pool, n: int) -> list[Task]:
-        """The next `n` tasks `pick` would consider for `pool`, in order (nothing changes)."""
-        return [t for _, _, t in heapq.nsmallest(n, self._queues.get(pool, []))]
+        return sum(self._num_queued.values())
 
     def num_queued_in(self, pool: Pool) -> int:
         """Tasks waiting for `pool` (an arriving task's steps-to-execution estimate)."""
-        return len(self._queues.get(pool, []))
+        return self._num_queued.get(pool, 0)
+
+    def queued(self, pool: Pool) -> Iterator[Task]:
+        """Every queued task of `pool`, in no particular order."""
+        for job in self._jobs.values():
+            yield from (t for t in job.queues.get(pool, ()) if t.id in self._queued)
+
+    def peek(self, pool: Pool, n: int) -> list[Task]:
+        """The next `n` tasks `pick` would consider for `pool`, in order (O(n log J): the best
+        live entries are popped and pushed back; stale ones met on the way are dropped)."""
+        heap = self._heaps.get(pool, [])
+        live: list[tuple[tuple[float, ...], int, str]] = []
+        out: list[Task] = []
+        while heap and len(out) < n:
+            entry = heapq.heappop(heap)
+            job = self._jobs.get(entry[2])
+            if job is None or entry[1] != job.version or pool not in job.in_heap:
+                continue
+            live.append(entry)
+            out += [t for t in itertools.islice(job.queues[pool], n + 8) if t.id in self._queued][: n - len(out)]
+        for entry in live:
+            heapq.heappush(heap, entry)
+        return out

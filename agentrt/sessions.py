@@ -11,6 +11,8 @@ pins its ids (with a TTL) while the agent runs tools, so the next turn prefills 
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ class Session:
     text: str = ""  # the text that `token_ids` encode
     num_incremental: int = 0  # turns appended after a prefix-stable rendering
     num_full_renders: int = 0  # turns for which the template rewrote earlier text (re-encoded)
+    pin_deadline: float = 0.0  # time.monotonic() when the current pin's TTL runs out
 
     def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any, fmt: Any) -> None:
         """Append messages (the first call may carry the system turn and the tool list)."""
@@ -72,3 +75,32 @@ class Session:
 
     def _renders_as(self, message: dict[str, Any], fmt: Any) -> bool:
         return bool(fmt.render([*self.messages, message], self.tools, add_generation_prompt=False, **self.template_kwargs) == self.text)
+
+
+@dataclass(slots=True)
+class ToolLatencies:
+    """Each tool's latency distribution, learned online from its recent calls: the TTL of the KV pin
+    an agent holds while it waits on that tool (Continuum). The TTL is the `quantile` of the last
+    `window` observed latencies (p90 by default), `prior` seconds before a tool was ever seen."""
+
+    quantile: float = 0.9
+    window: int = 64
+    prior: float = 30.0
+    _samples: dict[str, deque[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.window < 1 or self.prior <= 0:
+            raise ValueError(f"window must be >= 1 and prior > 0, got {self.window}, {self.prior}")
+
+    def observe(self, tool: str, seconds: float) -> None:
+        self._samples.setdefault(tool, deque(maxlen=self.window)).append(max(0.0, seconds))
+
+    def ttl(self, tool: str) -> float:
+        """Seconds to keep the caller's KV pinned while `tool` runs."""
+        xs = self._samples.get(tool)
+        if not xs:
+            return self.prior
+        ordered = sorted(xs)
+        return ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]

@@ -85,12 +85,15 @@ class EngineCore:
             self.token_drafters["ngram"] = NgramDrafter()
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
         self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits) if config.host_kv_blocks and self.scheduler.radix else None
+        self.scheduler.release_pins = self._release_pin
+        self.num_pins_released = 0  # pins given up early under KV pressure
         if self.host_tier is not None:
             self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
             self.scheduler.extend_prefix = self._restore
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
+        self._priority_cmds: deque[tuple[str, int]] = deque()
         self._pin_cmds: deque[tuple[str, list[int] | None, float | None]] = deque()
         self.pins: dict[str, Pin] = {}
         # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
@@ -201,6 +204,13 @@ class EngineCore:
         """Cancel a request (any thread); it finishes with FinishReason.ABORT at the next step."""
         self._aborts.append(request_id)
 
+    def set_priority(self, request_id: str, priority: int) -> None:
+        """Change a queued or running request's priority (any thread; lower is more urgent).
+        Applied at the next step; unknown or finished requests are ignored."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidRequestError(f"priority must be an int (lower is more urgent), got {priority!r}")
+        self._priority_cmds.append((request_id, priority))
+
     def pin(self, key: str, token_ids: list[int], ttl: float | None = None) -> None:
         """Keep the cached prefix of `token_ids` (e.g. a conversation between turns) from being
         evicted until `unpin(key)` or until `ttl` seconds pass. Any thread; applied at the next step.
@@ -264,6 +274,21 @@ class EngineCore:
         for key in [k for k, p in self.pins.items() if p.expires is not None and p.expires <= now]:
             if radix is not None:
                 radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
+
+    def _release_pin(self) -> int:
+        """Scheduler hook under KV pressure: release the TTL pin expiring last (its agent is the
+        furthest from resuming; Continuum), so its prefix becomes evictable (to the host tier when
+        there is one: the agent is paused there, ThunderAgent). Pins without a TTL are kept.
+        Returns 1 when a pin was released, else 0."""
+        radix = self.scheduler.radix
+        timed = [(p.expires, key) for key, p in self.pins.items() if p.expires is not None]
+        if not timed or radix is None:
+            return 0
+        _, key = max(timed)
+        radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
+        self.num_pins_released += 1
+        logger.debug("released pin %s under KV pressure", key)
+        return 1
 
     def has_unfinished(self) -> bool:
         return bool(self._inbox or self._aborts or self._hint_cmds or self.scheduler.has_unfinished())
@@ -350,6 +375,11 @@ class EngineCore:
             self.scheduler.add(new)
             if self.suffix is not None:
                 self.suffix.observe(new.request_id, new.token_ids)
+        while self._priority_cmds:
+            request_id, priority = self._priority_cmds.popleft()
+            target = self._by_id.get(request_id)
+            if target is not None:
+                self.scheduler.set_priority(target, priority)
         outputs = []
         while self._aborts:
             seq = self._by_id.get(self._aborts.popleft())

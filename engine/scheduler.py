@@ -1,16 +1,24 @@
-"""Continuous batching with chunked prefill, prefix caching and recompute preemption. No tensors.
+"""Continuous batching with chunked prefill, prefix caching, priorities and recompute preemption.
+No tensors.
 
 Each `schedule()` call builds one step: running sequences first (decode tokens and the rest of
-chunked prefills), then waiting sequences in arrival order while the token budget, the batch
-slots and the KV blocks allow. When a running sequence needs a block and none is free, unlocked
-prefix-cache entries are evicted first, then the most recently admitted running sequence is
-preempted (its blocks are freed and it is recomputed later, which leaves its output unchanged).
+chunked prefills), then waiting sequences by (priority, arrival) while the token budget, the batch
+slots and the KV blocks allow. Lower priority values are more urgent (as in vLLM); equal priorities
+are first come, first served. When a running sequence needs a block and none is free, unlocked
+prefix-cache entries are evicted first, then the least urgent running sequence (highest priority
+value, latest arrival among equals) is preempted: its blocks are freed and it is recomputed later,
+which leaves its output unchanged. A waiting sequence more urgent than the least urgent running one
+also preempts it when it cannot otherwise be admitted (no batch slot or no KV blocks).
+
+The waiting queue is a binary heap with lazy invalidation: changing a waiting sequence's priority
+pushes a fresh entry and marks the old one stale, so add, pop and reprioritise are O(log n).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from engine.config import EngineConfig
@@ -45,6 +53,60 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+class WaitingQueue:
+    """Waiting sequences ordered by (priority, arrival order); O(log n) push, pop and reprioritise.
+
+    A heap entry is (priority, order, version, seq_id, seq); it is live while the sequence is queued and
+    its `queue_version` still equals the entry's. Stale entries are dropped when they surface."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, int, int, Sequence]] = []
+        self._queued: set[int] = set()  # seq_ids currently waiting
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def __contains__(self, seq: Sequence) -> bool:
+        return seq.seq_id in self._queued
+
+    def __iter__(self) -> Iterator[Sequence]:
+        """Live sequences, in no particular order."""
+        return (e[4] for e in self._heap if e[4].seq_id in self._queued and e[2] == e[4].queue_version)
+
+    def push(self, seq: Sequence) -> None:
+        seq.queue_version += 1
+        self._queued.add(seq.seq_id)
+        heapq.heappush(self._heap, (seq.priority, seq.order, seq.queue_version, seq.seq_id, seq))
+
+    def peek(self) -> Sequence | None:
+        """The most urgent waiting sequence (None when empty); drops stale entries on the way."""
+        heap = self._heap
+        while heap:
+            _, _, version, seq_id, seq = heap[0]
+            if seq_id in self._queued and version == seq.queue_version:
+                return seq
+            heapq.heappop(heap)
+        return None
+
+    def pop(self) -> Sequence:
+        seq = self.peek()
+        if seq is None:
+            raise IndexError("pop from an empty waiting queue")
+        heapq.heappop(self._heap)
+        self._queued.discard(seq.seq_id)
+        return seq
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop `seq` (its heap entry goes stale and is discarded when it surfaces)."""
+        self._queued.discard(seq.seq_id)
+        seq.queue_version += 1
+
+    def reprioritise(self, seq: Sequence, priority: int) -> None:
+        seq.priority = priority
+        if seq.seq_id in self._queued:
+            self.push(seq)  # the old entry is now stale
+
+
 class Scheduler:
     """Decides which tokens of which sequences run in the next step and owns their KV blocks."""
 
@@ -53,12 +115,16 @@ class Scheduler:
         self.block_size = config.block_size
         self.pool = BlockPool(num_blocks)
         self.radix = RadixCache(self.pool, self.block_size) if config.enable_prefix_caching else None
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
+        self._arrivals = itertools.count()
         self.num_preemptions = 0
         # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
         # (bytes restored from host, bytes restored from disk).
         self.extend_prefix: Callable[[list[int], int], tuple[int, int]] | None = None
+        # Releases pinned prefixes when nothing else can be evicted (see EngineCore.pin); returns
+        # how many pins it released (0 = none left to release).
+        self.release_pins: Callable[[], int] | None = None
 
     # ---- queue management -------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -70,7 +136,13 @@ class Scheduler:
                 f"{self.pool.num_blocks * self.block_size}"
             )
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        seq.order = next(self._arrivals)
+        self.waiting.push(seq)
+
+    def set_priority(self, seq: Sequence, priority: int) -> None:
+        """Change the priority of a waiting or running sequence (O(log n)); lower is more urgent."""
+        if not seq.is_finished:
+            self.waiting.reprioritise(seq, priority)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -90,8 +162,12 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
+        # Least urgent last: a block shortage preempts from the end, never a sequence already batched.
+        self.running.sort(key=lambda r: (r.priority, r.order))
+        self._preempt_for_urgent(batch)
+        urgent = batch.num_preempted
         budget = self._schedule_running(batch, budget)
-        if batch.num_preempted == 0:
+        if batch.num_preempted == urgent:  # no block shortage among the running ones
             self._schedule_waiting(batch, budget)
         return batch
 
@@ -115,9 +191,31 @@ class Scheduler:
             i += 1
         return budget
 
+    def _preempt_for_urgent(self, batch: ScheduledBatch) -> None:
+        """Preempt the least urgent running sequences while the most urgent waiting one is strictly
+        more urgent and cannot be admitted for want of a batch slot or KV blocks."""
+        while self.running:
+            head, worst = self.waiting.peek(), self.running[-1]
+            if head is None or (head.priority, head.order) >= (worst.priority, worst.order) or self._admissible(head):
+                return
+            self._preempt(worst)
+            batch.num_preempted += 1
+
+    def _admissible(self, seq: Sequence) -> bool:
+        """Whether `seq` has a batch slot and blocks (free or evictable) for its first chunk."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        cached = self.radix.cached_prefix_len(seq.token_ids[: len(seq) - 1]) if self.radix is not None else 0
+        chunk = min(seq.num_uncomputed_tokens, self.config.max_num_batched_tokens)
+        need = blocks_needed(cached + chunk, self.block_size) - cached // self.block_size
+        evictable = self.radix.num_evictable_blocks if self.radix is not None else 0
+        return need <= self.pool.num_free_blocks + evictable
+
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
+        while budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting.peek()
+            if seq is None:
+                break
             if self._prefix_in_flight(seq):
                 break  # wait one step: its prefix is being computed and will be cached
             if not seq.block_table:
@@ -129,7 +227,7 @@ class Scheduler:
                 self._release(seq)
                 seq.num_computed_tokens = 0
                 break
-            self.waiting.popleft()
+            self.waiting.pop()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.seqs.append(seq)
@@ -184,9 +282,15 @@ class Scheduler:
         return True
 
     def _make_room(self, num_blocks: int) -> bool:
+        """Free blocks by evicting unlocked cached prefixes; when none are left, release pins (a
+        pinned agent waiting on a tool pays a restore or recompute later, instead of a request
+        waiting or being preempted now) and evict again."""
         while not self.pool.can_allocate(num_blocks):
-            if self.radix is None or self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+            if self.radix is None:
                 return False
+            if self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+                if self.release_pins is None or self.release_pins() == 0:
+                    return False
         return True
 
     def _preempt(self, seq: Sequence) -> None:
@@ -202,7 +306,7 @@ class Scheduler:
         seq.usage.cached_tokens = seq.usage.prefill_tokens_computed = 0
         seq.usage.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self.waiting.push(seq)  # keeps its arrival rank: ahead of later arrivals of its priority
 
     def _release(self, seq: Sequence) -> None:
         if seq.prefix_node is not None and self.radix is not None:

@@ -36,6 +36,11 @@ class SamplingParams:
     # Speculative decoding for this request: True = the engine's default drafter, False = off, or the
     # name of one of the engine's drafters ("suffix", "ngram", "mtp", "draft").
     speculative: bool | str = True
+    # Scheduling: lower `priority` is more urgent (as in vLLM); the engine serves waiting requests
+    # by (priority, arrival) and preempts the least urgent running one first. `program_id` names the
+    # agent program (job) the request belongs to, for accounting; it does not change the output.
+    priority: int = 0
+    program_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.json_schema is not None and self.grammar is not None:
@@ -54,6 +59,8 @@ class SamplingParams:
             raise InvalidRequestError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must be non-empty")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise InvalidRequestError(f"priority must be an int (lower is more urgent), got {self.priority!r}")
 
     @property
     def greedy(self) -> bool:
@@ -124,12 +131,16 @@ class Sequence:
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
     spec_acceptance: float = 1.0  # moving average of the accepted fraction (adaptive draft length)
     mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
+    priority: int = 0  # the scheduling priority now (starts at params.priority; lower = more urgent)
+    order: int = 0  # arrival rank in the scheduler (ties between equal priorities: first come first)
+    queue_version: int = 0  # bumped whenever the waiting-queue entry for this sequence goes stale
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)
         self.usage.prompt_tokens = self.num_prompt_tokens
         if self.request_id is None:
             self.request_id = str(self.seq_id)
+        self.priority = self.params.priority
         if self.params.seed is not None and self.generator is None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
 

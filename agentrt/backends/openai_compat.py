@@ -198,6 +198,10 @@ class OpenAIEngine:
     def unhint(self, key: str) -> None:
         return None
 
+    def set_program_priority(self, program_id: str, priority: int) -> None:
+        """A no-op: the OpenAI API has no request priorities (requests are served as the server orders them)."""
+        return None
+
     def _notice(self) -> None:
         if not self._noticed:
             self._noticed = True

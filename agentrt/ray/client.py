@@ -166,6 +166,11 @@ class RayEngineClient:
         if name is not None and name in self.pool.handles:
             self.pool.handles[name].unhint.remote(key)
 
+    def set_program_priority(self, program_id: str, priority: int) -> None:
+        """Re-prioritise the program's in-flight requests on every replica (a replica without any ignores it)."""
+        for handle in self.pool.handles.values():
+            handle.set_program_priority.remote(program_id, priority)
+
     def kv_capacity_tokens(self) -> int:
         return self.pool.kv_capacity_tokens
 

@@ -97,6 +97,9 @@ class EngineReplica:
     def pin(self, key: str, token_ids: list[int], ttl: float | None) -> None:
         self.engine.pin(key, token_ids, ttl)
 
+    def set_program_priority(self, program_id: str, priority: int) -> None:
+        self.engine.set_program_priority(program_id, priority)
+
     def unpin(self, key: str) -> None:
         self.engine.unpin(key)
 

@@ -32,7 +32,8 @@ async def two_turns(ctx: Any) -> list[dict[str, int]]:
     for msgs in ([{"role": "system", "content": "# Airline Agent Policy"}, {"role": "user", "content": "Hi, I need help with a booking."}],
                  [{"role": "user", "content": "My user id is mia_li_3668."}]):
         gen = await ctx.generate(msgs, max_tokens=24)
-        out.append({"prompt": gen.usage.prompt_tokens, "cached": gen.usage.cached_tokens, "computed": gen.usage.prefill_tokens_computed})
+        out.append({"prompt": gen.usage.prompt_tokens, "cached": gen.usage.cached_tokens, "computed": gen.usage.prefill_tokens_computed,
+                    "generated": gen.usage.generated_tokens})
     return out
 
 
@@ -121,3 +122,33 @@ async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: Em
     assert rt.prefix_hints == {}
     engine.llm.core.step()
     assert engine.llm.core.hints == {}
+
+
+@graph
+async def service_probe(ctx: Any) -> dict[str, float]:
+    gen = await ctx.generate("Hi, I need help with a booking.", max_tokens=8)
+    service = ctx.runtime.scheduler.attained_service(ctx.job_id)
+    await ctx.generate("My user id is mia_li_3668.", max_tokens=4)
+    return {"service": service, "work": gen.usage.prefill_tokens_computed + gen.usage.generated_tokens}
+
+
+async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(engine: EmbeddedEngine) -> None:
+    from agentrt.engine_client import LLMRequest, LLMResponse
+    from agentrt.scheduler import las_level
+
+    seen: list[LLMRequest] = []
+
+    class Recording(EmbeddedEngine):
+        async def generate(self, request: LLMRequest) -> LLMResponse:
+            seen.append(request)
+            return await super().generate(request)
+
+    reg = Registry()
+    reg.register(service_probe)
+    rt = Runtime(reg, Recording(engine.llm))
+    res = await rt.run_job(JobSpec(graph="service_probe", job_id="prio-job"))
+    assert res.status == "succeeded", res.error
+    first, second = seen
+    assert first.priority == 0 and first.program_id == second.program_id == "prio-job"
+    assert res.output["service"] == res.output["work"] > 0  # engine work (tokens), not seconds
+    assert second.priority == las_level(res.output["service"])

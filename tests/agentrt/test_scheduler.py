@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.scheduler import PoolLimits, Scheduler, las_level
 from agentrt.types import Pool, Task, TaskKind
 
 _n = iter(range(10**9))
@@ -82,6 +82,90 @@ def test_capacity_is_never_exceeded_and_fitting_work_is_never_left_waiting(ops: 
             assert s.in_use.get(pool, 0) <= limits.capacity(pool)
     running += s.pick()
     # After a pick, nothing left in a queue could have fitted.
-    for pool, queue in s._queues.items():
+    for pool in (Pool.CPU, Pool.STORAGE):
         free = limits.capacity(pool) - s.in_use.get(pool, 0)
-        assert all(t.units > free for _, _, t in queue)
+        assert all(t.units > free for t in s.queued(pool))
+
+
+def test_a_job_that_waited_long_but_consumed_little_keeps_its_priority() -> None:
+    """Service is engine work credited at release, not time spent queued or on tools."""
+    s = Scheduler("las", PoolLimits(gpu=1))
+    s.submit_job("patient")
+    s.submit_job("heavy")
+    waited = task("patient", Pool.GPU)
+    s.enqueue(waited)
+    hog = task("heavy", Pool.GPU)
+    s.enqueue(hog)
+    (first,) = s.pick()  # patient first (earlier arrival, both at 0 service) ...
+    waited.created -= 3600.0  # ... it has been around for an hour of wall time,
+    s.release(first, service=10)  # but the engine did 10 tokens of work for it
+    (second,) = s.pick()
+    s.release(second, service=5000)  # the heavy job's call computed 5000 tokens
+    a, b = task("heavy", Pool.GPU), task("patient", Pool.GPU)
+    s.enqueue(a)
+    s.enqueue(b)
+    assert s.pick() == [b]
+    assert s.engine_priority("patient") < s.engine_priority("heavy")
+
+
+def test_parallel_sub_agents_count_their_critical_path_not_their_sum() -> None:
+    s = Scheduler("las", PoolLimits(gpu=8))
+    s.submit_job("fan")
+    s.submit_job("chain")
+    agents = [Task(f"agent{i}", "fan", "sub", TaskKind.AGENT, Pool.NONE) for i in range(4)]
+    for a in agents:
+        s.enqueue(a)
+    s.pick()
+    calls = [Task(f"llm{i}", "fan", "llm", TaskKind.LLM, Pool.GPU, parent=a.id, deps=(a.id,)) for i, a in enumerate(agents)]
+    for c in calls:
+        s.enqueue(c)
+    s.pick()
+    for c in calls:
+        s.release(c, service=100)
+    for a in agents:
+        s.release(a, service=0)
+    prev: tuple[str, ...] = ()
+    for i in range(4):  # the same work, one call after another
+        c = Task(f"seq{i}", "chain", "llm", TaskKind.LLM, Pool.GPU, deps=prev)
+        s.enqueue(c)
+        (c,) = s.pick()
+        s.release(c, service=100)
+        prev = (c.id,)
+    assert s.attained_service("fan") == 100
+    assert s.attained_service("chain") == 400
+
+
+def test_a_saturated_pool_costs_a_bounded_number_of_heap_operations_per_task() -> None:
+    """100k tasks through a pool of 8: O(log n) per admit/release means a constant number of heap
+    operations per task (the old pick re-heapified the whole queue on every call)."""
+    s = Scheduler("las", PoolLimits(cpu=8))
+    num_jobs, per_job = 100, 1000
+    for j in range(num_jobs):
+        s.submit_job(f"j{j}")
+    for i in range(per_job):
+        for j in range(num_jobs):
+            s.enqueue(Task(f"t{j}-{i}", f"j{j}", "x", TaskKind.TOOL, Pool.CPU))
+    running = s.pick()
+    done = 0
+    while running:
+        t = running.pop()
+        s.release(t, service=1.0)
+        done += 1
+        running += s.pick()
+    assert done == num_jobs * per_job and s.num_queued == 0
+    assert s.num_heap_ops <= 6 * done  # a push and a pop per start, a re-rank push per release
+
+
+def test_engine_priority_is_the_las_level_and_job_priority_dominates() -> None:
+    s = Scheduler("las", PoolLimits(gpu=4))
+    s.submit_job("light")
+    s.submit_job("vip", priority=1)
+    for job, work in (("light", 10.0), ("vip", 1e6)):
+        t = task(job, Pool.GPU)
+        s.enqueue(t)
+        s.pick()
+        s.release(t, service=work)
+    assert las_level(10.0) == las_level(2047.0) == 0 < las_level(2048.0) == 1 < las_level(8192.0) == 3
+    assert s.engine_priority("light") == 0
+    assert s.engine_priority("vip") < s.engine_priority("light")  # explicit priority beats any service
+    assert Scheduler("fcfs").engine_priority("anything") == 0
