@@ -24,7 +24,7 @@ class _StuckLLM:
     def __init__(self) -> None:
         self.closed = False
 
-    async def stream(self, prompt: list[int], params: Any) -> AsyncIterator[Any]:
+    async def stream(self, prompt: list[int], params: Any, request_id: str | None = None) -> AsyncIterator[Any]:
         try:
             await anyio.sleep_forever()
             yield None

@@ -13,6 +13,8 @@ from agentrt.errors import ToolError
 from agentrt.scheduler import ServingPolicy
 from agentrt.sessions import ToolLatencies
 from agentrt.types import Usage
+from engine.chat import ChatFormat
+from engine.config import DEFAULT_MODEL_DIR
 
 RUNNING = {"now": 0, "max": 0}
 
@@ -35,6 +37,7 @@ class FakeEngine:
     """An EngineClient that answers every request with two tokens and records pins and hints."""
 
     model_name = "fake"
+    chat_format = ChatFormat.from_model_dir(DEFAULT_MODEL_DIR)  # renders as the default model does
 
     def __init__(self) -> None:
         self.pins: list[tuple[str, float | None]] = []
