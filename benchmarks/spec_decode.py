@@ -218,7 +218,8 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
             "at temperature 0 every configuration's output tokens equalled plain decoding's on every turn (checked; the run fails "
             "otherwise). Figures: median (min-max) over repeats; speedups are against plain decoding in the same repeat. "
             "Tokens per step and acceptance: last repeat. Target: >= 2.5x decode speedup at temperature 0 with the best drafter. "
-            "Draft tokens per step (max): " + ", ".join(f"{d} {DRAFT_TOKENS[d]}" for d in args.drafters.split(",")) + ".")
+            "Draft tokens per step (max): " + ", ".join(f"{d} {DRAFT_TOKENS[d]}" for d in args.drafters.split(",")) + ". "
+            "The machine (2 cores) was shared with other work while this ran: absolute tok/s are low and noisy.")
     write_section(section, f"Speculative decoding (embedded model, batch 1{where})", body, cmd, data | {"tasks": tasks, "turns": len(cases)})
 
 
