@@ -34,6 +34,11 @@ from engine.tokenizer import ChatTokenizer  # noqa: E402
 from engine.train.data import load_airline, render_conversations  # noqa: E402
 
 
+def workload_task_ids() -> set[int]:
+    """Task ids of the default workload (tests/benchmarks/test_workload_split.py): the eval split."""
+    return set(load_airline().held_out_tasks)
+
+
 def windows(n: int, seq_len: int = 1024) -> list[torch.Tensor]:
     data = load_airline()
     tok = ChatTokenizer(DEFAULT_MODEL_DIR)

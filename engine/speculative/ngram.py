@@ -6,6 +6,8 @@ Agent traffic copies a lot (ids, names, tool results, earlier turns), which this
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -19,7 +21,7 @@ class NgramDrafter:
         """Up to `k` draft tokens continuing `token_ids` (empty when nothing matches)."""
         return self.propose_with_length(token_ids, k)[1]
 
-    def propose_with_length(self, token_ids: list[int], k: int) -> tuple[int, list[int]]:
+    def propose_with_length(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int]]:
         """(length of the matched n-gram, up to `k` draft tokens); (0, []) when nothing matches.
 
         The earlier positions holding the last token are the candidates; each is extended

@@ -145,3 +145,16 @@ def test_window_hashes_depend_only_on_the_window() -> None:
     assert len(set(ha[:5])) == 5 and ha[6] != ha[1]  # "7 8" (a short tail window) differs from "6 7 8"
     assert window_hashes(a, 0, 3, seed=8)[1] != ha[1]  # keyed
     assert window_hashes(a, 8, 3, seed=7) == []
+
+
+def test_only_finished_outputs_enter_the_global_tree_with_their_prompt_tail() -> None:
+    drafter = SuffixDrafter(min_path_prob=0.0, prompt_context=2)
+    prompt, output = list(range(100, 140)), [7, 8, 9, 10, 11, 12]
+    drafter.observe("a", prompt)  # admitted: nothing indexed yet
+    assert drafter.propose([1, 2, 120, 121], k=4) == [] and len(drafter.tree) == 0
+    drafter.observe("a", prompt + output)  # finished: the output and the prompt's last 2 tokens
+    assert drafter.propose([5, 138, 139], k=4) == [7, 8, 9, 10]
+    assert drafter.propose([5, 120, 121], k=4) == []  # earlier prompt tokens were never indexed
+    drafter.observe("b", [1, 2, 3])  # admitted, then finished with no output: nothing indexed
+    drafter.observe("b", [1, 2, 3])
+    assert len(drafter.tree) == 1

@@ -1,0 +1,48 @@
+"""The speculative decoding benchmark: eval turns in conversation order, one run per task first,
+and a run fails when a drafter's output differs from plain decoding (no speed asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import data_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+HAS_DATA = (data_dir() / "tau-bench-airline" / "trajectories.json").exists()
+needs_data = pytest.mark.skipif(not HAS_DATA, reason="needs ../shared/data/tau-bench-airline")
+
+
+def test_a_drafter_whose_output_differs_from_plain_decoding_fails_the_run() -> None:
+    from benchmarks.spec_decode import Tally, check_lossless
+
+    same = {None: Tally(outputs=[[1, 2], [3]]), "suffix": Tally(outputs=[[1, 2], [3]])}
+    check_lossless(same, [8, 14])
+    differs = {None: Tally(outputs=[[1, 2], [3]]), "suffix": Tally(outputs=[[1, 2], [4]])}
+    with pytest.raises(SystemExit, match=r"suffix.*turns \[1\].*tasks \[14\]"):
+        check_lossless(differs, [8, 14])
+
+
+@needs_data
+def test_runs_cover_every_eval_task_before_repeating_one() -> None:
+    from benchmarks.spec_decode import pick_runs
+    from engine.train.data import airline_split
+
+    runs = pick_runs(6, seed=0)
+    tasks = [r["task_id"] for r in runs]
+    assert sorted(tasks[:4]) == sorted(airline_split().eval) and set(tasks[4:]) <= airline_split().eval
+    assert len({(r["task_id"], r["trial"]) for r in runs}) == 6
+
+
+@needs_data
+def test_quick_mode_completes_with_outputs_equal_to_plain_decoding() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spec_decode.py"), "--quick", "--drafters", "suffix,ngram"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("none", "suffix", "ngram"):
+        assert name in out.stdout
