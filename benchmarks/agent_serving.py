@@ -107,15 +107,18 @@ class LatencyModel:
 
 
 def select_replay_runs(path: Path | None) -> list[dict[str, Any]]:
-    """The runs to replay: with the default trajectories file, only those of the tasks that
-    engine/train/data.py holds out of the default model's training; a given file is used whole."""
+    """The runs to replay: by default the eval split of engine/train/data.py (tasks the default
+    model never trained on); a given file is used whole."""
     if path is not None:
         return json.loads(path.read_text())
-    from engine.train.data import load_airline
+    from engine.train.data import split_runs
 
-    held = set(load_airline().held_out_tasks)
-    runs = json.loads(data_file("tau-bench-airline", "trajectories.json").read_text())
-    return [r for r in runs if r["task_id"] in held]
+    return split_runs("eval")
+
+
+def workload_task_ids() -> set[int]:
+    """Task ids of the default workload (tests/benchmarks/test_workload_split.py)."""
+    return {r["task_id"] for r in select_replay_runs(None)}
 
 
 def build_jobs(runs: list[dict[str, Any]], num_jobs: int, seed: int, max_turns: int | None, max_out: int,

@@ -48,10 +48,16 @@ def eval_runs(trajectories: Path | None) -> tuple[list[list[dict[str, Any]]], li
     if trajectories is not None:
         runs = [r["traj"] for r in json.loads(trajectories.read_text())]
         return runs, json.loads(data_file("tau-bench-airline", "tools.json").read_text())
-    from engine.train.data import load_airline
+    from engine.train.data import airline_tools, split_runs
 
-    data = load_airline()
-    return data.held_out, data.tools
+    return [r["traj"] for r in split_runs("eval")], airline_tools()
+
+
+def workload_task_ids() -> set[int]:
+    """Task ids of the default agent workload (tests/benchmarks/test_workload_split.py)."""
+    from engine.train.data import split_runs
+
+    return {r["task_id"] for r in split_runs("eval")}
 
 
 def agent_jobs(runs: list[list[dict[str, Any]]], tools: list[dict[str, Any]], max_turns: int, max_out: int) -> list[Job]:
