@@ -9,12 +9,17 @@ from typing import Any
 
 from engine.errors import ModelLoadError
 
-SUPPORTED = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
+from engine.model.rope import RopeScaling
+
+MOE = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
+DENSE = ("Qwen3ForCausalLM", "LlamaForCausalLM")
+SUPPORTED = MOE + DENSE
 
 
 @dataclass(slots=True)
 class ModelConfig:
-    """Decoder-only MoE transformer hyper-parameters. Validated in __post_init__ (ModelLoadError)."""
+    """Decoder-only transformer hyper-parameters (MoE, or dense with num_experts == 0).
+    Validated in __post_init__ (ModelLoadError)."""
 
     architecture: str
     vocab_size: int
@@ -39,6 +44,7 @@ class ModelConfig:
     eos_token_id: tuple[int, ...] = ()
     bos_token_id: int | None = None
     mtp_num_layers: int = 0
+    rope: RopeScaling = field(default_factory=RopeScaling)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,14 +52,14 @@ class ModelConfig:
             raise ModelLoadError(f"unsupported architecture {self.architecture!r}; supported: {', '.join(SUPPORTED)}")
         if self.num_heads % self.num_kv_heads:
             raise ModelLoadError(f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
-        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ModelLoadError(f"num_experts_per_tok {self.num_experts_per_tok} must be in [1, {self.num_experts}]")
         if self.mtp_num_layers not in (0, 1):
             raise ModelLoadError(f"mtp_num_layers must be 0 or 1, got {self.mtp_num_layers}")
 
     def is_sparse(self, layer: int) -> bool:
         """Whether layer `layer` has a MoE MLP (Qwen3's mlp_only_layers / decoder_sparse_step rule)."""
-        return layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
+        return self.num_experts > 0 and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
 
     @classmethod
     def from_hf(cls, source: str | Path | dict[str, Any]) -> ModelConfig:
@@ -71,16 +77,40 @@ class ModelConfig:
         arch = archs[0]
         if arch not in SUPPORTED:
             raise ModelLoadError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+        refuse_unsupported(arch, raw)
         return _parse(arch, raw)
+
+
+# Config fields that change the math, and the values this engine computes; any other value raises.
+_FIXED: dict[str, tuple[Any, ...]] = {
+    "hidden_act": ("silu", None), "mlp_bias": (False, None), "use_sliding_window": (False, None),
+    "sliding_window": (None,), "attn_logit_softcapping": (None,), "final_logit_softcapping": (None,),
+    "pretraining_tp": (1, None), "use_qk_norm": (None,),
+}
+
+
+def refuse_unsupported(arch: str, raw: dict[str, Any]) -> None:
+    """Raise ModelLoadError naming the first config field whose value this engine would compute
+    differently from the reference (rather than silently ignoring it)."""
+    for key, allowed in _FIXED.items():
+        if key in raw and raw[key] not in allowed:
+            if key == "sliding_window" and not raw.get("use_sliding_window", True) and arch != "MixtralForCausalLM":
+                continue  # Qwen keeps a window size that only applies with use_sliding_window
+            raise ModelLoadError(f"config field {key}={raw[key]!r} is not supported for {arch}")
+    kinds = set(raw.get("layer_types") or ()) - {"full_attention"}
+    if kinds:
+        raise ModelLoadError(f"config field layer_types has {sorted(kinds)[0]!r}, not supported for {arch}")
+    RopeScaling.from_hf(raw)  # raises on an unsupported rope type or field
 
 
 def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
     try:
         heads = raw["num_attention_heads"]
         hidden = raw["hidden_size"]
-        rope = raw.get("rope_parameters") or {}
+        rope = RopeScaling.from_hf(raw)
         eos = raw.get("eos_token_id")
-        qwen = arch == "Qwen3MoeForCausalLM"
+        qwen = arch in ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
+        dense = arch in DENSE
         return ModelConfig(
             architecture=arch,
             vocab_size=raw["vocab_size"],
@@ -89,22 +119,23 @@ def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
             num_heads=heads,
             num_kv_heads=raw.get("num_key_value_heads") or heads,
             head_dim=raw.get("head_dim") or hidden // heads,
-            num_experts=raw.get("num_experts") or raw["num_local_experts"],
-            num_experts_per_tok=raw["num_experts_per_tok"],
-            moe_intermediate_size=raw["moe_intermediate_size"] if qwen else raw["intermediate_size"],
+            num_experts=0 if dense else raw.get("num_experts") or raw["num_local_experts"],
+            num_experts_per_tok=0 if dense else raw["num_experts_per_tok"],
+            moe_intermediate_size=0 if dense else raw["moe_intermediate_size"] if qwen else raw["intermediate_size"],
             intermediate_size=raw.get("intermediate_size", 0),
-            norm_topk_prob=bool(raw.get("norm_topk_prob", False)) if qwen else True,
+            norm_topk_prob=bool(raw.get("norm_topk_prob", False)) if qwen and not dense else True,
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-            rope_theta=rope.get("rope_theta", raw.get("rope_theta", 10000.0)),
+            rope_theta=rope.theta,
             max_position_embeddings=raw.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qk_norm=qwen,
             attention_bias=bool(raw.get("attention_bias", False)),
-            mlp_only_layers=tuple(raw.get("mlp_only_layers") or ()) if qwen else (),
-            decoder_sparse_step=raw.get("decoder_sparse_step", 1) if qwen else 1,
+            mlp_only_layers=tuple(raw.get("mlp_only_layers") or ()) if qwen and not dense else (),
+            decoder_sparse_step=raw.get("decoder_sparse_step", 1) if qwen and not dense else 1,
             eos_token_id=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
             bos_token_id=raw.get("bos_token_id"),
             mtp_num_layers=raw.get("mtp_num_layers", 0),
+            rope=rope,
         )
     except KeyError as exc:
         raise ModelLoadError(f"config.json lacks required field {exc.args[0]!r} for {arch}") from exc

@@ -20,6 +20,7 @@ from engine.kernels.triton.attention import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
+from engine.model.rope import RopeScaling
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -42,15 +43,16 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE with the rotate-half convention; cos/sin tables in fp32 [max_pos, head_dim]."""
+    """RoPE with the rotate-half convention; cos/sin tables in fp32 [max_pos, head_dim], scaled as
+    `scaling` says (engine/model/rope.py: linear, llama3, yarn; None = plain RoPE with `theta`)."""
 
-    def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
+    def __init__(self, head_dim: int, max_pos: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        inv_freq, mscale = (scaling or RopeScaling(theta=theta)).frequencies(head_dim)
         freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)  # [max_pos, head_dim]
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cos", emb.cos() * mscale, persistent=False)
+        self.register_buffer("sin", emb.sin() * mscale, persistent=False)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows for `positions` [num_tokens], shaped [num_tokens, 1, head_dim] (fp32)."""

@@ -114,7 +114,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
         if fmt is not None:
             drop_dense_experts(model.layers)  # experts arrive packed: never allocate them dense
     model = model.to_empty(device="cpu")
-    model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)  # type: ignore[misc]
+    model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)  # type: ignore[misc]
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
     targets = _targets(model, cfg, skip_experts=fmt is not None)
