@@ -50,6 +50,8 @@ def _targets(model: MoEForCausalLM, cfg: ModelConfig, skip_experts: bool = False
             if cfg.attention_bias:
                 t[p + f"self_attn.{name}_proj.bias"] = attn.qkv_proj.bias.data[sl]
         t[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
+        if cfg.attention_bias:
+            t[p + "self_attn.o_proj.bias"] = attn.o_proj.bias.data
         if attn.q_norm is not None and attn.k_norm is not None:
             t[p + "self_attn.q_norm.weight"] = attn.q_norm.weight.data
             t[p + "self_attn.k_norm.weight"] = attn.k_norm.weight.data
