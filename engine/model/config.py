@@ -13,7 +13,9 @@ from engine.model.rope import RopeScaling
 
 MOE = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
 DENSE = ("Qwen3ForCausalLM", "LlamaForCausalLM")
-SUPPORTED = MOE + DENSE
+GPT_OSS = "GptOssForCausalLM"
+SUPPORTED = MOE + DENSE + (GPT_OSS,)
+WINDOWED = (GPT_OSS,)  # architectures whose attention honours sliding_window / layer_types
 
 
 @dataclass(slots=True)
@@ -45,6 +47,10 @@ class ModelConfig:
     bos_token_id: int | None = None
     mtp_num_layers: int = 0
     rope: RopeScaling = field(default_factory=RopeScaling)
+    sliding_window: int = 0  # keys a sliding-attention layer sees (itself included); 0 = none
+    layer_types: tuple[str, ...] = ()  # per layer "full_attention" / "sliding_attention" (empty: all full)
+    swiglu_limit: float = 0.0  # gpt-oss clamped SwiGLU (0 = plain SwiGLU)
+    swiglu_alpha: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,8 +60,14 @@ class ModelConfig:
             raise ModelLoadError(f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise ModelLoadError(f"num_experts_per_tok {self.num_experts_per_tok} must be in [1, {self.num_experts}]")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ModelLoadError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
         if self.mtp_num_layers not in (0, 1):
             raise ModelLoadError(f"mtp_num_layers must be 0 or 1, got {self.mtp_num_layers}")
+
+    def window(self, layer: int) -> int:
+        """The sliding window of layer `layer` (0: full attention)."""
+        return self.sliding_window if self.layer_types and self.layer_types[layer] == "sliding_attention" else 0
 
     def is_sparse(self, layer: int) -> bool:
         """Whether layer `layer` has a MoE MLP (Qwen3's mlp_only_layers / decoder_sparse_step rule)."""
@@ -92,12 +104,15 @@ _FIXED: dict[str, tuple[Any, ...]] = {
 def refuse_unsupported(arch: str, raw: dict[str, Any]) -> None:
     """Raise ModelLoadError naming the first config field whose value this engine would compute
     differently from the reference (rather than silently ignoring it)."""
+    windowed = arch in WINDOWED
     for key, allowed in _FIXED.items():
+        if windowed and key == "sliding_window":
+            continue
         if key in raw and raw[key] not in allowed:
             if key == "sliding_window" and not raw.get("use_sliding_window", True) and arch != "MixtralForCausalLM":
                 continue  # Qwen keeps a window size that only applies with use_sliding_window
             raise ModelLoadError(f"config field {key}={raw[key]!r} is not supported for {arch}")
-    kinds = set(raw.get("layer_types") or ()) - {"full_attention"}
+    kinds = set(raw.get("layer_types") or ()) - {"full_attention", *(("sliding_attention",) if windowed else ())}
     if kinds:
         raise ModelLoadError(f"config field layer_types has {sorted(kinds)[0]!r}, not supported for {arch}")
     RopeScaling.from_hf(raw)  # raises on an unsupported rope type or field
@@ -111,6 +126,7 @@ def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
         eos = raw.get("eos_token_id")
         qwen = arch in ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
         dense = arch in DENSE
+        oss = arch == GPT_OSS
         return ModelConfig(
             architecture=arch,
             vocab_size=raw["vocab_size"],
@@ -129,13 +145,17 @@ def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
             max_position_embeddings=raw.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qk_norm=qwen,
-            attention_bias=bool(raw.get("attention_bias", False)),
+            attention_bias=bool(raw.get("attention_bias", oss)),
             mlp_only_layers=tuple(raw.get("mlp_only_layers") or ()) if qwen and not dense else (),
             decoder_sparse_step=raw.get("decoder_sparse_step", 1) if qwen and not dense else 1,
             eos_token_id=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
             bos_token_id=raw.get("bos_token_id"),
             mtp_num_layers=raw.get("mtp_num_layers", 0),
             rope=rope,
+            sliding_window=int(raw.get("sliding_window") or 0) if oss else 0,
+            layer_types=tuple(raw.get("layer_types") or ()) if oss else (),
+            swiglu_limit=float(raw.get("swiglu_limit", 7.0)) if oss else 0.0,
+            swiglu_alpha=float(raw.get("swiglu_alpha", 1.702)) if oss else 1.0,
         )
     except KeyError as exc:
         raise ModelLoadError(f"config.json lacks required field {exc.args[0]!r} for {arch}") from exc

@@ -96,6 +96,15 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
     ) -> torch.Tensor:
+        q = self.project(x, cos_sin, kv, meta)
+        o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
+        return self.o_proj(o.flatten(1))
+
+    def project(
+        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The new tokens' rotated queries [T, Hq, D]; their keys and values go into the cache."""
         if cpu_ops.usable(x, kv[0]):  # CPU serving: split, head norms, rotary and the KV write in one C call
             q_w = self.q_norm.weight if self.q_norm is not None else None
             k_w = self.k_norm.weight if self.k_norm is not None else None
@@ -105,8 +114,7 @@ class Attention(nn.Module):
         else:
             q, k, v = self._qkv(x, cos_sin)
             write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
-        o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
-        return self.o_proj(o.flatten(1))
+        return q
 
     def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
@@ -125,6 +133,7 @@ class MoE(nn.Module):
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, 2I, H]: gate rows then up rows
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.packable = True  # prepare_for_inference may pack w13/w2 into the C kernels' layout
         self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
         # CPU serving's packed experts (w13/w2, or `quantized`, freed): cpu_dense.DenseExperts, or
         # cpu_fp4_panels.FP4PanelExperts for FP4 experts on AVX-512; `.run(x, weights, ids)`.
@@ -206,6 +215,8 @@ def prepare_for_inference(model: nn.Module) -> int:
                 if type(child) is nn.Linear:
                     setattr(module, name, cpu_linear.PackedLinear(child))
                     converted += 1
+            if isinstance(module, MoE) and not module.packable:
+                continue
             if isinstance(module, MoE) and module.quantized is not None and cpu_fp4_panels.available():
                 module.cpu_experts = cpu_fp4_panels.FP4PanelExperts(module.quantized)
                 module.quantized = None
@@ -225,7 +236,7 @@ def prepare_for_inference(model: nn.Module) -> int:
         names: tuple[str, ...]
         if isinstance(module, nn.Linear):
             names = ("weight",)
-        elif isinstance(module, MoE | DenseMLP):
+        elif isinstance(module, DenseMLP) or (isinstance(module, MoE) and module.packable):
             names = ("w13", "w2")
         else:
             continue

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import ModelLoadError
-from engine.model.config import ModelConfig
+from engine.model import gpt_oss
+from engine.model.config import GPT_OSS, ModelConfig
 from engine.model.fp4_checkpoint import (
     QUANT_CONFIGS,
     drop_dense_experts,
@@ -111,16 +112,19 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     fmt = quant_format(json.loads((path / "config.json").read_text()))
     if (path / "mtp.safetensors").exists() and cfg.mtp_num_layers == 0:
         cfg.mtp_num_layers = 1
+    oss = cfg.architecture == GPT_OSS
     with torch.device("meta"):
-        model = MoEForCausalLM(cfg)
+        model = gpt_oss.GptOssForCausalLM(cfg) if oss else MoEForCausalLM(cfg)
         if fmt is not None:
             drop_dense_experts(model.layers)  # experts arrive packed: never allocate them dense
     model = model.to_empty(device="cpu")
     model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)  # type: ignore[misc]
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    targets = _targets(model, cfg, skip_experts=fmt is not None)
+    targets = gpt_oss.targets(model, cfg) if oss else _targets(model, cfg, skip_experts=fmt is not None)
     done: set[str] = set()
+    if oss:
+        targets.update(dict.fromkeys(gpt_oss.expert_names(cfg, fmt is not None)))  # type: ignore[arg-type]
     packed: dict[str, torch.Tensor] = {}
     for file in _files(path):
         with safe_open(str(file), framework="pt") as fh:
@@ -128,6 +132,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
                 src = fh.get_tensor(name)
                 if fmt is not None and is_fp4_tensor(name, fmt):
                     packed[name] = src
+                    done.add(name)
+                elif oss and gpt_oss.load_expert_tensor(model, name, src):
+                    done.add(name)
                 elif name in targets:
                     _copy(name, targets[name], src)
                     done.add(name)
@@ -144,7 +151,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     if fmt is not None:
         for i, layer in enumerate(model.layers):
             if cfg.is_sparse(i):
-                layer.mlp.quantized = import_experts(cfg, i, fmt, packed)  # type: ignore[union-attr]
+                experts = import_experts(cfg, i, fmt, packed)
+                layer.mlp.quantized = gpt_oss.deinterleave_fp4(experts) if oss else experts  # type: ignore[union-attr]
         if packed:
             raise ModelLoadError(f"unknown tensor {sorted(packed)[0]} in {path} for {fmt}")
     model = model.to(device=device, dtype=dtype)

@@ -27,11 +27,16 @@ class MTPModule(nn.Module):
 
 
 class MoEForCausalLM(nn.Module):
+    """The decoder: Qwen3-MoE, Mixtral, and (every layer dense) Qwen3 / Llama; families with
+    other layers subclass it with their `layer_cls` (engine/model/gpt_oss.py)."""
+
+    layer_cls: type[nn.Module] = DecoderLayer
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.layer_cls(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
