@@ -93,6 +93,11 @@ def paged_attention(
     `window` > 0 limits each token to its last `window` keys; `sinks` [Hq] adds per-head sink logits
     to the softmax (gpt-oss); see `paged_attention_window_torch`."""
     if window or sinks is not None:
+        if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):
+            from engine.kernels.triton.attention import paged_decode_attention
+
+            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale,
+                                          window=window, sinks=sinks)
         if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta, variant=True):
             return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window=window, sinks=sinks)
         return paged_attention_window_torch(q, k_cache, v_cache, meta, scale, window, sinks)
