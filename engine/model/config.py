@@ -14,7 +14,8 @@ from engine.model.rope import RopeScaling
 MOE = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")
 DENSE = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 GPT_OSS = "GptOssForCausalLM"
-SUPPORTED = MOE + DENSE + (GPT_OSS,)
+DEEPSEEK_V3 = "DeepseekV3ForCausalLM"
+SUPPORTED = MOE + DENSE + (GPT_OSS, DEEPSEEK_V3)
 WINDOWED = (GPT_OSS,)  # architectures whose attention honours sliding_window / layer_types
 
 
@@ -51,6 +52,19 @@ class ModelConfig:
     layer_types: tuple[str, ...] = ()  # per layer "full_attention" / "sliding_attention" (empty: all full)
     swiglu_limit: float = 0.0  # gpt-oss clamped SwiGLU (0 = plain SwiGLU)
     swiglu_alpha: float = 1.0
+    # DeepSeek-V3 multi-head latent attention (kv_lora_rank > 0): the cache entry is the latent
+    # [kv_lora_rank + qk_rope_head_dim] (num_kv_heads 1, head_dim that sum, no separate V).
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    rope_interleave: bool = False
+    # DeepSeek-V3 routing (noaux_tc): sigmoid scores + correction bias, top-k within the best groups
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    n_shared_experts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +78,20 @@ class ModelConfig:
             raise ModelLoadError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
         if self.mtp_num_layers not in (0, 1):
             raise ModelLoadError(f"mtp_num_layers must be 0 or 1, got {self.mtp_num_layers}")
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def rotary_dim(self) -> int:
+        """The dimensions RoPE rotates (MLA: only the rope part of each head)."""
+        return self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def kv_dims(self) -> tuple[int, int]:
+        """Per KV head and token, the (K, V) cache widths; MLA keeps only the latent (V width 0)."""
+        return (self.head_dim, 0) if self.is_mla else (self.head_dim, self.head_dim)
 
     def window(self, layer: int) -> int:
         """The sliding window of layer `layer` (0: full attention)."""
@@ -127,6 +155,8 @@ def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
         qwen = arch in ("Qwen3MoeForCausalLM", "Qwen3ForCausalLM")
         dense = arch in DENSE
         oss = arch == GPT_OSS
+        if arch == DEEPSEEK_V3:
+            return _parse_deepseek(raw, rope)
         return ModelConfig(
             architecture=arch,
             vocab_size=raw["vocab_size"],
@@ -159,3 +189,30 @@ def _parse(arch: str, raw: dict[str, Any]) -> ModelConfig:
         )
     except KeyError as exc:
         raise ModelLoadError(f"config.json lacks required field {exc.args[0]!r} for {arch}") from exc
+
+
+def _parse_deepseek(raw: dict[str, Any], rope: RopeScaling) -> ModelConfig:
+    for key, want in (("topk_method", "noaux_tc"), ("scoring_func", "sigmoid")):
+        if raw.get(key, want) != want:
+            raise ModelLoadError(f"config field {key}={raw[key]!r} is not supported for {DEEPSEEK_V3} (only {want!r})")
+    mtp = raw.get("num_nextn_predict_layers", 0)
+    if mtp not in (0, 1):
+        raise ModelLoadError(f"config field num_nextn_predict_layers={mtp} is not supported (0 or 1)")
+    eos = raw.get("eos_token_id")
+    rank, rope_dim = raw["kv_lora_rank"], raw["qk_rope_head_dim"]
+    return ModelConfig(
+        architecture=DEEPSEEK_V3, vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"],
+        num_layers=raw["num_hidden_layers"], num_heads=raw["num_attention_heads"], num_kv_heads=1,
+        head_dim=rank + rope_dim, num_experts=raw["n_routed_experts"], num_experts_per_tok=raw["num_experts_per_tok"],
+        moe_intermediate_size=raw["moe_intermediate_size"], intermediate_size=raw["intermediate_size"],
+        norm_topk_prob=bool(raw.get("norm_topk_prob", True)), rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.theta, max_position_embeddings=raw.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)), attention_bias=bool(raw.get("attention_bias", False)),
+        mlp_only_layers=tuple(range(raw.get("first_k_dense_replace", 0))),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+        bos_token_id=raw.get("bos_token_id"), mtp_num_layers=mtp, rope=rope,
+        q_lora_rank=raw.get("q_lora_rank") or 0, kv_lora_rank=rank, qk_nope_head_dim=raw["qk_nope_head_dim"],
+        qk_rope_head_dim=rope_dim, v_head_dim=raw["v_head_dim"], rope_interleave=bool(raw.get("rope_interleave", True)),
+        n_group=raw.get("n_group") or 1, topk_group=raw.get("topk_group") or 1,
+        routed_scaling_factor=float(raw.get("routed_scaling_factor", 1.0)), n_shared_experts=raw.get("n_shared_experts") or 0,
+    )

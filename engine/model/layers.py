@@ -142,11 +142,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
-        logits = self.gate(flat)
-        if self.cpu_experts is not None and cpu_ops.usable(logits):
-            weights, ids = cpu_ops.route_topk(logits, self.top_k, self.renormalize)
-        else:
-            weights, ids = route(logits, self.top_k, self.renormalize)
+        weights, ids = self.route(flat)
         if flat.is_cuda and not torch.is_grad_enabled() and triton_available():
             from engine.moe.triton_moe import fused_moe  # GPU serving: two fused grouped GEMMs, no host sync
 
@@ -161,11 +157,20 @@ class MoE(nn.Module):
         return moe_experts(flat, weights, ids, self.w13, self.w2).view(shape)
 
 
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router: tokens [T, H] -> (weights [T, k] fp32, expert ids [T, k] int64)."""
+        logits = self.gate(flat)
+        if self.cpu_experts is not None and cpu_ops.usable(logits):
+            return cpu_ops.route_topk(logits, self.top_k, self.renormalize)
+        return route(logits, self.top_k, self.renormalize)
+
+
 class DenseMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        self.w13 = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size))
-        self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size))
+        inter = cfg.intermediate_size if intermediate_size is None else intermediate_size
+        self.w13 = nn.Parameter(torch.empty(2 * inter, cfg.hidden_size))
+        self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, inter))
         self.cpu_experts: Any = None  # CPU serving: packed as one always-routed expert (w13/w2 freed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

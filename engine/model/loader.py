@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import ModelLoadError
-from engine.model import gpt_oss
-from engine.model.config import GPT_OSS, ModelConfig
+from engine.model import deepseek_v3, gpt_oss
+from engine.model.config import DEEPSEEK_V3, GPT_OSS, ModelConfig
 from engine.model.fp4_checkpoint import (
     QUANT_CONFIGS,
     drop_dense_experts,
@@ -98,6 +98,15 @@ def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: di
     return True
 
 
+def _has_mtp_tensors(path: Path, layer: int) -> bool:
+    prefix = f"model.layers.{layer}."
+    for file in _files(path):
+        with safe_open(str(file), framework="pt") as fh:
+            if any(k.startswith(prefix) for k in fh.keys()):
+                return True
+    return False
+
+
 def _files(path: Path) -> list[Path]:
     files = sorted(p for p in path.glob("*.safetensors"))
     if not files:
@@ -112,16 +121,25 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     fmt = quant_format(json.loads((path / "config.json").read_text()))
     if (path / "mtp.safetensors").exists() and cfg.mtp_num_layers == 0:
         cfg.mtp_num_layers = 1
-    oss = cfg.architecture == GPT_OSS
+    oss, ds = cfg.architecture == GPT_OSS, cfg.architecture == DEEPSEEK_V3
+    if ds and cfg.mtp_num_layers and not _has_mtp_tensors(path, cfg.num_layers):
+        cfg.mtp_num_layers = 0  # the config names an MTP layer the files do not carry (e.g. transformers' save)
     with torch.device("meta"):
-        model = gpt_oss.GptOssForCausalLM(cfg) if oss else MoEForCausalLM(cfg)
+        family = {GPT_OSS: gpt_oss.GptOssForCausalLM, DEEPSEEK_V3: deepseek_v3.DeepseekV3ForCausalLM}
+        model = family.get(cfg.architecture, MoEForCausalLM)(cfg)
         if fmt is not None:
             drop_dense_experts(model.layers)  # experts arrive packed: never allocate them dense
     model = model.to_empty(device="cpu")
-    model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)  # type: ignore[misc]
+    model.rotary.__init__(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)  # type: ignore[misc]
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    targets = gpt_oss.targets(model, cfg) if oss else _targets(model, cfg, skip_experts=fmt is not None)
+    if oss:
+        targets = gpt_oss.targets(model, cfg)
+    elif ds:
+        targets = deepseek_v3.targets(model, cfg, skip_experts=fmt is not None)
+    else:
+        targets = _targets(model, cfg, skip_experts=fmt is not None)
+    tied: dict[str, torch.Tensor] = {}
     done: set[str] = set()
     if oss:
         targets.update(dict.fromkeys(gpt_oss.expert_names(cfg, fmt is not None)))  # type: ignore[arg-type]
@@ -135,6 +153,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
                     done.add(name)
                 elif oss and gpt_oss.load_expert_tensor(model, name, src):
                     done.add(name)
+                elif ds and name.startswith(f"model.layers.{cfg.num_layers}.") and name.endswith(deepseek_v3.TIED_MTP):
+                    tied[name] = src
                 elif name in targets:
                     _copy(name, targets[name], src)
                     done.add(name)
@@ -144,6 +164,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
                     continue
                 else:
                     raise ModelLoadError(f"unknown tensor {name} in {file.name} for {cfg.architecture}")
+    if ds:
+        deepseek_v3.check_tied_mtp(model, cfg, tied)
     missing = sorted(set(targets) - done)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
