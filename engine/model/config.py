@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelLoadError
-
 from engine.model.rope import RopeScaling
 
 MOE = ("Qwen3MoeForCausalLM", "MixtralForCausalLM")

@@ -125,18 +125,19 @@ def targets(model: MoEForCausalLM, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.embed.weight.data, "model.norm.weight": model.norm.weight.data}
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = model.lm_head.weight.data
-    for i, layer in enumerate(model.layers):
+    for i, layer_module in enumerate(model.layers):
+        layer: Any = layer_module
         p, attn, mlp = f"model.layers.{i}.", layer.attn, layer.mlp
-        t[p + "input_layernorm.weight"] = layer.input_norm.weight.data  # type: ignore[union-attr]
-        t[p + "post_attention_layernorm.weight"] = layer.post_norm.weight.data  # type: ignore[union-attr]
+        t[p + "input_layernorm.weight"] = layer.input_norm.weight.data
+        t[p + "post_attention_layernorm.weight"] = layer.post_norm.weight.data
         for name, sl in (("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, q + 2 * kv))):
-            t[p + f"self_attn.{name}_proj.weight"] = attn.qkv_proj.weight.data[sl]  # type: ignore[union-attr,index]
-            t[p + f"self_attn.{name}_proj.bias"] = attn.qkv_proj.bias.data[sl]  # type: ignore[union-attr,index]
-        t[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.data  # type: ignore[union-attr]
-        t[p + "self_attn.o_proj.bias"] = attn.o_proj.bias.data  # type: ignore[union-attr]
-        t[p + "self_attn.sinks"] = attn.sinks.data  # type: ignore[union-attr]
-        t[p + "mlp.router.weight"] = mlp.gate.weight.data  # type: ignore[union-attr]
-        t[p + "mlp.router.bias"] = mlp.gate.bias.data  # type: ignore[union-attr]
+            t[p + f"self_attn.{name}_proj.weight"] = attn.qkv_proj.weight.data[sl]
+            t[p + f"self_attn.{name}_proj.bias"] = attn.qkv_proj.bias.data[sl]
+        t[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
+        t[p + "self_attn.o_proj.bias"] = attn.o_proj.bias.data
+        t[p + "self_attn.sinks"] = attn.sinks.data
+        t[p + "mlp.router.weight"] = mlp.gate.weight.data
+        t[p + "mlp.router.bias"] = mlp.gate.bias.data
     return t
 
 

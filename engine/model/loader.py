@@ -87,7 +87,12 @@ def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: di
     if m is None:
         return False
     layer, kind = int(m.group(1)), m.group(2)
-    mlp: Any = model.layers[layer].mlp
+    if layer == len(model.layers) and model.mtp is not None:  # DeepSeek's MTP layer follows the decoder layers
+        mlp: Any = model.mtp.layer.mlp  # type: ignore[union-attr]
+    elif layer < len(model.layers):
+        mlp = model.layers[layer].mlp
+    else:
+        raise ModelLoadError(f"unknown tensor {name}: the model has {len(model.layers)} layers")
     dst = mlp.w13.data if kind == "gate_up_proj" else mlp.w2.data
     if src.shape != dst.shape and src.transpose(1, 2).shape == dst.shape:
         src = src.transpose(1, 2)

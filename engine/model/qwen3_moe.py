@@ -96,7 +96,7 @@ class MoEForCausalLM(nn.Module):
             raise RuntimeError("this model has no MTP module (mtp_num_layers == 0)")
         m = self.mtp
         h = torch.cat([m.enorm(self.embed(next_input_ids)), m.hnorm(prenorm_hidden)], dim=-1)
-        x = m.layer.forward_dense(m.eh_proj(h), self.rotary)
+        x = m.layer.forward_dense(m.eh_proj(h), self.rotary)  # type: ignore[operator]
         return m.norm(x)
 
     def loss(self, input_ids: torch.Tensor, mtp_weight: float = 0.0, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -30,8 +29,12 @@ def _llm(path: Path, **kw: object) -> LLM:
 
 
 def _hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)  # type: ignore[operator]
-    return out[0, len(prompt):].tolist()
+    """transformers' argmax continuation (no EOS suppression, unlike generate's min_new_tokens)."""
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt):].tolist()
 
 
 def test_fp32_logits_match_transformers(tiny_gpt_oss: Path) -> None:
@@ -101,15 +104,3 @@ def test_mxfp4_experts_load_packed_and_match_transformers_on_the_dequantised_wei
     assert _llm(tmp_path / "mxfp4").generate([prompt], GREEDY)[0].token_ids == _hf_greedy(hf, prompt, 20)
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
-def test_fp4_quantised_serving_stays_close_to_fp32_and_is_deterministic(tiny_gpt_oss: Path, fmt: str) -> None:
-    base, _ = load_model(tiny_gpt_oss)
-    quant = _llm(tiny_gpt_oss, quantization=fmt)
-    ids = torch.tensor(_prompts(1, seed=6, lo=30, hi=31))
-    with torch.no_grad():
-        ref = base.compute_logits(base.forward_dense(ids))
-        got = quant.model.compute_logits(quant.model.forward_dense(ids))
-        again = quant.model.compute_logits(quant.model.forward_dense(ids))
-    assert torch.equal(got, again)
-    rel = (got - ref).norm() / ref.norm()
-    assert 0 < rel.item() < 0.1
