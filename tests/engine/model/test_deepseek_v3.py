@@ -10,32 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import make_deepseek
+from tiny_models import cpu_llm, hf_greedy, make_deepseek, random_prompts
 
-from engine import LLM, SamplingParams
+from engine import SamplingParams
 from engine.model.loader import load_model
 
-GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
-
-
-def _prompts(n: int, seed: int, lo: int = 3, hi: int = 30) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(2, 97, (int(k),), generator=g).tolist() for k in torch.randint(lo, hi, (n,), generator=g)]
-
-
-def _llm(path: Path, **kw: object) -> LLM:
-    opts: dict[str, object] = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=256)
-    opts.update(kw)
-    return LLM(path, **opts)  # type: ignore[arg-type]
-
-
-def _hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    """transformers' argmax continuation (no EOS suppression, unlike generate's min_new_tokens)."""
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt):].tolist()
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
 @pytest.mark.parametrize("q_lora_rank", [16, None])
@@ -45,7 +25,7 @@ def test_fp32_logits_match_transformers(q_lora_rank: int | None, tmp_path: Path)
     ours, cfg = load_model(tmp_path)
     assert (cfg.num_kv_heads, cfg.head_dim, cfg.kv_dims) == (1, 28, (28, 0))  # the latent: rank 20 + rope 8
     assert [cfg.is_sparse(i) for i in range(3)] == [False, True, True]
-    ids = torch.tensor(_prompts(2, seed=4, lo=50, hi=51))  # past YaRN's original 32 positions
+    ids = torch.tensor(random_prompts(2, seed=4, lo=50, hi=51))  # past YaRN's original 32 positions
     with torch.no_grad():
         ref = hf(ids).logits
         got = ours.compute_logits(ours.forward_dense(ids))
@@ -57,10 +37,10 @@ def test_serving_greedy_equals_transformers_and_the_cache_holds_only_latents(tin
     import transformers
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_deepseek, dtype=torch.float32).eval()
-    shared = _prompts(1, seed=7, lo=14, hi=15)[0]
-    prompts = [shared + tail for tail in _prompts(3, seed=3, lo=2, hi=9)] + _prompts(2, seed=5)
-    refs = [_hf_greedy(hf, p, 20) for p in prompts]
-    llm = _llm(tiny_deepseek, max_num_batched_tokens=8)  # chunked prefill
+    shared = random_prompts(1, seed=7, lo=14, hi=15)[0]
+    prompts = [shared + tail for tail in random_prompts(3, seed=3, lo=2, hi=9)] + random_prompts(1, seed=5)
+    refs = [hf_greedy(hf, p, 12) for p in prompts]
+    llm = cpu_llm(tiny_deepseek, max_num_batched_tokens=8)  # chunked prefill
     first = llm.generate(prompts[:1], GREEDY)
     rest = llm.generate(prompts[1:], GREEDY)  # batched, shared-prefix hits
     assert [o.token_ids for o in first + rest] == refs
@@ -94,9 +74,9 @@ def test_checkpoint_mtp_layer_loads_and_speculation_is_lossless(tiny_deepseek: P
     assert json.loads((tmp_path / "mtp" / "config.json").read_text())["num_nextn_predict_layers"] == 1
     model, cfg = load_model(tmp_path / "mtp")
     assert cfg.mtp_num_layers == 1 and model.mtp is not None
-    prompts = _prompts(3, seed=8, lo=5, hi=20)
-    plain = [o.token_ids for o in _llm(tmp_path / "mtp").generate(prompts, GREEDY)]
-    spec = _llm(tmp_path / "mtp", speculative="mtp", num_speculative_tokens=1)
+    prompts = random_prompts(3, seed=8, lo=5, hi=20)
+    plain = [o.token_ids for o in cpu_llm(tmp_path / "mtp").generate(prompts, GREEDY)]
+    spec = cpu_llm(tmp_path / "mtp", speculative="mtp", num_speculative_tokens=1)
     assert [o.token_ids for o in spec.generate(prompts, GREEDY)] == plain
 
 

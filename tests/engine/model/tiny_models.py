@@ -100,3 +100,29 @@ def fp4_logits(path: Path, fmt: str, ids: torch.Tensor) -> tuple[torch.Tensor, t
             module.quantized = None
     with torch.no_grad():
         return tuple(m.compute_logits(m.forward_dense(ids)) for m in (served.model, dequantised, original))  # type: ignore[return-value]
+
+
+def random_prompts(n: int, seed: int, lo: int = 3, hi: int = 30) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, 97, (int(k),), generator=g).tolist() for k in torch.randint(lo, hi, (n,), generator=g)]
+
+
+def cpu_llm(path: Path, **kw: object) -> Any:
+    from engine import LLM
+
+    opts: dict[str, object] = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=256)
+    opts.update(kw)
+    return LLM(path, **opts)  # type: ignore[arg-type]
+
+
+def hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    """transformers' argmax continuation with its KV cache (no EOS suppression, unlike generate's
+    min_new_tokens)."""
+    tokens: list[int] = []
+    with torch.no_grad():
+        out = hf(torch.tensor([prompt]), use_cache=True)
+        for _ in range(n):
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(int(tok))
+            out = hf(tok, past_key_values=out.past_key_values, use_cache=True)
+    return tokens
