@@ -124,5 +124,5 @@ def hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
         for _ in range(n):
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(tok))
-            out = hf(tok, past_key_values=out.past_key_values, use_cache=True)
+            out = hf(tok, cache=out.cache, use_cache=True)
     return tokens
