@@ -1,4 +1,4 @@
-"""The engine vs Hugging Face transformers on the same random ~50M-parameter Qwen3-MoE weights.
+"""The engine vs Hugging Face transformers on the same random weights, per architecture family.
 
 Three workloads, each run by both in this one process, one after the other:
   decode-b1      one request, 32-token prompt, N new tokens (greedy)
@@ -6,7 +6,11 @@ Three workloads, each run by both in this one process, one after the other:
   shared-prefix  32 requests sharing a 1,024-token prefix (+16 distinct tokens), 32 new tokens each
 Prints tokens/s and the engine/transformers ratio; updates docs/benchmarks.md.
 
-    python benchmarks/engine_vs_hf.py [--quick] [--dtype float32|bfloat16] [--device cpu|cuda]
+--arch picks the family: qwen3_moe (the default, ~50M params), qwen3, llama, gpt_oss, deepseek_v3;
+tiny random configs that keep the real models' shape ratios (GQA ratio, experts/top-k, MLA ranks,
+sliding-window layers), scaled down to a few tens of millions of parameters.
+
+    python benchmarks/engine_vs_hf.py [--arch ARCH] [--quick] [--dtype float32|bfloat16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -27,27 +31,48 @@ from engine import LLM, SamplingParams  # noqa: E402
 VOCAB = 8192
 
 
-def build_checkpoint(path: Path, quick: bool) -> int:
+ARCHS = ("qwen3_moe", "qwen3", "llama", "gpt_oss", "deepseek_v3")
+
+
+def _config(arch: str, quick: bool) -> tuple[type, object]:
+    """(transformers model class, config) of `arch` at benchmark size (hidden 512, 6 layers; quick: 256, 2)."""
     import transformers
 
-    cfg = transformers.Qwen3MoeConfig(
-        vocab_size=VOCAB,
-        hidden_size=256 if quick else 512,
-        num_hidden_layers=2 if quick else 6,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        num_experts=16,
-        num_experts_per_tok=2,
-        moe_intermediate_size=256,
-        intermediate_size=1024,
-        max_position_embeddings=4096,
-        norm_topk_prob=True,
-        tie_word_embeddings=False,
-        eos_token_id=1,
-    )
+    h, layers = (256, 2) if quick else (512, 6)
+    common = dict(vocab_size=VOCAB, hidden_size=h, num_hidden_layers=layers, max_position_embeddings=4096,
+                  tie_word_embeddings=False, eos_token_id=1, bos_token_id=0)
+    if arch == "qwen3_moe":  # Qwen3-30B-A3B ratios: 128 experts top-8 -> 16 top-2 here
+        return transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
+            num_attention_heads=8, num_key_value_heads=4, head_dim=64, num_experts=16, num_experts_per_tok=2,
+            moe_intermediate_size=256, intermediate_size=1024, norm_topk_prob=True, **common)
+    if arch == "qwen3":  # Qwen3-8B: GQA 4:1, intermediate ~3x hidden
+        return transformers.Qwen3ForCausalLM, transformers.Qwen3Config(
+            num_attention_heads=8, num_key_value_heads=2, head_dim=64, intermediate_size=3 * h, **common)
+    if arch == "llama":  # Llama-3-8B: GQA 4:1, intermediate 3.5x, llama3 RoPE scaling
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 1024, "rope_theta": 500000.0}
+        return transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            num_attention_heads=8, num_key_value_heads=2, intermediate_size=7 * h // 2, rope_parameters=rope, **common)
+    if arch == "gpt_oss":  # gpt-oss-20b: GQA 8:1, 32 experts top-4 -> 16 top-4, window 128 on alternate layers, YaRN
+        rope = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
+        return transformers.GptOssForCausalLM, transformers.GptOssConfig(
+            num_attention_heads=8, num_key_value_heads=1, head_dim=64, num_local_experts=16, num_experts_per_tok=4,
+            intermediate_size=h, sliding_window=128, rope_parameters=rope,
+            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)], **common)
+    if arch == "deepseek_v3":  # DeepSeek-V3: MLA (q rank ~0.2 h, kv rank ~0.07 h + rope 64), 256 experts top-8 in 8 groups
+        return transformers.DeepseekV3ForCausalLM, transformers.DeepseekV3Config(
+            num_attention_heads=8, num_key_value_heads=8, q_lora_rank=h // 4, kv_lora_rank=h // 8, qk_nope_head_dim=32,
+            qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=32, num_experts_per_tok=4, n_group=4, topk_group=2,
+            n_shared_experts=1, moe_intermediate_size=128, intermediate_size=2 * h, first_k_dense_replace=1,
+            routed_scaling_factor=2.5, **common)
+    raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
+
+
+def build_checkpoint(path: Path, quick: bool, arch: str = "qwen3_moe") -> int:
+    cls, cfg = _config(arch, quick)
     torch.manual_seed(0)
-    model = transformers.Qwen3MoeForCausalLM(cfg)
+    model = cls(cfg)
     model.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
 
@@ -91,17 +116,19 @@ def run_engine(llm: LLM, prompts: list[list[int]], new: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="qwen3_moe", choices=ARCHS)
     ap.add_argument("--quick", action="store_true", help="small model and workloads (smoke test)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs per workload; the best time of each counts")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. how loaded the machine was)")
     args = ap.parse_args()
     import transformers
 
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        num_params = build_checkpoint(Path(tmp), args.quick)
+        num_params = build_checkpoint(Path(tmp), args.quick, args.arch)
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(args.device).eval()
         llm = LLM(tmp, device=args.device, dtype=args.dtype, kv_cache_memory_gb=2.0)
         rows, data = [], {}
@@ -117,13 +144,18 @@ def main() -> None:
             rows.append([name, len(prompts), tokens / t_hf, tokens / t_engine, t_hf / t_engine])
             data[name] = {"requests": len(prompts), "new_tokens": tokens, "hf_s": t_hf, "engine_s": t_engine}
     cols = ["workload", "requests", "transformers tok/s", "engine tok/s", "speedup"]
-    title = f"engine vs transformers ({num_params / 1e6:.1f}M params, {args.dtype}, {args.device})"
+    family = "" if args.arch == "qwen3_moe" else f"{args.arch}, "
+    title = f"engine vs transformers ({family}{num_params / 1e6:.1f}M params, {args.dtype}, {args.device})"
     print_table(title, cols, rows)
     if not args.no_write:
-        cmd = "python benchmarks/engine_vs_hf.py" + (" --quick" if args.quick else "") + f" --dtype {args.dtype} --device {args.device} --repeats {args.repeats}"
+        arch = "" if args.arch == "qwen3_moe" else f" --arch {args.arch}"
+        cmd = f"python benchmarks/engine_vs_hf.py{arch}" + (" --quick" if args.quick else "") + f" --dtype {args.dtype} --device {args.device} --repeats {args.repeats}"
         targets = ("Targets: >= 1.5x at decode-b1, >= 3x at decode-b16, >= 8x on shared-prefix (time to finish all). "
-                   f"Each side's best of {args.repeats} alternating runs.")
-        write_section(f"engine_vs_hf_{args.device}", title, markdown_table(cols, rows) + "\n\n" + targets, cmd, data)
+                   f"Each side's best of {args.repeats} alternating runs."
+                   + (" Quick mode: hidden 256, 2 layers, 16 new tokens, an 8 x 272-token shared prefix." if args.quick else "")
+                   + (f" {args.note}" if args.note else ""))
+        section = f"engine_vs_hf_{args.device}" if args.arch == "qwen3_moe" else f"engine_vs_hf_{args.arch}_{args.device}"
+        write_section(section, title, markdown_table(cols, rows) + "\n\n" + targets, cmd, data)
 
 
 if __name__ == "__main__":

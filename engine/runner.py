@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    per_token = 2 * model_config.num_layers * model_config.num_kv_heads * model_config.head_dim
+    per_token = model_config.num_layers * model_config.num_kv_heads * sum(model_config.kv_dims)
     return per_token * block_size * torch.empty((), dtype=dtype).element_size()
 
 
@@ -75,6 +75,7 @@ class ModelRunner:
             model_config.head_dim,
             self.dtype,
             self.device,
+            v_dim=model_config.kv_dims[1],
         )
         logger.info("KV cache: %d blocks of %d tokens on %s", num_blocks, config.block_size, self.device)
         self.graphs: DecodeGraphs | None = None

@@ -38,9 +38,13 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        v_dim: int | None = None,
     ) -> KVCache:
+        """`v_dim` (default head_dim): the V width; 0 for latent attention (MLA), whose one cache
+        entry per token lives in `k` and `v` holds no bytes."""
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        v_shape = shape[:-1] + (head_dim if v_dim is None else v_dim,)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(v_shape, dtype=dtype, device=device))
 
 
 @dataclass(slots=True)

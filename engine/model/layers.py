@@ -20,6 +20,7 @@ from engine.kernels.triton import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
+from engine.model.rope import RopeScaling
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -42,15 +43,16 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE with the rotate-half convention; cos/sin tables in fp32 [max_pos, head_dim]."""
+    """RoPE with the rotate-half convention; cos/sin tables in fp32 [max_pos, head_dim], scaled as
+    `scaling` says (engine/model/rope.py: linear, llama3, yarn; None = plain RoPE with `theta`)."""
 
-    def __init__(self, head_dim: int, max_pos: int, theta: float) -> None:
+    def __init__(self, head_dim: int, max_pos: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        inv_freq, mscale = (scaling or RopeScaling(theta=theta)).frequencies(head_dim)
         freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)  # [max_pos, head_dim]
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cos", emb.cos() * mscale, persistent=False)
+        self.register_buffer("sin", emb.sin() * mscale, persistent=False)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows for `positions` [num_tokens], shaped [num_tokens, 1, head_dim] (fp32)."""
@@ -74,7 +76,7 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = cfg.head_dim**-0.5
@@ -94,6 +96,15 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
     ) -> torch.Tensor:
+        q = self.project(x, cos_sin, kv, meta)
+        o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
+        return self.o_proj(o.flatten(1))
+
+    def project(
+        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The new tokens' rotated queries [T, Hq, D]; their keys and values go into the cache."""
         if cpu_ops.usable(x, kv[0]):  # CPU serving: split, head norms, rotary and the KV write in one C call
             q_w = self.q_norm.weight if self.q_norm is not None else None
             k_w = self.k_norm.weight if self.k_norm is not None else None
@@ -103,8 +114,7 @@ class Attention(nn.Module):
         else:
             q, k, v = self._qkv(x, cos_sin)
             write_kv(kv[0], kv[1], k, v, meta.slot_mapping)
-        o = paged_attention(q, kv[0], kv[1], meta, self.scale)  # [T, Hq, D]
-        return self.o_proj(o.flatten(1))
+        return q
 
     def forward_dense(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
@@ -123,6 +133,7 @@ class MoE(nn.Module):
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))  # [E, 2I, H]: gate rows then up rows
         self.w2 = nn.Parameter(torch.empty(e, h, i))  # [E, H, I]
         self.top_k, self.renormalize = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.packable = True  # prepare_for_inference may pack w13/w2 into the C kernels' layout
         self.quantized: Any = None  # engine.moe.quantized.QuantizedExperts when experts are FP4
         # CPU serving's packed experts (w13/w2, or `quantized`, freed): cpu_dense.DenseExperts, or
         # cpu_fp4_panels.FP4PanelExperts for FP4 experts on AVX-512; `.run(x, weights, ids)`.
@@ -131,11 +142,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
-        logits = self.gate(flat)
-        if self.cpu_experts is not None and cpu_ops.usable(logits):
-            weights, ids = cpu_ops.route_topk(logits, self.top_k, self.renormalize)
-        else:
-            weights, ids = route(logits, self.top_k, self.renormalize)
+        weights, ids = self.route(flat)
         if flat.is_cuda and not torch.is_grad_enabled() and triton_available():
             from engine.moe.triton_moe import fused_moe  # GPU serving: two fused grouped GEMMs, no host sync
 
@@ -150,11 +157,20 @@ class MoE(nn.Module):
         return moe_experts(flat, weights, ids, self.w13, self.w2).view(shape)
 
 
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router: tokens [T, H] -> (weights [T, k] fp32, expert ids [T, k] int64)."""
+        logits = self.gate(flat)
+        if self.cpu_experts is not None and cpu_ops.usable(logits):
+            return cpu_ops.route_topk(logits, self.top_k, self.renormalize)
+        return route(logits, self.top_k, self.renormalize)
+
+
 class DenseMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        self.w13 = nn.Parameter(torch.empty(2 * cfg.intermediate_size, cfg.hidden_size))
-        self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, cfg.intermediate_size))
+        inter = cfg.intermediate_size if intermediate_size is None else intermediate_size
+        self.w13 = nn.Parameter(torch.empty(2 * inter, cfg.hidden_size))
+        self.w2 = nn.Parameter(torch.empty(cfg.hidden_size, inter))
         self.cpu_experts: Any = None  # CPU serving: packed as one always-routed expert (w13/w2 freed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +220,8 @@ def prepare_for_inference(model: nn.Module) -> int:
                 if type(child) is nn.Linear:
                     setattr(module, name, cpu_linear.PackedLinear(child))
                     converted += 1
+            if isinstance(module, MoE) and not module.packable:
+                continue
             if isinstance(module, MoE) and module.quantized is not None and cpu_fp4_panels.available():
                 module.cpu_experts = cpu_fp4_panels.FP4PanelExperts(module.quantized)
                 module.quantized = None
@@ -223,7 +241,7 @@ def prepare_for_inference(model: nn.Module) -> int:
         names: tuple[str, ...]
         if isinstance(module, nn.Linear):
             names = ("weight",)
-        elif isinstance(module, MoE | DenseMLP):
+        elif isinstance(module, DenseMLP) or (isinstance(module, MoE) and module.packable):
             names = ("w13", "w2")
         else:
             continue

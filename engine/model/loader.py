@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.errors import ModelLoadError
-from engine.model.config import ModelConfig
+from engine.model import deepseek_v3, gpt_oss
+from engine.model.config import DEEPSEEK_V3, GPT_OSS, ModelConfig
 from engine.model.fp4_checkpoint import (
     QUANT_CONFIGS,
     drop_dense_experts,
@@ -50,6 +51,8 @@ def _targets(model: MoEForCausalLM, cfg: ModelConfig, skip_experts: bool = False
             if cfg.attention_bias:
                 t[p + f"self_attn.{name}_proj.bias"] = attn.qkv_proj.bias.data[sl]
         t[p + "self_attn.o_proj.weight"] = attn.o_proj.weight.data
+        if cfg.attention_bias:
+            t[p + "self_attn.o_proj.bias"] = attn.o_proj.bias.data
         if attn.q_norm is not None and attn.k_norm is not None:
             t[p + "self_attn.q_norm.weight"] = attn.q_norm.weight.data
             t[p + "self_attn.k_norm.weight"] = attn.k_norm.weight.data
@@ -84,7 +87,12 @@ def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: di
     if m is None:
         return False
     layer, kind = int(m.group(1)), m.group(2)
-    mlp: Any = model.layers[layer].mlp
+    if layer == len(model.layers) and model.mtp is not None:  # DeepSeek's MTP layer follows the decoder layers
+        mlp: Any = model.mtp.layer.mlp  # type: ignore[union-attr]
+    elif layer < len(model.layers):
+        mlp = model.layers[layer].mlp
+    else:
+        raise ModelLoadError(f"unknown tensor {name}: the model has {len(model.layers)} layers")
     dst = mlp.w13.data if kind == "gate_up_proj" else mlp.w2.data
     if src.shape != dst.shape and src.transpose(1, 2).shape == dst.shape:
         src = src.transpose(1, 2)
@@ -93,6 +101,15 @@ def _load_fused(name: str, src: torch.Tensor, model: MoEForCausalLM, targets: di
     prefix = name.rsplit("experts.", 1)[0]
     done.update(k for k in targets if k.startswith(prefix + "experts.") and (key in k or ("up_proj" in k and key == "gate_proj") or (kind == "gate_up_proj" and k.endswith(("w1.weight", "w3.weight"))) or (kind == "down_proj" and k.endswith("w2.weight"))))
     return True
+
+
+def _has_mtp_tensors(path: Path, layer: int) -> bool:
+    prefix = f"model.layers.{layer}."
+    for file in _files(path):
+        with safe_open(str(file), framework="pt") as fh:
+            if any(k.startswith(prefix) for k in fh.keys()):
+                return True
+    return False
 
 
 def _files(path: Path) -> list[Path]:
@@ -109,16 +126,28 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     fmt = quant_format(json.loads((path / "config.json").read_text()))
     if (path / "mtp.safetensors").exists() and cfg.mtp_num_layers == 0:
         cfg.mtp_num_layers = 1
+    oss, ds = cfg.architecture == GPT_OSS, cfg.architecture == DEEPSEEK_V3
+    if ds and cfg.mtp_num_layers and not _has_mtp_tensors(path, cfg.num_layers):
+        cfg.mtp_num_layers = 0  # the config names an MTP layer the files do not carry (e.g. transformers' save)
     with torch.device("meta"):
-        model = MoEForCausalLM(cfg)
+        family = {GPT_OSS: gpt_oss.GptOssForCausalLM, DEEPSEEK_V3: deepseek_v3.DeepseekV3ForCausalLM}
+        model = family.get(cfg.architecture, MoEForCausalLM)(cfg)
         if fmt is not None:
             drop_dense_experts(model.layers)  # experts arrive packed: never allocate them dense
     model = model.to_empty(device="cpu")
-    model.rotary.__init__(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)  # type: ignore[misc]
+    model.rotary.__init__(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)  # type: ignore[misc]
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    targets = _targets(model, cfg, skip_experts=fmt is not None)
+    if oss:
+        targets = gpt_oss.targets(model, cfg)
+    elif ds:
+        targets = deepseek_v3.targets(model, cfg, skip_experts=fmt is not None)
+    else:
+        targets = _targets(model, cfg, skip_experts=fmt is not None)
+    tied: dict[str, torch.Tensor] = {}
     done: set[str] = set()
+    if oss:
+        targets.update(dict.fromkeys(gpt_oss.expert_names(cfg, fmt is not None)))  # type: ignore[arg-type]
     packed: dict[str, torch.Tensor] = {}
     for file in _files(path):
         with safe_open(str(file), framework="pt") as fh:
@@ -126,6 +155,11 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
                 src = fh.get_tensor(name)
                 if fmt is not None and is_fp4_tensor(name, fmt):
                     packed[name] = src
+                    done.add(name)
+                elif oss and gpt_oss.load_expert_tensor(model, name, src):
+                    done.add(name)
+                elif ds and name.startswith(f"model.layers.{cfg.num_layers}.") and name.endswith(deepseek_v3.TIED_MTP):
+                    tied[name] = src
                 elif name in targets:
                     _copy(name, targets[name], src)
                     done.add(name)
@@ -135,6 +169,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
                     continue
                 else:
                     raise ModelLoadError(f"unknown tensor {name} in {file.name} for {cfg.architecture}")
+    if ds:
+        deepseek_v3.check_tied_mtp(model, cfg, tied)
     missing = sorted(set(targets) - done)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -142,7 +178,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: tor
     if fmt is not None:
         for i, layer in enumerate(model.layers):
             if cfg.is_sparse(i):
-                layer.mlp.quantized = import_experts(cfg, i, fmt, packed)  # type: ignore[union-attr]
+                experts = import_experts(cfg, i, fmt, packed)
+                layer.mlp.quantized = gpt_oss.deinterleave_fp4(experts) if oss else experts  # type: ignore[union-attr]
         if packed:
             raise ModelLoadError(f"unknown tensor {sorted(packed)[0]} in {path} for {fmt}")
     model = model.to(device=device, dtype=dtype)

@@ -86,9 +86,21 @@ def attend_runs(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    window: int = 0, sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D]."""
+    """Causal attention of every new token over its sequence's cached context; [num_tokens, Hq, D].
+    `window` > 0 limits each token to its last `window` keys; `sinks` [Hq] adds per-head sink logits
+    to the softmax (gpt-oss); see `paged_attention_window_torch`."""
+    if window or sinks is not None:
+        if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):
+            from engine.kernels.triton.attention import paged_decode_attention
+
+            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale,
+                                          window=window, sinks=sinks)
+        if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta, variant=True):
+            return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window=window, sinks=sinks)
+        return paged_attention_window_torch(q, k_cache, v_cache, meta, scale, window, sinks)
     if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):  # sync-free (and CUDA-graph safe) decode
         from engine.kernels.triton.attention import paged_decode_attention
 
@@ -200,3 +212,44 @@ def _decode_padded(
     mask = (positions[None, :] < context_lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
     o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)  # [B, Hkv, G, D]
     return o.reshape(num_seqs, num_heads, head_dim)
+
+
+def paged_attention_window_torch(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+    window: int = 0, sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paged_attention` with a sliding window and/or attention sinks, in torch ops (the oracle of
+    the kernels' variants). `window` > 0: a token at position p sees keys p - window + 1 .. p;
+    `sinks` [Hq]: one learned logit per query head that joins each row's softmax denominator (and
+    contributes no value)."""
+    out = torch.empty_like(q)
+    for i, (q_len, ctx) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
+        lo, hi = meta.cu_query_lens[i], meta.cu_query_lens[i + 1]
+        start = max(0, ctx - q_len - window + 1) if window else 0  # the first key any new row sees
+        k = gather_context(k_cache, meta.block_tables[i], ctx)[start:]
+        v = gather_context(v_cache, meta.block_tables[i], ctx)[start:]
+        out[lo:hi] = attend_window(q[lo:hi], k, v, scale, ctx - q_len - start, window, sinks)
+    return out
+
+
+def attend_window(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, offset: int, window: int,
+    sinks: torch.Tensor | None,
+) -> torch.Tensor:
+    """q [n, Hq, D] at positions offset .. offset + n - 1 of k/v [L, Hkv, D]: causal (and windowed)
+    attention with optional per-head sink logits, computed in fp32; returns [n, Hq, D] in q's dtype."""
+    n, num_heads, _ = q.shape
+    group = num_heads // k.shape[1]
+    kh = k.transpose(0, 1).float().repeat_interleave(group, 0)  # [Hq, L, D]
+    vh = v.transpose(0, 1).float().repeat_interleave(group, 0)
+    scores = torch.matmul(q.transpose(0, 1).float(), kh.transpose(1, 2)) * scale  # [Hq, n, L]
+    q_pos = torch.arange(offset, offset + n, device=q.device)[:, None]
+    k_pos = torch.arange(k.shape[0], device=q.device)[None, :]
+    visible = k_pos <= q_pos
+    if window:
+        visible &= k_pos > q_pos - window
+    scores = scores.masked_fill(~visible, float("-inf"))
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.float()[:, None, None].expand(num_heads, n, 1)], dim=-1)
+    probs = torch.softmax(scores, dim=-1)[..., : k.shape[0]]
+    return torch.matmul(probs, vh).transpose(0, 1).to(q.dtype)

@@ -17,27 +17,32 @@ from engine.model.layers import DecoderLayer, RMSNorm, Rotary
 
 
 class MTPModule(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_cls: type[nn.Module] = DecoderLayer) -> None:
         super().__init__()
         self.enorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
-        self.layer = DecoderLayer(cfg, cfg.num_layers)
+        self.layer = layer_cls(cfg, cfg.num_layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class MoEForCausalLM(nn.Module):
+    """The decoder: Qwen3-MoE, Mixtral, and (every layer dense) Qwen3 / Llama; families with
+    other layers subclass it with their `layer_cls` (engine/model/gpt_oss.py)."""
+
+    layer_cls: type[nn.Module] = DecoderLayer
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.layer_cls(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
-        self.mtp = MTPModule(cfg) if cfg.mtp_num_layers else None
+        self.rotary = Rotary(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)
+        self.mtp = MTPModule(cfg, self.layer_cls) if cfg.mtp_num_layers else None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
@@ -91,7 +96,7 @@ class MoEForCausalLM(nn.Module):
             raise RuntimeError("this model has no MTP module (mtp_num_layers == 0)")
         m = self.mtp
         h = torch.cat([m.enorm(self.embed(next_input_ids)), m.hnorm(prenorm_hidden)], dim=-1)
-        x = m.layer.forward_dense(m.eh_proj(h), self.rotary)
+        x = m.layer.forward_dense(m.eh_proj(h), self.rotary)  # type: ignore[operator]
         return m.norm(x)
 
     def loss(self, input_ids: torch.Tensor, mtp_weight: float = 0.0, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -77,34 +77,46 @@ static inline void row_block(const float *qr, const float *kb, const float *vb, 
 /* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
    ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
    k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. */
+/* window > 0: the token at position p sees keys p - window + 1 .. p only. sinks (null: none):
+   [Hq] logits that join each row's softmax denominator with no value (gpt-oss). */
 static void attend_rows(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
                         const int64_t *table, const float *k_cache, const float *v_cache, int64_t block_size, int64_t Hkv,
-                        int64_t D, float scale, float *out)
+                        int64_t D, float scale, float *out, int64_t window, const float *sinks)
 {
     const int64_t rows = q_len * G, stride = Hkv * D;
     float *acc = (float *)calloc((size_t)(rows * D + 2 * rows), sizeof(float));
     float *m = acc + rows * D, *l = m + rows;
     for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY;
     const int64_t nblocks = (ctx + block_size - 1) / block_size;
-    for (int64_t b = 0; b < nblocks; b++) {
+    const int64_t first = window > 0 && ctx - q_len - window + 1 > 0 ? (ctx - q_len - window + 1) / block_size : 0;
+    for (int64_t b = first; b < nblocks; b++) {
         const int64_t key0 = b * block_size;
         const float *kb = k_cache + (table[b] * block_size * Hkv + h) * D;
         const float *vb = v_cache + (table[b] * block_size * Hkv + h) * D;
         for (int64_t r = 0; r < rows; r++) {
-            const int64_t t = r / G, g = r % G;
-            int64_t n = ctx - q_len + t + 1 - key0;  /* keys of this block row r may see */
+            const int64_t t = r / G, g = r % G, pos = ctx - q_len + t;
+            int64_t n = pos + 1 - key0;  /* keys of this block row r may see */
             if (n <= 0) continue;
             if (n > block_size) n = block_size;
+            const int64_t j0 = window > 0 && pos - window + 1 > key0 ? pos - window + 1 - key0 : 0;
+            if (j0 >= n) continue;
             const float *qr = q + ((q_row0 + t) * Hq + h * G + g) * D;
-            if (D == 64) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 64);
-            else if (D == 128) row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, 128);
-            else row_block(qr, kb, vb, stride, n, scale, m + r, l + r, acc + r * D, D);
+            const float *kj = kb + j0 * stride, *vj = vb + j0 * stride;
+            if (D == 64) row_block(qr, kj, vj, stride, n - j0, scale, m + r, l + r, acc + r * D, 64);
+            else if (D == 128) row_block(qr, kj, vj, stride, n - j0, scale, m + r, l + r, acc + r * D, 128);
+            else row_block(qr, kj, vj, stride, n - j0, scale, m + r, l + r, acc + r * D, D);
         }
     }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t t = r / G, g = r % G;
         float *o = out + ((q_row0 + t) * Hq + h * G + g) * D;
-        const float inv = 1.f / l[r];
+        float lr = l[r], keep = 1.f;
+        if (sinks) {  /* the sink joins the denominator; rescale when it is the new maximum */
+            const float sk = sinks[h * G + g];
+            if (sk > m[r]) { keep = expf(m[r] - sk); lr = lr * keep + 1.f; }
+            else lr += expf(sk - m[r]);
+        }
+        const float inv = keep / lr;
         for (int64_t d = 0; d < D; d++) o[d] = acc[r * D + d] * inv;
     }
     free(acc);
@@ -124,14 +136,15 @@ int64_t tiled_supported(int64_t D) {
    k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. Work items: (sequence, KV head)
    for the row path; (sequence, KV head, TILE_ROWS query rows) for the tiled path, taken by every
    (sequence, KV head) with at least tiled_min_rows rows when the tiled path exists here (any
-   number of new tokens; the row path is for at most 32). Returns -1 when a sequence needs the
-   tiled path and it is not available. */
+   number of new tokens; the row path is for at most 32). A sliding window or sinks (see
+   attend_rows) take the row path. Returns -1 when a sequence needs the tiled path and it is not
+   available. */
 int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
                         const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
                         int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
-                        int64_t tiled_min_rows)
+                        int64_t tiled_min_rows, int64_t window, const float *sinks)
 {
-    const int64_t G = Hq / Hkv, tiled = tiled_supported(D);
+    const int64_t G = Hq / Hkv, tiled = tiled_supported(D) && window <= 0 && !sinks;
     int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0;
     for (int64_t s = 0; s < num_seqs; s++) bound += Hkv * ((cu_q[s + 1] - cu_q[s]) * G / TILE_ROWS + 1);
     /* item -> (sequence, head, first row; -1 = the row path) */
@@ -170,7 +183,8 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                 continue;
             }
 #endif
-            attend_rows(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, table, k_cache, v_cache, block_size, Hkv, D, scale, out);
+            attend_rows(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, table, k_cache, v_cache, block_size, Hkv, D, scale, out,
+                        window, sinks);
         }
         free(scratch);
     }

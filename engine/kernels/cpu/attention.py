@@ -56,7 +56,7 @@ class PagedBatch(Protocol):
 
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I), _I),
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P), _I),
                ("tiled_supported", (_I,), _I))
 
 
@@ -76,28 +76,31 @@ def tiled_supported(head_dim: int) -> bool:
     return lib is not None and bool(lib.tiled_supported(head_dim))
 
 
-def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch) -> bool:
+def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch, variant: bool = False) -> bool:
     """Whether this step's attention can run in the kernel: fp32 CPU tensors, contiguous caches,
     blocks of at most 64 tokens, and at most MAX_QUERY_LEN new tokens per sequence unless the
-    tiled path runs here (`tiled_supported`)."""
+    tiled path runs here (`tiled_supported`; not for a `variant`: sliding window or sinks)."""
     return (
         q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
         and k_cache.shape[1] <= 64 and available()
-        and (meta.max_query_len <= MAX_QUERY_LEN or tiled_supported(q.shape[-1]))
+        and (meta.max_query_len <= MAX_QUERY_LEN or (not variant and tiled_supported(q.shape[-1])))
     )
 
 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: PagedBatch, scale: float,
-    tiled_min_rows: int | None = None,
+    tiled_min_rows: int | None = None, window: int = 0, sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context (its own K/V
-    already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `tiled_min_rows` overrides
+    already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `window` > 0: a token sees its
+    last `window` keys only; `sinks` [Hq]: per-head logits joining the softmax denominator (both
+    run on the row path). `tiled_min_rows` overrides
     TILED_MIN_ROWS (tests force either path with it). Raises ValueError when `supports` does not
     hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
     and the override keeps it off the tiled path."""
     lib = _KERNELS.require()
-    if not supports(q, k_cache, meta) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+    variant = window > 0 or sinks is not None
+    if not supports(q, k_cache, meta, variant) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("paged_attention (C) needs fp32 CPU tensors, contiguous caches, blocks <= 64 tokens "
                          f"and <= {MAX_QUERY_LEN} new tokens per sequence (more only on the tiled AVX-512 path)")
     num_tokens, num_heads, head_dim = q.shape
@@ -110,10 +113,14 @@ def paged_attention(
     cu = meta.cu_query_lens_t
     if cu is None:
         raise ValueError("attention metadata built for another device (no cu_query_lens_t)")
+    sink = None if sinks is None else sinks.detach().float().contiguous()
+    if sink is not None and sink.shape != (num_heads,):
+        raise ValueError(f"sinks must be [{num_heads}], got {tuple(sink.shape)}")
     status = lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
                                  tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
                                  head_dim, scale, out.data_ptr(), torch.get_num_threads(),
-                                 TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows)
+                                 TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows, window,
+                                 None if sink is None else sink.data_ptr())
     if status != 0:
         raise ValueError(f"more than {MAX_QUERY_LEN} new tokens per sequence need the tiled path (tiled_min_rows={tiled_min_rows})")
     return out

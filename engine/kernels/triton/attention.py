@@ -37,12 +37,13 @@ def _kernel() -> Any:
 
 def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    context_lens: torch.Tensor, scale: float, block_n: int = 64,
+    context_lens: torch.Tensor, scale: float, block_n: int = 64, window: int = 0, sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [B, Hq, D] (one new token per sequence, its K/V already written) over caches
     [num_blocks, block_size, Hkv, D] -> [B, Hq, D]. block_tables [B, max_blocks] and
     context_lens [B] (>= 1) are device tensors. head_dim must be a power of two (>= 16). With a
-    bf16 cache on a GPU the two products run on bf16 operands (fp32 accumulation)."""
+    bf16 cache on a GPU the two products run on bf16 operands (fp32 accumulation). `window` > 0:
+    each token sees its last `window` keys; `sinks` [Hq] fp32: per-head sink logits (gpt-oss)."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     if head_dim < 16 or head_dim & (head_dim - 1) or num_heads % num_kv_heads:
@@ -58,8 +59,9 @@ def paged_decode_attention(
     # tensor-core dots need 16 rows; the fp32 path multiplies in registers, so keep its tiles small
     group_pad, block_n = (max(16, group_pow2), block_n) if bf16_dot else (group_pow2, min(block_n, 16))
     _kernel()[(num_seqs, num_kv_heads)](
-        q, k_cache, v_cache, block_tables, context_lens, out, scale,
+        q, k_cache, v_cache, block_tables, context_lens, out, q if sinks is None else sinks.float().contiguous(), scale, window,
         q.stride(0), q.stride(1), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), out.stride(0), out.stride(1),
         BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, BLOCK_N=block_n, BF16_DOT=bf16_dot,
+        HAS_SINKS=sinks is not None,
     )
     return out
