@@ -110,3 +110,15 @@ def test_bad_arguments_raise() -> None:
         _run(q, k_cache, v_cache, meta, window=0)
     with pytest.raises(ValueError, match="one per query head"):
         _run(q, k_cache, v_cache, meta, sinks=torch.zeros(3))
+
+
+@pytest.mark.gpu
+def test_cuda_dispatch_runs_prefill_and_verification_through_the_kernel_in_bf16() -> None:
+    from engine.model.paged_attention import paged_attention
+
+    q, k_cache, v_cache, cpu_meta = _step(*MIXED, 16, 8, 2, seed=5)
+    meta = AttentionMetadata.build(MIXED[0], MIXED[1], cpu_meta.block_table_lists, 16, "cuda")
+    assert meta.cu_query_lens_t is not None and meta.cu_query_lens_t.is_cuda
+    qc, kc, vc = (x.to("cuda", torch.bfloat16) for x in (q, k_cache, v_cache))
+    ref = paged_attention_torch(qc.float(), kc.float(), vc.float(), meta, 0.25)
+    torch.testing.assert_close(paged_attention(qc, kc, vc, meta, 0.25).float(), ref, atol=3e-2, rtol=3e-2)
