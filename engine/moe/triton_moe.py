@@ -121,7 +121,8 @@ def split_k_for(programs: int, k: int, block_k: int, sm_count: int) -> int:
 
 def _k_split(k: int, block_k: int, split: int) -> tuple[int, int]:
     """(slice length, a multiple of block_k; number of non-empty slices) for `split` slices."""
-    length = -(-(-(-k // block_k)) // split) * block_k
+    tiles = -(-k // block_k)
+    length = -(-tiles // split) * block_k
     return length, -(-k // length)
 
 
