@@ -29,7 +29,7 @@ for step in $steps; do
     hf) timeout "$t" $py benchmarks/engine_vs_hf.py --device cuda --dtype bfloat16 --repeats 3 2>&1 | tee "$out/hf.log" ;;
     *) echo "unknown step $step"; status=2; continue ;;
   esac
-  rc=${PIPESTATUS[0]}
+  rc=$?
   [ "$rc" -ne 0 ] && status=$rc
   [ "$rc" -eq 124 ] && echo "== step $step: stopped at its $t s limit" | tee -a "$out/gpu.txt"
   echo "== step $step: exit $rc, $((SECONDS - start)) s" | tee -a "$out/gpu.txt"
