@@ -51,7 +51,10 @@ def _varlen_paged_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, cu_ptr, sink
         if FP32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale  # [rows, BLOCK_N]
+        if FP32:  # IEEE fp32 products (not tf32): an fp32 cache on a GPU matches the CPU engine
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [rows, BLOCK_N]
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale
         visible = tmask[None, :] & (t[None, :] <= pos[:, None])
         if HAS_WINDOW:
             visible = visible & (t[None, :] > pos[:, None] - window)
@@ -61,7 +64,10 @@ def _varlen_paged_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, cu_ptr, sink
         alpha = tl.exp(m - m_safe)
         p = tl.exp(s - m_safe[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if FP32:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
     out = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
     tl.store(out_ptr + (q_lo + tok)[:, None] * stride_ot + (kvh * GROUP + head)[:, None] * stride_oh + d[None, :],
