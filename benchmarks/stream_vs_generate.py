@@ -8,7 +8,11 @@ the gap is the two threads queueing for the GIL (a woken thread waits up to the 
 for the other to let go), it closes there. The process-wide setting is only changed inside this
 benchmark, never by the engine.
 
+`--emulated-step-ms X` replaces the model step by X ms of GIL-free waiting (what a device sync
+does) after 0.3 ms of Python work: the hand-off cost on its own, measurable without a GPU.
+
     python benchmarks/stream_vs_generate.py [--device cuda] [--tokens 128] [--repeats 5] [--quick]
+                                            [--emulated-step-ms 1.5]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,6 +67,19 @@ def stream_rate(llm: LLM, prompt: list[int], params: SamplingParams, switch: flo
     return (count - 1) / max(1e-9, total - first)
 
 
+def emulate_steps(llm: LLM, step_ms: float) -> None:
+    """Replace the runner's model step by `step_ms` of GIL-free sleep after 0.3 ms of Python work;
+    every sampling sequence gets token 7."""
+    def execute(batch: Any) -> tuple[list[list[int]], list[int], float]:
+        start = time.perf_counter()
+        while time.perf_counter() - start < 3e-4:  # scheduling and kernel launches hold the GIL
+            pass
+        time.sleep(step_ms / 1000)  # the device step: torch.cuda.synchronize releases the GIL
+        return [[7] if batch.samples(i) else [] for i in range(len(batch))], [0] * len(batch), step_ms / 1000
+
+    llm.core.runner.execute = execute  # type: ignore[method-assign]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -69,9 +87,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--emulated-step-ms", type=float, default=None, help="replace the model step (see above)")
     args = ap.parse_args()
     tokens, repeats = (8, 1) if args.quick else (args.tokens, args.repeats)
     llm = LLM(device=args.device)
+    if args.emulated_step_ms is not None:
+        emulate_steps(llm, args.emulated_step_ms)
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
     prompt = list(range(100, 164))
     llm.generate([prompt], params)  # warm-up: kernels compiled, graphs captured
@@ -84,8 +105,9 @@ def main() -> None:
     base = statistics.median(runs["generate"])
     cols = ["api", "median tok/s", "min", "max", "vs generate"]
     rows = [[k, statistics.median(v), min(v), max(v), statistics.median(v) / base] for k, v in runs.items()]
-    print_table(f"decode tok/s at batch 1, {tokens} tokens, {repeats} alternating runs ({args.device})", cols, rows)
-    if not args.no_write and not args.quick:
+    what = f"emulated {args.emulated_step_ms} ms steps" if args.emulated_step_ms is not None else args.device
+    print_table(f"decode tok/s at batch 1, {tokens} tokens, {repeats} alternating runs ({what})", cols, rows)
+    if not args.no_write and not args.quick and args.emulated_step_ms is None:
         body = markdown_table(cols, rows) + f"\n\nBatch 1, {tokens} new tokens, greedy; {repeats} alternating runs each."
         write_section(f"stream_vs_generate_{args.device}", f"stream vs generate ({args.device})", body,
                       f"python benchmarks/stream_vs_generate.py --device {args.device}", {"runs": runs})
