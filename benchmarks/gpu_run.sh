@@ -14,7 +14,7 @@ steps=${*:-tests fp4 stream spec hf}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-declare -A limit=([tests]=110 [fp4]=140 [stream]=30 [spec]=80 [hf]=90)
+declare -A limit=([tests]=110 [fp4]=160 [stream]=30 [spec]=70 [hf]=80)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
 $py -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$out/gpu.txt"
 tests=(tests/engine/test_varlen_attention.py tests/engine/test_triton_attention.py tests/engine/moe/test_triton_moe.py
@@ -25,7 +25,7 @@ for step in $steps; do
   t=${limit[$step]:-60}
   case $step in
     tests) timeout "$t" $py -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$out/tests.log" ;;
-    fp4) timeout "$t" $py benchmarks/fp4_moe.py --gpu-only 2>&1 | tee "$out/fp4.log" ;;
+    fp4) timeout "$t" $py benchmarks/fp4_moe.py --gpu-only --small-sweep 2>&1 | tee "$out/fp4.log" ;;
     stream) timeout "$t" $py benchmarks/stream_vs_generate.py --device cuda --tokens 128 --repeats 5 2>&1 | tee "$out/stream.log" ;;
     spec) timeout "$t" $py benchmarks/spec_decode.py --device cuda --turns 16 --max-tokens 96 2>&1 | tee "$out/spec.log" ;;
     hf) timeout "$t" $py benchmarks/engine_vs_hf.py --device cuda --dtype bfloat16 --repeats 3 2>&1 | tee "$out/hf.log" ;;
