@@ -2,8 +2,8 @@
 # Everything that needs a CUDA device, in one go (a lent GPU machine is held by the minute): the
 # gpu-marked tests (Triton varlen and decode attention compiled, the FP4 MoE kernel with split-K,
 # CUDA graphs for decode and speculative verification, the engine on CUDA), then the GPU benchmarks
-# (varlen attention vs the torch loop, FP4 vs bf16 MoE kernel table at batch 1-256, stream vs generate, speculative decoding, engine vs
-# transformers).
+# (varlen attention vs the torch loop, FP4 vs bf16 MoE kernel table at batch 1-256, stream vs
+# generate, speculative decoding, engine vs transformers).
 # Usage: benchmarks/gpu_run.sh [OUTDIR] [steps...]   steps: tests attn fp4 stream spec hf (default: all)
 # Each step has its own time limit (`limit`, seconds; 460 s in all, under 8 minutes with the
 # set-up), so a slow step cannot eat the others' time. Logs and the updated docs/benchmarks* land in
