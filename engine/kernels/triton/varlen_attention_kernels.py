@@ -37,6 +37,7 @@ def _varlen_paged_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, cu_ptr, sink
     acc = tl.zeros((BLOCK_M * GROUP_PAD, HEAD_DIM), dtype=tl.float32)
     first = ctx - q_len + tile * BLOCK_M  # position of the tile's first token
     hi = tl.minimum(ctx, first + BLOCK_M)  # keys past the tile's last token are masked for every row
+    hi = tl.where(tile * BLOCK_M < q_len, hi, 0)  # a tile past this sequence's rows reads nothing
     lo = 0
     if HAS_WINDOW:
         lo = tl.maximum(0, first - window + 1)
