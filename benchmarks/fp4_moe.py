@@ -97,6 +97,7 @@ SWEEP: tuple[tuple[int, int, int, int, bool, int], ...] = (
     (64, 128, 4, 3, True, 16), (128, 128, 4, 3, True, 16), (64, 256, 4, 3, True, 16),
     (64, 128, 4, 3, False, 64), (128, 128, 8, 3, False, 64),
 )
+SMALL_SWEEP = (0, 1, 3, 5)  # the configurations --quick and --small-sweep try (a time-boxed GPU run)
 
 
 def _graph_time_us(fn: Any, calls: int) -> float:
@@ -200,7 +201,7 @@ def gpu_main(args: argparse.Namespace) -> None:
             "bf16 GB/s", "nvfp4 GB/s", "fp4 rel err"]
     shapes = dict(list(GPU_SHAPES.items())[:2]) if args.quick else GPU_SHAPES
     tokens = (1, 16, 64) if args.quick else GPU_TOKENS
-    configs = tuple(SWEEP[i] for i in (0, 1, 3, 5)) if args.quick else SWEEP
+    configs = tuple(SWEEP[i] for i in SMALL_SWEEP) if args.quick or args.small_sweep else SWEEP
     rows, data = gpu_kernels(shapes, tokens, configs, fp32_dequant=args.fp32_dequant)
     print_table("fused MoE kernel per layer call, bf16 activations (CUDA graph replay, median)", cols, rows)
     decode_rows = []
@@ -213,12 +214,13 @@ def gpu_main(args: argparse.Namespace) -> None:
     if not args.no_write and not args.quick:
         body = (markdown_table(cols, rows) + "\n\nMicroseconds per MoE layer call (route given; sort/pad by expert, "
                 "gate/up GEMM + SwiGLU, down GEMM + router weights, top-k sum), each the best of a small tile sweep "
-                "(`SWEEP` in the script). speedup = bf16 kernel / FP4 kernel: the same grouped GEMM with bf16 expert "
+                f"(`SWEEP` in the script{', the SMALL_SWEEP subset' if args.small_sweep else ''}). speedup = bf16 kernel / FP4 kernel: the same grouped GEMM with bf16 expert "
                 "weights. GB/s = expert weight bytes the call must read (experts actually routed to) / time. "
                 "fp4 rel err = |kernel - fp64 reference on the dequantised weights| / |reference|.\n\n"
                 "Engine decode on the GPU (embedded model, eager, 64 new tokens):\n\n"
                 + markdown_table(["experts", "b1 tok/s", "b16 tok/s"], decode_rows))
-        write_section("fp4_moe_gpu", "FP4 MoE kernel (GPU)", body, "python benchmarks/fp4_moe.py --gpu-only", data)
+        cmd = "python benchmarks/fp4_moe.py --gpu-only" + (" --small-sweep" if args.small_sweep else "")
+        write_section("fp4_moe_gpu", "FP4 MoE kernel (GPU)", body, cmd, data)
 
 
 def main() -> None:
@@ -227,6 +229,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU kernel table and engine decode (needs CUDA)")
+    ap.add_argument("--small-sweep", action="store_true", help="GPU: try only the SMALL_SWEEP tile configurations")
     ap.add_argument("--fp32-dequant", action="store_true", help="GPU: also time the FP4 kernels with fp32 dequantisation")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -113,7 +113,7 @@ class ModelRunner:
             self._fill_drafts(batch)
         input_ids, positions, meta = self.prepare(batch)
         prenorm = None
-        if self.graphs is not None and meta.is_decode:  # pure decode (verification steps have k + 1 rows per sequence)
+        if self.graphs is not None:  # decode and verification steps with one row count per sequence replay a graph
             prenorm = self.graphs.run(input_ids, positions, meta)
         if prenorm is None:
             prenorm = self.model.forward_prenorm(input_ids, positions, self.kv_cache, meta)  # [num_tokens, hidden]

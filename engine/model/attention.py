@@ -58,7 +58,7 @@ class AttentionMetadata:
     max_context_len: int
     block_size: int = 0  # tokens per KV block (0: unknown, no cascade groups)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
-    cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 CPU copy of cu_query_lens (CPU kernels)
+    cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 copy of cu_query_lens on the step's device (C and Triton kernels)
     # Derived once per step from query_lens (every attention layer asks):
     max_query_len: int = field(init=False)  # the most new tokens of one sequence (0 for an empty step)
     is_decode: bool = field(init=False)  # every sequence adds exactly one token (pure decode step)
@@ -113,7 +113,7 @@ class AttentionMetadata:
             max_context_len=max(context_lens, default=0),
             block_size=block_size,
             block_table_lists=[list(t) for t in block_tables],
-            cu_query_lens_t=torch.tensor(cu, dtype=torch.long) if torch.device(device).type == "cpu" else None,
+            cu_query_lens_t=torch.tensor(cu, dtype=torch.long, device=device),
         )
 
 

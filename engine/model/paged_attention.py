@@ -1,4 +1,4 @@
-"""Attention over the paged KV cache: the dispatcher (Triton decode kernel on CUDA, the C kernel for short rows on the CPU) and the torch path.
+"""Attention over the paged KV cache: the dispatcher (Triton decode and varlen kernels on CUDA, the C kernel for short rows on the CPU) and the torch path.
 
 Shapes: q [num_tokens, num_heads, head_dim]; a layer's cache [num_blocks, block_size, num_kv_heads,
 head_dim]. Grouped-query attention: query head h reads KV head h // (num_heads // num_kv_heads).
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.kernels.cpu import attention as cpu_attention
 from engine.kernels.triton.attention import decode_kernel_supports
+from engine.kernels.triton.varlen_attention import varlen_kernel_supports
 from engine.model.attention import AttentionMetadata
 
 
@@ -105,6 +106,13 @@ def paged_attention(
         from engine.kernels.triton.attention import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
+    if q.is_cuda and varlen_kernel_supports(q.shape[-1]):  # prefill chunks and verification rows: one launch per step
+        from engine.kernels.triton.varlen_attention import varlen_paged_attention
+
+        cu = meta.cu_query_lens_t
+        if cu is None or cu.device != q.device:
+            cu = torch.tensor(meta.cu_query_lens, dtype=torch.long, device=q.device)
+        return varlen_paged_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, cu, meta.max_query_len, scale)
     if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification, prefill (AVX-512): C, from the blocks
         return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale)
     return paged_attention_torch(q, k_cache, v_cache, meta, scale)

@@ -13,6 +13,10 @@ Layout of the work (the shape of vLLM's fused_moe, written for this project's FP
    registers and the [rows, I] result is written once.
 3. `_down_kernel`: the same for W2 over that result, times each pair's router weight, written per
    pair; a torch `index_add_` then sums each token's top-k pairs (deterministic, no atomics).
+4. Split-K when the batch is small: a decode step has a handful of row blocks, too few programs to
+   keep every SM streaming weight bytes, so the reduction dimension is split across a third grid
+   axis (`split_k_for`); each slice writes fp32 partial sums, which torch adds up (deterministic,
+   no atomics). For W13 the SwiGLU then runs on the summed gate and up columns.
 
 Scales are decoded in the kernel from their stored bytes: NVFP4 block scales are FP8 E4M3 (bits),
 times the FP32 second-level scale of their row (one per tensor, or per expert and projection for
@@ -98,6 +102,30 @@ def align_by_expert(expert_ids: torch.Tensor, num_experts: int, block_m: int = B
     return sorted_ids, block_expert, ends[-1:]
 
 
+MAX_SPLIT_K = 8
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_k_for(programs: int, k: int, block_k: int, sm_count: int) -> int:
+    """How many slices to split a reduction of length k into when a GEMM has only `programs`
+    (row block x column tile) programs: enough to give every SM about two, at most MAX_SPLIT_K
+    and at most one BLOCK_K tile per slice. 1 when the grid already fills the device."""
+    if programs <= 0 or programs >= 2 * sm_count:
+        return 1
+    return max(1, min(MAX_SPLIT_K, -(-2 * sm_count // programs), -(-k // block_k)))
+
+
+def _k_split(k: int, block_k: int, split: int) -> tuple[int, int]:
+    """(slice length, a multiple of block_k; number of non-empty slices) for `split` slices."""
+    tiles = -(-k // block_k)
+    length = -(-tiles // split) * block_k
+    return length, -(-k // length)
+
+
 @functools.cache
 def _kernels() -> tuple[Any, Any]:
     from engine.kernels.triton import moe_kernels as triton_kernels
@@ -117,7 +145,7 @@ DenseExperts = tuple[torch.Tensor, torch.Tensor]
 def fused_moe(
     x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts | DenseExperts,
     block_n: int = 32, block_k: int = 64, num_warps: int = 4, num_stages: int = 2, swap_ab: bool = False,
-    block_m: int = BLOCK_M, bf16_dequant: bool | None = None,
+    block_m: int = BLOCK_M, bf16_dequant: bool | None = None, split_k: int | None = None,
 ) -> torch.Tensor:
     """Router-weighted sum of each token's top-k experts in two Triton grouped GEMMs, over packed
     FP4 experts (`QuantizedExperts`, dequantised in registers) or dense ones (a (w13, w2) pair).
@@ -125,8 +153,9 @@ def fused_moe(
 
     With bf16 activations on a GPU the tile products run on bf16 operands (tensor cores, fp32
     accumulation) and FP4 weights dequantise in bf16 (exact; `bf16_dequant=False` keeps fp32);
-    otherwise on fp32 operands at IEEE precision. Raises ValueError on inconsistent shapes or
-    tile sizes.
+    otherwise on fp32 operands at IEEE precision. `split_k`: slices of the reduction dimension
+    per GEMM (None: `split_k_for` on a GPU, 1 elsewhere). Raises ValueError on inconsistent shapes
+    or tile sizes.
     """
     num_tokens, hidden = x.shape
     if weights.shape != expert_ids.shape or weights.shape[0] != num_tokens:
@@ -154,6 +183,8 @@ def fused_moe(
         raise ValueError(f"block_k must be a power of two >= 32 (two 16-wide dot halves), got {block_k}")
     if block_m < 16 or block_m & (block_m - 1) or block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_m and block_n must be powers of two >= 16, got {block_m}, {block_n}")
+    if split_k is not None and split_k < 1:
+        raise ValueError(f"split_k {split_k} must be >= 1")
     if num_tokens == 0:
         return torch.zeros_like(x)
     gate_up, down = _kernels()
@@ -163,19 +194,30 @@ def fused_moe(
     max_padded = sorted_ids.numel()
     dot_bf16 = x.is_cuda and x.dtype == torch.bfloat16
     xc = x.contiguous()
-    act = torch.empty(max_padded, inter, dtype=torch.bfloat16 if dot_bf16 else torch.float32, device=x.device)
     launch = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "FMT_BLOCK": fmt_block, "WFMT": wfmt,
               "DOT_BF16": dot_bf16, "SWAP_AB": swap_ab, "BF16_DEQUANT": dot_bf16 if bf16_dequant is None else bf16_dequant, "num_warps": num_warps, "num_stages": num_stages}
-    gate_up[(max_padded // block_m, -(-inter // block_n))](
-        xc, p13, s13, rs13, act, sorted_ids, block_expert, num_padded, num_pairs, hidden, inter, top_k,
-        xc.stride(0), p13.stride(0), p13.stride(1), k_stride13, s13.stride(0), s13.stride(1), act.stride(0), **launch,
+    grid_m = max_padded // block_m
+    sms = _sm_count(x.device) if x.is_cuda else 0
+    k13, s13_n = _k_split(hidden, block_k, split_k or split_k_for(grid_m * -(-inter // block_n), hidden, block_k, sms))
+    act_dtype = torch.bfloat16 if dot_bf16 else torch.float32
+    act = torch.empty(s13_n, max_padded, two_i, dtype=torch.float32, device=x.device) if s13_n > 1 else torch.empty(max_padded, inter, dtype=act_dtype, device=x.device)
+    gate_up[(grid_m, -(-inter // block_n), s13_n)](
+        xc, p13, s13, rs13, act, sorted_ids, block_expert, num_padded, num_pairs, hidden, inter, top_k, k13,
+        xc.stride(0), p13.stride(0), p13.stride(1), k_stride13, s13.stride(0), s13.stride(1), act.stride(0), act.stride(-2),
+        SPLIT=s13_n > 1, **launch,
     )
-    per_pair = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)
+    if s13_n > 1:
+        gate, up = act.sum(0).split(inter, dim=1)
+        act = (torch.nn.functional.silu(gate) * up).to(act_dtype)
+    k2, s2_n = _k_split(inter, block_k, split_k or split_k_for(grid_m * -(-hidden // block_n), inter, block_k, sms))
+    per_pair = torch.empty(s2_n, num_pairs, hidden, dtype=torch.float32, device=x.device)
     topk_w = weights.reshape(-1).float().contiguous()
-    down[(max_padded // block_m, -(-hidden // block_n))](
-        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, num_padded, topk_w, num_pairs, hidden, inter,
-        act.stride(0), p2.stride(0), p2.stride(1), k_stride2, s2.stride(0), s2.stride(1), per_pair.stride(0), **launch,
+    down[(grid_m, -(-hidden // block_n), s2_n)](
+        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, num_padded, topk_w, num_pairs, hidden, inter, k2,
+        act.stride(0), p2.stride(0), p2.stride(1), k_stride2, s2.stride(0), s2.stride(1), per_pair.stride(0), per_pair.stride(1),
+        SPLIT=s2_n > 1, **launch,
     )
+    per_pair = per_pair.sum(0) if s2_n > 1 else per_pair[0]
     return per_pair.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)
 
 

@@ -1,5 +1,5 @@
 """The CPU engine imports and generates where Triton is not installed (macOS, Windows, ARM wheels
-missing): a subprocess in which `import triton` fails imports every engine module except the two
+missing): a subprocess in which `import triton` fails imports every engine module except the three
 that hold `@triton.jit` kernels, and serves a tiny model on the CPU."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ sys.modules["triton"] = None  # import triton -> ImportError, as on a machine wi
 import engine
 from engine.kernels.triton import triton_available
 assert not triton_available()
-skipped = {"engine.kernels.triton.attention_kernels", "engine.kernels.triton.moe_kernels"}
+skipped = {"engine.kernels.triton.attention_kernels", "engine.kernels.triton.moe_kernels", "engine.kernels.triton.varlen_attention_kernels"}
 names = [m.name for m in pkgutil.walk_packages(engine.__path__, "engine.") if m.name not in skipped]
 for name in names:
     if not name.endswith("__main__"):

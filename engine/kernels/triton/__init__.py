@@ -1,5 +1,5 @@
 """Triton kernels for the CUDA path. Triton is imported lazily: the modules holding `@triton.jit`
-functions (`attention_kernels`, `moe_kernels`) are imported only when a kernel is launched, so the
+functions (`attention_kernels`, `varlen_attention_kernels`, `moe_kernels`) are imported only when a kernel is launched, so the
 CPU engine imports and serves where Triton is not installed (it has wheels only for Linux
 x86_64/aarch64; pyproject's environment marker installs it only there)."""
 

@@ -6,6 +6,8 @@ WFMT selects the expert weight format: 0 dense (bf16/fp16/fp32 [E, R, K], any st
 1 NVFP4, 2 MXFP4 (packed [E, R, K/2] bytes, even element in the low nibble, plus block scales).
 DOT_BF16 runs the tile products on bf16 operands with fp32 accumulation (tensor cores on a GPU);
 otherwise fp32 operands with IEEE precision (exact enough for the interpreter tests).
+Split-K: grid axis 2 splits the reduction dimension into k_split-long slices; each slice writes
+its partial sums (fp32) at offset program_id(2) * stride_os and the caller adds them up.
 """
 
 # mypy: ignore-errors
@@ -91,15 +93,16 @@ def _dot(a, b, acc, DOT_BF16: tl.constexpr, SWAP_AB: tl.constexpr):
 
 
 @triton.jit
-def _matmul_rows(a_ptr, a_rows, a_valid, stride_am, w_ptr, s_ptr, wrows, K,
+def _matmul_rows(a_ptr, a_rows, a_valid, stride_am, w_ptr, s_ptr, wrows, K, k_lo, k_hi,
                  stride_wr, stride_wk, stride_sr, acc, BN: tl.constexpr,
                  BLOCK_K: tl.constexpr, FMT_BLOCK: tl.constexpr, WFMT: tl.constexpr, DOT_BF16: tl.constexpr,
                  SWAP_AB: tl.constexpr, BF16_DEQUANT: tl.constexpr):
-    """acc + A[a_rows, :K] @ W[wrows, :K].T for one expert's weight W (dense, or packed FP4
-    without its per-row second-level scales)."""
+    """acc + A[a_rows, k_lo:k_hi] @ W[wrows, k_lo:k_hi].T for one expert's weight W (dense, or
+    packed FP4 without its per-row second-level scales); K bounds the masks, k_lo is a multiple of
+    BLOCK_K (split-K: each program of a split owns one such slice of K)."""
     if WFMT == 0:
         offs_k = tl.arange(0, BLOCK_K)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             kk = k0 + offs_k
             kmask = kk < K
             a = tl.load(a_ptr + a_rows[:, None] * stride_am + kk[None, :], mask=a_valid[:, None] & kmask[None, :], other=0.0).to(tl.float32)
@@ -107,7 +110,7 @@ def _matmul_rows(a_ptr, a_rows, a_valid, stride_am, w_ptr, s_ptr, wrows, K,
             acc = _dot(a, w, acc, DOT_BF16, SWAP_AB)
     else:
         half = tl.arange(0, BLOCK_K // 2)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             kk = k0 + 2 * half
             am = a_valid[:, None] & (kk < K)[None, :]
             a_even = tl.load(a_ptr + a_rows[:, None] * stride_am + kk[None, :], mask=am, other=0.0).to(tl.float32)
@@ -126,6 +129,13 @@ def _row_block(sorted_ptr, block_expert_ptr, num_pairs, BLOCK_M: tl.constexpr):
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(sorted_ptr + offs_m)
     return expert, offs_m, pair, pair < num_pairs
+
+
+@triton.jit
+def _k_slice(K, k_split):
+    """This program's slice of the reduction dimension (program_id(2) is the split index)."""
+    k_lo = tl.program_id(2) * k_split
+    return k_lo, tl.minimum(K, k_lo + k_split)
 
 
 @triton.jit
@@ -160,11 +170,11 @@ def _row_scaled(acc, rs_ptr, rows, WFMT: tl.constexpr, SWAP_AB: tl.constexpr):
 
 @triton.jit
 def _gate_up_kernel(x_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
-                    num_pairs, H, INTER, top_k,
-                    stride_xm, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_om,
+                    num_pairs, H, INTER, top_k, k_split,
+                    stride_xm, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_os, stride_om,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     FMT_BLOCK: tl.constexpr, WFMT: tl.constexpr, DOT_BF16: tl.constexpr, SWAP_AB: tl.constexpr,
-                    BF16_DEQUANT: tl.constexpr):
+                    BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr):
     if tl.program_id(0) * BLOCK_M >= tl.load(num_padded_ptr):
         return  # past the last padded block: the grid is sized for the worst case, with no host sync
     expert, offs_m, pair, valid = _row_block(sorted_ptr, block_expert_ptr, num_pairs, BLOCK_M)
@@ -176,23 +186,29 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expe
     up_rows = tl.where(cmask, cols + INTER, 0)
     w_e = w_ptr + expert * stride_we
     s_e = s_ptr + expert * stride_se
-    acc_g = _matmul_rows(x_ptr, token, valid, stride_xm, w_e, s_e, gate_rows, H, stride_wr, stride_wk, stride_sr,
+    k_lo, k_hi = _k_slice(H, k_split)
+    acc_g = _matmul_rows(x_ptr, token, valid, stride_xm, w_e, s_e, gate_rows, H, k_lo, k_hi, stride_wr, stride_wk, stride_sr,
                          _acc_init(BLOCK_M, BLOCK_N, SWAP_AB), BLOCK_N, BLOCK_K, FMT_BLOCK, WFMT, DOT_BF16, SWAP_AB, BF16_DEQUANT)
-    acc_u = _matmul_rows(x_ptr, token, valid, stride_xm, w_e, s_e, up_rows, H, stride_wr, stride_wk, stride_sr,
+    acc_u = _matmul_rows(x_ptr, token, valid, stride_xm, w_e, s_e, up_rows, H, k_lo, k_hi, stride_wr, stride_wk, stride_sr,
                          _acc_init(BLOCK_M, BLOCK_N, SWAP_AB), BLOCK_N, BLOCK_K, FMT_BLOCK, WFMT, DOT_BF16, SWAP_AB, BF16_DEQUANT)
     acc_g = _row_scaled(acc_g, rs_ptr + expert * 2 * INTER, gate_rows, WFMT, SWAP_AB)
     acc_u = _row_scaled(acc_u, rs_ptr + expert * 2 * INTER, up_rows, WFMT, SWAP_AB)
-    act = _acc_rows(acc_g / (1.0 + tl.exp(-acc_g)) * acc_u, SWAP_AB)  # SwiGLU in registers
-    tl.store(out_ptr + offs_m[:, None] * stride_om + cols[None, :], act.to(out_ptr.dtype.element_ty), mask=cmask[None, :])
+    if SPLIT:  # partial gate and up sums of this K slice, [split, row, 2I] fp32; SwiGLU after the sum
+        part = out_ptr + tl.program_id(2) * stride_os + offs_m[:, None] * stride_om + cols[None, :]
+        tl.store(part, _acc_rows(acc_g, SWAP_AB), mask=cmask[None, :])
+        tl.store(part + INTER, _acc_rows(acc_u, SWAP_AB), mask=cmask[None, :])
+    else:
+        act = _acc_rows(acc_g / (1.0 + tl.exp(-acc_g)) * acc_u, SWAP_AB)  # SwiGLU in registers
+        tl.store(out_ptr + offs_m[:, None] * stride_om + cols[None, :], act.to(out_ptr.dtype.element_ty), mask=cmask[None, :])
 
 
 @triton.jit
 def _down_kernel(a_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, topk_w_ptr,
-                 num_pairs, H, INTER,
-                 stride_am, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_op,
+                 num_pairs, H, INTER, k_split,
+                 stride_am, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_os, stride_op,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  FMT_BLOCK: tl.constexpr, WFMT: tl.constexpr, DOT_BF16: tl.constexpr, SWAP_AB: tl.constexpr,
-                 BF16_DEQUANT: tl.constexpr):
+                 BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr):
     if tl.program_id(0) * BLOCK_M >= tl.load(num_padded_ptr):
         return
     expert, offs_m, pair, valid = _row_block(sorted_ptr, block_expert_ptr, num_pairs, BLOCK_M)
@@ -202,9 +218,10 @@ def _down_kernel(a_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_
     rows = tl.where(cmask, cols, 0)
     w_e = w_ptr + expert * stride_we
     s_e = s_ptr + expert * stride_se
-    acc = _matmul_rows(a_ptr, offs_m, valid, stride_am, w_e, s_e, rows, INTER, stride_wr, stride_wk, stride_sr,
+    k_lo, k_hi = _k_slice(INTER, k_split)
+    acc = _matmul_rows(a_ptr, offs_m, valid, stride_am, w_e, s_e, rows, INTER, k_lo, k_hi, stride_wr, stride_wk, stride_sr,
                        _acc_init(BLOCK_M, BLOCK_N, SWAP_AB), BLOCK_N, BLOCK_K, FMT_BLOCK, WFMT, DOT_BF16, SWAP_AB, BF16_DEQUANT)
     acc = _row_scaled(acc, rs_ptr + expert * H, rows, WFMT, SWAP_AB)
     weight = tl.load(topk_w_ptr + tl.where(valid, pair, 0), mask=valid, other=0.0).to(tl.float32)
     acc = _acc_rows(acc, SWAP_AB) * weight[:, None]
-    tl.store(out_ptr + tl.where(valid, pair, 0)[:, None] * stride_op + cols[None, :], acc, mask=valid[:, None] & cmask[None, :])
+    tl.store(out_ptr + tl.program_id(2) * stride_os + tl.where(valid, pair, 0)[:, None] * stride_op + cols[None, :], acc, mask=valid[:, None] & cmask[None, :])

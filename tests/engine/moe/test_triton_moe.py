@@ -22,10 +22,12 @@ from engine.moe.reference import moe_experts  # noqa: E402
 from engine.moe.routing import route  # noqa: E402
 from engine.moe.triton_moe import (  # noqa: E402
     BLOCK_M,
+    MAX_SPLIT_K,
     align_by_expert,
     align_by_expert_reference,
     fused_moe,
     fused_moe_fp4,
+    split_k_for,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,12 +62,20 @@ def test_kernel_equals_the_torch_reference(fmt: str, tokens: int, top_k: int) ->
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4", "dense"])
-@pytest.mark.parametrize("tiles", [{"swap_ab": True}, {"block_m": 32, "block_k": 128, "block_n": 16}, {"swap_ab": True, "block_k": 32}])
+@pytest.mark.parametrize("tiles", [{"swap_ab": True}, {"block_m": 32, "block_k": 128, "block_n": 16}, {"swap_ab": True, "block_k": 32},
+                                   {"split_k": 2}, {"split_k": 3, "block_k": 32, "swap_ab": True}])
 def test_tile_options_give_the_same_result(fmt: str, tiles: dict[str, int | bool]) -> None:
     x, w, ids, q = _case("nvfp4" if fmt == "dense" else fmt, 9, 2, hidden=96, inter=64, seed=5)
     ref = _reference(x, w, ids, q)
     experts = (q.w13.dequantize(torch.float32), q.w2.dequantize(torch.float32)) if fmt == "dense" else q
     torch.testing.assert_close(fused_moe(x, w, ids, experts, **tiles).float(), ref, atol=1e-4, rtol=1e-4)  # type: ignore[arg-type]
+
+
+def test_split_k_fills_the_device_only_when_the_grid_is_small() -> None:
+    assert split_k_for(programs=4, k=2880, block_k=64, sm_count=132) == MAX_SPLIT_K  # decode: few row blocks
+    assert split_k_for(programs=100, k=2880, block_k=64, sm_count=132) == 3
+    assert split_k_for(programs=264, k=2880, block_k=64, sm_count=132) == 1  # the grid already fills the device
+    assert split_k_for(programs=4, k=128, block_k=64, sm_count=132) == 2  # never more slices than K tiles
 
 
 def test_bf16_activations_and_non_multiple_of_tile_sizes() -> None:
@@ -136,6 +146,8 @@ def test_bad_shapes_raise() -> None:
         fused_moe_fp4(x, w, ids, q, block_k=48)
     with pytest.raises(ValueError, match="block_m"):
         fused_moe(x, w, ids, q, block_m=24)
+    with pytest.raises(ValueError, match="split_k 0"):
+        fused_moe(x, w, ids, q, split_k=0)
 
 
 def _time(fn: object) -> float:
