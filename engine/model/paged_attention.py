@@ -99,6 +99,8 @@ def paged_attention(
 
             return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale,
                                           window=window, sinks=sinks)
+        if q.is_cuda and varlen_kernel_supports(q.shape[-1]):
+            return _varlen(q, k_cache, v_cache, meta, scale, window or None, sinks)
         if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta, variant=True):
             return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window=window, sinks=sinks)
         return paged_attention_window_torch(q, k_cache, v_cache, meta, scale, window, sinks)
@@ -107,15 +109,22 @@ def paged_attention(
 
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, scale)
     if q.is_cuda and varlen_kernel_supports(q.shape[-1]):  # prefill chunks and verification rows: one launch per step
-        from engine.kernels.triton.varlen_attention import varlen_paged_attention
-
-        cu = meta.cu_query_lens_t
-        if cu is None or cu.device != q.device:
-            cu = torch.tensor(meta.cu_query_lens, dtype=torch.long, device=q.device)
-        return varlen_paged_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, cu, meta.max_query_len, scale)
+        return _varlen(q, k_cache, v_cache, meta, scale)
     if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta):  # decode, verification, prefill (AVX-512): C, from the blocks
         return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale)
     return paged_attention_torch(q, k_cache, v_cache, meta, scale)
+
+
+def _varlen(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+            window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """The step's rows (any query length per sequence) in one launch of the Triton varlen kernel."""
+    from engine.kernels.triton.varlen_attention import varlen_paged_attention
+
+    cu = meta.cu_query_lens_t
+    if cu is None or cu.device != q.device:
+        cu = torch.tensor(meta.cu_query_lens, dtype=torch.long, device=q.device)
+    return varlen_paged_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, cu, meta.max_query_len,
+                                  scale, window=window, sinks=sinks)
 
 
 def paged_attention_torch(

@@ -122,3 +122,17 @@ def test_cuda_dispatch_runs_prefill_and_verification_through_the_kernel_in_bf16(
     qc, kc, vc = (x.to("cuda", torch.bfloat16) for x in (q, k_cache, v_cache))
     ref = paged_attention_torch(qc.float(), kc.float(), vc.float(), meta, 0.25)
     torch.testing.assert_close(paged_attention(qc, kc, vc, meta, 0.25).float(), ref, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("with_sinks", [False, True])
+def test_varlen_kernel_agrees_with_the_engines_window_and_sink_reference(window: int, with_sinks: bool) -> None:
+    """The kernel serves gpt-oss's layers on CUDA: same window convention and sink logits as the
+    engine's torch oracle (engine.model.paged_attention.paged_attention_window_torch)."""
+    from engine.model.paged_attention import paged_attention_window_torch
+
+    q, k_cache, v_cache, meta = _step([4, 1, 9], [11, 6, 9], 4, 4, 2, seed=7)
+    sinks = torch.randn(4, generator=torch.Generator().manual_seed(1)) if with_sinks else None
+    want = paged_attention_window_torch(q, k_cache, v_cache, meta, q.shape[-1] ** -0.5, window, sinks)
+    got = _run(q, k_cache, v_cache, meta, window=window or None, sinks=sinks)
+    torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
