@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
+from engine.chat.tool_calls import parse_tool_calls
 from engine.config import DEFAULT_MODEL_DIR, data_dir
 from engine.model.loader import load_model
-from engine.tokenizer import ChatTokenizer, parse_tool_calls, render_chat
+from engine.tokenizer import ChatTokenizer, render_chat
 
 EVAL = json.loads((DEFAULT_MODEL_DIR / "eval.json").read_text())
 HAVE_DATA = (data_dir() / "tau-bench-airline" / "trajectories.json").exists()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
+from engine.chat.tool_calls import CALL_CLOSE, parse_tool_calls
 from engine.config import DEFAULT_MODEL_DIR
 from engine.structured import GrammarFactory
-from engine.tokenizer import CALL_CLOSE, parse_tool_calls
 
 CALL = {"type": "object", "properties": {"name": {"const": "book"}, "arguments": {"type": "object"}},
         "required": ["name", "arguments"], "additionalProperties": False}
