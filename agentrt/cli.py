@@ -302,12 +302,12 @@ def serve(
 
         with console.status("loading the model"):
             engine = EmbeddedEngine(LLM(model))
-    keys: dict[str, Any] = {}
+    keys: dict[str, Any] = {"curve_allowed_clients": allowed_clients}  # without --curve-secret: refused, not ignored
     if curve_secret is not None:
         from agentrt.keys import load_keypair
 
         pub, sec = load_keypair(curve_secret)
-        keys = {"curve_public_key": pub, "curve_secret_key": sec, "curve_allowed_clients": allowed_clients}
+        keys |= {"curve_public_key": pub, "curve_secret_key": sec}
     config = ServerConfig(bind=bind, journal=journal, max_inflight_per_client=max_inflight, **keys)
     server = Server(Runtime(registry, engine), config)
     out.message(f"serving {sorted(registry.graphs)} on {bind} (journal {journal})")

@@ -75,7 +75,11 @@ def connect(address: str, curve_server: Path | None, curve_secret: Path | None, 
     kwargs: dict[str, Any] = {}
     if "timeout" in inspect.signature(Client).parameters:
         kwargs["timeout"] = timeout
-    if curve_server is not None:
+    if curve_server is None:  # the token file keeps this user's identity across commands (docs/protocol.md)
+        from agentrt.client import default_token_file
+
+        kwargs["token_file"] = default_token_file()
+    else:
         if curve_secret is None:
             raise typer.BadParameter("--curve-secret (the client's .key_secret) is required with --curve-server",
                                      param_hint="--curve-secret")

@@ -4,21 +4,73 @@
         result = c.submit("airline_support", {"request": "..."})   # waits for the Result
         job_id = c.submit("react", {"question": "..."}, wait=False)
         c.status(job_id); c.cancel(job_id); c.fetch(job_id)
+
+A client's identity is its CURVE key pair, or else a token the server issues on first contact
+(`client.token`); pass `token=` to act as the same client from another process or after a restart
+(results, status and cancellation are the owner's only), or `token_file=` to keep it in a private
+JSON file (address -> token; `default_token_file()` is the CLI's), renewed if the server no longer
+accepts it. `timeout` is how long to wait for the
+server to answer a request: past it, ServerUnavailableError. Waiting for a long job is not bounded by
+it: `result()` re-fetches every `timeout` seconds, so a dead server is noticed while a slow job is not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from agentrt import protocol as p
-from agentrt.errors import AgentrtError
+from agentrt.errors import AgentrtError, ClientTimeout, ServerUnavailableError
+
+logger = logging.getLogger(__name__)
+__all__ = ["AsyncClient", "Client", "ClientTimeout", "RemoteError", "ServerUnavailableError", "default_token_file"]
+
+
+def default_token_file() -> Path:
+    """Where the CLI keeps its client tokens (one per server address)."""
+    return Path.home() / ".config" / "agentrt" / "tokens.json"
+
+
+def _load_token(path: Path | None, address: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    token = data.get(address) if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _save_token(path: Path | None, address: str, token: str) -> None:
+    """Store `token` for `address` in a 0600 file in a 0700 folder (written whole, then renamed)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data = {**(data if isinstance(data, dict) else {}), address: token}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("could not save the client token in %s: %s", path, exc)
 
 
 class RemoteError(AgentrtError):
@@ -27,10 +79,6 @@ class RemoteError(AgentrtError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
-
-
-class ClientTimeout(AgentrtError, TimeoutError):
-    """No answer from the server in time."""
 
 
 def _configure(sock: zmq.Socket[Any], server_key: bytes | None, keypair: tuple[bytes, bytes] | None) -> None:
@@ -48,17 +96,42 @@ def _check(msg: p.Message) -> p.Message:
     return msg
 
 
-class Client:
-    """A blocking client. Args: server address; timeout seconds per wait; CURVE server public key
-    and client (public, secret) keypair when the server uses CURVE."""
+def _decode(frame: bytes) -> p.Message | None:
+    try:
+        return p.decode(frame)
+    except p.ProtocolError as exc:
+        logger.warning("ignoring a frame from the server that does not decode: %s", exc)
+        return None
 
-    def __init__(self, address: str, *, timeout: float = 60.0, server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
-        self.timeout = timeout
+
+def _state(msg: p.Message) -> str:
+    """The state a status/cancel answer reports (a Result arriving for the job may answer too)."""
+    if isinstance(msg, p.Result):
+        return msg.status
+    assert isinstance(msg, p.StatusReply), msg
+    return msg.state
+
+
+def _unavailable(address: str, timeout: float) -> ServerUnavailableError:
+    return ServerUnavailableError(f"no answer from the server at {address} within {timeout}s (is it running? are the CURVE keys right?)")
+
+
+class Client:
+    """A blocking client. Args: server address; timeout seconds to wait for the server's answers;
+    token (this client's identity from an earlier session); CURVE server public key and client
+    (public, secret) keypair when the server uses CURVE."""
+
+    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None, token_file: str | Path | None = None,
+                 server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
+        self.address, self.timeout = address, timeout
+        self.token_file = None if token_file is None else Path(token_file)
+        self.token = token if token is not None else _load_token(self.token_file, address)
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         _configure(self.sock, server_key, keypair)
         self.sock.connect(address)
         self._buffer: list[p.Message] = []
+        self._on_event: dict[str, Callable[[p.Event], None]] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -72,68 +145,108 @@ class Client:
     def _send(self, msg: p.Message) -> None:
         self.sock.send(p.encode(msg))
 
-    def _recv_until(self, match: Callable[[p.Message], bool], on_event: Callable[[p.Event], None] | None = None) -> p.Message:
-        for i, msg in enumerate(self._buffer):
-            if match(msg):
+    def _recv_until(self, match: Callable[[p.Message], bool], wait: float | None = None) -> p.Message | None:
+        """The first message that matches within `wait` seconds (default: timeout), else None."""
+        for i, old in enumerate(self._buffer):
+            if match(old):
                 return self._buffer.pop(i)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if wait is None else wait)
         while (left := deadline - time.monotonic()) > 0:
-            if not self.sock.poll(int(left * 1000)):
+            if not self.sock.poll(max(1, int(left * 1000))):
                 break
-            msg = p.decode(self.sock.recv())
-            if isinstance(msg, p.Event) and on_event is not None:
-                on_event(msg)
+            msg = _decode(self.sock.recv())
+            if msg is None:
+                continue
+            if isinstance(msg, p.Event):
+                if (cb := self._on_event.get(msg.job_id)) is not None:
+                    cb(msg)
             elif match(msg):
                 return msg
-            elif not isinstance(msg, p.Event):
-                self._buffer.append(msg)
-        raise ClientTimeout(f"no answer from the server within {self.timeout}s")
+            else:
+                self._buffer = [*self._buffer[-999:], msg]
+        return None
+
+    def _request(self, msg: p.Message, match: Callable[[p.Message], bool]) -> p.Message:
+        self._send(msg)
+        reply = self._recv_until(match)
+        if reply is None:
+            raise _unavailable(self.address, self.timeout)
+        if isinstance(reply, p.Error) and reply.code == "unauthorized" and self.token_file is not None and getattr(msg, "token", None):
+            logger.warning("the server no longer accepts this client's stored token; getting a new one")
+            self.token = None  # e.g. the server's journal was replaced: old jobs are out of reach anyway
+            return self._request(msgspec.structs.replace(msg, token=self._ensure_token()), match)  # type: ignore[type-var]
+        return _check(reply)
+
+    def _ensure_token(self) -> str:
+        if self.token is None:
+            rid = uuid.uuid4().hex
+            reply = self._request(p.Hello(request_id=rid), lambda m: getattr(m, "request_id", None) == rid)
+            assert isinstance(reply, p.Welcome)
+            self.token = reply.token
+            _save_token(self.token_file, self.address, self.token)
+        return self.token
 
     def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
                wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
-        """Submit a job; returns the Result (wait=True) or the job id. Raises RemoteError."""
+        """Submit a job; returns the Result (wait=True) or the job id. Raises RemoteError, ServerUnavailableError."""
         rid = uuid.uuid4().hex
-        self._send(p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority,
-                            idempotency_key=idempotency_key, traceparent=traceparent, follow=on_event is not None))
-        acc = _check(self._recv_until(lambda m: getattr(m, "request_id", None) == rid))
+        msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
+                       traceparent=traceparent, follow=on_event is not None, token=self._ensure_token())
+        acc = self._request(msg, lambda m: getattr(m, "request_id", None) == rid)
         assert isinstance(acc, p.Accepted)
-        return self.result(acc.job_id, on_event) if wait else acc.job_id
+        if on_event is not None:
+            self._on_event[acc.job_id] = on_event
+        return self.result(acc.job_id) if wait else acc.job_id
 
-    def result(self, job_id: str, on_event: Callable[[p.Event], None] | None = None) -> p.Result:
-        """Wait for a job's Result (as streamed, or fetched when it finished earlier)."""
-        msg = self.fetch(job_id)
-        if isinstance(msg, p.Result):
-            return msg
-        res = self._recv_until(lambda m: isinstance(m, p.Result) and m.job_id == job_id, on_event)
-        assert isinstance(res, p.Result)
-        return res
+    def result(self, job_id: str, on_event: Callable[[p.Event], None] | None = None, timeout: float | None = None) -> p.Result:
+        """Wait for a job's Result (as streamed, or fetched when it finished earlier). Raises
+        ClientTimeout when `timeout` (None: no limit) passes first, ServerUnavailableError if the server stops answering."""
+        if on_event is not None:
+            self._on_event[job_id] = on_event
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                msg = self.fetch(job_id)  # also a heartbeat: raises if the server is gone
+                if isinstance(msg, p.Result):
+                    return msg
+                wait = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+                if wait <= 0:
+                    raise ClientTimeout(f"job {job_id} has no result after {timeout}s (state {msg.state})")
+                res = self._recv_until(lambda m: isinstance(m, p.Result) and m.job_id == job_id, wait)
+                if isinstance(res, p.Result):
+                    return res
+        finally:
+            self._on_event.pop(job_id, None)
+
+    def _job_request(self, msg: p.Message, kinds: Any) -> p.Message:
+        job_id = getattr(msg, "job_id", None)
+        return self._request(msg, lambda m: isinstance(m, kinds) and getattr(m, "job_id", None) == job_id)
 
     def fetch(self, job_id: str) -> p.Result | p.StatusReply:
-        self._send(p.Fetch(job_id=job_id))
-        msg = _check(self._recv_until(lambda m: isinstance(m, p.Result | p.StatusReply | p.Error) and getattr(m, "job_id", None) == job_id))
+        msg = self._job_request(p.Fetch(job_id=job_id, token=self._ensure_token()), p.Result | p.StatusReply | p.Error)
         assert isinstance(msg, p.Result | p.StatusReply)
         return msg
 
     def status(self, job_id: str) -> str:
-        self._send(p.Status(job_id=job_id))
-        msg = _check(self._recv_until(lambda m: isinstance(m, p.StatusReply | p.Error) and getattr(m, "job_id", None) == job_id))
+        msg = self._job_request(p.Status(job_id=job_id, token=self._ensure_token()), p.StatusReply | p.Error)
         assert isinstance(msg, p.StatusReply)
         return msg.state
 
     def cancel(self, job_id: str) -> str:
-        self._send(p.Cancel(job_id=job_id))
-        msg = _check(self._recv_until(lambda m: isinstance(m, p.StatusReply | p.Error) and getattr(m, "job_id", None) == job_id))
+        msg = self._job_request(p.Cancel(job_id=job_id, token=self._ensure_token()), p.StatusReply | p.Error)
         assert isinstance(msg, p.StatusReply)
         return msg.state
 
 
 class AsyncClient:
     """An asyncio client; many requests may be outstanding at once (one receiver task routes replies).
+    Same arguments as Client. Use as `async with AsyncClient(address) as c: result = await c.submit(graph, inputs)`."""
 
-    Use as `async with AsyncClient(address) as c: result = await c.submit(graph, inputs)`."""
-
-    def __init__(self, address: str, *, timeout: float = 60.0, server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
-        self.timeout = timeout
+    def __init__(self, address: str, *, timeout: float = 10.0, token: str | None = None, token_file: str | Path | None = None,
+                 server_key: bytes | None = None, keypair: tuple[bytes, bytes] | None = None) -> None:
+        self.address, self.timeout = address, timeout
+        self.token_file = None if token_file is None else Path(token_file)
+        self.token = token if token is not None else _load_token(self.token_file, address)
         self._ctx = zmq.asyncio.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         _configure(self.sock, server_key, keypair)
@@ -142,6 +255,7 @@ class AsyncClient:
         self._results: dict[str, asyncio.Future[p.Message]] = {}
         self._events: dict[str, Callable[[p.Event], None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._token_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncClient:
         self._task = asyncio.create_task(self._receive())
@@ -154,26 +268,23 @@ class AsyncClient:
 
     async def _receive(self) -> None:
         while True:
-            msg = p.decode(await self.sock.recv())
-            if isinstance(msg, p.Event):
-                if (cb := self._events.get(msg.job_id)) is not None:
-                    cb(msg)
-            elif isinstance(msg, p.Result):
-                fut = self._future(self._results, msg.job_id)
-                if not fut.done():
-                    fut.set_result(msg)
-            else:
-                rid = getattr(msg, "request_id", None)
-                key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
-                fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            msg = _decode(await self.sock.recv())
+            if msg is not None:
+                self._dispatch(msg)
 
-    @staticmethod
-    def _future(table: dict[str, asyncio.Future[p.Message]], key: str) -> asyncio.Future[p.Message]:
-        if key not in table:
-            table[key] = asyncio.get_running_loop().create_future()
-        return table[key]
+    def _dispatch(self, msg: p.Message) -> None:
+        """Route one message from the server to whoever waits for it."""
+        if isinstance(msg, p.Event):
+            if (cb := self._events.get(msg.job_id)) is not None:
+                cb(msg)
+            return
+        if isinstance(msg, p.Result) and (res := self._results.get(msg.job_id)) is not None and not res.done():
+            res.set_result(msg)
+        rid = getattr(msg, "request_id", None)
+        key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
+        fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     async def _request(self, msg: p.Message, key: tuple[str, str]) -> p.Message:
         fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
@@ -181,53 +292,63 @@ class AsyncClient:
         await self.sock.send(p.encode(msg))
         try:
             return _check(await asyncio.wait_for(fut, self.timeout))
-        except TimeoutError as exc:
-            raise ClientTimeout(f"no answer from the server within {self.timeout}s") from exc
+        except TimeoutError:
+            raise _unavailable(self.address, self.timeout) from None
+        finally:
+            self._waiters.pop(key, None)
+
+    async def _ensure_token(self) -> str:
+        async with self._token_lock:  # concurrent first requests share one identity
+            if self.token is None:
+                rid = uuid.uuid4().hex
+                reply = await self._request(p.Hello(request_id=rid), ("r", rid))
+                assert isinstance(reply, p.Welcome)
+                self.token = reply.token
+                _save_token(self.token_file, self.address, self.token)
+        return self.token
 
     async def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
                      wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
-                       traceparent=traceparent, follow=on_event is not None)
+                       traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token())
         acc = await self._request(msg, ("r", rid))
         assert isinstance(acc, p.Accepted)
         if on_event is not None:
             self._events[acc.job_id] = on_event
         return await self.result(acc.job_id) if wait else acc.job_id
 
-    async def result(self, job_id: str) -> p.Result:
-        fut = self._future(self._results, job_id)
+    async def result(self, job_id: str, timeout: float | None = None) -> p.Result:
+        """Wait for a job's Result; re-fetches every `timeout` seconds of silence. Raises ClientTimeout
+        when `timeout` (None: no limit) passes first, ServerUnavailableError if the server stops answering."""
+        fut = self._results.setdefault(job_id, asyncio.get_running_loop().create_future())
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            res = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except TimeoutError:
-            fetched = await self.fetch(job_id)
-            if not isinstance(fetched, p.Result):
-                raise ClientTimeout(f"job {job_id} has no result after {self.timeout}s (state {fetched.state})") from None
-            res = fetched
-        self._results.pop(job_id, None)
-        self._events.pop(job_id, None)
-        assert isinstance(res, p.Result)
-        return res
+            while True:
+                fetched = await self.fetch(job_id)
+                if isinstance(fetched, p.Result):
+                    return fetched
+                wait = self.timeout if deadline is None else min(self.timeout, deadline - time.monotonic())
+                if wait <= 0:
+                    raise ClientTimeout(f"job {job_id} has no result after {timeout}s (state {fetched.state})")
+                done, _ = await asyncio.wait([fut], timeout=wait)
+                if done:
+                    res = fut.result()
+                    assert isinstance(res, p.Result)
+                    return res
+        finally:
+            self._results.pop(job_id, None)
+            self._events.pop(job_id, None)
 
     async def fetch(self, job_id: str) -> p.Result | p.StatusReply:
-        fut = self._future(self._results, job_id)
-        await self.sock.send(p.encode(p.Fetch(job_id=job_id)))
-        reply_key = ("j", job_id)
-        reply = asyncio.get_running_loop().create_future()
-        self._waiters[reply_key] = reply
-        done, _ = await asyncio.wait([fut, reply], timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
-        if not done:
-            raise ClientTimeout(f"no answer from the server within {self.timeout}s")
-        msg = _check(done.pop().result())
+        msg = await self._request(p.Fetch(job_id=job_id, token=await self._ensure_token()), ("j", job_id))
         assert isinstance(msg, p.Result | p.StatusReply)
         return msg
 
     async def status(self, job_id: str) -> str:
-        msg = await self._request(p.Status(job_id=job_id), ("j", job_id))
-        assert isinstance(msg, p.StatusReply)
-        return msg.state
+        msg = await self._request(p.Status(job_id=job_id, token=await self._ensure_token()), ("j", job_id))
+        return _state(msg)
 
     async def cancel(self, job_id: str) -> str:
-        msg = await self._request(p.Cancel(job_id=job_id), ("j", job_id))
-        assert isinstance(msg, p.StatusReply)
-        return msg.state
+        msg = await self._request(p.Cancel(job_id=job_id, token=await self._ensure_token()), ("j", job_id))
+        return _state(msg)

@@ -101,7 +101,7 @@ class JobContext:
         tool's name); the tool's retry/timeout policy applies."""
         t = tool if isinstance(tool, Tool) else self.runtime.registry.get_tool(tool)
         validated = t.validate(args)
-        task, deps = self._task(t.name, TaskKind.TOOL, Pool.CPU)
+        task, deps = self._task(t.name, TaskKind.TOOL, Pool.NONE if t.is_async else Pool.CPU)  # async tools wait on I/O, not cores
         attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
                  "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id}
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \

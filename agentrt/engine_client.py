@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
+from agentrt.errors import LLMTimeoutError
 from agentrt.types import Usage
 
 
@@ -56,8 +58,11 @@ class EngineClient(Protocol):
 class EmbeddedEngine:
     """EngineClient over an in-process `engine.LLM` (the default model when none is given)."""
 
-    def __init__(self, llm: Any = None, model_name: str = "agentrt-default") -> None:
+    def __init__(self, llm: Any = None, model_name: str = "agentrt-default", *, timeout: float | None = 600.0) -> None:
+        """`timeout`: seconds one LLM call may take before it is aborted (LLMTimeoutError); None: no limit."""
         from engine import LLM
+
+        self.timeout = timeout
 
         self.llm = llm if llm is not None else LLM()
         if self.llm.tokenizer is None:
@@ -75,10 +80,13 @@ class EmbeddedEngine:
         last = None
         start = time.perf_counter()
         ttft = 0.0
-        async for out in self.llm.stream(request.prompt_ids, params):
-            if last is None:
-                ttft = time.perf_counter() - start
-            last = out
+        with anyio.move_on_after(self.timeout) as scope:  # leaving the stream aborts the request, freeing its KV
+            async for out in self.llm.stream(request.prompt_ids, params):
+                if last is None:
+                    ttft = time.perf_counter() - start
+                last = out
+        if scope.cancelled_caught:
+            raise LLMTimeoutError(f"LLM call of {len(request.prompt_ids)} prompt tokens took longer than {self.timeout}s; aborted")
         assert last is not None
         u = last.usage
         usage = Usage(prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,

@@ -56,3 +56,28 @@ class TaskFailedError(AgentrtError):
 
 class JobCancelledError(AgentrtError):
     """The job was cancelled."""
+
+
+class ClientTimeout(AgentrtError, TimeoutError):
+    """A client waited longer than it was told to (e.g. for a job's result)."""
+
+
+class ServerUnavailableError(ClientTimeout):
+    """No server answered within the client's `timeout` (it is down, unreachable, or refused the
+    CURVE handshake)."""
+
+
+class JournalError(AgentrtError):
+    """The job journal cannot be used; the message names the file."""
+
+
+class JournalLockedError(JournalError):
+    """Another server process holds the journal's lock; the message names its pid."""
+
+
+class JournalCorruptError(JournalError):
+    """The journal file is truncated, not a database, or fails SQLite's integrity check."""
+
+
+class LLMTimeoutError(AgentrtError):
+    """An LLM call ran past the engine client's timeout and was aborted."""

@@ -1,23 +1,21 @@
 """Where tool functions run: the `ToolExecutor` seam and its local implementation.
 
-Async tools run on the event loop; sync tools on a thread pool; `cpu_bound` tools on a process pool
-(their function must be importable by module path). Admission (how many run at once) is the
-scheduler's job; the executor only runs what it is given, measuring CPU seconds.
+Async tools run on the event loop (under a blocking-call watchdog, not limited by the CPU pool);
+sync tools on their own threads inside a CPU limiter, abandoned and isolated when cancelled;
+`cpu_bound` tools in a killable child process (their function must be importable by module path).
+Every call has a timeout: the tool's own (`@tool(timeout=...)`) or the executor's `default_timeout`.
+Admission (how many run at once) is the scheduler's job; see agentrt.tool_runner for the mechanics.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
-import functools
-import time
 from typing import Any, Protocol
 
 import anyio
-import anyio.to_thread
 
 from agentrt.api import Tool
+from agentrt.errors import ToolError
+from agentrt.tool_runner import LoopWatchdog, SyncToolThreads, run_in_process
 
 
 class ToolExecutor(Protocol):
@@ -26,35 +24,35 @@ class ToolExecutor(Protocol):
         ...
 
 
-def _timed(fn: Any, args: dict[str, Any]) -> tuple[Any, float]:
-    start = time.thread_time()
-    result = fn(**args)
-    return result, time.thread_time() - start
-
-
 class LocalToolExecutor:
-    def __init__(self, num_threads: int = 8, num_processes: int = 2) -> None:
+    """Args: num_threads (sync tools at once); num_processes (cpu_bound tools at once);
+    default_timeout seconds for tools without their own (None: no limit); max_abandoned_per_tool;
+    block_threshold seconds of event-loop stall that the watchdog reports."""
+
+    def __init__(self, num_threads: int = 8, num_processes: int = 2, *, default_timeout: float | None = 300.0,
+                 max_abandoned_per_tool: int = 4, block_threshold: float = 0.5) -> None:
         self.limiter = anyio.CapacityLimiter(num_threads)
-        self.num_processes = num_processes
-        self._processes: concurrent.futures.ProcessPoolExecutor | None = None
+        self.process_limiter = anyio.CapacityLimiter(num_processes)
+        self.default_timeout = default_timeout
+        self.threads = SyncToolThreads(self.limiter, max_abandoned_per_tool)
+        self.block_threshold = block_threshold
+        self.watchdog: LoopWatchdog | None = None
 
     async def run(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
-        if tool.is_async:
-            start = time.thread_time()
-            result = await tool.fn(**args)
-            return result, time.thread_time() - start
-        if tool.cpu_bound:
-            return await self._run_in_process(tool, args)
-        ctx = contextvars.copy_context()  # tools see the job's context variables (e.g. its database)
-        return await anyio.to_thread.run_sync(ctx.run, _timed, tool.fn, args, limiter=self.limiter, abandon_on_cancel=True)
+        timeout = tool.retry.timeout if tool.retry.timeout is not None else self.default_timeout
+        with anyio.move_on_after(timeout) as scope:
+            return await self._run(tool, args)
+        assert scope.cancelled_caught
+        raise ToolError(tool.name, f"timed out after {timeout}s")
 
-    async def _run_in_process(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
-        if self._processes is None:
-            self._processes = concurrent.futures.ProcessPoolExecutor(self.num_processes)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._processes, functools.partial(_timed, tool.fn, args))
+    async def _run(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
+        if tool.is_async:
+            self.watchdog = LoopWatchdog.for_running_loop(self.block_threshold)
+            return await self.watchdog.run(tool.name, tool.fn, args)
+        if tool.cpu_bound:
+            async with self.process_limiter:
+                return await run_in_process(tool.name, tool.fn, args)
+        return await self.threads.run(tool.name, tool.fn, args)
 
     def close(self) -> None:
-        if self._processes is not None:
-            self._processes.shutdown(cancel_futures=True)
-            self._processes = None
+        """Nothing to release: threads and processes live only as long as their calls."""

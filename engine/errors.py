@@ -17,3 +17,12 @@ class ModelLoadError(EngineError):
 
 class OutOfKVCacheError(EngineError):
     """A single request cannot fit in the KV cache even with every other request preempted."""
+
+
+class RequestFailedError(EngineError):
+    """An engine step raised while this request was running: it was failed so that the engine could
+    go on serving the others. The message carries the step's error."""
+
+
+class KVTierError(EngineError):
+    """A KV tier cannot be used safely (e.g. a disk tier folder owned by another user)."""

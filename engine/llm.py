@@ -2,7 +2,13 @@
 
 `LLM()` with no arguments loads the shipped default model. The async API runs engine steps on
 one background thread (tensor work releases the GIL, so the event loop stays responsive) and
-delivers outputs to each stream's event loop; `generate` steps on the caller's thread.
+delivers outputs to each stream's event loop; `generate` steps on the caller's thread. Whoever steps
+delivers every output of that step, so `generate` and concurrent streams never lose each other's.
+
+A bad request is refused at the boundary (InvalidRequestError naming the value). If a step raises
+anyway, the newest unfinished request (the likeliest culprit: the others were stepping fine before it
+came) is failed with RequestFailedError carrying the step's error, and the engine goes on serving the
+rest; a persistent fault thus fails requests one by one instead of hanging them all.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -19,7 +26,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.core import EngineCore, StepOutput
-from engine.errors import InvalidRequestError, ModelLoadError
+from engine.errors import EngineError, InvalidRequestError, ModelLoadError, RequestFailedError
 from engine.model.layers import prepare_for_inference
 from engine.model.loader import load_model
 from engine.sequence import RequestOutput, SamplingParams, Sequence
@@ -66,7 +73,9 @@ class LLM:
             grammars = GrammarFactory(self.tokenizer, self.model_config.vocab_size, eos)
         self.core = EngineCore(self.model, self.model_config, self.config, detokenize=detok, grammars=grammars)
         self._step_lock = threading.Lock()
-        self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]] = {}
+        self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput | EngineError]]] = {}
+        self._texts: dict[str, str] = {}  # text delivered so far per streamed request
+        self._failed: dict[str, EngineError] = {}  # requests a failing step took down
         self._wake = threading.Event()
         self._driver: threading.Thread | None = None
         self._closed = False
@@ -86,8 +95,35 @@ class LLM:
         if isinstance(prompt, str):
             return self.encode(prompt)
         if isinstance(prompt, list | tuple):
+            bad = next((t for t in prompt if not isinstance(t, int) or isinstance(t, bool)), None)
+            if bad is not None:
+                raise InvalidRequestError(f"a token id must be an int, got {bad!r} ({type(bad).__name__})")
             return list(prompt)
-        raise InvalidRequestError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
+        raise InvalidRequestError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}: {prompt!r:.80}")
+
+    def _check(self, tokens: list[int], params: Any) -> SamplingParams:
+        """The boundary checks EngineCore.validate leaves to the facade. Raises InvalidRequestError."""
+        if params is None:
+            params = SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}: {params!r:.80}")
+        bad = next((s for s in params.stop if not isinstance(s, str)), None)
+        if bad is not None:
+            raise InvalidRequestError(f"stop must be a list of strings, got {bad!r} ({type(bad).__name__}) in {list(params.stop)!r:.80}")
+        limit = self.core.max_model_len
+        if len(tokens) + params.max_tokens > limit:
+            raise InvalidRequestError(f"max_tokens={params.max_tokens} with a {len(tokens)}-token prompt exceeds the context "
+                                      f"length {limit}; at most {max(0, limit - len(tokens))} more tokens fit")
+        self.core.validate(tokens, params)
+        return params
+
+    @staticmethod
+    def _batch(prompts: Any) -> list[Prompt]:
+        if isinstance(prompts, str) or (isinstance(prompts, list | tuple) and prompts and isinstance(prompts[0], int)):
+            return [prompts]  # type: ignore[list-item]
+        if not isinstance(prompts, list | tuple):
+            raise InvalidRequestError(f"prompts must be a str, a list of token ids, or a list of those; got {type(prompts).__name__}")
+        return list(prompts)
 
     # ---- batch API -----------------------------------------------------------------------
     def generate(
@@ -98,22 +134,56 @@ class LLM:
         Raises InvalidRequestError (a ValueError) for a bad prompt or bad parameters; nothing
         is queued in that case.
         """
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int))
-        batch: list[Prompt] = [prompts] if single else list(prompts)  # type: ignore[list-item, arg-type]
-        plist: list[SamplingParams] = list(params) if isinstance(params, list | tuple) else [params or SamplingParams()] * len(batch)  # type: ignore[list-item]
+        batch = self._batch(prompts)
+        plist: list[Any] = list(params) if isinstance(params, list | tuple) else [params] * len(batch)
         if len(plist) != len(batch):
             raise InvalidRequestError(f"{len(batch)} prompts but {len(plist)} sampling params")
         ids = [self._token_ids(p) for p in batch]
-        for tokens, p in zip(ids, plist, strict=True):
-            self.core.validate(tokens, p)
+        plist = [self._check(tokens, p) for tokens, p in zip(ids, plist, strict=True)]
         seqs = [self.core.add(tokens, p) for tokens, p in zip(ids, plist, strict=True)]
         while not all(s.is_finished for s in seqs):
             self._step()
+        failed = [self._failed.pop(str(s.request_id)) for s in seqs if str(s.request_id) in self._failed]
+        if failed:
+            raise failed[0]
         return [self._output(s, []) for s in seqs]
 
-    def _step(self) -> list[StepOutput]:
+    def _step(self) -> None:
+        """One engine step whose outputs go to their streams, whichever thread steps."""
         with self._step_lock:
-            return self.core.step()
+            try:
+                outputs = self.core.step()
+            except Exception as exc:
+                self._fail_newest(exc)
+                return
+            self._deliver(outputs)
+
+    def _fail_newest(self, exc: Exception) -> None:
+        """A step raised: fail the newest unfinished request (aborted at the next step) and tell its stream."""
+        unfinished = [rid for rid, seq in list(self.core._by_id.items()) if not seq.is_finished and rid not in self._failed]
+        if not unfinished:
+            logger.error("engine step failed with no request to blame", exc_info=exc)
+            return
+        rid = str(unfinished[-1])
+        logger.error("engine step failed; failing request %s", rid, exc_info=exc)
+        error = RequestFailedError(f"request {rid} failed in an engine step: {type(exc).__name__}: {exc}")
+        self._failed[rid] = error
+        self.core.abort(rid)
+        listener = self._listeners.get(rid)
+        if listener is not None:
+            listener[0].call_soon_threadsafe(listener[1].put_nowait, error)
+
+    def _deliver(self, outputs: list[StepOutput]) -> None:
+        for step_out in outputs:
+            rid = str(step_out.seq.request_id)
+            listener = self._listeners.get(rid)
+            if listener is None:
+                continue
+            out = self._output(step_out.seq, step_out.new_token_ids, self._texts.get(rid, ""))
+            self._texts[rid] = out.text
+            if out.finished:
+                self._texts.pop(rid, None)
+            listener[0].call_soon_threadsafe(listener[1].put_nowait, out)
 
     def _output(self, seq: Sequence, new_ids: list[int], prev_text: str = "") -> RequestOutput:
         text = seq.stop_text if seq.stop_text else self.decode(seq.output_token_ids)
@@ -135,23 +205,36 @@ class LLM:
     ) -> AsyncIterator[RequestOutput]:
         """Yield a RequestOutput after every step that adds tokens; the last one has finished=True.
 
-        Leaving the loop early (or cancelling) aborts the request and frees its KV.
+        Leaving the loop early (or cancelling) aborts the request and frees its KV. Raises
+        InvalidRequestError for a bad request, RequestFailedError if an engine step failed it.
         """
         tokens = self._token_ids(prompt)
+        checked = self._check(tokens, params)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        seq = self.core.add(tokens, params or SamplingParams(), request_id=request_id)
-        self._listeners[str(seq.request_id)] = (loop, queue)
+        queue: asyncio.Queue[RequestOutput | EngineError] = asyncio.Queue()
+        rid = request_id if request_id is not None else f"stream-{uuid.uuid4().hex}"
+        if rid in self._listeners:
+            raise InvalidRequestError(f"request id {rid!r} is already in use")
+        self._listeners[rid] = (loop, queue)  # before add: the first step's output must find it
+        try:
+            seq = self.core.add(tokens, checked, request_id=rid)
+        except BaseException:
+            self._listeners.pop(rid, None)
+            raise
         self._ensure_driver()
         self._wake.set()
         try:
             while True:
                 out = await queue.get()
+                if isinstance(out, EngineError):
+                    raise out
                 yield out
                 if out.finished:
                     return
         finally:
             self._listeners.pop(str(seq.request_id), None)
+            self._failed.pop(str(seq.request_id), None)
+            self._texts.pop(str(seq.request_id), None)
             if not seq.is_finished:
                 self.core.abort(str(seq.request_id))
                 self._wake.set()
@@ -170,26 +253,15 @@ class LLM:
             self._driver.start()
 
     def _drive(self) -> None:
-        texts: dict[str, str] = {}
         while not self._closed:
             if not self.core.has_unfinished():
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
             try:
-                outputs = self._step()
-            except Exception:  # a bug in the engine: fail every open stream, keep the thread alive
-                logger.exception("engine step failed")
-                continue
-            for step_out in outputs:
-                rid = str(step_out.seq.request_id)
-                out = self._output(step_out.seq, step_out.new_token_ids, texts.get(rid, ""))
-                texts[rid] = out.text
-                if out.finished:
-                    texts.pop(rid, None)
-                listener = self._listeners.get(rid)
-                if listener is not None:
-                    listener[0].call_soon_threadsafe(listener[1].put_nowait, out)
+                self._step()
+            except Exception:  # a fault in delivery itself: log it, keep the thread alive
+                logger.exception("engine driver error")
 
     # ---- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, float]:

@@ -10,16 +10,22 @@ engine core wires it to the radix cache's eviction hook and the scheduler's pref
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import math
+import os
+import stat
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from engine.errors import KVTierError
+
 logger = logging.getLogger(__name__)
-_MAGIC = b"AGENTRT-KV1\n"
+_MAGIC = b"AGENTRT-KV2\n"
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, start_block: int = 0, parent: bytes = b"") -> list[bytes]:
@@ -34,15 +40,18 @@ def block_keys(token_ids: Sequence[int], block_size: int, start_block: int = 0, 
 
 
 class DiskKVTier:
-    """Up to `capacity_blocks` KV blocks as files in `directory` (one file per block, checksummed).
+    """Up to `capacity_blocks` KV blocks as files in `directory` (one file per block).
 
-    A missing, truncated or corrupt file reads as absent, so its block is recomputed, never used."""
+    The folder is private (0700, created so or tightened; one owned by another user is refused with
+    KVTierError), files are 0600, written to a fresh temporary name (O_EXCL|O_NOFOLLOW) then renamed,
+    and opened with O_NOFOLLOW: a planted symlink is never written through or read. Each file's
+    checksum covers the block's key, its header and its payload, so a missing, truncated, corrupt or
+    well-formed-but-other block reads as absent (logged) and is recomputed, never used."""
 
     def __init__(self, directory: str | Path, capacity_blocks: int) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = _private_dir(Path(directory))
         self.capacity = capacity_blocks
         self.keys: OrderedDict[bytes, None] = OrderedDict()
         self.num_written = self.num_read = self.num_corrupt = 0
@@ -58,6 +67,7 @@ class DiskKVTier:
         return self.dir / f"{key.hex()}.kv"
 
     def store(self, key: bytes, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one block; an I/O error is logged and the block is simply not kept on disk."""
         if key in self.keys:
             self.keys.move_to_end(key)
             return
@@ -65,36 +75,87 @@ class DiskKVTier:
             old, _ = self.keys.popitem(last=False)
             self.path(old).unlink(missing_ok=True)
         payload = b"".join(t.contiguous().cpu().view(torch.uint8).numpy().tobytes() for t in (k, v))
-        header = json.dumps({"shape": list(k.shape), "dtype": str(k.dtype).removeprefix("torch."),
-                             "sum": hashlib.blake2b(payload, digest_size=16).hexdigest()}).encode()
-        self.path(key).write_bytes(_MAGIC + header + b"\n" + payload)
+        header = json.dumps({"shape": list(k.shape), "dtype": str(k.dtype).removeprefix("torch.")}).encode()
+        try:
+            _write_private(self.path(key), _MAGIC + header + b"\n" + _digest(key, header, payload) + payload)
+        except OSError as exc:
+            logger.warning("could not write KV block %s to disk: %s", key.hex(), exc)
+            return
         self.keys[key] = None
         self.num_written += 1
         self.bytes_moved += len(payload)
 
     def load(self, key: bytes) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The block's (k, v), or None (and the entry dropped) when the file is missing or corrupt."""
+        """The block's (k, v), or None (and the entry dropped) when the file is missing or unusable."""
         try:
-            raw = self.path(key).read_bytes()
-            if not raw.startswith(_MAGIC):
-                raise ValueError("bad magic")
-            header, payload = raw[len(_MAGIC) :].split(b"\n", 1)
-            meta = json.loads(header)
-            if hashlib.blake2b(payload, digest_size=16).hexdigest() != meta["sum"]:
-                raise ValueError("checksum mismatch")
-            dtype = getattr(torch, meta["dtype"])
-            flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype)
-            k, v = flat.view(2, *meta["shape"]).unbind(0)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            logger.warning("KV block %s on disk is unusable (%s); it will be recomputed", key.hex(), exc)
+            k, v, size = _parse(key, _read_private(self.path(key)))
+        except Exception as exc:  # any malformed file is a miss: the block is recomputed
+            logger.warning("KV block %s on disk is unusable (%s: %s); it will be recomputed", key.hex(), type(exc).__name__, exc)
             self.keys.pop(key, None)
             self.path(key).unlink(missing_ok=True)
             self.num_corrupt += 1
             return None
         self.keys.move_to_end(key)
         self.num_read += 1
-        self.bytes_moved += len(payload)
+        self.bytes_moved += size
         return k, v
+
+
+_DTYPES = {name: getattr(torch, name) for name in ("bfloat16", "float16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "uint8", "int8")
+           if hasattr(torch, name)}
+
+
+def _digest(key: bytes, header: bytes, payload: bytes) -> bytes:
+    return hashlib.blake2b(key + b"|" + header + b"|" + payload, digest_size=16).digest()
+
+
+def _private_dir(directory: Path) -> Path:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise KVTierError(f"disk KV folder {directory} is not a folder (a symlink?)")
+    if st.st_uid != os.getuid():
+        raise KVTierError(f"disk KV folder {directory} belongs to uid {st.st_uid}, not this user (uid {os.getuid()}); "
+                          "refusing to use KV blocks someone else can write")
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a stale file or a planted link: removed, never followed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # rename replaces a link at `path` itself, never its target
+
+
+def _read_private(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise ValueError("not a regular file of this user")
+        return f.read()
+
+
+def _parse(key: bytes, raw: bytes) -> tuple[torch.Tensor, torch.Tensor, int]:
+    if not raw.startswith(_MAGIC):
+        raise ValueError("bad magic")
+    header, rest = raw[len(_MAGIC) :].split(b"\n", 1)
+    digest, payload = rest[:16], rest[16:]
+    if not hmac.compare_digest(digest, _digest(key, header, payload)):
+        raise ValueError("checksum mismatch (corrupt, or the block of another key)")
+    meta = json.loads(header)
+    shape, dtype = meta["shape"], _DTYPES[meta["dtype"]]
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise ValueError(f"bad shape {shape!r}")
+    if 2 * math.prod(shape) * dtype.itemsize != len(payload):
+        raise ValueError(f"payload of {len(payload)} bytes does not hold two {shape} {meta['dtype']} tensors")
+    flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype)
+    k, v = flat.view(2, *shape).unbind(0)
+    return k, v, len(payload)
 
 
 class HostKVTier:
@@ -165,6 +226,12 @@ class HostKVTier:
                 return None
             hk, hv = loaded
             source = "disk"
+            if hk.shape != k_dst.shape or hk.dtype != k_dst.dtype:  # from another model or config: a miss
+                logger.warning("KV block %s on disk has shape %s %s, expected %s %s", key.hex(), tuple(hk.shape), hk.dtype,
+                               tuple(k_dst.shape), k_dst.dtype)
+                self.disk.num_corrupt += 1  # type: ignore[union-attr]
+                self.disk.keys.pop(key, None)  # type: ignore[union-attr]
+                return None
         k_dst.copy_(hk, non_blocking=True)
         v_dst.copy_(hv, non_blocking=True)
         self.num_restored += 1

@@ -97,14 +97,17 @@ async def test_no_barrier_a_branch_proceeds_while_its_sibling_is_blocked() -> No
 
 async def test_pool_limits_are_never_exceeded_under_200_concurrent_tasks() -> None:
     running = peak = 0
+    lock = __import__("threading").Lock()
 
     @tool
-    async def busy(i: int) -> int:
+    def busy(i: int) -> int:  # sync: the CPU pool's tools (async tools wait on I/O and are not limited by it)
         nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await anyio.sleep(0.001 * (i % 3))
-        running -= 1
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        __import__("time").sleep(0.001 * (i % 3))
+        with lock:
+            running -= 1
         return i
 
     @graph

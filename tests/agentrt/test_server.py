@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from agentrt import Registry, Runtime
+from agentrt import protocol as p
 from agentrt.client import AsyncClient, Client, ClientTimeout, RemoteError
 from agentrt.server import Server, ServerConfig
 
@@ -135,7 +136,16 @@ def _free_port() -> int:
 def _start_server(address: str, journal: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS),
            "--bind", address, "--journal", str(journal)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120  # start-up imports take seconds, more on a busy machine
+    while True:
+        try:
+            with Client(address, timeout=2) as c:
+                c.status("warm-up")
+            return proc
+        except ClientTimeout:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
 
 
 def test_every_accepted_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> None:
@@ -144,14 +154,51 @@ def test_every_accepted_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> 
     try:
         with Client(address, timeout=20) as c:
             ids = [c.submit("sleepy", {"seconds": 1.0, "tag": str(i)}, wait=False) for i in range(6)]
+            token = c.token
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)  # jobs are in flight
         proc.wait(10)
         proc = _start_server(address, tmp_path / "j.sqlite")
-        with Client(address, timeout=20) as c:
+        with Client(address, timeout=20, token=token) as c:
             results = [c.result(j) for j in ids]
         assert [r.status for r in results] == ["succeeded"] * 6
         assert [r.output for r in results] == [f"slept 1.0 {i}" for i in range(6)]
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_after_a_restart_a_new_client_never_receives_another_clients_result(tmp_path: Path) -> None:
+    """libzmq hands out the same routing ids in every process: results must follow the owner, not the id."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    proc = _start_server(address, tmp_path / "j.sqlite")
+    try:
+        with Client(address, timeout=20) as alice:
+            ids = [alice.submit("sleepy", {"seconds": 0.5, "tag": f"alice{i}"}, wait=False) for i in range(3)]
+            token = alice.token
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = _start_server(address, tmp_path / "j.sqlite")
+        with Client(address, timeout=20) as bob:  # first socket of the new process: alice's old routing id
+            mine = bob.submit("echo", {"text": "bob"})
+            time.sleep(1.5)  # alice's recovered jobs finish meanwhile
+            seen = [*bob._buffer]
+            while bob.sock.poll(200):
+                seen.append(p.decode(bob.sock.recv()))
+            assert not [m for m in seen if getattr(m, "job_id", None) in ids]  # nothing of alice's reached bob
+            assert all(getattr(m, "job_id", None) == mine.job_id for m in seen)  # at most a copy of bob's own result
+            assert mine.output == "bob" and bob.status(ids[0]) == "unknown"
+            with pytest.raises(RemoteError, match="not_found"):
+                bob.fetch(ids[0])
+        with Client(address, timeout=20, token=token) as alice:
+            assert [alice.result(j).output for j in ids] == [f"slept 0.5 alice{i}" for i in range(3)]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_a_second_server_on_the_same_journal_refuses_to_start(server: Server) -> None:
+    from agentrt.errors import JournalLockedError
+
+    with pytest.raises(JournalLockedError, match=f"pid {os.getpid()}"):
+        Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=server.config.journal))

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,6 +52,26 @@ def _sources_digest() -> str:
     return h.hexdigest()
 
 
+def _trusted(path: Path) -> bool:
+    """Only this user can have written it: ours, not a symlink, not group- or world-writable."""
+    st = os.lstat(path)
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _trusted_target(filename: str) -> Path:
+    """Where to keep (and load) a built library. A library found in the cache is loaded only if the
+    folder and the file are trusted; otherwise it is rebuilt in a private per-process folder, since a
+    name derived from the sources is easy to plant for anyone who can write the cache."""
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = folder / filename
+    if _trusted(folder) and (not os.path.lexists(target) or _trusted(target)):
+        return target
+    logger.warning("kernel cache %s (or %s in it) is not private to this user: building in a private folder",
+                   folder, filename)
+    return Path(tempfile.mkdtemp(prefix="agentrt-kernels-")) / filename
+
+
 @functools.cache
 def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | None:
     """Compile `<name>.c` (once per content of the kernel sources) and load it, declaring each
@@ -61,10 +82,9 @@ def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | N
         logger.warning("no C compiler found: the %s CPU kernels are off (torch path instead)", name)
         return None
     key = hashlib.sha256((name + _sources_digest() + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{name}_{key}.so"
     try:
+        target = _trusted_target(f"{name}_{key}.so")
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 out = Path(tmp) / f"{name}.so"
                 cmd = [compiler, *FLAGS, f"-I{SOURCE_DIR}", str(SOURCE_DIR / f"{name}.c"), "-o", str(out), *LIBS]

@@ -29,3 +29,9 @@ async def sleepy(ctx: Any, seconds: float = 0.5, tag: str = "") -> str:
 @graph
 async def fail(ctx: Any) -> str:
     raise RuntimeError("this graph always fails")
+
+
+@graph
+async def unencodable(ctx: Any, kind: str = "object") -> Any:
+    """An output msgpack cannot carry: the server must fail the job, not crash."""
+    return object() if kind == "object" else 2**64

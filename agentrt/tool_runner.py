@@ -1,0 +1,200 @@
+"""How tool calls are run so that no tool can hang or starve the others.
+
+* Sync tools run on their own daemon thread per call, inside the CPU limiter. Python cannot stop a
+  thread: when a call is cancelled (job cancel or timeout) its slot is freed at once and the thread,
+  if still running, is *abandoned*: logged, counted (`num_abandoned`), and charged to its tool; a tool
+  with `max_abandoned_per_tool` abandoned calls still running gets new calls refused (ToolError) until
+  they end, so a hanging tool cannot pile up threads or hold slots the other jobs' tools need.
+* Async tools run on the event loop, outside the CPU limiter (they wait on I/O, not on cores), under
+  a watchdog thread: when the loop stops ticking for `block_threshold` seconds while an async tool
+  runs, it logs which tool's code is on the loop thread's stack (`num_loop_blocks`).
+* `cpu_bound` tools run in a child process per call (forkserver: safe beside threads), killed on cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import multiprocessing
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from agentrt.errors import ToolError
+
+logger = logging.getLogger(__name__)
+
+
+def timed_call(fn: Callable[..., Any], args: dict[str, Any]) -> tuple[Any, float]:
+    start = time.thread_time()
+    result = fn(**args)
+    return result, time.thread_time() - start
+
+
+@dataclass(slots=True)
+class _Call:
+    tool: str
+    abandoned: bool = False
+    finished: bool = False
+
+
+class SyncToolThreads:
+    def __init__(self, limiter: anyio.CapacityLimiter, max_abandoned_per_tool: int = 4) -> None:
+        self.limiter = limiter
+        self.max_abandoned_per_tool = max_abandoned_per_tool
+        self.abandoned: dict[str, int] = {}  # tool -> abandoned calls still running
+        self.num_abandoned = 0  # total ever abandoned
+        self._lock = threading.Lock()
+
+    async def run(self, name: str, fn: Callable[..., Any], args: dict[str, Any]) -> tuple[Any, float]:
+        if self.abandoned.get(name, 0) >= self.max_abandoned_per_tool:
+            raise ToolError(name, f"{self.abandoned[name]} earlier calls still run after being cancelled; "
+                                  "new calls are refused until they end (the tool hangs?)")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, float]] = loop.create_future()
+        call = _Call(name)
+        ctx = contextvars.copy_context()  # tools see the job's context variables (e.g. its database)
+        async with self.limiter:
+            thread = threading.Thread(target=self._work, args=(loop, fut, call, ctx, fn, args), name=f"tool-{name}", daemon=True)
+            thread.start()
+            try:
+                return await fut
+            except BaseException:
+                self._abandon(call)
+                raise
+
+    def _work(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], call: _Call, ctx: contextvars.Context,
+              fn: Callable[..., Any], args: dict[str, Any]) -> None:
+        outcome: tuple[Any, BaseException | None]
+        try:
+            outcome = (ctx.run(timed_call, fn, args), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        with self._lock:
+            call.finished = True
+            if call.abandoned:
+                self.abandoned[call.tool] -= 1
+                logger.warning("abandoned call of sync tool %r finally ended", call.tool)
+                return
+        try:
+            loop.call_soon_threadsafe(_settle, fut, *outcome)
+        except RuntimeError:  # the loop is gone
+            pass
+
+    def _abandon(self, call: _Call) -> None:
+        with self._lock:
+            if call.finished:
+                return
+            call.abandoned = True
+            self.abandoned[call.tool] = self.abandoned.get(call.tool, 0) + 1
+            self.num_abandoned += 1
+            running = self.abandoned[call.tool]
+        logger.warning("sync tool %r was cancelled but keeps running on its thread (%d such calls of it now)", call.tool, running)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class LoopWatchdog:
+    """Logs async tools that block the event loop (one watchdog per loop, started on first use)."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatchdog] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, block_threshold: float) -> None:
+        self.loop, self.threshold = loop, block_threshold
+        self.loop_thread = threading.get_ident()
+        self.running: dict[int, tuple[str, Any]] = {}  # call id -> (tool name, code object)
+        self.num_loop_blocks = 0
+        self._ids = itertools.count()
+        self.last_tick = time.monotonic()
+        loop.call_soon(self._tick)
+        threading.Thread(target=self._watch, name="agentrt-loop-watchdog", daemon=True).start()
+
+    @classmethod
+    def for_running_loop(cls, block_threshold: float = 0.5) -> LoopWatchdog:
+        loop = asyncio.get_running_loop()
+        if loop not in cls._by_loop:
+            cls._by_loop[loop] = cls(loop, block_threshold)
+        return cls._by_loop[loop]
+
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+        self.loop.call_later(self.threshold / 4, self._tick)
+
+    def _watch(self) -> None:
+        reported = False
+        while not self.loop.is_closed():
+            time.sleep(self.threshold / 4)
+            stalled = time.monotonic() - self.last_tick
+            if stalled < self.threshold or not self.running:
+                reported = False
+                continue
+            if not reported:
+                reported = True
+                self.num_loop_blocks += 1
+                logger.warning("event loop blocked for %.2fs by async tool %s: it must not make blocking calls "
+                               "(make it a sync tool, or await a non-blocking API)", stalled, self._culprit())
+
+    def _culprit(self) -> str:
+        frame = sys._current_frames().get(self.loop_thread)
+        codes = {code: name for name, code in self.running.values()}
+        while frame is not None:
+            if frame.f_code in codes:
+                return repr(codes[frame.f_code])
+            frame = frame.f_back
+        return "one of " + ", ".join(sorted({repr(n) for n, _ in self.running.values()}))
+
+    async def run(self, name: str, fn: Callable[..., Any], args: dict[str, Any]) -> tuple[Any, float]:
+        key = next(self._ids)
+        self.running[key] = (name, getattr(fn, "__code__", None))
+        start = time.thread_time()
+        try:
+            return await fn(**args), time.thread_time() - start
+        finally:
+            del self.running[key]
+
+
+def _child(conn: Any, fn: Callable[..., Any], args: dict[str, Any]) -> None:
+    try:
+        conn.send((True, timed_call(fn, args)))
+    except BaseException as exc:
+        conn.send((False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+async def run_in_process(name: str, fn: Callable[..., Any], args: dict[str, Any]) -> tuple[Any, float]:
+    """Run fn(**args) in a child process; killed if the call is cancelled. Raises ToolError for its errors."""
+    ctx = multiprocessing.get_context("forkserver")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args), name=f"tool-{name}", daemon=True)
+    proc.start()
+    send.close()
+    try:
+        await anyio.wait_readable(recv.fileno())
+        ok, value = recv.recv()
+    except EOFError:
+        proc.join(1)
+        raise ToolError(name, f"its process died (exit code {proc.exitcode})") from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(1)
+        recv.close()
+    if not ok:
+        raise ToolError(name, f"raised {value}")
+    return value  # type: ignore[no-any-return]
