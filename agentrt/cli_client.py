@@ -6,7 +6,6 @@ Imports only the client side of agentrt (no engine, no torch)."""
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,16 +90,15 @@ def connect(address: str, curve_server: Path | None, curve_secret: Path | None, 
 
 def wait_for_result(c: CliClient, job_id: str, timeout: float, wait_timeout: float | None,
                     on_event: Callable[[Any], None] | None) -> Any:
-    """The job's Result. Waits in slices of `timeout`, checking between slices that the server still
-    answers (NoServerError if not), until `wait_timeout` seconds (None: no limit)."""
-    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
-    client = c.client
-    while True:
-        try:
-            return client.result(job_id, on_event)
-        except TimeoutError:
-            pass
-        c.status(job_id)  # raises NoServerError when the server is gone
-        if deadline is not None and time.monotonic() > deadline:
-            raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
-                               f"(it keeps running; `agentrt status {job_id}` to check)")
+    """The job's Result. The client re-fetches every `timeout` seconds of silence (so a dead server is
+    noticed: NoServerError) and gives up after `wait_timeout` seconds (None: no limit)."""
+    from agentrt.errors import ClientTimeout, ServerUnavailableError
+
+    try:
+        return c.client.result(job_id, on_event, timeout=wait_timeout)
+    except ServerUnavailableError as exc:
+        raise NoServerError(f"no answer from a server at {c.address} within {timeout:g}s "
+                            f"(is `agentrt serve` running there? raise --timeout to wait longer)") from exc
+    except ClientTimeout as exc:
+        raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
+                           f"(it keeps running; `agentrt status {job_id}` to check)") from exc
