@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,32 @@ DOC = ROOT / "docs" / "benchmarks.md"
 JSON_DIR = ROOT / "docs" / "benchmarks"
 
 
+def cpu() -> str:
+    """The CPU model and the vector ISA the C kernels use on it (every table names the CPU it ran on)."""
+    from engine.kernels.cpu import cpuinfo
+
+    f = cpuinfo.detect()
+    isa = "AVX-512" if "avx512f" in f.flags else "AVX2" if "avx2" in f.flags else "no AVX2: torch ops"
+    kernels = "C kernels" if cpuinfo.c_kernels_supported(f)[0] else "torch ops"
+    return f"{f.model} ({f.arch}, {isa}, {kernels})"
+
+
 def machine() -> str:
     """A one-line description of where the figures were measured."""
     try:
         import torch
 
         if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+            return f"{torch.cuda.get_device_name(0)} + CPU {cpu()}, torch {torch.__version__}"
         threads = torch.get_num_threads()
         tv = torch.__version__
     except ImportError:  # pragma: no cover
         threads, tv = 0, "n/a"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({threads} torch threads), torch {tv}"
+    return f"CPU {cpu()}, {os.cpu_count()} cores ({threads} torch threads), torch {tv}"
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    table = Table(title=title)
+    table = Table(title=title, caption=f"CPU: {cpu()}")
     for col in columns:
         table.add_column(col, justify="right" if col != columns[0] else "left")
     for row in rows:

@@ -2,5 +2,5 @@
 CUDA (`triton/`, imported lazily), plus the FP4 weight format they share with `engine.moe`.
 
 Kernels import torch and each other, never model code (`engine.model`, `engine.moe`): the model
-and MoE layers call kernels, not the reverse (tests/engine/test_import_rules.py).
+and MoE layers call kernels, not the reverse (tests/test_import_rules.py).
 """

@@ -3,7 +3,11 @@
 Every edge key is a whole number of pages (`block_size` tokens) and every node stores one KV block
 id per page of its key. The tree holds one reference (in the BlockPool) on every block it stores.
 A node's lock count is the number of locks on it or on any descendant (locking a node locks its
-whole path to the root); locked nodes are never evicted. Eviction takes unlocked leaves in LRU order.
+whole path to the root); locked nodes are never evicted. Eviction takes unlocked leaves in LRU order
+from a heap of evictable leaves keyed by last use, kept up to date where leaves appear (insert, an
+eviction that bares the parent, unlock, a refreshing match) with lazy deletion: an entry is skipped
+when its node is gone, has children, is locked or was used since. Evicting e leaves costs
+O((e + k) log n) for k leaves announced by `next_use`, not a walk of the tree.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class RadixCache:
         self.pool = block_pool
         self.block_size = block_size
         self._clock = itertools.count(1)
+        self._seq = itertools.count()  # heap tie-break
+        self._evictable: list[tuple[int, int, RadixNode]] = []  # (last_access, seq, leaf), lazily deleted
+        self._num_nodes = 0
         # Called with (token path up to the node's end, the node's blocks, its hit count) before a
         # node is evicted.
         self.on_evict: Callable[[list[int], list[int], int], None] | None = None
@@ -63,6 +70,7 @@ class RadixCache:
                 stack.extend(node.children.values())
                 self.pool.decref(node.blocks)
         self.root = RadixNode((), [])
+        self._evictable, self._num_nodes = [], 0
         self.num_cached_blocks = 0
         self.num_locked_blocks = 0
         self.num_queries = 0
@@ -89,6 +97,7 @@ class RadixCache:
             node.hits += count
             blocks.extend(node.blocks)
             i += len(node.key)
+        self._offer(node)  # its LRU time changed (its older heap entries are now stale)
         if count:
             self.num_queries += 1
             self.num_query_tokens += len(token_ids)
@@ -140,6 +149,7 @@ class RadixCache:
         child.key, child.blocks, child.parent = child.key[cut:], child.blocks[pages:], upper
         upper.children[child.key[: self.block_size]] = child
         parent.children[upper.key[: self.block_size]] = upper
+        self._num_nodes += 1
         return upper
 
     # ---- insertion ---------------------------------------------------------------------
@@ -160,6 +170,8 @@ class RadixCache:
             new_blocks = list(block_ids[i // bs : n // bs])
             leaf = RadixNode(tuple(token_ids[i:n]), new_blocks, match.node, last_access=next(self._clock))
             match.node.children[leaf.key[:bs]] = leaf
+            self._num_nodes += 1
+            self._offer(leaf)
             self.pool.incref(new_blocks)
             self.num_cached_blocks += len(new_blocks)
         return i
@@ -177,11 +189,13 @@ class RadixCache:
         """Undo one `lock(node)`. Raises ValueError when the node is not locked."""
         if node is not self.root and node.lock <= 0:
             raise ValueError("unlock of a node that is not locked")
+        first = node
         while node is not self.root and node is not None:
             node.lock -= 1
             if node.lock == 0:
                 self.num_locked_blocks -= len(node.blocks)
             node = node.parent  # type: ignore[assignment]
+        self._offer(first)  # only the first node can be a leaf: the others are its ancestors
 
     @property
     def num_evictable_blocks(self) -> int:
@@ -189,30 +203,63 @@ class RadixCache:
 
     # ---- eviction ----------------------------------------------------------------------
     def evict(self, num_blocks: int) -> int:
-        """Evict unlocked leaves, least recently used first, until `num_blocks` blocks have left
-        the tree or nothing is evictable. Returns the number of blocks released."""
+        """Evict unlocked leaves until `num_blocks` blocks have left the tree or nothing is
+        evictable: leaves nobody announced (`next_use`) first, least recently used first, then
+        announced ones, the furthest-off first. Returns the number of blocks released."""
         soon = self.next_use() if self.next_use is not None else {}
-
-        def rank(n: RadixNode) -> tuple[float, float, int]:
-            steps = soon.get(n)
-            return (0.0, 0.0, n.last_access) if steps is None else (1.0, -steps, n.last_access)
-
-        heap = [(rank(n), id(n), n) for n in self._nodes() if n.is_leaf and n.lock == 0]
-        heapq.heapify(heap)
+        announced: list[tuple[float, int, int, RadixNode]] = []  # (-steps, last_access, seq, leaf)
         released = 0
-        while heap and released < num_blocks:
-            _, _, node = heapq.heappop(heap)
-            parent = node.parent
-            assert parent is not None
-            del parent.children[node.key[: self.block_size]]
-            if self.on_evict is not None:
-                self.on_evict(self.path_tokens(node), node.blocks, node.hits)
-            self.pool.decref(node.blocks)
-            released += len(node.blocks)
-            self.num_cached_blocks -= len(node.blocks)
-            if parent is not self.root and parent.is_leaf and parent.lock == 0:
-                heapq.heappush(heap, (rank(parent), id(parent), parent))
+        while released < num_blocks:
+            node = self._pop_evictable()
+            if node is not None and node in soon:
+                heapq.heappush(announced, (-soon[node], node.last_access, next(self._seq), node))
+                continue
+            if node is None:
+                if not announced:
+                    break
+                node = heapq.heappop(announced)[3]
+                if node.parent is None or node.parent.children.get(node.key[: self.block_size]) is not node:
+                    continue  # a duplicate entry of a leaf already evicted
+            released += self._remove(node)
+        for _, _, _, node in announced:  # not needed after all: evictable again later
+            self._offer(node)
         return released
+
+    def _remove(self, node: RadixNode) -> int:
+        """Take an unlocked leaf out of the tree (releasing its blocks); returns its block count."""
+        parent = node.parent
+        assert parent is not None
+        del parent.children[node.key[: self.block_size]]
+        self._num_nodes -= 1
+        if self.on_evict is not None:
+            self.on_evict(self.path_tokens(node), node.blocks, node.hits)
+        self.pool.decref(node.blocks)
+        self.num_cached_blocks -= len(node.blocks)
+        self._offer(parent)
+        return len(node.blocks)
+
+    def _offer(self, node: RadixNode) -> None:
+        """Queue `node` for eviction if it is an unlocked leaf now (entries go stale, not away)."""
+        if node is self.root or node.children or node.lock:
+            return
+        heapq.heappush(self._evictable, (node.last_access, next(self._seq), node))
+        if len(self._evictable) > 2 * self._num_nodes + 64:  # mostly stale: rebuild, O(n) amortised over the pushes
+            self._evictable = [e for e in self._evictable if self._is_current(e)]
+            heapq.heapify(self._evictable)
+
+    def _is_current(self, entry: tuple[int, int, RadixNode]) -> bool:
+        stamp, _, node = entry
+        parent = node.parent
+        return (stamp == node.last_access and not node.children and not node.lock and parent is not None
+                and parent.children.get(node.key[: self.block_size]) is node)
+
+    def _pop_evictable(self) -> RadixNode | None:
+        """The least recently used unlocked leaf, or None (skipping stale entries)."""
+        while self._evictable:
+            entry = heapq.heappop(self._evictable)
+            if self._is_current(entry):
+                return entry[2]
+        return None
 
     def path_tokens(self, node: RadixNode) -> list[int]:
         """All token ids from the root to the end of `node`."""

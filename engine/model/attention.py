@@ -52,18 +52,29 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_num_blocks] int64, padded with 0
     context_lens_t: torch.Tensor  # [num_seqs] int64 (device copy of context_lens)
     max_context_len: int
-    # Decode steps only: groups of sequences whose block tables start with the same full blocks
-    # (a shared cached prefix). Each is (seq indices, number of shared blocks); see cascade_groups.
-    cascade: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    block_size: int = 0  # tokens per KV block (0: unknown, no cascade groups)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
     cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 CPU copy of cu_query_lens (CPU kernels)
     # Derived once per step from query_lens (every attention layer asks):
     max_query_len: int = field(init=False)  # the most new tokens of one sequence (0 for an empty step)
     is_decode: bool = field(init=False)  # every sequence adds exactly one token (pure decode step)
+    _cascade: list[tuple[torch.Tensor, int]] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.max_query_len = max(self.query_lens, default=0)
         self.is_decode = all(q == 1 for q in self.query_lens)
+
+    @property
+    def cascade(self) -> list[tuple[torch.Tensor, int]]:
+        """CPU decode steps only: groups of sequences whose block tables start with the same full
+        blocks (a shared cached prefix), each (seq indices, number of shared blocks); see
+        cascade_groups. Computed on first use: only the torch fallback reads them (the C and Triton
+        decode kernels never do), so steps served by a kernel skip the grouping."""
+        if self._cascade is None:
+            cpu_decode = self.is_decode and self.block_size > 0 and self.block_tables.device.type == "cpu"
+            groups = cascade_groups(self.block_table_lists, self.context_lens, self.block_size) if cpu_decode else []
+            self._cascade = [(torch.tensor(ix, dtype=torch.long, device=self.block_tables.device), n) for ix, n in groups]
+        return self._cascade
 
     @property
     def num_seqs(self) -> int:
@@ -88,9 +99,6 @@ class AttentionMetadata:
         cu = [0]
         for q in query_lens:
             cu.append(cu[-1] + q)
-        decode = all(q == 1 for q in query_lens)
-        # cascade attention is the CPU decode path's; CUDA decode runs the Triton kernel
-        groups = cascade_groups(block_tables, context_lens, block_size) if decode and torch.device(device).type == "cpu" else []
         return cls(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
             query_lens=list(query_lens),
@@ -99,7 +107,7 @@ class AttentionMetadata:
             block_tables=torch.tensor(padded, dtype=torch.long, device=device).view(len(block_tables), max_blocks),
             context_lens_t=torch.tensor(context_lens, dtype=torch.long, device=device),
             max_context_len=max(context_lens, default=0),
-            cascade=[(torch.tensor(ix, dtype=torch.long, device=device), n) for ix, n in groups],
+            block_size=block_size,
             block_table_lists=[list(t) for t in block_tables],
             cu_query_lens_t=torch.tensor(cu, dtype=torch.long) if torch.device(device).type == "cpu" else None,
         )

@@ -16,7 +16,7 @@ from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
 from engine.kernels.cpu import linear as cpu_linear
 from engine.kernels.cpu import moe_dense as cpu_dense
 from engine.kernels.cpu import ops as cpu_ops
-from engine.kernels.triton.attention import triton_available
+from engine.kernels.triton import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv

@@ -77,3 +77,20 @@ def test_block_runs_split_at_gaps() -> None:
     assert block_runs([4, 5, 6, 9, 10, 2], 6) == [(4, 3), (9, 2), (2, 1)]
     assert block_runs([4, 5, 6, 9], 2) == [(4, 2)]
     assert block_runs([], 0) == []
+
+
+def test_cascade_groups_are_computed_only_when_the_torch_fallback_runs() -> None:
+    from engine.kernels.cpu import attention as cpu_attention
+
+    shared = list(range(1, 7))
+    tables = [shared + [10 + i, 20 + i] for i in range(3)]
+    ctx_lens = [6 * BS + 3, 6 * BS + 5, 6 * BS + 8]
+    k_cache, v_cache = torch.randn(NUM_BLOCKS, BS, HKV, D), torch.randn(NUM_BLOCKS, BS, HKV, D)
+    q = torch.randn(3, HKV * G, D)
+    kernel_meta = AttentionMetadata.build([1, 1, 1], ctx_lens, tables, BS, "cpu")
+    if cpu_attention.supports(q, k_cache, kernel_meta):
+        paged_attention(q, k_cache, v_cache, kernel_meta, 0.25)  # the C kernel serves the step
+        assert kernel_meta._cascade is None  # no grouping on the kernel's decode steps
+    torch_meta = AttentionMetadata.build([1, 1, 1], ctx_lens, tables, BS, "cpu")
+    paged_attention(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), torch_meta, 0.25)  # bf16: the torch path
+    assert torch_meta._cascade is not None and len(torch_meta._cascade) == 1

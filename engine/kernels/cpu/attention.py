@@ -20,7 +20,6 @@ Built on first use by `kernels.cpu.native`; without a C compiler `available()` i
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from typing import Protocol
 
@@ -61,20 +60,19 @@ _SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, 
                ("tiled_supported", (_I,), _I))
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("attention", _SIGNATURES)
+_KERNELS = native.Kernels("attention", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the compiled kernel can be used (builds it on the first call)."""
-    return _library() is not None
+    return _KERNELS.available()
 
 
 @functools.cache
 def tiled_supported(head_dim: int) -> bool:
     """Whether the tiled path runs here for this head size (AVX-512 build, head_dim 32/64/128):
     then any number of new tokens per sequence is supported (prefill chunks too)."""
-    lib = _library()
+    lib = _KERNELS.get()
     return lib is not None and bool(lib.tiled_supported(head_dim))
 
 
@@ -98,9 +96,7 @@ def paged_attention(
     TILED_MIN_ROWS (tests force either path with it). Raises ValueError when `supports` does not
     hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
     and the override keeps it off the tiled path."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU paged attention kernel is not available (no C compiler?)")
+    lib = _KERNELS.require()
     if not supports(q, k_cache, meta) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("paged_attention (C) needs fp32 CPU tensors, contiguous caches, blocks <= 64 tokens "
                          f"and <= {MAX_QUERY_LEN} new tokens per sequence (more only on the tiled AVX-512 path)")

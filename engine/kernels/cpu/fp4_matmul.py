@@ -16,7 +16,6 @@ also this kernel's test oracle.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import torch
@@ -36,13 +35,12 @@ _SIGNATURES = (
 )
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("fp4_matmul", _SIGNATURES)
+_KERNELS = native.Kernels("fp4_matmul", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the compiled kernel can be used (builds it on the first call)."""
-    return _library() is not None
+    return _KERNELS.available()
 
 
 @functools.cache
@@ -58,11 +56,9 @@ def fp4_matmul(x: torch.Tensor, weight: FP4Tensor, row_scale: torch.Tensor) -> t
     """x [M, K] @ weight.T for a 2-D packed weight [N, K] -> [M, N] fp32 (x cast to fp32).
 
     `row_scale` [N] fp32: each row's second-level scale (`FP4Tensor.row_scales()`). Raises
-    ValueError on shape mismatches, M > MAX_ROWS or a non-CPU tensor; RuntimeError if the kernel
+    ValueError on shape mismatches, M > MAX_ROWS or a non-CPU tensor; KernelUnavailableError if the kernel
     is not available (check `available()` first)."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU FP4 kernel is not available (no C compiler?)")
+    lib = _KERNELS.require()
     n, k = weight.shape
     if x.dim() != 2 or x.shape[1] != k or x.shape[0] > MAX_ROWS:
         raise ValueError(f"x must be [M <= {MAX_ROWS}, {k}], got {tuple(x.shape)}")
@@ -91,10 +87,8 @@ def fp4_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, ex
     -> [T, H] in x's dtype. Each expert's rows go through gate/up, SwiGLU and down in the kernel.
 
     Raises ValueError for more than MAX_MOE_TOKENS tokens, non-CPU tensors or non-contiguous
-    packed experts; RuntimeError if the kernel is not available."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU FP4 kernel is not available (no C compiler?)")
+    packed experts; KernelUnavailableError if the kernel is not available."""
+    lib = _KERNELS.require()
     num_tokens, hidden = x.shape
     if num_tokens > MAX_MOE_TOKENS or x.device.type != "cpu":
         raise ValueError(f"fp4_moe takes at most {MAX_MOE_TOKENS} CPU tokens, got {num_tokens} on {x.device}")

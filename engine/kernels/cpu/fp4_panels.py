@@ -22,10 +22,9 @@ FP4 block, so no panel needs padding), so FP4's size advantage is kept; the `Qua
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
+from engine.errors import KernelUnavailableError
 from engine.kernels.cpu import native
 from engine.kernels.fp4 import FP4Experts, FP4Tensor
 
@@ -36,13 +35,12 @@ _SIGNATURES = (
 )
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("fp4_panels", _SIGNATURES)
+_KERNELS = native.Kernels("fp4_panels", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the kernel can run here: it builds and was compiled with AVX-512."""
-    lib = _library()
+    lib = _KERNELS.get()
     return lib is not None and bool(lib.fp4_panels_supported())
 
 
@@ -92,12 +90,11 @@ class FP4PanelExperts:
 def fp4_panel_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: FP4PanelExperts) -> torch.Tensor:
     """A whole FP4 MoE layer: x [T, H], router weights/expert ids [T, k] -> [T, H] in x's dtype.
 
-    Raises ValueError for non-CPU tensors or bad shapes/ids, RuntimeError if the kernel is not
-    available here (no compiler or no AVX-512)."""
-    if not available():
-        raise RuntimeError("the CPU FP4 panel kernel is not available (needs a C compiler and AVX-512)")
-    lib = _library()
-    assert lib is not None
+    Raises ValueError for non-CPU tensors or bad shapes/ids, KernelUnavailableError (a RuntimeError) if the
+    kernel is not available here (no compiler or no AVX-512)."""
+    lib = _KERNELS.require()
+    if not lib.fp4_panels_supported():
+        raise KernelUnavailableError("the CPU FP4 panel kernel needs AVX-512, which this CPU lacks")
     num_tokens, hidden = x.shape
     if x.device.type != "cpu" or hidden != experts.hidden:
         raise ValueError(f"x must be a CPU [T, {experts.hidden}] tensor, got {tuple(x.shape)} on {x.device}")

@@ -34,13 +34,12 @@ _P, _I = native.PTR, native.I64
 _SIGNATURES = (("packed_linear", (_P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I)),)
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("linear", _SIGNATURES)
+_KERNELS = native.Kernels("linear", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the compiled kernel can be used (builds it on the first call)."""
-    return _library() is not None
+    return _KERNELS.available()
 
 
 def lossless_bf16(w: torch.Tensor) -> bool:
@@ -81,10 +80,8 @@ def unpack(panels: torch.Tensor, n: int) -> torch.Tensor:
 def packed_linear(x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ W^T (+ bias) -> [M, n] fp32, W given as `pack(W)` panels [P, K, 16].
 
-    Raises ValueError on bad shapes/devices, RuntimeError if the kernel is not available."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU linear kernel is not available (no C compiler?)")
+    Raises ValueError on bad shapes/devices, KernelUnavailableError if the kernel is not available."""
+    lib = _KERNELS.require()
     if panels.dim() != 3 or panels.shape[2] != PANEL or panels.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"panels must be [P, K, {PANEL}] fp32/bf16, got {tuple(panels.shape)} {panels.dtype}")
     p, k, _ = panels.shape
@@ -133,9 +130,7 @@ class PackedLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if x.dim() == 2 and x.dtype == torch.float32 and x.stride(1) == 1 and x.device.type == "cpu" and x.shape[1] == self.in_features:
             # the hot path (decode steps): shapes were checked when packing; no re-validation
-            lib = _library()
-            assert lib is not None  # a PackedLinear exists only where the kernel was built
-            return _run(lib, x, self.panels, self.out_features, self.bias)
+            return _run(_KERNELS.require(), x, self.panels, self.out_features, self.bias)
         shape = x.shape
         y = packed_linear(x.reshape(-1, shape[-1]), self.panels, self.out_features, self.bias)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)

@@ -20,8 +20,6 @@ by `kernels.cpu.native`; without a C compiler `available()` is False and the tor
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from engine.kernels.cpu import linear as cpu_linear
@@ -33,13 +31,12 @@ _P, _I = native.PTR, native.I64
 _SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),)
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("moe_dense", _SIGNATURES)
+_KERNELS = native.Kernels("moe_dense", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the compiled kernel can be used (builds it on the first call)."""
-    return _library() is not None
+    return _KERNELS.available()
 
 
 class DenseExperts:
@@ -88,10 +85,8 @@ class DenseExperts:
 def dense_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: DenseExperts) -> torch.Tensor:
     """A whole MoE layer: x [T, H], router weights/expert ids [T, k] -> [T, H] in x's dtype.
 
-    Raises ValueError for non-CPU tensors or bad shapes/ids, RuntimeError if the kernel is not available."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU dense MoE kernel is not available (no C compiler?)")
+    Raises ValueError for non-CPU tensors or bad shapes/ids, KernelUnavailableError if the kernel is not available."""
+    lib = _KERNELS.require()
     num_tokens, hidden = x.shape
     if x.device.type != "cpu":
         raise ValueError(f"dense_moe takes CPU tensors, got {x.device}")

@@ -3,9 +3,12 @@
 The kernels are the .c/.h files beside this module (one .c per kernel family, shared headers for
 the SIMD helpers and the panel tiles). A binding module hands the name of its .c file and its
 ctypes signatures to `build`; the shared library is compiled once into ~/.cache/agentrt/ (or
-$AGENTRT_CACHE_DIR), keyed by the sources, the flags and the compiler, and loaded through ctypes (calls release the GIL). No torch headers are needed, so a
+$AGENTRT_CACHE_DIR), keyed by the sources, the flags, the compiler and the CPU (architecture and
+instruction-set flags, `cpuinfo`: a -march=native build is used only where it was built for), and
+loaded through ctypes (calls release the GIL). No torch headers are needed, so a
 build takes about a second. Without a working compiler `build` returns None and callers keep their
-torch path, which is also every kernel's test oracle.
+torch path, which is also every kernel's test oracle; so does a CPU the kernels are not for (not
+x86-64 with AVX2 and FMA: torch's ops are faster there than the kernels' scalar loops).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from engine.errors import KernelUnavailableError
+from engine.kernels.cpu import cpuinfo
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +45,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AGENTRT_CACHE_DIR") or Path.home() / ".cache" / "agentrt")
 
 
-def source_text(name: str) -> str:
-    """The C source of kernel family `name` (`<name>.c` beside this module)."""
-    return (SOURCE_DIR / f"{name}.c").read_text()
-
-
 def _sources_digest() -> str:
     """Every .c/.h of the kernel directory (a header change rebuilds every family that may include it)."""
     h = hashlib.sha256()
     for path in sorted(SOURCE_DIR.glob("*.[ch]")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+def find_compiler() -> str | None:
+    """$CC, else cc, else gcc (a full path), or None."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def cache_key(name: str, compiler: str, features: cpuinfo.CpuFeatures) -> str:
+    """The build's identity: kernel family, every kernel source, flags, compiler path and the CPU's
+    architecture + instruction-set flags (a build made elsewhere is never loaded here)."""
+    parts = (name, _sources_digest(), " ".join(FLAGS), compiler, features.fingerprint())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _trusted(path: Path) -> bool:
@@ -75,13 +88,18 @@ def _trusted_target(filename: str) -> Path:
 @functools.cache
 def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | None:
     """Compile `<name>.c` (once per content of the kernel sources) and load it, declaring each
-    (function, argtypes[, restype]) of `signatures` (no restype: void). Returns None, with a
-    warning, when no compiler works."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    (function, argtypes[, restype]) of `signatures` (no restype: void). Returns None (callers
+    keep torch) on a CPU the kernels are not for, and, with a warning, when no compiler works."""
+    features = cpuinfo.detect()
+    supported, why = cpuinfo.c_kernels_supported(features)
+    if not supported:
+        logger.info("the %s CPU kernels are off on this CPU (%s): torch path instead", name, why)
+        return None
+    compiler = find_compiler()
     if compiler is None:
         logger.warning("no C compiler found: the %s CPU kernels are off (torch path instead)", name)
         return None
-    key = hashlib.sha256((name + _sources_digest() + " ".join(FLAGS) + compiler).encode()).hexdigest()[:16]
+    key = cache_key(name, compiler, features)
     try:
         target = _trusted_target(f"{name}_{key}.so")
         if not target.exists():
@@ -100,3 +118,24 @@ def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | N
         fn.argtypes = list(argtypes)
         fn.restype = restype[0] if restype else None
     return lib
+
+
+class Kernels:
+    """One kernel family as its binding uses it: `get()` the library (built on first use) or None,
+    `available()`, and `require()` the library or raise KernelUnavailableError."""
+
+    def __init__(self, name: str, signatures: tuple[tuple[Any, ...], ...]) -> None:
+        self.name, self.signatures = name, signatures
+
+    def get(self) -> ctypes.CDLL | None:
+        return build(self.name, self.signatures)
+
+    def available(self) -> bool:
+        return self.get() is not None
+
+    def require(self) -> ctypes.CDLL:
+        lib = self.get()
+        if lib is None:
+            raise KernelUnavailableError(f"the {self.name} CPU kernels are not available here (no C compiler, "
+                                         "or not an x86-64 CPU with AVX2 and FMA); check available() first")
+        return lib

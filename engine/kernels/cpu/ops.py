@@ -16,8 +16,6 @@ code is the oracle (tests/engine/test_cpu_ops.py). Built on first use by `kernel
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from engine.kernels.cpu import native
@@ -33,13 +31,12 @@ MAX_HEAD_DIM = 512
 MAX_EXPERTS = 1024
 
 
-def _library() -> ctypes.CDLL | None:
-    return native.build("ops", _SIGNATURES)
+_KERNELS = native.Kernels("ops", _SIGNATURES)
 
 
 def available() -> bool:
     """Whether the compiled kernels can be used (builds them on the first call)."""
-    return _library() is not None
+    return _KERNELS.available()
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -47,13 +44,6 @@ def usable(*tensors: torch.Tensor) -> bool:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
-
-
-def _lib() -> ctypes.CDLL:
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("the CPU op kernels are not available (no C compiler?)")
-    return lib
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,7 +54,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xc, wc = x.contiguous(), weight.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
-        _lib().rms_norm(xc.data_ptr(), xc.numel() // d, d, wc.data_ptr(), eps, y.data_ptr(), torch.get_num_threads())
+        _KERNELS.require().rms_norm(xc.data_ptr(), xc.numel() // d, d, wc.data_ptr(), eps, y.data_ptr(), torch.get_num_threads())
     return y
 
 
@@ -90,7 +80,7 @@ def attention_prologue(
     if qkv.stride(1) != 1:
         qkv = qkv.contiguous()
     q = torch.empty(t, num_heads, d, dtype=torch.float32)
-    if t and _lib().attention_prologue(qkv.data_ptr(), t, qkv.stride(0), num_heads, num_kv_heads, d, cos.data_ptr(), sin.data_ptr(),
+    if t and _KERNELS.require().attention_prologue(qkv.data_ptr(), t, qkv.stride(0), num_heads, num_kv_heads, d, cos.data_ptr(), sin.data_ptr(),
                                        *(None if n is None else n.data_ptr() for n in norms), eps, k_cache.data_ptr(),
                                        v_cache.data_ptr(), slots.data_ptr(), capacity, q.data_ptr(), torch.get_num_threads()):
         raise ValueError(f"slots must be in [0, {capacity})")
@@ -106,5 +96,5 @@ def route_topk(logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[tor
     weights = torch.empty(t, top_k, dtype=torch.float32)
     ids = torch.empty(t, top_k, dtype=torch.int64)
     if t:
-        _lib().route_topk(lc.data_ptr(), t, e, top_k, int(renormalize), weights.data_ptr(), ids.data_ptr())
+        _KERNELS.require().route_topk(lc.data_ptr(), t, e, top_k, int(renormalize), weights.data_ptr(), ids.data_ptr())
     return weights, ids

@@ -17,85 +17,26 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-#ifdef __AVX2__
-static inline __attribute__((always_inline)) void load_panel_row(const void *p, int bf16, int64_t off, __m256 *w0, __m256 *w1) {
-    if (!bf16) {
-        *w0 = _mm256_loadu_ps((const float *)p + off);
-        *w1 = _mm256_loadu_ps((const float *)p + off + 8);
-    } else {
-        /* bf16 panels store columns in the order 0-3, 8-11, 4-7, 12-15 (see `pack`), so interleaving
-           zero words below each value yields columns 0-7 and 8-15 in two shuffles. */
-        const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
-        *w0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
-        *w1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
-    }
-}
+#if defined(__AVX512F__)
+/* A panel row of 16 columns is one 16-lane register. bf16 bits are widened by a zero-extend and a
+   shift, so the lanes come in the storage order 0-3, 8-11, 4-7, 12-15 (see `pack`) and are put back
+   in order once per tile in `v16_emit`. */
+typedef __m512 v16;
+typedef __m512 v16b;  /* one activation value broadcast to every lane */
+static inline __attribute__((always_inline)) v16 v16_zero(void) { return _mm512_setzero_ps(); }
+static inline __attribute__((always_inline)) v16b v16_bcast(const float *x) { return _mm512_set1_ps(*x); }
+static inline __attribute__((always_inline)) v16 v16_fma(v16b x, v16 w, v16 acc) { return _mm512_fmadd_ps(x, w, acc); }
 
-/* Writes one row's two vectors of sums for one panel: 16 outputs (+ bias; the first ncols of them),
-   or, swiglu = 1, the 8 outputs silu(gate) * up of a gate/up panel. */
-static inline __attribute__((always_inline)) void emit(float *y, __m256 a0, __m256 a1, const float *bias, int64_t ncols, const int swiglu) {
-    if (swiglu) {
-        _mm256_storeu_ps(y, swiglu8(a0, a1));
-        return;
-    }
-    if (bias) {
-        float b[PANEL] = {0};
-        memcpy(b, bias, ncols * sizeof(float));
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(b));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(b + 8));
-    }
-    if (ncols == PANEL) {
-        _mm256_storeu_ps(y, a0);
-        _mm256_storeu_ps(y + 8, a1);
-    } else {
-        float t[PANEL];
-        _mm256_storeu_ps(t, a0);
-        _mm256_storeu_ps(t + 8, a1);
-        memcpy(y, t, ncols * sizeof(float));
-    }
-}
-
-/* rows x[0:mr, :K] (row stride ldx) times np (1 or 2) adjacent panels [K, 16] -> y[0:mr, ...] (row
-   stride ldy; panel q writes from column q * 16, or q * 8 with swiglu). Each sum runs over k in
-   order whatever mr and np are, so a row's result does not depend on the rows tiled with it;
-   two panels give few-row tiles (np = 2 for mr <= 3) enough independent FMA chains.
-   Sums live in named registers (an array of them gets spilled to the stack on every step). */
-#define ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
-static inline __attribute__((always_inline)) void tile(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
-                                                       const float *bias, float *y, int64_t ldy, int64_t ncols0, int64_t ncols1,
-                                                       const int mr, const int np, const int swiglu) {
-#define DECL(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps(), c##r##2 = _mm256_setzero_ps(), c##r##3 = _mm256_setzero_ps();
-    ROWS(DECL)
-    const char *second = (const char *)panel + K * PANEL * (bf16 ? 2 : 4);
-    for (int64_t k = 0; k < K; k++) {
-        __m256 w0, w1, w2 = _mm256_setzero_ps(), w3 = _mm256_setzero_ps();
-        load_panel_row(panel, bf16, k * PANEL, &w0, &w1);
-        if (np == 2) load_panel_row(second, bf16, k * PANEL, &w2, &w3);
-#define STEP(r) if (mr > r) { const __m256 xb = _mm256_broadcast_ss(x + r * ldx + k); \
-                              c##r##0 = _mm256_fmadd_ps(xb, w0, c##r##0); c##r##1 = _mm256_fmadd_ps(xb, w1, c##r##1); \
-                              if (np == 2) { c##r##2 = _mm256_fmadd_ps(xb, w2, c##r##2); c##r##3 = _mm256_fmadd_ps(xb, w3, c##r##3); } }
-        ROWS(STEP)
-    }
-    const int64_t width = swiglu ? 8 : PANEL;
-#define STORE(r) if (mr > r) { emit(y + r * ldy, c##r##0, c##r##1, bias, ncols0, swiglu); \
-                               if (np == 2) emit(y + r * ldy + width, c##r##2, c##r##3, bias ? bias + PANEL : 0, ncols1, swiglu); }
-    ROWS(STORE)
-}
-#endif
-
-#ifdef __AVX512F__
-/* The AVX-512 twin of `tile`: a panel row is one 16-lane register (bf16 bits widened by a zero-extend
-   and a shift, so its lanes come in the storage order 0-3, 8-11, 4-7, 12-15, put back in order once
-   per tile at the end), np = 2 panels for every mr. Sums run over k in the same order as `tile`, so
-   both give bitwise the same results. */
-static inline __attribute__((always_inline)) __m512 load_row16(const void *p, const int bf16, int64_t off) {
+static inline __attribute__((always_inline)) v16 v16_load(const void *p, const int bf16, int64_t off) {
     if (!bf16) return _mm512_loadu_ps((const float *)p + off);
     const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static inline __attribute__((always_inline)) void emit16(float *y, __m512 a, const int bf16, const float *bias, int64_t ncols,
-                                                         const int swiglu) {
+/* Writes one row's sums for one panel: 16 outputs (+ bias; the first ncols of them), or, swiglu = 1,
+   the 8 outputs silu(gate) * up of a gate/up panel. */
+static inline __attribute__((always_inline)) void v16_emit(float *y, v16 a, const int bf16, const float *bias, int64_t ncols,
+                                                           const int swiglu) {
     if (bf16) a = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15), a);
     if (swiglu) {
         _mm256_storeu_ps(y, swiglu8(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)));
@@ -105,27 +46,83 @@ static inline __attribute__((always_inline)) void emit16(float *y, __m512 a, con
     if (bias) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, bias));
     _mm512_mask_storeu_ps(y, m, a);
 }
+#define PAIR_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)  /* 32 registers: every tile takes two panels at once */
+#define PAIR_MAX_ROWS 6
 
-#define ROWS16(F) F(0) F(1) F(2) F(3) F(4) F(5)
-static inline __attribute__((always_inline)) void tile16(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
-                                                         const float *bias, float *y, int64_t ldy, int64_t ncols0, int64_t ncols1,
-                                                         const int mr, const int np, const int swiglu) {
-#define DECL16(r) __m512 d##r##0 = _mm512_setzero_ps(), d##r##1 = _mm512_setzero_ps();
-    ROWS16(DECL16)
+#elif defined(__AVX2__)
+/* A panel row of 16 columns is two 8-lane registers. bf16 panels store columns in the order 0-3,
+   8-11, 4-7, 12-15 (see `pack`), so interleaving zero words below each value yields columns 0-7
+   and 8-15 in two shuffles. */
+typedef struct { __m256 lo, hi; } v16;
+typedef __m256 v16b;
+static inline __attribute__((always_inline)) v16 v16_zero(void) { return (v16){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline __attribute__((always_inline)) v16b v16_bcast(const float *x) { return _mm256_broadcast_ss(x); }
+static inline __attribute__((always_inline)) v16 v16_fma(v16b x, v16 w, v16 acc) {
+    return (v16){_mm256_fmadd_ps(x, w.lo, acc.lo), _mm256_fmadd_ps(x, w.hi, acc.hi)};
+}
+
+static inline __attribute__((always_inline)) v16 v16_load(const void *p, const int bf16, int64_t off) {
+    if (!bf16) return (v16){_mm256_loadu_ps((const float *)p + off), _mm256_loadu_ps((const float *)p + off + 8)};
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + off));
+    return (v16){_mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h)),
+                 _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h))};
+}
+
+static inline __attribute__((always_inline)) void v16_emit(float *y, v16 a, const int bf16, const float *bias, int64_t ncols,
+                                                           const int swiglu) {
+    (void)bf16;  /* the loads already put bf16 columns in order */
+    if (swiglu) {
+        _mm256_storeu_ps(y, swiglu8(a.lo, a.hi));
+        return;
+    }
+    if (bias) {
+        float b[PANEL] = {0};
+        memcpy(b, bias, ncols * sizeof(float));
+        a.lo = _mm256_add_ps(a.lo, _mm256_loadu_ps(b));
+        a.hi = _mm256_add_ps(a.hi, _mm256_loadu_ps(b + 8));
+    }
+    if (ncols == PANEL) {
+        _mm256_storeu_ps(y, a.lo);
+        _mm256_storeu_ps(y + 8, a.hi);
+    } else {
+        float t[PANEL];
+        _mm256_storeu_ps(t, a.lo);
+        _mm256_storeu_ps(t + 8, a.hi);
+        memcpy(y, t, ncols * sizeof(float));
+    }
+}
+#define PAIR_ROWS(F) F(0) F(1) F(2)  /* 16 registers: two panels at once only for tiles of up to 3 rows */
+#define PAIR_MAX_ROWS 3
+#endif
+
+#ifdef __AVX2__
+/* rows x[0:mr, :K] (row stride ldx) times np (1 or 2) adjacent panels [K, 16] -> y[0:mr, ...] (row
+   stride ldy; panel q writes from column q * 16, or q * 8 with swiglu), written once for both vector
+   widths over the v16 helpers above. Each sum runs over k in order whatever mr and np are, so a row's
+   result does not depend on the rows tiled with it (and AVX2 and AVX-512 builds agree bitwise); two
+   panels give few-row tiles enough independent FMA chains. Sums live in named variables (an array
+   of them gets spilled to the stack on every step). */
+#define ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
+static inline __attribute__((always_inline)) void tile(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
+                                                       const float *bias, float *y, int64_t ldy, int64_t ncols0, int64_t ncols1,
+                                                       const int mr, const int np, const int swiglu) {
+#define DECL(r) v16 d##r##0 = v16_zero(), d##r##1 = v16_zero();
+    ROWS(DECL)
     const char *second = (const char *)panel + K * PANEL * (bf16 ? 2 : 4);
     for (int64_t k = 0; k < K; k++) {
-        const __m512 w0 = load_row16(panel, bf16, k * PANEL);
-        const __m512 w1 = np == 2 ? load_row16(second, bf16, k * PANEL) : _mm512_setzero_ps();
-#define STEP16(r) if (mr > r) { const __m512 xb = _mm512_set1_ps(x[r * ldx + k]); \
-                                d##r##0 = _mm512_fmadd_ps(xb, w0, d##r##0); if (np == 2) d##r##1 = _mm512_fmadd_ps(xb, w1, d##r##1); }
-        ROWS16(STEP16)
+        const v16 w0 = v16_load(panel, bf16, k * PANEL);
+        const v16 w1 = np == 2 ? v16_load(second, bf16, k * PANEL) : v16_zero();
+#define STEP(r) if (mr > r) { const v16b xb = v16_bcast(x + r * ldx + k); \
+                              d##r##0 = v16_fma(xb, w0, d##r##0); if (np == 2) d##r##1 = v16_fma(xb, w1, d##r##1); }
+        ROWS(STEP)
     }
     const int64_t width = swiglu ? 8 : PANEL;
-#define STORE16(r) if (mr > r) { emit16(y + r * ldy, d##r##0, bf16, bias, ncols0, swiglu); \
-                                 if (np == 2) emit16(y + r * ldy + width, d##r##1, bf16, bias ? bias + PANEL : 0, ncols1, swiglu); }
-    ROWS16(STORE16)
+#define STORE(r) if (mr > r) { v16_emit(y + r * ldy, d##r##0, bf16, bias, ncols0, swiglu); \
+                               if (np == 2) v16_emit(y + r * ldy + width, d##r##1, bf16, bias ? bias + PANEL : 0, ncols1, swiglu); }
+    ROWS(STORE)
 }
 #endif
+
 
 /* Rows x[0:mr, :K] (mr <= 6) times panels p (and p + 1 when np = 2) of the panel array w -> y, whose
    column 0 is output 0 (bias likewise); N: outputs in all (the last panel may be partial). swiglu = 1:
@@ -133,26 +130,14 @@ static inline __attribute__((always_inline)) void tile16(const float *x, int64_t
 static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
                         float *y, int64_t ldy, int64_t p, int64_t np, int64_t N, int mr, int swiglu) {
     const int64_t esz = bf16 ? 2 : 4, width = swiglu ? 8 : PANEL;
-#ifdef __AVX512F__
-    {
-        const void *panel = (const char *)w + p * K * PANEL * esz;
-        const int64_t n0 = p * PANEL, c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
-        const float *b = bias && !swiglu ? bias + n0 : 0;
-        float *yp = y + p * width;
-#define CASE16(r) case r + 1: \
-        if (np == 2) { if (swiglu) { if (bf16) tile16(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); else tile16(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 2, 1); } \
-                       else if (bf16) tile16(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 2, 0); else tile16(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 2, 0); } \
-        else { if (swiglu) { if (bf16) tile16(x, ldx, panel, 1, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); else tile16(x, ldx, panel, 0, K, 0, yp, ldy, 8, 8, r + 1, 1, 1); } \
-               else if (bf16) tile16(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 1, 0); else tile16(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 1, 0); } \
-        return;
-        switch (mr) { ROWS16(CASE16) }
-    }
-#elif defined(__AVX2__)
-    if (np == 2 && mr > 3) {  /* enough rows for latency: one panel at a time */
+#ifdef __AVX2__
+#if PAIR_MAX_ROWS < MR
+    if (np == 2 && mr > PAIR_MAX_ROWS) {  /* enough rows for latency (and too few registers for two panels): one at a time */
         tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p, 1, N, mr, swiglu);
         tile_panels(x, ldx, w, bf16, K, bias, y, ldy, p + 1, 1, N, mr, swiglu);
         return;
     }
+#endif
     const void *panel = (const char *)w + p * K * PANEL * esz;
     const int64_t n0 = p * PANEL, c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
     const float *b = bias && !swiglu ? bias + n0 : 0;
@@ -167,8 +152,7 @@ static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, in
         else if (bf16) tile(x, ldx, panel, 1, K, b, yp, ldy, c0, c1, r + 1, 2, 0); \
         else tile(x, ldx, panel, 0, K, b, yp, ldy, c0, c1, r + 1, 2, 0); \
         return;
-#define FEW(F) F(0) F(1) F(2)
-    if (np == 2) { switch (mr) { FEW(CASE2) } }
+    if (np == 2) { switch (mr) { PAIR_ROWS(CASE2) } }
     else { switch (mr) { ROWS(CASE1) } }
 #else
     for (int64_t q = p; q < p + np; q++) {

@@ -20,15 +20,7 @@ from typing import Any
 
 import torch
 
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether Triton can be imported (the GPU paths use it; CPU serving never needs it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from engine.kernels.triton import triton_available
 
 
 def decode_kernel_supports(head_dim: int) -> bool:

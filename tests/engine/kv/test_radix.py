@@ -3,11 +3,14 @@ test against the naive reference cache."""
 
 from __future__ import annotations
 
+import heapq
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import OutOfKVCacheError
+from engine.kv import radix as radix_module
 from engine.kv.block_pool import BlockPool
 from engine.kv.naive import NaiveCache
 from engine.kv.radix import RadixCache
@@ -177,3 +180,39 @@ def test_path_nodes_changes_nothing_and_covers_partial_edges() -> None:
     assert len(nodes) == 1 and nodes[0].blocks == blocks  # the one edge, partly matched, not split
     assert (cache.num_queries, [n.last_access for n in cache._nodes()], cache.pretty()) == before
     assert cache.path_nodes([7, 7]) == []
+
+
+class _CountingHeapq:
+    """Stands in for the heapq module inside engine.kv.radix and counts heap operations."""
+
+    def __init__(self) -> None:
+        self.ops = 0
+
+    def heappush(self, heap: list, item: object) -> None:
+        self.ops += 1
+        heapq.heappush(heap, item)
+
+    def heappop(self, heap: list) -> object:
+        self.ops += 1
+        return heapq.heappop(heap)
+
+    def heapify(self, heap: list) -> None:
+        heapq.heapify(heap)
+
+
+def test_eviction_does_not_scan_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 20_000
+    pool = BlockPool(n + 8)
+    cache = RadixCache(pool, BS)
+    for i in range(n):  # n one-page leaves under the root
+        cache.insert([i] * BS, pool.allocate(1))
+    for i in range(0, n, 2):  # refresh half of them: their first heap entries go stale
+        cache.match_prefix([i] * BS)
+    counting = _CountingHeapq()
+    monkeypatch.setattr(radix_module, "heapq", counting)
+    monkeypatch.setattr(RadixCache, "_nodes", lambda self: pytest.fail("eviction walked the tree"))
+    evicted: list[list[int]] = []
+    cache.on_evict = lambda path, blocks, hits: evicted.append(path)
+    assert cache.evict(3) == 3
+    assert evicted == [[1] * BS, [3] * BS, [5] * BS]  # least recently used: the odd ones never refreshed
+    assert counting.ops <= 20  # a few pops/pushes, not n
