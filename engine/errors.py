@@ -19,7 +19,6 @@ class OutOfKVCacheError(EngineError):
     """A single request cannot fit in the KV cache even with every other request preempted."""
 
 
-<<<<<<< HEAD
 class RequestFailedError(EngineError):
     """An engine step raised while this request was running: it was failed so that the engine could
     go on serving the others. The message carries the step's error."""
@@ -27,8 +26,8 @@ class RequestFailedError(EngineError):
 
 class KVTierError(EngineError):
     """A KV tier cannot be used safely (e.g. a disk tier folder owned by another user)."""
-=======
+
+
 class KernelUnavailableError(EngineError, RuntimeError):
     """A CPU kernel was called where it cannot run (no C compiler, a CPU it is not built for, or a
     path needing AVX-512 on a CPU without it); callers check `available()` first."""
->>>>>>> main
