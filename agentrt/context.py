@@ -22,8 +22,9 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
+from agentrt.durable import INTERRUPT, MISSING, fingerprint
 from agentrt.engine_client import LLMRequest
-from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
@@ -59,6 +60,8 @@ class JobContext:
         self.usage = Usage()  # everything this context and its sub-agents consumed (roll-up)
         self._session = session
         self._frontier: dict[str, None] = {}
+        self.key = task.key if task is not None else ""  # tasks it creates are keyed KEY/0, KEY/1, ...
+        self._seq = 0
 
     @property
     def job_id(self) -> str:
@@ -79,8 +82,44 @@ class JobContext:
 
     def _task(self, name: str, kind: TaskKind, pool: Pool, est_tokens: int = 0) -> tuple[Task, list[str]]:
         task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
-                    parent=self.task.id if self.task else None)
+                    parent=self.task.id if self.task else None, key=self._next_key())
         return task, list(self._frontier)
+
+    def _next_key(self) -> str:
+        self._seq += 1
+        return f"{self.key}/{self._seq - 1}"
+
+    async def _replayed(self, task: Task, fp: str, fn: Callable[[], Awaitable[Any]], type: Any = Any,
+                        on_replay: Callable[[Any], None] | None = None) -> Any:
+        """`fn()`, recorded in the job's journal; on replay the recorded result instead (agentrt.durable)."""
+        replay = self.job.replay
+        if replay is None:
+            return await fn()
+        value = replay.lookup(task.key, fp, type)
+        if value is not MISSING:
+            if on_replay is not None:
+                on_replay(value)
+            self.job.emit("task_replayed", task)
+            return value
+        value = await fn()
+        replay.record(task.key, fp, value)
+        return value
+
+    async def interrupt(self, payload: Any = None) -> Any:
+        """Suspend the job until it is resumed with an input, and return that input.
+
+        The job ends with status "interrupted" carrying `payload` (msgpack-encodable); resuming it
+        (`agentrt resume JOB --input JSON`, `Runtime.resume`, `Client.resume`) replays the job up
+        to here from its journal and returns the input. Raises JobInterrupted to suspend: let it
+        propagate."""
+        key = self._next_key()
+        replay = self.job.replay
+        if replay is not None:
+            value = replay.lookup(key, INTERRUPT)
+            if value is not MISSING:
+                return value
+            replay.suspend(key)
+        raise JobInterrupted(key, payload)
 
     def _account(self, usage: Usage) -> None:
         """Add a leaf's usage to this context, its ancestors and the job."""
@@ -106,7 +145,9 @@ class JobContext:
                  "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id}
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \
                 telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
-            result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+            fp = fingerprint("tool", t.name, validated)
+            result = await self.runtime.run_task(
+                self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry)
             sp.set_attribute("agentrt.cpu_seconds", task.usage.cpu_seconds)
             sp.set_attribute("agentrt.cost.usd", task.usage.cost_usd)
             telemetry.tool_cost(t.name, task.usage.cost_usd)
@@ -160,7 +201,7 @@ class JobContext:
             with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp, \
                     telemetry.timed_operation({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name}):
                 try:
-                    return await agent.fn(child, *args, **kwargs)
+                    return await self._replayed(task, fingerprint("agent", agent.name), lambda: agent.fn(child, *args, **kwargs))
                 finally:
                     set_rollup(sp, child.usage)
 
@@ -231,7 +272,10 @@ class JobContext:
             labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
             with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
                 gen = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                    self.job, task, deps, lambda: self._replayed(
+                        task, fingerprint("llm", name, prompt),
+                        lambda: self._generate(prompt, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                        Generation, lambda g: sess.commit_turn(prompt, g.token_ids, engine.special_id(END), g.text)),
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
                 telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)

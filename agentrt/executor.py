@@ -24,8 +24,16 @@ from agentrt import telemetry
 from agentrt.api import Registry
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
+from agentrt.durable import MemoryStore, Replay, TaskStore
 from agentrt.engine_client import EngineClient
-from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
+from agentrt.errors import (
+    AgentrtError,
+    JobCancelledError,
+    JobInterrupted,
+    NotInterruptedError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
 from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler
@@ -38,12 +46,14 @@ class Runtime:
     """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
-    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model.
+    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model; store of task
+    results for replay and interrupts (agentrt.durable; default: in memory, the server's: its journal).
     """
 
     def __init__(
         self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
         policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
+        store: TaskStore | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -53,6 +63,7 @@ class Runtime:
         self.scheduler = Scheduler(policy, limits)
         self.tools = tools or LocalToolExecutor(num_threads=limits.cpu)
         self.cost = cost or CostModel()
+        self.store: TaskStore = store or MemoryStore()
         self.jobs: dict[str, JobRun] = {}
         self._grants: dict[str, anyio.Event] = {}
         self._ids = itertools.count(1)
@@ -69,10 +80,11 @@ class Runtime:
         if not spec.job_id:
             spec = msgspec.structs.replace(spec, job_id=self.new_id("job-"))
         job = JobRun(spec, JobDAG(spec.job_id), on_event=on_event)
+        job.replay = Replay(self.store, spec.job_id)
         self.jobs[spec.job_id] = job
         self.scheduler.submit_job(spec.job_id, spec.priority)
         start = time.perf_counter()
-        status, output, error = "succeeded", None, None
+        status, output, error, interrupt = "succeeded", None, None, None
         # The GenAI conventions name a workflow with gen_ai.agent.name (gen_ai.workflow.name was retired).
         attrs = {"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name, "agentrt.graph": graph.name,
                  "agentrt.job.id": spec.job_id}
@@ -89,21 +101,35 @@ class Runtime:
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
                     telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
-            except Exception as exc:  # the job fails; the runtime keeps serving
-                status, error = "failed", _describe(exc)
-                telemetry.mark_error(sp, type(_root(exc)).__qualname__, error)
+            except Exception as exc:  # the job fails (or waits at an interrupt); the runtime keeps serving
+                if isinstance(root := _root(exc), JobInterrupted):
+                    status, interrupt = "interrupted", root.payload
+                else:
+                    status, error = "failed", _describe(exc)
+                    telemetry.mark_error(sp, type(root).__qualname__, error)
             finally:
-                await self._close_job(job)
+                await self._close_job(job, keep_pins=status == "interrupted")
+            if status != "interrupted":
+                self.store.forget_tasks(spec.job_id)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
             job.usage.cost_usd = math.fsum(t.usage.cost_usd for t in job.dag.tasks.values() if t.kind.value in ("llm", "tool"))
             set_rollup(sp, job.usage)
-        job.emit("job_finished", status=status)
+        extra: dict[str, Any] = {"interrupt": interrupt} if status == "interrupted" else {}
+        job.emit("job_finished", status=status, **extra)
         return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,
-                         error=error, usage=job.usage, seconds=time.perf_counter() - start)
+                         error=error, usage=job.usage, seconds=time.perf_counter() - start, interrupt=interrupt)
 
-    async def _close_job(self, job: JobRun) -> None:
-        for session in job.sessions:
-            if session.pinned and self.engine is not None:
+    async def resume(self, job_id: str, value: Any = None, on_event: EventSink | None = None) -> JobResult:
+        """Continue a job that stopped at `ctx.interrupt(...)`: it is replayed from its recorded tasks
+        and the interrupt returns `value`. Raises NotInterruptedError if the job is not waiting."""
+        job = self.jobs.get(job_id)
+        if job is None or not self.store.resolve_interrupt(job_id, msgspec.msgpack.encode(value)):
+            raise NotInterruptedError(f"job {job_id!r} is not waiting at an interrupt")
+        return await self.run_job(job.spec, on_event=on_event)
+
+    async def _close_job(self, job: JobRun, keep_pins: bool = False) -> None:
+        for session in job.sessions:  # an interrupted job's pins expire by their TTL, unless it resumes first
+            if session.pinned and self.engine is not None and not keep_pins:
                 self.engine.unpin(session.id)
         self.scheduler.finish_job(job.spec.job_id)
         for task in job.dag.tasks.values():

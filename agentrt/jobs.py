@@ -31,6 +31,7 @@ class JobRun:
     usage: Usage = field(default_factory=Usage)
     sessions: list[Any] = field(default_factory=list)
     task_group: Any = None
+    replay: Any = None  # agentrt.durable.Replay: recorded task results of this job
 
     def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
         if self.on_event is not None:

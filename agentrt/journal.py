@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    value BLOB,
+    PRIMARY KEY (job_id, key)
+);
 """
 COLUMNS = "job_id, client, graph, inputs, priority, traceparent, state, result"
 
@@ -107,17 +114,50 @@ class Journal:
         return job_id, False
 
     def finish_many(self, results: list[tuple[str, str, bytes]]) -> None:
-        """Store (job_id, state, encoded Result) rows in one transaction."""
+        """Store (job_id, state, encoded Result) rows in one transaction; a finished job's task
+        records go (an interrupted job keeps them, to be replayed when it is resumed)."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("UPDATE jobs SET state = ?, result = ?, updated = ? WHERE job_id = ?",
                                      [(state, res, now, job_id) for job_id, state, res in results])
+                self._db.executemany("DELETE FROM tasks WHERE job_id = ?", [(job_id,) for job_id, state, _ in results if state != "interrupted"])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    # ---- task records (agentrt.durable.TaskStore) -------------------------------------------
+    def load_tasks(self, job_id: str) -> dict[str, tuple[str, bytes | None]]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, fingerprint, value FROM tasks WHERE job_id = ?", (job_id,)).fetchall()
+        return {k: (fp, None if v is None else bytes(v)) for k, fp, v in rows}
+
+    def save_task(self, job_id: str, key: str, fingerprint: str, value: bytes | None) -> None:
+        """Record one finished task (committed at once: the task's side effects are done)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", (job_id, key, fingerprint, value))
+
+    def resolve_interrupt(self, job_id: str, value: bytes) -> bool:
+        """Give an interrupted job's pending interrupt its input and mark the job to run again
+        (one transaction). False if the job is not waiting at an interrupt."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.execute("UPDATE tasks SET value = ? WHERE job_id = ? AND value IS NULL", (value, job_id))
+                if cur.rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute("UPDATE jobs SET state = 'accepted', result = NULL, updated = ? WHERE job_id = ?", (time.time(), job_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def forget_tasks(self, job_id: str) -> None:
+        """Nothing to do: finish_many drops a finished job's records with its result, atomically."""
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:

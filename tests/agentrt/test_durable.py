@@ -1,0 +1,106 @@
+"""Durable execution: finished tasks are journaled and replayed, never run twice; interrupts and resume."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentrt import JobSpec, Registry, Runtime, graph, tool
+from agentrt.client import Client, RemoteError
+from agentrt.durable import MemoryStore
+from agentrt.errors import NotInterruptedError
+from tests.agentrt.test_server import _free_port, _start_server
+
+
+def test_a_job_killed_mid_run_resumes_without_repeating_its_finished_side_effects(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log, gate = tmp_path / "log.txt", tmp_path / "gate"
+    proc = _start_server(address, tmp_path / "j.sqlite")
+    try:
+        with Client(address, timeout=20) as c:
+            job_id = c.submit("side_effects", {"log": str(log), "gate": str(gate)}, wait=False)
+            token = c.token
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text().count("\n") == 2):
+            assert time.monotonic() < deadline, "the job never made its two side effects"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # the job is waiting at the gate, two side effects done
+        proc.wait(10)
+        gate.touch()
+        proc = _start_server(address, tmp_path / "j.sqlite")
+        with Client(address, timeout=20, token=token) as c:
+            res = c.result(job_id, timeout=60)
+        assert res.status == "succeeded", res.error
+        assert res.output == ["one", "two", True, "three"]
+        assert log.read_text().splitlines() == ["one", "two", "three"]  # each side effect happened once
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_interrupt_then_resume_over_the_server_runs_each_side_effect_once(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log = tmp_path / "log.txt"
+    proc = _start_server(address, tmp_path / "j.sqlite")
+    try:
+        with Client(address, timeout=20) as c:
+            first = c.submit("approval", {"log": str(log)})
+            assert first.status == "interrupted" and first.interrupt == {"question": "go ahead?"}
+            assert c.status(first.job_id) == "interrupted"
+            done = c.resume(first.job_id, {"approved": True})
+            assert done.status == "succeeded" and done.output == {"answer": {"approved": True}}
+            with pytest.raises(RemoteError, match="not_interrupted"):
+                c.resume(first.job_id, {"approved": True})
+        assert log.read_text().splitlines() == ["prepared", "done"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+side = {"calls": 0, "branch": "a"}
+
+
+@tool
+def count(tag: str) -> str:
+    side["calls"] += 1
+    return tag
+
+
+@graph
+async def asks(ctx: Any) -> Any:
+    first = await ctx.call(count, tag=side["branch"])
+    value = await ctx.interrupt({"need": "a number"})
+    return [first, value]
+
+
+def _runtime() -> Runtime:
+    reg = Registry()
+    reg.register(count)
+    reg.register(asks)
+    return Runtime(reg, None, store=MemoryStore())
+
+
+async def test_runtime_resume_returns_the_input_and_replays_finished_tools() -> None:
+    side.update(calls=0, branch="a")
+    rt = _runtime()
+    res = await rt.run_job(JobSpec(graph="asks"))
+    assert res.status == "interrupted" and res.interrupt == {"need": "a number"} and side["calls"] == 1
+    done = await rt.resume(res.job_id, 42)
+    assert done.status == "succeeded" and done.output == ["a", 42]
+    assert side["calls"] == 1  # the tool's recorded result was replayed
+    with pytest.raises(NotInterruptedError):
+        await rt.resume(res.job_id, 1)
+
+
+async def test_a_graph_that_takes_another_path_on_replay_fails_with_a_typed_error() -> None:
+    side.update(calls=0, branch="a")
+    rt = _runtime()
+    res = await rt.run_job(JobSpec(graph="asks"))
+    side["branch"] = "b"  # the replay now calls the tool with other arguments
+    done = await rt.resume(res.job_id, 1)
+    assert done.status == "failed"
+    assert "NonDeterminismError" in (done.error or "") and "tool:count" in (done.error or "")
