@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from agentrt.api import Tool, agent
@@ -14,16 +15,24 @@ def _tool_message(content: Any) -> dict[str, Any]:
     return {"role": "tool", "content": text}
 
 
+def _approved(answer: Any) -> bool:
+    return answer is True or (isinstance(answer, dict) and answer.get("approved") is True)
+
+
 @agent
 async def tool_loop(
     ctx: Any, messages: list[dict[str, Any]], tools: list[Tool], max_steps: int = 6, max_tokens: int = 128,
-    context_budget: int = 3500,
+    context_budget: int = 3500, confirm: Collection[str] = (),
 ) -> dict[str, Any]:
     """Generate; run the tool calls the model makes; feed results back; repeat until it answers.
 
     Bad tool calls (malformed, unknown tool, invalid arguments, a tool error) are reported back to
     the model as tool messages rather than failing the job. Stops when the conversation would
     outgrow `context_budget` tokens. Returns {"answer", "steps", "tool_calls", "stopped"}.
+
+    A call of a tool named in `confirm` first asks a human through `ctx.interrupt({"confirm": name,
+    "arguments": ...})`; it runs only when resumed with `true` or `{"approved": true}`, otherwise the
+    model is told the user declined.
     """
     calls: list[dict[str, Any]] = []
     pending = list(messages)
@@ -36,7 +45,10 @@ async def tool_loop(
             return {"answer": gen.text, "steps": step, "tool_calls": calls, "stopped": "answer"}
         for call in gen.tool_calls:
             try:
-                result = await ctx.call(call.name, **call.arguments)
+                if call.name in confirm and not _approved(await ctx.interrupt({"confirm": call.name, "arguments": call.arguments})):
+                    result = f"The user did not confirm {call.name}; it was not done."
+                else:
+                    result = await ctx.call(call.name, **call.arguments)
             except (ToolError, SchemaError, UnknownToolError) as exc:
                 result = f"Error: {exc}"
             calls.append({"name": call.name, "arguments": call.arguments, "result": str(result)[:200]})

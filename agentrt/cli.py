@@ -352,25 +352,67 @@ def submit(
     """Submit a job to a running server.
 
     stdout: its id; with --wait, its output as JSON (--json: id, status, output and error).
-    Exit status 1 when a waited-for job fails or is cancelled."""
+    Exit status 1 when a waited-for job fails or is cancelled, 3 when it waits at an interrupt."""
     from agentrt.cli_client import wait_for_result
 
     inputs = parse_inputs(input)
-    on_event = (lambda e: out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")) if follow and not json_out else None
+    on_event = (lambda e: out.message(_event_line(e))) if follow and not json_out else None
     with _client(address, curve_server, curve_secret, timeout) as c:
         job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
         if not (wait or follow):
             _answer(json_out, job_id=job_id)
             return
         res = wait_for_result(c, job_id, timeout, wait_timeout, on_event)
+    _show_result(res, json_out)
+
+
+def _show_result(res: Any, json_out: bool) -> None:
+    """A waited-for job's outcome: its output on stdout (exit 0); an interrupted job's payload on
+    stdout (exit 3, how to resume on stderr); a failure on stderr (exit 1). --json: one document."""
     if json_out:
-        out.result({"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error})
+        doc = {"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error}
+        out.result(doc | ({"interrupt": res.interrupt} if res.status == "interrupted" else {}))
     elif res.status == "succeeded":
         out.result(res.output)
+    elif res.status == "interrupted":
+        out.result({"interrupt": res.interrupt})
+        out.message(f"agentrt: job {res.job_id} is waiting for input; continue it with `agentrt resume {res.job_id} --input JSON`")
+    if res.status == "interrupted":
+        raise typer.Exit(out.EXIT_INTERRUPTED)
     if res.status != "succeeded":
         if not json_out:
             out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
         raise typer.Exit(out.EXIT_FAILED)
+
+
+@app.command()
+def resume(
+    job_id: str = typer.Argument(..., help="a job whose status is interrupted"),
+    input: str = typer.Option("null", "--input", "-i", help="what its ctx.interrupt(...) returns, as JSON"),
+    wait: bool = typer.Option(True, help="wait for the job's next outcome (--no-wait: print its state)"),
+    follow: bool = typer.Option(False, help="stream task events to stderr while waiting"),
+    address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+    timeout: float = TIMEOUT, json_out: bool = JSON_OUT,
+) -> None:
+    """Continue a job stopped at ctx.interrupt(...) with an input.
+
+    stdout and exit status as `submit --wait` (exit 3 when it is interrupted again). Exit status 1 when
+    the job is unknown or not waiting."""
+    try:
+        value = json.loads(input)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    on_event = (lambda e: out.message(_event_line(e))) if follow and not json_out else None
+    with _client(address, curve_server, curve_secret, timeout) as c:
+        res = c.resume(job_id, value, wait=wait, on_event=on_event)
+    if not wait:
+        _answer(json_out, job_id=job_id, state=res)
+        return
+    _show_result(res, json_out)
+
+
+def _event_line(e: Any) -> str:
+    return f"[dim]{e.kind}[/dim] {e.data.get('name', '')}"
 
 
 @app.command()

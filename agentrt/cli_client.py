@@ -56,6 +56,18 @@ class CliClient:
         with self._answer():
             return str(self.client.status(job_id))
 
+    def resume(self, job_id: str, value: Any, *, wait: bool, on_event: Callable[[Any], None] | None) -> Any:
+        """The job's next Result (wait) or state; UnknownJobError, or AgentrtError when it is not waiting."""
+        from agentrt.client import RemoteError
+
+        with self._answer():
+            try:
+                return self.client.resume(job_id, value, wait=wait, on_event=on_event)
+            except RemoteError as exc:
+                if exc.code == "not_found":
+                    raise UnknownJobError(job_id) from None
+                raise AgentrtError(f"job {job_id!r} cannot be resumed: {exc}") from None
+
     def cancel(self, job_id: str) -> str:
         """What the server answers to a cancel; a finished job's own state without asking to cancel it."""
         state = self.status(job_id)

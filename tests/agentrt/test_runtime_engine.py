@@ -68,7 +68,7 @@ async def test_structured_output_always_parses(engine: EmbeddedEngine, temperatu
 
 async def test_airline_graph_runs_on_the_synthetic_database(engine: EmbeddedEngine) -> None:
     rt = runtime(engine)
-    res = await rt.run_job(JobSpec(graph="airline_support", inputs={"user_turns": ["Hi, cancel my trip please.", "My user id is liam_kim_1003."], "database": "synthetic", "max_tokens": 48}))
+    res = await rt.run_job(JobSpec(graph="airline_support", inputs={"user_turns": ["Hi, cancel my trip please.", "My user id is liam_kim_1003."], "database": "synthetic", "max_tokens": 48, "confirm": False}))
     assert res.status == "succeeded", res.error
     assert len(res.output["turns"]) >= 1 and res.usage.generated_tokens > 0
     for turn in res.output["turns"]:
@@ -121,3 +121,33 @@ async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: Em
     assert rt.prefix_hints == {}
     engine.llm.core.step()
     assert engine.llm.core.hints == {}
+
+
+@graph
+async def ask_between_turns(ctx: Any) -> list[str]:
+    first = await ctx.generate("Say hello to the customer.", max_tokens=8)
+    reply = await ctx.interrupt({"question": "what does the customer say?"})
+    second = await ctx.generate(reply, max_tokens=8)
+    return [first.text, second.text]
+
+
+async def test_a_resumed_job_replays_its_llm_calls_and_continues_the_same_conversation(engine: EmbeddedEngine) -> None:
+    calls: list[int] = []
+
+    class Counting(EmbeddedEngine):
+        async def generate(self, request: Any) -> Any:
+            calls.append(len(request.prompt_ids))
+            return await super().generate(request)
+
+    reg = Registry()
+    reg.register(ask_between_turns)
+    rt = Runtime(reg, Counting(engine.llm))
+    asked = await rt.run_job(JobSpec(graph="ask_between_turns"))
+    assert asked.status == "interrupted" and len(calls) == 1
+    done = await rt.resume(asked.job_id, "My user id is mia_li_3668.")
+    assert done.status == "succeeded", done.error
+    assert len(calls) == 2  # the first generation came from the record, not the model
+    assert calls[1] > calls[0]  # the second turn's prompt holds the replayed first turn
+    session = rt.jobs[done.job_id].sessions[0]
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[1]["content"] == done.output[0]
