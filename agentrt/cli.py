@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agentrt import cli_output as out
 from agentrt.cli_output import AgentrtGroup
@@ -96,13 +97,20 @@ class Progress:
         self.tokens = 0
         self.done = 0
         self.start = time.perf_counter()
+        self.text: dict[str, str] = {}  # running LLM task -> its text so far (llm_token events)
+        self.names: dict[str, str] = {}
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         pool = {"llm": "gpu", "tool": "cpu", "agent": "none", "io": "storage"}.get(event.get("task_kind", ""), "none")
-        if kind == "task_started":
+        if kind == "llm_token":
+            task = event["task_id"]
+            self.text[task] = self.text.get(task, "") + event.get("text", "")
+            self.names[task] = event.get("name", "")
+        elif kind == "task_started":
             self.running[pool] += 1
         elif kind == "task_finished":
+            self.text.pop(event.get("task_id", ""), None)
             self.running[pool] -= 1
             self.done += 1
             self.tokens += (event.get("usage") or {}).get("generated_tokens", 0)
@@ -112,6 +120,9 @@ class Progress:
         t = Table.grid(padding=(0, 2))
         t.add_row("running", "  ".join(f"{k}: {v}" for k, v in self.running.items()), f"done: {self.done}",
                   f"generated: {self.tokens} tok", f"{rate:,.1f} tok/s")
+        for task, text in list(self.text.items())[-4:]:  # the live tokens of the LLM calls running now
+            tail = " ".join(text.split())[-100:]
+            t.add_row(Text(f"{self.names[task]} {task}"), Text(tail), "", "", "")
         return t
 
 
@@ -356,7 +367,7 @@ def submit(
     from agentrt.cli_client import wait_for_result
 
     inputs = parse_inputs(input)
-    on_event = (lambda e: out.message(_event_line(e))) if follow and not json_out else None
+    on_event = EventPrinter() if follow and not json_out else None
     with _client(address, curve_server, curve_secret, timeout) as c:
         job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
         if not (wait or follow):
@@ -402,7 +413,7 @@ def resume(
         value = json.loads(input)
     except ValueError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
-    on_event = (lambda e: out.message(_event_line(e))) if follow and not json_out else None
+    on_event = EventPrinter() if follow and not json_out else None
     with _client(address, curve_server, curve_secret, timeout) as c:
         res = c.resume(job_id, value, wait=wait, on_event=on_event)
     if not wait:
@@ -411,8 +422,25 @@ def resume(
     _show_result(res, json_out)
 
 
-def _event_line(e: Any) -> str:
-    return f"[dim]{e.kind}[/dim] {e.data.get('name', '')}"
+class EventPrinter:
+    """--follow: each event as a line on stderr, except `llm_token`s, whose text is written as it comes."""
+
+    def __init__(self) -> None:
+        self.streaming: str | None = None  # the task whose tokens are being written
+
+    def __call__(self, e: Any) -> None:
+        task = e.data.get("task_id")
+        if e.kind == "llm_token":
+            if self.streaming != task:
+                out.err.file.write(("\n" if self.streaming else "") + f"{e.data.get('name', '')}> ")
+                self.streaming = task
+            out.err.file.write(e.data.get("text", ""))
+            out.err.file.flush()
+            return
+        if self.streaming is not None:
+            out.err.file.write("\n")
+            self.streaming = None
+        out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")
 
 
 @app.command()

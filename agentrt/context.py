@@ -293,14 +293,15 @@ class JobContext:
         stops = [] if ignore_eos else [end_id] + ([engine.special_id(CALL_OPEN)] if tools else [])
         json_schema = _json_schema(schema)
         start = time.perf_counter()
+        stream = self._token_stream(task)
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos))
+                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos), **stream)
         usage, ids, text, reason = out.usage, list(out.token_ids), out.text, out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if tools and ids and ids[-1] == engine.special_id(CALL_OPEN):
             call = await engine.generate(LLMRequest(prompt_ids=prompt + ids, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools)))
+                                                    stop_token_ids=[end_id], json_schema=tool_call_schema(tools)), **stream)
             usage.add(call.usage)
             call_ids = [i for i in call.token_ids if i != end_id]
             ids += call_ids + [engine.special_id(CALL_CLOSE), end_id]
@@ -320,6 +321,14 @@ class JobContext:
                       prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
         return Generation(text=text.removesuffix(END), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
+
+
+    def _token_stream(self, task: Task) -> dict[str, Any]:
+        """generate()'s `on_tokens` when someone listens to the job's events and the engine streams:
+        one `llm_token` event per engine step with that step's new text."""
+        if self.job.on_event is None or not getattr(self.runtime.engine, "streams_tokens", False):
+            return {}
+        return {"on_tokens": lambda ids, text: self.job.emit("llm_token", task, text=text, tokens=len(ids))}
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:

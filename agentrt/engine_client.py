@@ -4,6 +4,7 @@ implementation over `engine.LLM`. Nothing else in agentrt may assume the engine 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -31,7 +32,12 @@ class LLMResponse(msgspec.Struct, kw_only=True):
     ttft: float = 0.0  # seconds from submission to the first generated token
 
 
+TokenSink = Callable[[list[int], str], None]  # (new token ids, their text) after each engine step
+
+
 class EngineClient(Protocol):
+    """An engine that can stream sets `streams_tokens = True` and takes `on_tokens=` (a TokenSink) in generate."""
+
     model_name: str
 
     async def generate(self, request: LLMRequest) -> LLMResponse: ...
@@ -69,7 +75,10 @@ class EmbeddedEngine:
             raise ValueError("the runtime needs a model with a tokenizer (tokenizer.json)")
         self.model_name = model_name if llm is None else str(self.llm.config.model_path.name)
 
-    async def generate(self, request: LLMRequest) -> LLMResponse:
+    streams_tokens = True
+
+    async def generate(self, request: LLMRequest, on_tokens: TokenSink | None = None) -> LLMResponse:
+        """`on_tokens` receives each engine step's new tokens as they are generated."""
         from engine import SamplingParams
 
         params = SamplingParams(
@@ -85,6 +94,8 @@ class EmbeddedEngine:
                 if last is None:
                     ttft = time.perf_counter() - start
                 last = out
+                if on_tokens is not None and out.delta_token_ids:
+                    on_tokens(list(out.delta_token_ids), out.delta_text)
         if scope.cancelled_caught:
             raise LLMTimeoutError(f"LLM call of {len(request.prompt_ids)} prompt tokens took longer than {self.timeout}s; aborted")
         assert last is not None

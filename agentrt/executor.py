@@ -9,11 +9,12 @@ task under it, aborting its engine requests (which frees their KV) and releasing
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -118,6 +119,36 @@ class Runtime:
         job.emit("job_finished", status=status, **extra)
         return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,
                          error=error, usage=job.usage, seconds=time.perf_counter() - start, interrupt=interrupt)
+
+    async def stream_job(self, spec: JobSpec, traceparent: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Run a job and yield its events as they happen (`task_started`, `llm_token`, `llm_output`,
+        `task_finished`, `task_replayed`, `job_finished`, each with `parent_task_id` when it is a
+        task's), then a last `{"kind": "job_result", "result": JobResult}`. Leaving early cancels the job."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if not spec.job_id:
+            spec = msgspec.structs.replace(spec, job_id=self.new_id("job-"))
+
+        async def run() -> None:
+            try:
+                res = await self.run_job(spec, on_event=queue.put_nowait, traceparent=traceparent)
+            except Exception as exc:  # e.g. UnknownGraphError: raised to the consumer
+                queue.put_nowait({"kind": "error", "error": exc})
+                return
+            queue.put_nowait({"kind": "job_result", "job_id": res.job_id, "result": res})
+
+        runner = asyncio.ensure_future(run())
+        try:
+            while True:
+                event = await queue.get()
+                if event["kind"] == "error":
+                    raise event["error"]
+                yield event
+                if event["kind"] == "job_result":
+                    return
+        finally:
+            if not runner.done():
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
 
     async def resume(self, job_id: str, value: Any = None, on_event: EventSink | None = None) -> JobResult:
         """Continue a job that stopped at `ctx.interrupt(...)`: it is replayed from its recorded tasks

@@ -37,7 +37,7 @@ class JobRun:
         if self.on_event is not None:
             event = {"kind": kind, "job_id": self.spec.job_id, **data}
             if task is not None:
-                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value}
+                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value, "parent_task_id": task.parent}
             self.on_event(event)
 
 

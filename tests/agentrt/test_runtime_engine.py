@@ -151,3 +151,16 @@ async def test_a_resumed_job_replays_its_llm_calls_and_continues_the_same_conver
     session = rt.jobs[done.job_id].sessions[0]
     assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
     assert session.messages[1]["content"] == done.output[0]
+
+
+async def test_llm_tokens_stream_per_step_and_add_up_to_the_output(engine: EmbeddedEngine) -> None:
+    reg = Registry()
+    reg.register(one_turn)
+    rt = Runtime(reg, engine)
+    events = [e async for e in rt.stream_job(JobSpec(graph="one_turn", inputs={"n": 7}))]
+    tokens = [e for e in events if e["kind"] == "llm_token"]
+    output = next(e for e in events if e["kind"] == "llm_output")
+    assert tokens and all(e["task_id"] == output["task_id"] and e["parent_task_id"] is None for e in tokens)
+    assert sum(e["tokens"] for e in tokens) >= len(tokens)
+    assert "".join(e["text"] for e in tokens).startswith(output["text"].removesuffix("<|end|>"))
+    assert events.index(tokens[-1]) < events.index(output)
