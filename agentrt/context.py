@@ -253,9 +253,29 @@ class JobContext:
         engine = self.runtime.engine
         if engine is None:
             raise AgentrtError("this runtime has no engine: LLM calls are unavailable")
-        sess = session or self.session
+        sess = self._fork_if_busy(session or self.session)
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        sess.inflight += 1
+        sess.fork_point = (len(sess.token_ids), len(sess.messages))
+        try:
+            return await self._generate_on(sess, messages, max_tokens, temperature, stop, schema, tools, name, ignore_eos)
+        finally:
+            sess.inflight -= 1
+
+    def _fork_if_busy(self, sess: Session) -> Session:
+        """Concurrent generate calls on one session fork it: a call made while another runs on the
+        session continues a copy of the conversation as it was before that call (docs: README)."""
+        if not sess.inflight:
+            return sess
+        fork = sess.fork(self.runtime.new_id(f"{sess.id}/fork-"))
+        self.job.sessions.append(fork)
+        return fork
+
+    async def _generate_on(self, sess: Session, messages: list[dict[str, Any]] | None, max_tokens: int, temperature: float,
+                           stop: list[str] | None, schema: Any, tools: list[Tool] | None, name: str, ignore_eos: bool) -> Generation:
+        engine = self.runtime.engine
+        assert engine is not None
         sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode)
         prompt = sess.prompt(engine.encode)
         task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)

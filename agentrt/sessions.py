@@ -20,6 +20,13 @@ class Session:
     messages: list[dict[str, Any]] = field(default_factory=list)
     ttl: float | None = 30.0
     pinned: bool = False
+    inflight: int = 0  # generate calls running on it now
+    fork_point: tuple[int, int] = (0, 0)  # (token ids, messages) before the running call's messages
+
+    def fork(self, new_id: str) -> Session:
+        """A new session holding this one's conversation as it was before its running call."""
+        n_ids, n_msgs = self.fork_point
+        return Session(new_id, self.token_ids[:n_ids], self.messages[:n_msgs], self.ttl)
 
     def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any) -> None:
         """Append messages (the first call may carry the system turn and the tool list)."""

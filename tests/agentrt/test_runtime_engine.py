@@ -164,3 +164,25 @@ async def test_llm_tokens_stream_per_step_and_add_up_to_the_output(engine: Embed
     assert sum(e["tokens"] for e in tokens) >= len(tokens)
     assert "".join(e["text"] for e in tokens).startswith(output["text"].removesuffix("<|end|>"))
     assert events.index(tokens[-1]) < events.index(output)
+
+
+@graph
+async def gathered(ctx: Any) -> dict[str, Any]:
+    await ctx.generate("My name is Ada.", max_tokens=4)
+    a, b = await ctx.gather(ctx.generate("Question A: where is my bag?", max_tokens=4),
+                            ctx.generate("Question B: when do we board?", max_tokens=4))
+    after = await ctx.generate("Thanks.", max_tokens=4)
+    return {"a": a.usage.prompt_tokens, "b": b.usage.prompt_tokens, "after": after.usage.prompt_tokens}
+
+
+async def test_gathered_generates_on_one_session_fork_it_at_the_call(engine: EmbeddedEngine) -> None:
+    reg = Registry()
+    reg.register(gathered)
+    rt = Runtime(reg, engine)
+    res = await rt.run_job(JobSpec(graph="gathered"))
+    assert res.status == "succeeded", res.error
+    main, fork = rt.jobs[res.job_id].sessions
+    contents = [[m["content"] for m in s.messages if m["role"] == "user"] for s in (main, fork)]
+    assert contents[0] == ["My name is Ada.", "Question A: where is my bag?", "Thanks."]  # the first call keeps the session
+    assert contents[1] == ["My name is Ada.", "Question B: when do we board?"]  # the other saw the conversation up to the fork
+    assert abs(res.output["a"] - res.output["b"]) <= 3  # neither prompt holds the other's question
