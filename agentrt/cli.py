@@ -356,6 +356,7 @@ def submit(
     follow: bool = typer.Option(False, help="stream task events to stderr while waiting (implies --wait)"),
     priority: int = typer.Option(0),
     idempotency_key: str | None = typer.Option(None, help="resubmitting with the same key returns the same job"),
+    thread: str | None = typer.Option(None, "--thread", help="continue this conversation (a thread id of yours)"),
     wait_timeout: float | None = typer.Option(None, help="with --wait: give up after this many seconds (default: wait while the server answers)"),
     address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
     timeout: float = TIMEOUT, json_out: bool = JSON_OUT,
@@ -369,7 +370,8 @@ def submit(
     inputs = parse_inputs(input)
     on_event = EventPrinter() if follow and not json_out else None
     with _client(address, curve_server, curve_secret, timeout) as c:
-        job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
+        job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event,
+                          **({"thread_id": thread} if thread is not None else {}))
         if not (wait or follow):
             _answer(json_out, job_id=job_id)
             return

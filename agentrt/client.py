@@ -188,11 +188,13 @@ class Client:
         return self.token
 
     def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
-               wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
-        """Submit a job; returns the Result (wait=True) or the job id. Raises RemoteError, ServerUnavailableError."""
+               wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None,
+               thread_id: str | None = None) -> Any:
+        """Submit a job; returns the Result (wait=True) or the job id. `thread_id` continues that conversation
+        of this client (JobSpec.thread_id). Raises RemoteError, ServerUnavailableError."""
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
-                       traceparent=traceparent, follow=on_event is not None, token=self._ensure_token())
+                       traceparent=traceparent, follow=on_event is not None, token=self._ensure_token(), thread_id=thread_id)
         acc = self._request(msg, lambda m: getattr(m, "request_id", None) == rid)
         assert isinstance(acc, p.Accepted)
         if on_event is not None:
@@ -321,10 +323,11 @@ class AsyncClient:
         return self.token
 
     async def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
-                     wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
+                     wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None,
+                     thread_id: str | None = None) -> Any:
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
-                       traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token())
+                       traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token(), thread_id=thread_id)
         acc = await self._request(msg, ("r", rid))
         assert isinstance(acc, p.Accepted)
         if on_event is not None:

@@ -40,12 +40,23 @@ class TaskStore(Protocol):
 
     def forget_tasks(self, job_id: str) -> None: ...
 
+    def load_thread(self, thread_id: str) -> bytes | None: ...
+
+    def save_thread(self, thread_id: str, state: bytes) -> None: ...
+
 
 class MemoryStore:
     """Task records in memory: replay and interrupts within one process."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Records] = {}
+        self.threads: dict[str, bytes] = {}
+
+    def load_thread(self, thread_id: str) -> bytes | None:
+        return self.threads.get(thread_id)
+
+    def save_thread(self, thread_id: str, state: bytes) -> None:
+        self.threads[thread_id] = state
 
     def load_tasks(self, job_id: str) -> Records:
         return dict(self.jobs.get(job_id, {}))
@@ -74,6 +85,22 @@ def fingerprint(kind: str, name: str, payload: Any = None) -> str:
     except (TypeError, msgspec.EncodeError):
         return base
     return f"{base}:{hashlib.sha256(data).hexdigest()[:16]}"
+
+
+class ThreadState(msgspec.Struct, frozen=True):
+    """A thread's conversation between jobs: exactly the session's token ids and messages."""
+
+    token_ids: list[int]
+    messages: list[dict[str, Any]]
+
+
+def load_thread(store: TaskStore, thread_id: str) -> ThreadState | None:
+    data = store.load_thread(thread_id)
+    return None if data is None else msgspec.msgpack.decode(data, type=ThreadState)
+
+
+def save_thread(store: TaskStore, thread_id: str, token_ids: list[int], messages: list[dict[str, Any]]) -> None:
+    store.save_thread(thread_id, msgspec.msgpack.encode(ThreadState(token_ids, messages)))
 
 
 class Replay:

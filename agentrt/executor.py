@@ -25,7 +25,7 @@ from agentrt import telemetry
 from agentrt.api import Registry
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
-from agentrt.durable import MemoryStore, Replay, TaskStore
+from agentrt.durable import MemoryStore, Replay, TaskStore, load_thread, save_thread
 from agentrt.engine_client import EngineClient
 from agentrt.errors import (
     AgentrtError,
@@ -38,6 +38,7 @@ from agentrt.errors import (
 from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler
+from agentrt.sessions import Session
 from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ class Runtime:
                 telemetry.timed_operation({"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name}):
             try:
                 inputs = graph.validate(dict(spec.inputs))
+                top = JobContext(self, job, None, session=self._thread_session(job))
                 with job.scope:
                     async with anyio.create_task_group() as tg:
                         job.task_group = tg
-                        output = await graph.fn(JobContext(self, job, None), **inputs)
+                        output = await graph.fn(top, **inputs)
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
                     telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
@@ -112,6 +114,8 @@ class Runtime:
                 await self._close_job(job, keep_pins=status == "interrupted")
             if status != "interrupted":
                 self.store.forget_tasks(spec.job_id)
+            if status == "succeeded" and spec.thread_id is not None and job.sessions:
+                save_thread(self.store, spec.thread_id, job.sessions[0].token_ids, job.sessions[0].messages)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
             job.usage.cost_usd = math.fsum(t.usage.cost_usd for t in job.dag.tasks.values() if t.kind.value in ("llm", "tool"))
             set_rollup(sp, job.usage)
@@ -158,9 +162,20 @@ class Runtime:
             raise NotInterruptedError(f"job {job_id!r} is not waiting at an interrupt")
         return await self.run_job(job.spec, on_event=on_event)
 
+    def _thread_session(self, job: JobRun) -> Session | None:
+        """A thread job's root session: the thread's conversation so far (same id, so same KV pin)."""
+        thread_id = job.spec.thread_id
+        if thread_id is None:
+            return None
+        state = load_thread(self.store, thread_id)
+        session = Session(f"thread/{thread_id}") if state is None else Session(f"thread/{thread_id}", state.token_ids, state.messages)
+        job.sessions.append(session)
+        return session
+
     async def _close_job(self, job: JobRun, keep_pins: bool = False) -> None:
-        for session in job.sessions:  # an interrupted job's pins expire by their TTL, unless it resumes first
-            if session.pinned and self.engine is not None and not keep_pins:
+        for session in job.sessions:  # an interrupted job's or a thread's pins expire by their TTL, unless used again first
+            keep = keep_pins or session.id.startswith("thread/")
+            if session.pinned and self.engine is not None and not keep:
                 self.engine.unpin(session.id)
         self.scheduler.finish_job(job.spec.job_id)
         for task in job.dag.tasks.values():

@@ -53,8 +53,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     value BLOB,
     PRIMARY KEY (job_id, key)
 );
+CREATE TABLE IF NOT EXISTS threads (thread_id TEXT PRIMARY KEY, state BLOB NOT NULL, updated REAL NOT NULL);
 """
-COLUMNS = "job_id, client, graph, inputs, priority, traceparent, state, result"
+COLUMNS = "job_id, client, graph, inputs, priority, traceparent, state, result, thread_id"
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class JobRecord:
     traceparent: str | None
     state: str
     result: bytes | None  # the encoded Result message, once finished
+    thread_id: str | None = None  # the conversation it continues (JobSpec.thread_id)
 
 
 class Journal:
@@ -108,8 +110,10 @@ class Journal:
                 return row[0], True
         job_id = uuid.uuid4().hex[:16]
         self._db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', NULL, ?, ?)",
-            (job_id, key, owner.encode(), sub.graph, msgspec.msgpack.encode(sub.inputs), sub.priority, sub.traceparent, now, now),
+            "INSERT INTO jobs (job_id, idempotency_key, client, graph, inputs, priority, traceparent, state, result, created, updated, thread_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', NULL, ?, ?, ?)",
+            (job_id, key, owner.encode(), sub.graph, msgspec.msgpack.encode(sub.inputs), sub.priority, sub.traceparent, now, now,
+             getattr(sub, "thread_id", None)),
         )
         return job_id, False
 
@@ -155,6 +159,15 @@ class Journal:
                 self._db.execute("ROLLBACK")
                 raise
         return True
+
+    def load_thread(self, thread_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def save_thread(self, thread_id: str, state: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO threads VALUES (?, ?, ?)", (thread_id, state, time.time()))
 
     def forget_tasks(self, job_id: str) -> None:
         """Nothing to do: finish_many drops a finished job's records with its result, atomically."""
@@ -218,6 +231,8 @@ def _open(path: Path) -> sqlite3.Connection:
         if check is None or check[0] != "ok":
             raise JournalCorruptError(f"journal {path} fails SQLite's integrity check: {check and check[0]}")
         db.executescript(SCHEMA)
+        if "thread_id" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # a journal from before threads
+            db.execute("ALTER TABLE jobs ADD COLUMN thread_id TEXT")
         db.execute(f"SELECT {COLUMNS}, idempotency_key, created, updated FROM jobs LIMIT 0")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the main file holds the schema: 0 bytes now means truncated
     except sqlite3.DatabaseError as exc:
@@ -233,4 +248,4 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     except msgspec.DecodeError:
         logger.error("journal row %s has unreadable inputs", row[0])
         inputs, state = {}, "corrupt"
-    return JobRecord(row[0], owner, row[2], inputs, row[4], row[5], state, None if row[7] is None else bytes(row[7]))
+    return JobRecord(row[0], owner, row[2], inputs, row[4], row[5], state, None if row[7] is None else bytes(row[7]), row[8])

@@ -52,6 +52,7 @@ class Submit(_Msg, tag="submit", frozen=True):
     traceparent: Name | None = None
     follow: bool = False
     token: Token | None = None
+    thread_id: Name | None = None  # continue this conversation (the thread's messages are kept by the server)
 
 
 class Accepted(_Msg, tag="accepted", frozen=True):

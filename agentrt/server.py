@@ -16,6 +16,7 @@ public key with CURVE on, else the token this server issued. Routing ids are nev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ class Server:
             if rec.state == "corrupt":
                 self._finish(rec.job_id, p.Result(job_id=rec.job_id, status="failed", error="the journal's record of this job is unreadable"))
                 continue
-            spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id)
+            spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id, thread_id=_thread(rec.client, rec.thread_id))
             self._tg.start_soon(self._run, rec.job_id, spec, rec.traceparent)
 
     async def _recv_batch(self) -> list[list[zmq.Frame]]:
@@ -262,7 +263,7 @@ class Server:
                     await self._send(route, rec.result)
                 continue
             self.jobs[job_id] = _Job(owner, route, route, sub.follow)
-            spec = JobSpec(graph=sub.graph, inputs=sub.inputs, priority=sub.priority, job_id=job_id)
+            spec = JobSpec(graph=sub.graph, inputs=sub.inputs, priority=sub.priority, job_id=job_id, thread_id=_thread(owner, sub.thread_id))
             self._tg.start_soon(self._run, job_id, spec, sub.traceparent)
 
     async def _run(self, job_id: str, spec: JobSpec, traceparent: str | None) -> None:
@@ -331,7 +332,7 @@ class Server:
         self.jobs[rec.job_id] = _Job(rec.client, route, route, msg.follow)
         self.inflight[rec.client] = self.inflight.get(rec.client, 0) + 1
         self.inflight[route] = self.inflight.get(route, 0) + 1
-        spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id)
+        spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id, thread_id=_thread(rec.client, rec.thread_id))
         self._tg.start_soon(self._run, rec.job_id, spec, rec.traceparent)
         return p.StatusReply(job_id=rec.job_id, state="running")
 
@@ -383,3 +384,10 @@ class Server:
             case p.Resume() if job is not None:
                 return p.Error(code="not_interrupted", message=f"job {job_id!r} is {job.state}, not waiting at an interrupt", job_id=job_id)
         return p.Error(code="not_found", message=f"no job {job_id!r} of this client", job_id=job_id)
+
+
+def _thread(owner: str, thread_id: str | None) -> str | None:
+    """Threads are per owner: two clients naming the same thread never share a conversation."""
+    if thread_id is None:
+        return None
+    return f"{hashlib.sha256(owner.encode()).hexdigest()[:16]}/{thread_id}"

@@ -97,6 +97,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     job_id: str = ""
     idempotency_key: str | None = None
+    thread_id: str | None = None  # continue this conversation: the root context's session is the thread's
 
 
 @dataclass(slots=True, eq=False)

@@ -186,3 +186,32 @@ async def test_gathered_generates_on_one_session_fork_it_at_the_call(engine: Emb
     assert contents[0] == ["My name is Ada.", "Question A: where is my bag?", "Thanks."]  # the first call keeps the session
     assert contents[1] == ["My name is Ada.", "Question B: when do we board?"]  # the other saw the conversation up to the fork
     assert abs(res.output["a"] - res.output["b"]) <= 3  # neither prompt holds the other's question
+
+
+@graph
+async def chat_turn(ctx: Any, text: str) -> int:
+    gen = await ctx.generate(text, max_tokens=4)
+    return gen.usage.cached_tokens
+
+
+async def test_a_thread_continues_its_conversation_across_jobs_and_restarts(engine: EmbeddedEngine, tmp_path: Any) -> None:
+    from agentrt.journal import Journal
+
+    reg = Registry()
+    reg.register(chat_turn)
+    journal = Journal(tmp_path / "j.sqlite")
+    rt = Runtime(reg, engine, store=journal)
+    intro = "My name is Ada. " + "I am flying from Boston to Seattle next week with my two children and a dog. " * 4
+    first = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": intro}, thread_id="t1"))
+    second = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "What is my name?"}, thread_id="t1"))
+    other = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "What is my name?"}, thread_id="t2"))
+    assert first.status == second.status == other.status == "succeeded"
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens > other.usage.prompt_tokens  # it holds the first turn
+    assert second.output > other.output  # the thread's earlier turn came from the KV cache
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite")  # a restarted server on the same journal
+    rt = Runtime(reg, engine, store=journal)
+    third = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "Bye."}, thread_id="t1"))
+    users = [m["content"] for m in rt.jobs[third.job_id].sessions[0].messages if m["role"] == "user"]
+    assert users == [intro, "What is my name?", "Bye."]
+    journal.close()
