@@ -25,10 +25,11 @@ def test_a_job_killed_mid_run_resumes_without_repeating_its_finished_side_effect
             job_id = c.submit("side_effects", {"log": str(log), "gate": str(gate)}, wait=False)
             token = c.token
         deadline = time.monotonic() + 60
-        while not (log.exists() and log.read_text().count("\n") == 2):
-            assert time.monotonic() < deadline, "the job never made its two side effects"
+        while not Path(f"{gate}.waiting").exists():  # the two side effects are done and journaled
+            assert time.monotonic() < deadline, "the job never reached its gate"
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)  # the job is waiting at the gate, two side effects done
+        assert log.read_text().splitlines() == ["one", "two"]
+        proc.send_signal(signal.SIGKILL)  # the job is waiting at the gate
         proc.wait(10)
         gate.touch()
         proc = _start_server(address, tmp_path / "j.sqlite")

@@ -20,7 +20,8 @@ def append_line(path: str, text: str) -> str:
 
 @tool
 async def wait_for_file(path: str, seconds: float = 60.0) -> bool:
-    """Wait until `path` exists (a gate the test opens)."""
+    """Wait until `path` exists (a gate the test opens); PATH.waiting says it is waiting."""
+    Path(path + ".waiting").touch()
     with anyio.move_on_after(seconds):
         while not Path(path).exists():
             await anyio.sleep(0.02)
