@@ -41,8 +41,20 @@ app = typer.Typer(help="agentrt: run agent graphs on the embedded inference engi
 console = out.err  # progress, tables and messages (stderr)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.line(f"agentrt {version('agentrt')}")
+        except PackageNotFoundError:
+            out.line("agentrt (not installed: version unknown)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
+          show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
     """agentrt: run agent graphs on the embedded inference engine."""
     out.set_debug(debug)
 
@@ -266,6 +278,10 @@ def _report_run(result: Any, rows: list[dict[str, Any]], json_out: bool, quiet: 
 from agentrt.cli_trace import trace_app  # noqa: E402  (the `agentrt trace` commands)
 
 app.add_typer(trace_app, name="trace")
+
+from agentrt import cli_graphs  # noqa: E402  (`agentrt graphs`, `agentrt graph show`)
+
+cli_graphs.register(app, GRAPHS, TOOLS, JSON_OUT)
 
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
