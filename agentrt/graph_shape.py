@@ -78,8 +78,8 @@ def _bound(value: Any, node: str, shape: Shape, registry: Registry, seen: set[st
 def _ctx_call(call: ast.Call, node: str, shape: Shape, registry: Registry, seen: set[str]) -> None:
     method = call.func.attr  # type: ignore[attr-defined]
     if method == "generate":
-        name = next((k.value.value for k in call.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)), "generate")
-        shape.add(node, f"{node}__llm_{_id('', str(name))}", f"LLM {name}")
+        name = next((str(k.value.value) for k in call.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)), "generate")
+        shape.add(node, f"{node}__llm_{_id('', name)}", f"LLM {name}")
     elif method == "interrupt":
         shape.add(node, f"{node}__interrupt", "interrupt (human input)")
     elif method == "call" and call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value in registry.tools:
