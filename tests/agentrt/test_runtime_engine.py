@@ -215,3 +215,12 @@ async def test_a_thread_continues_its_conversation_across_jobs_and_restarts(engi
     users = [m["content"] for m in rt.jobs[third.job_id].sessions[0].messages if m["role"] == "user"]
     assert users == [intro, "What is my name?", "Bye."]
     journal.close()
+
+
+@pytest.mark.parametrize("name", ["structured_output", "sessions", "tool_loop", "interrupts", "threads", "streaming"])
+async def test_each_example_runs_to_success(engine: EmbeddedEngine, name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"examples.{name}")
+    result = await module.main(engine)
+    assert result.status == "succeeded", result.error
