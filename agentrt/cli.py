@@ -210,6 +210,11 @@ def run(
     if dag is not None:
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
+    if result.status == "interrupted":  # a local run cannot be resumed: serve the graph to answer it
+        if not json_out:
+            out.message(f"job {result.job_id} stopped at an interrupt asking {json.dumps(result.interrupt, default=str)}; "
+                        "`agentrt run` cannot resume it: submit it to `agentrt serve` and use `agentrt resume`")
+        raise typer.Exit(out.EXIT_INTERRUPTED)
     if result.status != "succeeded":
         if not json_out:
             out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")

@@ -372,6 +372,10 @@ class Server:
             case p.Cancel() if job is not None:
                 running = job.state == "running" and self.runtime.cancel(job_id)
                 return p.StatusReply(job_id=job_id, state="cancelling" if running else job.state)
+            case p.Cancel() if rec is not None and rec.state == "interrupted":  # it stops waiting: cancelled for good
+                cancelled = p.Result(job_id=job_id, status="cancelled", error="cancelled while waiting at an interrupt")
+                self.journal.finish_many([(job_id, "cancelled", p.encode(cancelled))])
+                return p.StatusReply(job_id=job_id, state="cancelled")
             case p.Cancel() if rec is not None:
                 return p.StatusReply(job_id=job_id, state=rec.state)
             case p.Fetch() if job is not None:

@@ -209,3 +209,14 @@ def test_an_interrupted_job_exits_3_with_its_question_and_resume_continues_it(ad
     assert again.exit_code == 1 and "not_interrupted" in again.stderr
     assert invoke("resume", "job-nope", "-a", address).exit_code == 1
     assert (tmp_path / "log").read_text().splitlines() == ["prepared", "done"]
+
+
+def test_follow_writes_streamed_tokens_inline_and_other_events_as_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    printer = cli.EventPrinter()
+    for kind, data in [("task_started", {"name": "llm", "task_id": "t1"}), ("llm_token", {"name": "llm", "task_id": "t1", "text": "Hel"}),
+                       ("llm_token", {"name": "llm", "task_id": "t1", "text": "lo"}), ("task_finished", {"name": "llm", "task_id": "t1"})]:
+        printer(SimpleNamespace(kind=kind, data=data))
+    err = capsys.readouterr().err
+    assert "llm> Hello\n" in err and err.index("task_started") < err.index("Hello") < err.index("task_finished")

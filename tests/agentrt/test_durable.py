@@ -56,7 +56,11 @@ def test_interrupt_then_resume_over_the_server_runs_each_side_effect_once(tmp_pa
             assert done.status == "succeeded" and done.output == {"answer": {"approved": True}}
             with pytest.raises(RemoteError, match="not_interrupted"):
                 c.resume(first.job_id, {"approved": True})
-        assert log.read_text().splitlines() == ["prepared", "done"]
+            waiting = c.submit("approval", {"log": str(log)})
+            assert c.cancel(waiting.job_id) == "cancelled" and c.status(waiting.job_id) == "cancelled"
+            with pytest.raises(RemoteError, match="not_interrupted"):
+                c.resume(waiting.job_id, {"approved": True})
+        assert log.read_text().splitlines() == ["prepared", "done", "prepared"]
     finally:
         proc.kill()
         proc.wait(10)
