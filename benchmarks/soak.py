@@ -89,7 +89,7 @@ class _Server:
 
     def _start(self) -> subprocess.Popen[bytes]:
         self.generation += 1
-        cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS / "none"),
+        cmd = [sys.executable, "-m", "agentrt.cli", "serve", "--no-engine", "--graphs", str(GRAPHS), "--tools", str(GRAPHS),
                "--bind", self.address, "--journal", str(self.journal)]
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
