@@ -286,7 +286,7 @@ app.add_typer(trace_app, name="trace")
 
 from agentrt import cli_graphs  # noqa: E402  (`agentrt graphs`, `agentrt graph show`)
 
-cli_graphs.register(app, GRAPHS, TOOLS, JSON_OUT)
+cli_graphs.register(app, load_registry, GRAPHS, TOOLS, JSON_OUT)
 
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")

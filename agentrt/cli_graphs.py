@@ -42,9 +42,8 @@ def show_graph(registry: Any, name: str, fmt: str) -> None:
     out.line((shape.to_mermaid() if fmt == "mermaid" else shape.to_dot()).rstrip("\n"))
 
 
-def register(app: typer.Typer, graphs_opt: Any, tools_opt: Any, json_opt: Any) -> None:
-    from agentrt.cli import load_registry
-
+def register(app: typer.Typer, load_registry: Any, graphs_opt: Any, tools_opt: Any, json_opt: Any) -> None:
+    """Add the commands to `app`; `load_registry(graphs, tools)` is the CLI's (folders found as for run)."""
     @app.command("graphs")
     def graphs_cmd(graphs: Path | None = graphs_opt, tools: Path | None = tools_opt, json_out: bool = json_opt) -> None:
         """List the registered graphs with their inputs (stdout; --json: JSON schemas)."""
