@@ -386,7 +386,7 @@ def submit(
 
     stdout: its id; with --wait, its output as JSON (--json: id, status, output and error).
     Exit status 1 when a waited-for job fails or is cancelled, 3 when it waits at an interrupt."""
-    from agentrt.cli_client import wait_for_result
+    from agentrt.cli_client import EventPrinter, show_result, wait_for_result
 
     inputs = parse_inputs(input)
     on_event = EventPrinter() if follow and not json_out else None
@@ -397,26 +397,7 @@ def submit(
             _answer(json_out, job_id=job_id)
             return
         res = wait_for_result(c, job_id, timeout, wait_timeout, on_event)
-    _show_result(res, json_out)
-
-
-def _show_result(res: Any, json_out: bool) -> None:
-    """A waited-for job's outcome: its output on stdout (exit 0); an interrupted job's payload on
-    stdout (exit 3, how to resume on stderr); a failure on stderr (exit 1). --json: one document."""
-    if json_out:
-        doc = {"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error}
-        out.result(doc | ({"interrupt": res.interrupt} if res.status == "interrupted" else {}))
-    elif res.status == "succeeded":
-        out.result(res.output)
-    elif res.status == "interrupted":
-        out.result({"interrupt": res.interrupt})
-        out.message(f"agentrt: job {res.job_id} is waiting for input; continue it with `agentrt resume {res.job_id} --input JSON`")
-    if res.status == "interrupted":
-        raise typer.Exit(out.EXIT_INTERRUPTED)
-    if res.status != "succeeded":
-        if not json_out:
-            out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
-        raise typer.Exit(out.EXIT_FAILED)
+    show_result(res, json_out)
 
 
 @app.command()
@@ -432,6 +413,8 @@ def resume(
 
     stdout and exit status as `submit --wait` (exit 3 when it is interrupted again). Exit status 1 when
     the job is unknown or not waiting."""
+    from agentrt.cli_client import EventPrinter, show_result
+
     try:
         value = json.loads(input)
     except ValueError as exc:
@@ -442,28 +425,7 @@ def resume(
     if not wait:
         _answer(json_out, job_id=job_id, state=res)
         return
-    _show_result(res, json_out)
-
-
-class EventPrinter:
-    """--follow: each event as a line on stderr, except `llm_token`s, whose text is written as it comes."""
-
-    def __init__(self) -> None:
-        self.streaming: str | None = None  # the task whose tokens are being written
-
-    def __call__(self, e: Any) -> None:
-        task = e.data.get("task_id")
-        if e.kind == "llm_token":
-            if self.streaming != task:
-                out.err.file.write(("\n" if self.streaming else "") + f"{e.data.get('name', '')}> ")
-                self.streaming = task
-            out.err.file.write(e.data.get("text", ""))
-            out.err.file.flush()
-            return
-        if self.streaming is not None:
-            out.err.file.write("\n")
-            self.streaming = None
-        out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")
+    show_result(res, json_out)
 
 
 @app.command()

@@ -114,3 +114,49 @@ def wait_for_result(c: CliClient, job_id: str, timeout: float, wait_timeout: flo
     except ClientTimeout as exc:
         raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
                            f"(it keeps running; `agentrt status {job_id}` to check)") from exc
+
+
+def show_result(res: Any, json_out: bool) -> None:
+    """A waited-for job's outcome: its output on stdout (exit 0); an interrupted job's payload on
+    stdout (exit 3, how to resume on stderr); a failure on stderr (exit 1). --json: one document."""
+    import typer
+
+    from agentrt import cli_output as out
+
+    if json_out:
+        doc = {"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error}
+        out.result(doc | ({"interrupt": res.interrupt} if res.status == "interrupted" else {}))
+    elif res.status == "succeeded":
+        out.result(res.output)
+    elif res.status == "interrupted":
+        out.result({"interrupt": res.interrupt})
+        out.message(f"agentrt: job {res.job_id} is waiting for input; continue it with `agentrt resume {res.job_id} --input JSON`")
+    if res.status == "interrupted":
+        raise typer.Exit(out.EXIT_INTERRUPTED)
+    if res.status != "succeeded":
+        if not json_out:
+            out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
+        raise typer.Exit(out.EXIT_FAILED)
+
+
+class EventPrinter:
+    """--follow: each event as a line on stderr, except `llm_token`s, whose text is written as it comes."""
+
+    def __init__(self) -> None:
+        self.streaming: str | None = None  # the task whose tokens are being written
+
+    def __call__(self, e: Any) -> None:
+        from agentrt import cli_output as out
+
+        task = e.data.get("task_id")
+        if e.kind == "llm_token":
+            if self.streaming != task:
+                out.err.file.write(("\n" if self.streaming else "") + f"{e.data.get('name', '')}> ")
+                self.streaming = task
+            out.err.file.write(e.data.get("text", ""))
+            out.err.file.flush()
+            return
+        if self.streaming is not None:
+            out.err.file.write("\n")
+            self.streaming = None
+        out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")

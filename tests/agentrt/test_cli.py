@@ -214,7 +214,9 @@ def test_an_interrupted_job_exits_3_with_its_question_and_resume_continues_it(ad
 def test_follow_writes_streamed_tokens_inline_and_other_events_as_lines(capsys: pytest.CaptureFixture[str]) -> None:
     from types import SimpleNamespace
 
-    printer = cli.EventPrinter()
+    from agentrt.cli_client import EventPrinter
+
+    printer = EventPrinter()
     for kind, data in [("task_started", {"name": "llm", "task_id": "t1"}), ("llm_token", {"name": "llm", "task_id": "t1", "text": "Hel"}),
                        ("llm_token", {"name": "llm", "task_id": "t1", "text": "lo"}), ("task_finished", {"name": "llm", "task_id": "t1"})]:
         printer(SimpleNamespace(kind=kind, data=data))
