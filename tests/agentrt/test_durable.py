@@ -109,3 +109,30 @@ async def test_a_graph_that_takes_another_path_on_replay_fails_with_a_typed_erro
     done = await rt.resume(res.job_id, 1)
     assert done.status == "failed"
     assert "NonDeterminismError" in (done.error or "") and "tool:count" in (done.error or "")
+
+
+def test_threads_are_scoped_per_client_on_the_server() -> None:
+    from agentrt.server import _thread
+
+    assert _thread("alice", "t") != _thread("bob", "t") and _thread("alice", "t") == _thread("alice", "t")
+    assert _thread("alice", None) is None
+
+
+def test_a_journal_from_before_threads_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agentrt.journal import Journal
+
+    old = sqlite3.connect(tmp_path / "j.sqlite")
+    old.executescript("""CREATE TABLE jobs (job_id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE, client BLOB, graph TEXT NOT NULL,
+        inputs BLOB NOT NULL, priority INTEGER NOT NULL, traceparent TEXT, state TEXT NOT NULL, result BLOB, created REAL NOT NULL,
+        updated REAL NOT NULL);
+        INSERT INTO jobs VALUES ('j1', NULL, X'61', 'echo', X'80', 0, NULL, 'accepted', NULL, 0, 0);""")
+    old.commit()
+    old.close()
+    journal = Journal(tmp_path / "j.sqlite")
+    try:
+        (rec,) = journal.unfinished()
+        assert rec.job_id == "j1" and rec.thread_id is None and rec.inputs == {}
+    finally:
+        journal.close()
