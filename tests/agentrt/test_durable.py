@@ -136,3 +136,25 @@ def test_a_journal_from_before_threads_gains_the_column_and_keeps_its_jobs(tmp_p
         assert rec.job_id == "j1" and rec.thread_id is None and rec.inputs == {}
     finally:
         journal.close()
+
+
+async def test_async_client_resume_streams_the_resumed_jobs_events(tmp_path: Path) -> None:
+    import anyio
+
+    from agentrt.client import AsyncClient
+    from agentrt.server import Server, ServerConfig
+    from tests.agentrt.test_server import registry
+
+    srv = Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(srv.serve)
+        events: list[Any] = []
+        async with AsyncClient(srv.address, timeout=10) as c:
+            asked = await c.submit("approval", {"log": str(tmp_path / "log")})
+            assert asked.status == "interrupted"
+            done = await c.resume(asked.job_id, {"approved": False}, on_event=events.append)
+        tg.cancel_scope.cancel()
+    assert done.status == "succeeded" and done.output == {"answer": {"approved": False}}
+    kinds = [e.kind for e in events]
+    assert "task_replayed" in kinds and kinds[-1] == "job_finished"  # the first tool call came from the journal
+    assert (tmp_path / "log").read_text().splitlines() == ["prepared"]
