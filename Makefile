@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/agentrt run airline_support --input '{"user_turns": ["Hi, I want to cancel my reservation.", "My user id is mia_li_3668 and the reservation is NO6JO3."], "database": "real"}'
+	$(BIN)/agentrt run airline_support --input '{"user_turns": ["Hi, I want to cancel my reservation.", "My user id is mia_li_3668 and the reservation is NO6JO3."], "database": "real", "confirm": false}'
 
 lint: $(STAMP)
 	$(BIN)/ruff check agentrt engine tools graphs tests benchmarks examples

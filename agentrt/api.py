@@ -188,6 +188,10 @@ class Context(Protocol):
         """Await handles/awaitables concurrently; results in order."""
         ...
 
+    async def interrupt(self, payload: Any = None) -> Any:
+        """Suspend the job (status "interrupted", with `payload`) until it is resumed; returns the resume input."""
+        ...
+
 
 @dataclass(slots=True)
 class Registry:

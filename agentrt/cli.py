@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agentrt import cli_output as out
 from agentrt.cli_output import AgentrtGroup
@@ -42,8 +43,20 @@ app = typer.Typer(help="agentrt: run agent graphs on the embedded inference engi
 console = out.err  # progress, tables and messages (stderr)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.line(f"agentrt {version('agentrt')}")
+        except PackageNotFoundError:
+            out.line("agentrt (not installed: version unknown)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show the traceback of an error"),
+          show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
     """agentrt: run agent graphs on the embedded inference engine."""
     out.set_debug(debug)
 
@@ -98,13 +111,20 @@ class Progress:
         self.tokens = 0
         self.done = 0
         self.start = time.perf_counter()
+        self.text: dict[str, str] = {}  # running LLM task -> its text so far (llm_token events)
+        self.names: dict[str, str] = {}
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         pool = {"llm": "gpu", "tool": "cpu", "agent": "none", "io": "storage"}.get(event.get("task_kind", ""), "none")
-        if kind == "task_started":
+        if kind == "llm_token":
+            task = event["task_id"]
+            self.text[task] = self.text.get(task, "") + event.get("text", "")
+            self.names[task] = event.get("name", "")
+        elif kind == "task_started":
             self.running[pool] += 1
         elif kind == "task_finished":
+            self.text.pop(event.get("task_id", ""), None)
             self.running[pool] -= 1
             self.done += 1
             self.tokens += (event.get("usage") or {}).get("generated_tokens", 0)
@@ -114,6 +134,9 @@ class Progress:
         t = Table.grid(padding=(0, 2))
         t.add_row("running", "  ".join(f"{k}: {v}" for k, v in self.running.items()), f"done: {self.done}",
                   f"generated: {self.tokens} tok", f"{rate:,.1f} tok/s")
+        for task, text in list(self.text.items())[-4:]:  # the live tokens of the LLM calls running now
+            tail = " ".join(text.split())[-100:]
+            t.add_row(Text(f"{self.names[task]} {task}"), Text(tail), "", "", "")
         return t
 
 
@@ -204,6 +227,11 @@ def run(
     if dag is not None:
         dag.write_text(job_dag.dumps())
         dag.with_suffix(".dot").write_text(job_dag.to_dot())
+    if result.status == "interrupted":  # a local run cannot be resumed: serve the graph to answer it
+        if not json_out:
+            out.message(f"job {result.job_id} stopped at an interrupt asking {json.dumps(result.interrupt, default=str)}; "
+                        "`agentrt run` cannot resume it: submit it to `agentrt serve` and use `agentrt resume`")
+        raise typer.Exit(out.EXIT_INTERRUPTED)
     if result.status != "succeeded":
         if not json_out:
             out.message(f"[red]job {result.job_id} {result.status}[/red]: {result.error}")
@@ -321,6 +349,10 @@ def llm_serve(
     serve_http(str(model) if model else None, host=host, port=port, model_name=served_model_name)
 
 
+from agentrt import cli_graphs  # noqa: E402  (`agentrt graphs`, `agentrt graph show`)
+
+cli_graphs.register(app, load_registry, GRAPHS, TOOLS, JSON_OUT)
+
 keys_app = typer.Typer(help="CurveZMQ keys for authenticated serving.")
 app.add_typer(keys_app, name="keys")
 
@@ -416,6 +448,7 @@ def submit(
     follow: bool = typer.Option(False, help="stream task events to stderr while waiting (implies --wait)"),
     priority: int = typer.Option(0),
     idempotency_key: str | None = typer.Option(None, help="resubmitting with the same key returns the same job"),
+    thread: str | None = typer.Option(None, "--thread", help="continue this conversation (a thread id of yours)"),
     wait_timeout: float | None = typer.Option(None, help="with --wait: give up after this many seconds (default: wait while the server answers)"),
     address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
     timeout: float = TIMEOUT, json_out: bool = JSON_OUT,
@@ -423,25 +456,47 @@ def submit(
     """Submit a job to a running server.
 
     stdout: its id; with --wait, its output as JSON (--json: id, status, output and error).
-    Exit status 1 when a waited-for job fails or is cancelled."""
-    from agentrt.cli_client import wait_for_result
+    Exit status 1 when a waited-for job fails or is cancelled, 3 when it waits at an interrupt."""
+    from agentrt.cli_client import EventPrinter, show_result, wait_for_result
 
     inputs = parse_inputs(input)
-    on_event = (lambda e: out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")) if follow and not json_out else None
+    on_event = EventPrinter() if follow and not json_out else None
     with _client(address, curve_server, curve_secret, timeout) as c:
-        job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event)
+        job_id = c.submit(graph, inputs, priority=priority, idempotency_key=idempotency_key, wait=False, on_event=on_event,
+                          **({"thread_id": thread} if thread is not None else {}))
         if not (wait or follow):
             _answer(json_out, job_id=job_id)
             return
         res = wait_for_result(c, job_id, timeout, wait_timeout, on_event)
-    if json_out:
-        out.result({"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error})
-    elif res.status == "succeeded":
-        out.result(res.output)
-    if res.status != "succeeded":
-        if not json_out:
-            out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
-        raise typer.Exit(out.EXIT_FAILED)
+    show_result(res, json_out)
+
+
+@app.command()
+def resume(
+    job_id: str = typer.Argument(..., help="a job whose status is interrupted"),
+    input: str = typer.Option("null", "--input", "-i", help="what its ctx.interrupt(...) returns, as JSON"),
+    wait: bool = typer.Option(True, help="wait for the job's next outcome (--no-wait: print its state)"),
+    follow: bool = typer.Option(False, help="stream task events to stderr while waiting"),
+    address: str = ADDRESS, curve_server: Path | None = CURVE_SERVER, curve_secret: Path | None = CURVE_SECRET,
+    timeout: float = TIMEOUT, json_out: bool = JSON_OUT,
+) -> None:
+    """Continue a job stopped at ctx.interrupt(...) with an input.
+
+    stdout and exit status as `submit --wait` (exit 3 when it is interrupted again). Exit status 1 when
+    the job is unknown or not waiting."""
+    from agentrt.cli_client import EventPrinter, show_result
+
+    try:
+        value = json.loads(input)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    on_event = EventPrinter() if follow and not json_out else None
+    with _client(address, curve_server, curve_secret, timeout) as c:
+        res = c.resume(job_id, value, wait=wait, on_event=on_event)
+    if not wait:
+        _answer(json_out, job_id=job_id, state=res)
+        return
+    show_result(res, json_out)
 
 
 @app.command()

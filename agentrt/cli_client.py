@@ -6,7 +6,6 @@ Imports only the client side of agentrt (no engine, no torch)."""
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +56,18 @@ class CliClient:
         with self._answer():
             return str(self.client.status(job_id))
 
+    def resume(self, job_id: str, value: Any, *, wait: bool, on_event: Callable[[Any], None] | None) -> Any:
+        """The job's next Result (wait) or state; UnknownJobError, or AgentrtError when it is not waiting."""
+        from agentrt.client import RemoteError
+
+        with self._answer():
+            try:
+                return self.client.resume(job_id, value, wait=wait, on_event=on_event)
+            except RemoteError as exc:
+                if exc.code == "not_found":
+                    raise UnknownJobError(job_id) from None
+                raise AgentrtError(f"job {job_id!r} cannot be resumed: {exc}") from None
+
     def cancel(self, job_id: str) -> str:
         """What the server answers to a cancel; a finished job's own state without asking to cancel it."""
         state = self.status(job_id)
@@ -76,6 +87,8 @@ def connect(address: str, curve_server: Path | None, curve_secret: Path | None, 
     if "timeout" in inspect.signature(Client).parameters:
         kwargs["timeout"] = timeout
     if curve_server is None:  # the token file keeps this user's identity across commands (docs/protocol.md)
+        from agentrt.client import default_token_file
+
         kwargs["token_file"] = default_token_file()
     else:
         if curve_secret is None:
@@ -89,16 +102,61 @@ def connect(address: str, curve_server: Path | None, curve_secret: Path | None, 
 
 def wait_for_result(c: CliClient, job_id: str, timeout: float, wait_timeout: float | None,
                     on_event: Callable[[Any], None] | None) -> Any:
-    """The job's Result. Waits in slices of `timeout`, checking between slices that the server still
-    answers (NoServerError if not), until `wait_timeout` seconds (None: no limit)."""
-    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
-    client = c.client
-    while True:
-        try:
-            return client.result(job_id, on_event, timeout=timeout)  # one slice; ClientTimeout if unfinished
-        except TimeoutError:
-            pass
-        c.status(job_id)  # raises NoServerError when the server is gone
-        if deadline is not None and time.monotonic() > deadline:
-            raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
-                               f"(it keeps running; `agentrt status {job_id}` to check)")
+    """The job's Result. The client re-fetches every `timeout` seconds of silence (so a dead server is
+    noticed: NoServerError) and gives up after `wait_timeout` seconds (None: no limit)."""
+    from agentrt.errors import ClientTimeout, ServerUnavailableError
+
+    try:
+        return c.client.result(job_id, on_event, timeout=wait_timeout)
+    except ServerUnavailableError as exc:
+        raise NoServerError(f"no answer from a server at {c.address} within {timeout:g}s "
+                            f"(is `agentrt serve` running there? raise --timeout to wait longer)") from exc
+    except ClientTimeout as exc:
+        raise AgentrtError(f"job {job_id} has no result after --wait-timeout {wait_timeout:g}s "
+                           f"(it keeps running; `agentrt status {job_id}` to check)") from exc
+
+
+def show_result(res: Any, json_out: bool) -> None:
+    """A waited-for job's outcome: its output on stdout (exit 0); an interrupted job's payload on
+    stdout (exit 3, how to resume on stderr); a failure on stderr (exit 1). --json: one document."""
+    import typer
+
+    from agentrt import cli_output as out
+
+    if json_out:
+        doc = {"job_id": res.job_id, "status": res.status, "output": res.output, "error": res.error}
+        out.result(doc | ({"interrupt": res.interrupt} if res.status == "interrupted" else {}))
+    elif res.status == "succeeded":
+        out.result(res.output)
+    elif res.status == "interrupted":
+        out.result({"interrupt": res.interrupt})
+        out.message(f"agentrt: job {res.job_id} is waiting for input; continue it with `agentrt resume {res.job_id} --input JSON`")
+    if res.status == "interrupted":
+        raise typer.Exit(out.EXIT_INTERRUPTED)
+    if res.status != "succeeded":
+        if not json_out:
+            out.message(f"agentrt: job {res.job_id} {res.status}: {res.error}")
+        raise typer.Exit(out.EXIT_FAILED)
+
+
+class EventPrinter:
+    """--follow: each event as a line on stderr, except `llm_token`s, whose text is written as it comes."""
+
+    def __init__(self) -> None:
+        self.streaming: str | None = None  # the task whose tokens are being written
+
+    def __call__(self, e: Any) -> None:
+        from agentrt import cli_output as out
+
+        task = e.data.get("task_id")
+        if e.kind == "llm_token":
+            if self.streaming != task:
+                out.err.file.write(("\n" if self.streaming else "") + f"{e.data.get('name', '')}> ")
+                self.streaming = task
+            out.err.file.write(e.data.get("text", ""))
+            out.err.file.flush()
+            return
+        if self.streaming is not None:
+            out.err.file.write("\n")
+            self.streaming = None
+        out.message(f"[dim]{e.kind}[/dim] {e.data.get('name', '')}")

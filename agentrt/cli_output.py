@@ -30,6 +30,7 @@ _state = {"debug": False, "quiet": False}
 
 EXIT_FAILED = 1  # a failed job, an unreachable server, a bad file: anything but a usage error
 EXIT_USAGE = 2  # what click uses for bad options and arguments
+EXIT_INTERRUPTED = 3  # a waited-for job stopped at ctx.interrupt(...): `agentrt resume JOB --input JSON` continues it
 
 
 def set_debug(on: bool) -> None:

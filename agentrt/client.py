@@ -4,6 +4,7 @@
         result = c.submit("airline_support", {"request": "..."})   # waits for the Result
         job_id = c.submit("react", {"question": "..."}, wait=False)
         c.status(job_id); c.cancel(job_id); c.fetch(job_id)
+        c.resume(job_id, {"approved": True})   # a job whose Result was "interrupted"
 
 A client's identity is its CURVE key pair, or else a token the server issues on first contact
 (`client.token`); pass `token=` to act as the same client from another process or after a restart
@@ -187,11 +188,13 @@ class Client:
         return self.token
 
     def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
-               wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
-        """Submit a job; returns the Result (wait=True) or the job id. Raises RemoteError, ServerUnavailableError."""
+               wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None,
+               thread_id: str | None = None) -> Any:
+        """Submit a job; returns the Result (wait=True) or the job id. `thread_id` continues that conversation
+        of this client (JobSpec.thread_id). Raises RemoteError, ServerUnavailableError."""
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
-                       traceparent=traceparent, follow=on_event is not None, token=self._ensure_token())
+                       traceparent=traceparent, follow=on_event is not None, token=self._ensure_token(), thread_id=thread_id)
         acc = self._request(msg, lambda m: getattr(m, "request_id", None) == rid)
         assert isinstance(acc, p.Accepted)
         if on_event is not None:
@@ -226,6 +229,18 @@ class Client:
         msg = self._job_request(p.Fetch(job_id=job_id, token=self._ensure_token()), p.Result | p.StatusReply | p.Error)
         assert isinstance(msg, p.Result | p.StatusReply)
         return msg
+
+    def resume(self, job_id: str, input: Any = None, *, wait: bool = True, on_event: Callable[[p.Event], None] | None = None) -> Any:
+        """Continue a job waiting at `ctx.interrupt(...)`; its interrupt returns `input`. Returns the
+        job's next Result (wait=True: it may be "interrupted" again) or its state. Raises RemoteError
+        ("not_interrupted" when it is not waiting)."""
+        self._buffer = [m for m in self._buffer if not (isinstance(m, p.Result) and m.job_id == job_id)]  # the old Result
+        if on_event is not None:
+            self._on_event[job_id] = on_event
+        msg = self._job_request(p.Resume(job_id=job_id, input=input, follow=on_event is not None, token=self._ensure_token()),
+                                p.StatusReply | p.Error)
+        assert isinstance(msg, p.StatusReply)
+        return self.result(job_id, on_event) if wait else msg.state
 
     def status(self, job_id: str) -> str:
         msg = self._job_request(p.Status(job_id=job_id, token=self._ensure_token()), p.StatusReply | p.Error)
@@ -308,10 +323,11 @@ class AsyncClient:
         return self.token
 
     async def submit(self, graph: str, inputs: dict[str, Any] | None = None, *, priority: int = 0, idempotency_key: str | None = None,
-                     wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None) -> Any:
+                     wait: bool = True, on_event: Callable[[p.Event], None] | None = None, traceparent: str | None = None,
+                     thread_id: str | None = None) -> Any:
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
-                       traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token())
+                       traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token(), thread_id=thread_id)
         acc = await self._request(msg, ("r", rid))
         assert isinstance(acc, p.Accepted)
         if on_event is not None:
@@ -344,6 +360,16 @@ class AsyncClient:
         msg = await self._request(p.Fetch(job_id=job_id, token=await self._ensure_token()), ("j", job_id))
         assert isinstance(msg, p.Result | p.StatusReply)
         return msg
+
+    async def resume(self, job_id: str, input: Any = None, *, wait: bool = True,
+                     on_event: Callable[[p.Event], None] | None = None) -> Any:
+        """Continue a job waiting at `ctx.interrupt(...)` (see Client.resume)."""
+        if on_event is not None:
+            self._events[job_id] = on_event
+        msg = await self._request(p.Resume(job_id=job_id, input=input, follow=on_event is not None, token=await self._ensure_token()),
+                                  ("j", job_id))
+        assert isinstance(msg, p.StatusReply), msg
+        return await self.result(job_id) if wait else msg.state
 
     async def status(self, job_id: str) -> str:
         msg = await self._request(p.Status(job_id=job_id, token=await self._ensure_token()), ("j", job_id))

@@ -23,8 +23,9 @@ import msgspec
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
 from agentrt.backends.select import chat_format_of
+from agentrt.durable import INTERRUPT, MISSING, fingerprint
 from agentrt.engine_client import LLMRequest
-from agentrt.errors import AgentrtError, SchemaError, ToolError
+from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
@@ -67,6 +68,8 @@ class JobContext:
         self._frozen: list[str] | None = None  # the frontier as a gather began (its calls' deps)
         self._last_session: Session | None = None  # the conversation of this context's last LLM call
         self._next_hint: str | None = None  # key of the hint announcing that conversation's next turn
+        self.key = task.key if task is not None else ""  # tasks it creates are keyed KEY/0, KEY/1, ...
+        self._seq = 0
 
     @property
     def job_id(self) -> str:
@@ -87,8 +90,44 @@ class JobContext:
 
     def _task(self, name: str, kind: TaskKind, pool: Pool, est_tokens: int = 0) -> tuple[Task, list[str]]:
         task = Task(self.runtime.new_id("t"), self.job_id, name, kind, pool, est_tokens=est_tokens,
-                    parent=self.task.id if self.task else None)
+                    parent=self.task.id if self.task else None, key=self._next_key())
         return task, list(self._frontier) if self._frozen is None else self._frozen
+
+    def _next_key(self) -> str:
+        self._seq += 1
+        return f"{self.key}/{self._seq - 1}"
+
+    async def _replayed(self, task: Task, fp: str, fn: Callable[[], Awaitable[Any]], type: Any = Any,
+                        on_replay: Callable[[Any], None] | None = None) -> Any:
+        """`fn()`, recorded in the job's journal; on replay the recorded result instead (agentrt.durable)."""
+        replay = self.job.replay
+        if replay is None:
+            return await fn()
+        value = replay.lookup(task.key, fp, type)
+        if value is not MISSING:
+            if on_replay is not None:
+                on_replay(value)
+            self.job.emit("task_replayed", task)
+            return value
+        value = await fn()
+        replay.record(task.key, fp, value)
+        return value
+
+    async def interrupt(self, payload: Any = None) -> Any:
+        """Suspend the job until it is resumed with an input, and return that input.
+
+        The job ends with status "interrupted" carrying `payload` (msgpack-encodable); resuming it
+        (`agentrt resume JOB --input JSON`, `Runtime.resume`, `Client.resume`) replays the job up
+        to here from its journal and returns the input. Raises JobInterrupted to suspend: let it
+        propagate."""
+        key = self._next_key()
+        replay = self.job.replay
+        if replay is not None:
+            value = replay.lookup(key, INTERRUPT)
+            if value is not MISSING:
+                return value
+            replay.suspend(key)
+        raise JobInterrupted(key, payload)
 
     def _account(self, usage: Usage) -> None:
         """Add a leaf's usage to this context, its ancestors and the job."""
@@ -115,8 +154,10 @@ class JobContext:
         pin_for_tool(self, t.name)
         with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \
                 telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
+            fp = fingerprint("tool", t.name, validated)
             try:
-                result = await self.runtime.run_task(self.job, task, deps, lambda: self._run_tool(t, validated, task), t.retry)
+                result = await self.runtime.run_task(
+                    self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry)
             finally:
                 if task.started is not None:
                     self.runtime.tool_latency.observe(t.name, task.duration)
@@ -179,7 +220,7 @@ class JobContext:
             with telemetry.span(f"invoke_agent {agent.name}", attrs) as sp, \
                     telemetry.timed_operation({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent.name}):
                 try:
-                    return await agent.fn(child, *args, **kwargs)
+                    return await self._replayed(task, fingerprint("agent", agent.name), lambda: agent.fn(child, *args, **kwargs))
                 finally:
                     set_rollup(sp, child.usage)
 
@@ -238,9 +279,29 @@ class JobContext:
         engine = self.runtime.engine
         if engine is None:
             raise AgentrtError("this runtime has no engine: LLM calls are unavailable")
-        sess = session or self.session
+        sess = self._fork_if_busy(session or self.session)
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        sess.inflight += 1
+        sess.fork_point = (len(sess.token_ids), len(sess.messages), len(sess.text))
+        try:
+            return await self._generate_on(sess, messages, max_tokens, temperature, stop, schema, tools, name, ignore_eos)
+        finally:
+            sess.inflight -= 1
+
+    def _fork_if_busy(self, sess: Session) -> Session:
+        """Concurrent generate calls on one session fork it: a call made while another runs on the
+        session continues a copy of the conversation as it was before that call (docs: README)."""
+        if not sess.inflight:
+            return sess
+        fork = sess.fork(self.runtime.new_id(f"{sess.id}/fork-"))
+        self.job.sessions.append(fork)
+        return fork
+
+    async def _generate_on(self, sess: Session, messages: list[dict[str, Any]] | None, max_tokens: int, temperature: float,
+                           stop: list[str] | None, schema: Any, tools: list[Tool] | None, name: str, ignore_eos: bool) -> Generation:
+        engine = self.runtime.engine
+        assert engine is not None
         fmt = chat_format_of(engine)
         sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode, fmt)
         opener = sess.generation_prompt(fmt)
@@ -266,7 +327,10 @@ class JobContext:
             labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
             with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
                 gen = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._generate(prompt, prompt_text, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                    self.job, task, deps, lambda: self._replayed(
+                        task, fingerprint("llm", name, prompt),
+                        lambda: self._generate(prompt, prompt_text, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
+                        Generation, lambda g: self._replay_turn(sess, prompt, prompt_text, g, task.id, fmt)),
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
                 telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
@@ -290,22 +354,19 @@ class JobContext:
         start = time.perf_counter()
         # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
         prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
+        stream = self._token_stream(task)
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
                                                stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos,
-                                               priority=prio, program_id=self.job_id))
+                                               priority=prio, program_id=self.job_id), **stream)
         usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if marker and tools and ids and ids[-1] == open_id:
-            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio)
+            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio, stream)
             reason = "tool_calls"
         elif not ids or ids[-1] not in end_ids:
             ids.append(end_ids[0])  # close a turn cut by max_tokens, so the next turn renders after it
-        raw = engine.decode(ids)
-        parsed = fmt.parse(raw)
-        calls = [ToolCall(f"{task.id}-{i}", c.name, c.arguments) for i, c in enumerate(parsed.tool_calls)]
-        plain = {"role": "assistant", "content": raw.removesuffix(engine.decode(ids[-1:]))}
-        sess.commit_turn(prompt, ids, prompt_text, raw, _assistant_message(parsed, calls), fmt, plain)
+        raw, parsed, calls = self._commit(sess, prompt, prompt_text, ids, task.id, fmt)
         if self.runtime.serving.tool_pins:
             sess.pin_deadline = 0.0  # provisional: a tool call re-pins it for that tool's latency
             pin_session(self, sess, sess.ttl)
@@ -320,7 +381,8 @@ class JobContext:
                           finish_reason=reason, usage=usage, tool_call_errors=errors)
 
     async def _tool_call(self, prompt: list[int], marker: tuple[str, str, str], end_ids: list[int], max_tokens: int,
-                         temperature: float, tools: list[Tool], usage: Usage, priority: int = 0) -> list[int]:
+                         temperature: float, tools: list[Tool], usage: Usage, priority: int = 0,
+                         stream: dict[str, Any] | None = None) -> list[int]:
         """The rest of a tool call the model opened: `{"name", "arguments"}` under the tools' grammar,
         then the family's closing text and the end-of-turn token."""
         engine = self.runtime.engine
@@ -328,9 +390,34 @@ class JobContext:
         head = engine.encode(marker[1]) if marker[1] else []
         call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
                                                 stop_token_ids=end_ids, json_schema=tool_call_schema(tools),
-                                                priority=priority, program_id=self.job_id))
+                                                priority=priority, program_id=self.job_id), **(stream or {}))
         usage.add(call.usage)
         return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
+
+
+    def _replay_turn(self, sess: Session, prompt: list[int], prompt_text: str, gen: Generation, task_id: str, fmt: Any) -> None:
+        """A replayed LLM call's recorded turn joins the conversation as if it had just been generated."""
+        self._commit(sess, prompt, prompt_text, list(gen.token_ids), task_id, fmt)
+
+    def _commit(self, sess: Session, prompt: list[int], prompt_text: str, ids: list[int], task_id: str,
+                fmt: Any) -> tuple[str, Any, list[ToolCall]]:
+        """Record the generated turn in `sess` (also when a replay returns a recorded Generation):
+        (raw text, parsed output, tool calls)."""
+        engine = self.runtime.engine
+        assert engine is not None
+        raw = engine.decode(ids)
+        parsed = fmt.parse(raw)
+        calls = [ToolCall(f"{task_id}-{i}", c.name, c.arguments) for i, c in enumerate(parsed.tool_calls)]
+        plain = {"role": "assistant", "content": raw.removesuffix(engine.decode(ids[-1:]))}
+        sess.commit_turn(prompt, ids, prompt_text, raw, _assistant_message(parsed, calls), fmt, plain)
+        return raw, parsed, calls
+
+    def _token_stream(self, task: Task) -> dict[str, Any]:
+        """generate()'s `on_tokens` when someone listens to the job's events and the engine streams:
+        one `llm_token` event per engine step with that step's new text."""
+        if self.job.on_event is None or not getattr(self.runtime.engine, "streams_tokens", False):
+            return {}
+        return {"on_tokens": lambda ids, text: self.job.emit("llm_token", task, text=text, tokens=len(ids))}
 
 
 def _assistant_message(parsed: Any, calls: list[ToolCall]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -34,7 +35,12 @@ class LLMResponse(msgspec.Struct, kw_only=True):
     ttft: float = 0.0  # seconds from submission to the first generated token
 
 
+TokenSink = Callable[[list[int], str], None]  # (new token ids, their text) after each engine step
+
+
 class EngineClient(Protocol):
+    """An engine that can stream sets `streams_tokens = True` and takes `on_tokens=` (a TokenSink) in generate."""
+
     model_name: str
 
     async def generate(self, request: LLMRequest) -> LLMResponse: ...
@@ -76,7 +82,10 @@ class EmbeddedEngine:
         self._ids = itertools.count()
         self._live: dict[str, dict[str, None]] = {}  # program id -> its requests in the engine
 
-    async def generate(self, request: LLMRequest) -> LLMResponse:
+    streams_tokens = True
+
+    async def generate(self, request: LLMRequest, on_tokens: TokenSink | None = None) -> LLMResponse:
+        """`on_tokens` receives each engine step's new tokens as they are generated."""
         from engine import SamplingParams
 
         params = SamplingParams(
@@ -96,6 +105,8 @@ class EmbeddedEngine:
                     if last is None:
                         ttft = time.perf_counter() - start
                     last = out
+                    if on_tokens is not None and out.delta_token_ids:
+                        on_tokens(list(out.delta_token_ids), out.delta_text)
         finally:
             live.pop(rid, None)
             if request.program_id and not live:

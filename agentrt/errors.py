@@ -81,3 +81,26 @@ class JournalCorruptError(JournalError):
 
 class LLMTimeoutError(AgentrtError):
     """An LLM call ran past the engine client's timeout and was aborted."""
+
+
+class NonDeterminismError(AgentrtError):
+    """On replay, a graph asked for a different task than the journal recorded at the same position
+    (the graph's code or inputs changed, or it branches on something not recorded)."""
+
+    def __init__(self, key: str, recorded: str, now: str) -> None:
+        super().__init__(f"non-deterministic replay at task {key}: the journal recorded {recorded!r} there, "
+                         f"the graph now asks for {now!r}; a graph must take the same path when replayed")
+        self.key, self.recorded, self.now = key, recorded, now
+
+
+class JobInterrupted(AgentrtError):
+    """Raised by `ctx.interrupt(payload)` to suspend the job until it is resumed with an input.
+    Let it propagate (re-raise it if you catch Exception around an interrupt)."""
+
+    def __init__(self, key: str, payload: object) -> None:
+        super().__init__(f"job interrupted at {key}, waiting for input")
+        self.key, self.payload = key, payload
+
+
+class NotInterruptedError(AgentrtError):
+    """`resume` was asked for a job that is not waiting at an interrupt."""

@@ -9,11 +9,12 @@ task under it, aborting its engine requests (which frees their KV) and releasing
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,12 +25,20 @@ from agentrt import telemetry
 from agentrt.api import Registry
 from agentrt.cost import CostModel
 from agentrt.dag import JobDAG
+from agentrt.durable import MemoryStore, Replay, TaskStore, load_thread, save_thread
 from agentrt.engine_client import EngineClient
-from agentrt.errors import AgentrtError, JobCancelledError, TaskFailedError, TaskTimeoutError
+from agentrt.errors import (
+    AgentrtError,
+    JobCancelledError,
+    JobInterrupted,
+    NotInterruptedError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
 from agentrt.jobs import EventSink, JobRun, set_rollup
 from agentrt.pools import LocalToolExecutor, ToolExecutor
 from agentrt.scheduler import PoolLimits, Scheduler, ServingPolicy
-from agentrt.sessions import ToolLatencies
+from agentrt.sessions import Session, ToolLatencies
 from agentrt.types import JobResult, JobSpec, Pool, RetryPolicy, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -40,13 +49,14 @@ class Runtime:
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
     limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model; serving (which
-    program-aware mechanisms reach the engine, default all).
+    program-aware mechanisms reach the engine, default all); store of task results for replay and
+    interrupts (agentrt.durable; default: in memory, the server's: its journal).
     """
 
     def __init__(
         self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
         policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
-        serving: ServingPolicy | None = None,
+        serving: ServingPolicy | None = None, store: TaskStore | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -58,6 +68,7 @@ class Runtime:
         self.cost = cost or CostModel()
         self.serving = serving or ServingPolicy()
         self.tool_latency = ToolLatencies()  # per-tool latency, learned online: pin TTLs at tool calls
+        self.store: TaskStore = store or MemoryStore()
         self.jobs: dict[str, JobRun] = {}
         self._grants: dict[str, anyio.Event] = {}
         self._ids = itertools.count(1)
@@ -74,10 +85,11 @@ class Runtime:
         if not spec.job_id:
             spec = msgspec.structs.replace(spec, job_id=self.new_id("job-"))
         job = JobRun(spec, JobDAG(spec.job_id), on_event=on_event)
+        job.replay = Replay(self.store, spec.job_id)
         self.jobs[spec.job_id] = job
         self.scheduler.submit_job(spec.job_id, spec.priority)
         start = time.perf_counter()
-        status, output, error = "succeeded", None, None
+        status, output, error, interrupt = "succeeded", None, None, None
         # The GenAI conventions name a workflow with gen_ai.agent.name (gen_ai.workflow.name was retired).
         attrs = {"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name, "agentrt.graph": graph.name,
                  "agentrt.job.id": spec.job_id}
@@ -87,28 +99,90 @@ class Runtime:
                 telemetry.timed_operation({"gen_ai.operation.name": "invoke_workflow", "gen_ai.agent.name": graph.name}):
             try:
                 inputs = graph.validate(dict(spec.inputs))
+                top = JobContext(self, job, None, session=self._thread_session(job))
                 with job.scope:
                     async with anyio.create_task_group() as tg:
                         job.task_group = tg
-                        output = await graph.fn(JobContext(self, job, None), **inputs)
+                        output = await graph.fn(top, **inputs)
                 if job.scope.cancelled_caught:
                     status, error = "cancelled", "job cancelled"
                     telemetry.mark_error(sp, "cancelled", f"job {spec.job_id} was cancelled")
-            except Exception as exc:  # the job fails; the runtime keeps serving
-                status, error = "failed", _describe(exc)
-                telemetry.mark_error(sp, type(_root(exc)).__qualname__, error)
+            except Exception as exc:  # the job fails (or waits at an interrupt); the runtime keeps serving
+                if isinstance(root := _root(exc), JobInterrupted):
+                    status, interrupt = "interrupted", root.payload
+                else:
+                    status, error = "failed", _describe(exc)
+                    telemetry.mark_error(sp, type(root).__qualname__, error)
             finally:
-                await self._close_job(job)
+                await self._close_job(job, keep_pins=status == "interrupted")
+            if status != "interrupted":
+                self.store.forget_tasks(spec.job_id)
+            if status == "succeeded" and spec.thread_id is not None and job.sessions:
+                root = job.sessions[0]
+                save_thread(self.store, spec.thread_id, root.token_ids, root.messages, root.text, root.tools)
             # The job's cost is exactly the sum of its leaf (LLM and tool) costs.
             job.usage.cost_usd = math.fsum(t.usage.cost_usd for t in job.dag.tasks.values() if t.kind.value in ("llm", "tool"))
             set_rollup(sp, job.usage)
-        job.emit("job_finished", status=status)
+        extra: dict[str, Any] = {"interrupt": interrupt} if status == "interrupted" else {}
+        job.emit("job_finished", status=status, **extra)
         return JobResult(job_id=spec.job_id, graph=spec.graph, status=status, output=output if status == "succeeded" else None,
-                         error=error, usage=job.usage, seconds=time.perf_counter() - start)
+                         error=error, usage=job.usage, seconds=time.perf_counter() - start, interrupt=interrupt)
 
-    async def _close_job(self, job: JobRun) -> None:
-        for session in job.sessions:
-            if session.pinned and self.engine is not None:
+    async def stream_job(self, spec: JobSpec, traceparent: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Run a job and yield its events as they happen (`task_started`, `llm_token`, `llm_output`,
+        `task_finished`, `task_replayed`, `job_finished`, each with `parent_task_id` when it is a
+        task's), then a last `{"kind": "job_result", "result": JobResult}`. Leaving early cancels the job."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if not spec.job_id:
+            spec = msgspec.structs.replace(spec, job_id=self.new_id("job-"))
+
+        async def run() -> None:
+            try:
+                res = await self.run_job(spec, on_event=queue.put_nowait, traceparent=traceparent)
+            except Exception as exc:  # e.g. UnknownGraphError: raised to the consumer
+                queue.put_nowait({"kind": "error", "error": exc})
+                return
+            queue.put_nowait({"kind": "job_result", "job_id": res.job_id, "result": res})
+
+        runner = asyncio.ensure_future(run())
+        try:
+            while True:
+                event = await queue.get()
+                if event["kind"] == "error":
+                    raise event["error"]
+                yield event
+                if event["kind"] == "job_result":
+                    return
+        finally:
+            if not runner.done():
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+    async def resume(self, job_id: str, value: Any = None, on_event: EventSink | None = None) -> JobResult:
+        """Continue a job that stopped at `ctx.interrupt(...)`: it is replayed from its recorded tasks
+        and the interrupt returns `value`. Raises NotInterruptedError if the job is not waiting."""
+        job = self.jobs.get(job_id)
+        if job is None or not self.store.resolve_interrupt(job_id, msgspec.msgpack.encode(value)):
+            raise NotInterruptedError(f"job {job_id!r} is not waiting at an interrupt")
+        return await self.run_job(job.spec, on_event=on_event)
+
+    def _thread_session(self, job: JobRun) -> Session | None:
+        """A thread job's root session: the thread's conversation so far (same id, so same KV pin)."""
+        thread_id = job.spec.thread_id
+        if thread_id is None:
+            return None
+        state = load_thread(self.store, thread_id)
+        session = Session(f"thread/{thread_id}")
+        if state is not None:  # a state saved without its text re-renders in full at the next turn
+            session = Session(session.id, state.token_ids if state.text else [], state.messages, text=state.text,
+                              tools=state.tools)
+        job.sessions.append(session)
+        return session
+
+    async def _close_job(self, job: JobRun, keep_pins: bool = False) -> None:
+        for session in job.sessions:  # an interrupted job's or a thread's pins expire by their TTL, unless used again first
+            keep = keep_pins or session.id.startswith("thread/")
+            if session.pinned and self.engine is not None and not keep:
                 self.engine.unpin(session.id)
         for key in job.hints:
             if self.engine is not None:

@@ -33,12 +33,13 @@ class JobRun:
     sessions: list[Any] = field(default_factory=list)
     hints: set[str] = field(default_factory=set)  # next-turn hints still announced to the engine
     task_group: Any = None
+    replay: Any = None  # agentrt.durable.Replay: recorded task results of this job
 
     def emit(self, kind: str, task: Task | None = None, **data: Any) -> None:
         if self.on_event is not None:
             event = {"kind": kind, "job_id": self.spec.job_id, **data}
             if task is not None:
-                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value}
+                event |= {"task_id": task.id, "name": task.name, "task_kind": task.kind.value, "parent_task_id": task.parent}
             self.on_event(event)
 
 

@@ -46,8 +46,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    value BLOB,
+    PRIMARY KEY (job_id, key)
+);
+CREATE TABLE IF NOT EXISTS threads (thread_id TEXT PRIMARY KEY, state BLOB NOT NULL, updated REAL NOT NULL);
 """
-COLUMNS = "job_id, client, graph, inputs, priority, traceparent, state, result"
+COLUMNS = "job_id, client, graph, inputs, priority, traceparent, state, result, thread_id"
 
 
 @dataclass(slots=True)
@@ -60,6 +68,7 @@ class JobRecord:
     traceparent: str | None
     state: str
     result: bytes | None  # the encoded Result message, once finished
+    thread_id: str | None = None  # the conversation it continues (JobSpec.thread_id)
 
 
 class Journal:
@@ -101,23 +110,67 @@ class Journal:
                 return row[0], True
         job_id = uuid.uuid4().hex[:16]
         self._db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', NULL, ?, ?)",
-            (job_id, key, owner.encode(), sub.graph, msgspec.msgpack.encode(sub.inputs), sub.priority, sub.traceparent, now, now),
+            "INSERT INTO jobs (job_id, idempotency_key, client, graph, inputs, priority, traceparent, state, result, created, updated, thread_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'accepted', NULL, ?, ?, ?)",
+            (job_id, key, owner.encode(), sub.graph, msgspec.msgpack.encode(sub.inputs), sub.priority, sub.traceparent, now, now,
+             getattr(sub, "thread_id", None)),
         )
         return job_id, False
 
     def finish_many(self, results: list[tuple[str, str, bytes]]) -> None:
-        """Store (job_id, state, encoded Result) rows in one transaction."""
+        """Store (job_id, state, encoded Result) rows in one transaction; a finished job's task
+        records go (an interrupted job keeps them, to be replayed when it is resumed)."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("UPDATE jobs SET state = ?, result = ?, updated = ? WHERE job_id = ?",
                                      [(state, res, now, job_id) for job_id, state, res in results])
+                self._db.executemany("DELETE FROM tasks WHERE job_id = ?", [(job_id,) for job_id, state, _ in results if state != "interrupted"])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    # ---- task records (agentrt.durable.TaskStore) -------------------------------------------
+    def load_tasks(self, job_id: str) -> dict[str, tuple[str, bytes | None]]:
+        with self._lock:
+            rows = self._db.execute("SELECT key, fingerprint, value FROM tasks WHERE job_id = ?", (job_id,)).fetchall()
+        return {k: (fp, None if v is None else bytes(v)) for k, fp, v in rows}
+
+    def save_task(self, job_id: str, key: str, fingerprint: str, value: bytes | None) -> None:
+        """Record one finished task (committed at once: the task's side effects are done)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", (job_id, key, fingerprint, value))
+
+    def resolve_interrupt(self, job_id: str, value: bytes) -> bool:
+        """Give an interrupted job's pending interrupt its input and mark the job to run again
+        (one transaction). False if the job is not waiting at an interrupt."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                cur = self._db.execute("UPDATE tasks SET value = ? WHERE job_id = ? AND value IS NULL", (value, job_id))
+                if cur.rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute("UPDATE jobs SET state = 'accepted', result = NULL, updated = ? WHERE job_id = ?", (time.time(), job_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def load_thread(self, thread_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def save_thread(self, thread_id: str, state: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO threads VALUES (?, ?, ?)", (thread_id, state, time.time()))
+
+    def forget_tasks(self, job_id: str) -> None:
+        """Nothing to do: finish_many drops a finished job's records with its result, atomically."""
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -179,6 +232,8 @@ def _open(path: Path) -> sqlite3.Connection:
         if check is None or check[0] != "ok":
             raise JournalCorruptError(f"journal {path} fails SQLite's integrity check: {check and check[0]}")
         db.executescript(SCHEMA)
+        if "thread_id" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # a journal from before threads
+            db.execute("ALTER TABLE jobs ADD COLUMN thread_id TEXT")
         db.execute(f"SELECT {COLUMNS}, idempotency_key, created, updated FROM jobs LIMIT 0")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the main file holds the schema: 0 bytes now means truncated
     except BaseException as exc:
@@ -198,4 +253,4 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     except msgspec.DecodeError:
         logger.error("journal row %s has unreadable inputs", row[0])
         inputs, state = {}, "corrupt"
-    return JobRecord(row[0], owner, row[2], inputs, row[4], row[5], state, None if row[7] is None else bytes(row[7]))
+    return JobRecord(row[0], owner, row[2], inputs, row[4], row[5], state, None if row[7] is None else bytes(row[7]), row[8])

@@ -52,6 +52,7 @@ class Submit(_Msg, tag="submit", frozen=True):
     traceparent: Name | None = None
     follow: bool = False
     token: Token | None = None
+    thread_id: Name | None = None  # continue this conversation (the thread's messages are kept by the server)
 
 
 class Accepted(_Msg, tag="accepted", frozen=True):
@@ -70,11 +71,22 @@ class Event(_Msg, tag="event", frozen=True):
 
 class Result(_Msg, tag="result", frozen=True):
     job_id: str
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | interrupted
     output: Any = None
     error: str | None = None
     usage: dict[str, Any] = {}
     cost_usd: float = 0.0
+    interrupt: Any = None  # status "interrupted": the payload the job's `ctx.interrupt(payload)` asks about
+
+
+class Resume(_Msg, tag="resume", frozen=True):
+    """Continue an interrupted job: its interrupt returns `input`. Answered by a StatusReply
+    ("running"), then the job's next Result (with `follow`, its events too)."""
+
+    job_id: JobId
+    input: Any = None
+    follow: bool = False
+    token: Token | None = None
 
 
 class Cancel(_Msg, tag="cancel", frozen=True):
@@ -89,7 +101,7 @@ class Status(_Msg, tag="status", frozen=True):
 
 class StatusReply(_Msg, tag="status_reply", frozen=True):
     job_id: str
-    state: str  # accepted | running | succeeded | failed | cancelled | cancelling | unknown
+    state: str  # accepted | running | succeeded | failed | cancelled | cancelling | interrupted | unknown
 
 
 class Fetch(_Msg, tag="fetch", frozen=True):
@@ -104,10 +116,11 @@ class Error(_Msg, tag="error", frozen=True):
     job_id: str | None = None
 
 
-Message = Hello | Welcome | Submit | Accepted | Event | Result | Cancel | Status | StatusReply | Fetch | Error
-ClientMessage = Hello | Submit | Cancel | Status | Fetch
+Message = Hello | Welcome | Submit | Accepted | Event | Result | Cancel | Status | StatusReply | Fetch | Resume | Error
+ClientMessage = Hello | Submit | Cancel | Status | Fetch | Resume
 
-ERROR_CODES = ("bad_frame", "bad_version", "unknown_graph", "too_large", "too_many_inflight", "not_found", "unauthorized", "internal")
+ERROR_CODES = ("bad_frame", "bad_version", "unknown_graph", "too_large", "too_many_inflight", "not_found", "not_interrupted",
+               "unauthorized", "internal")
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
@@ -132,6 +145,8 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError("message is nested too deeply to decode") from None
     if isinstance(msg, Submit):
         check_bounds(msg.inputs, "inputs")
+    elif isinstance(msg, Resume):
+        check_bounds(msg.input, "input")
     return msg
 
 

@@ -6,7 +6,9 @@ and encode is guarded, a frame that cannot be handled gets an Error reply (frame
 attributed are dropped), and a job whose output cannot be encoded ends `failed` (journaled, so a
 restart does not run it again). Jobs run on the Runtime; a finished job's result is journaled before
 its Result is sent, then the job leaves memory (fetch and status read the journal). At startup, jobs
-accepted but never finished are run again (at-least-once).
+accepted but never finished are run again: each replays the tasks it had finished from their
+journaled results (agentrt.durable), so only unfinished tasks run again. A job stopped at an
+interrupt is journaled "interrupted"; a Resume continues it the same way.
 
 Results, events, status and cancellation reach only a job's owner (agentrt.identity): the CURVE
 public key with CURVE on, else the token this server issued. Routing ids are never persisted.
@@ -14,6 +16,7 @@ public key with CURVE on, else the token this server issued. Routing ids are nev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,6 +76,7 @@ class Server:
     def __init__(self, runtime: Runtime, config: ServerConfig) -> None:
         self.runtime, self.config = runtime, config
         self.journal = Journal(config.journal)
+        runtime.store = self.journal  # finished tasks are journaled: a recovered job replays them (agentrt.durable)
         self.tokens = TokenIssuer(self.journal.secret())
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -130,7 +134,7 @@ class Server:
             if rec.state == "corrupt":
                 self._finish(rec.job_id, p.Result(job_id=rec.job_id, status="failed", error="the journal's record of this job is unreadable"))
                 continue
-            spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id)
+            spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id, thread_id=_thread(rec.client, rec.thread_id))
             self._tg.start_soon(self._run, rec.job_id, spec, rec.traceparent)
 
     async def _recv_batch(self) -> list[list[zmq.Frame]]:
@@ -185,7 +189,7 @@ class Server:
         if msg.v != p.PROTOCOL_VERSION:
             await self._send(route, p.Error(code="bad_version", message=f"protocol version {msg.v} unsupported; this server speaks {p.PROTOCOL_VERSION}"))
             return
-        if not isinstance(msg, p.Hello | p.Submit | p.Cancel | p.Status | p.Fetch):
+        if not isinstance(msg, p.Hello | p.Submit | p.Cancel | p.Status | p.Fetch | p.Resume):
             await self._send(route, p.Error(code="bad_frame", message=f"a client may not send {type(msg).__name__} messages"))
             return
         try:
@@ -259,7 +263,7 @@ class Server:
                     await self._send(route, rec.result)
                 continue
             self.jobs[job_id] = _Job(owner, route, route, sub.follow)
-            spec = JobSpec(graph=sub.graph, inputs=sub.inputs, priority=sub.priority, job_id=job_id)
+            spec = JobSpec(graph=sub.graph, inputs=sub.inputs, priority=sub.priority, job_id=job_id, thread_id=_thread(owner, sub.thread_id))
             self._tg.start_soon(self._run, job_id, spec, sub.traceparent)
 
     async def _run(self, job_id: str, spec: JobSpec, traceparent: str | None) -> None:
@@ -292,7 +296,7 @@ class Server:
                 try:
                     res = await self.runtime.run_job(spec, on_event=on_event, traceparent=traceparent)
                     result = p.Result(job_id=job_id, status=res.status, output=res.output, error=res.error,
-                                      usage=msgspec.to_builtins(res.usage), cost_usd=res.usage.cost_usd)
+                                      usage=msgspec.to_builtins(res.usage), cost_usd=res.usage.cost_usd, interrupt=res.interrupt)
                 except Exception as exc:  # a runtime bug: report it, keep serving
                     logger.exception("job %s crashed", job_id)
                     result = p.Result(job_id=job_id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}")
@@ -316,6 +320,21 @@ class Server:
         self.jobs[job_id].state = result.status
         self._results.append((job_id, result.status, payload))
         self._result_ready.set()
+
+    def _resume(self, route: bytes, rec: Any, msg: p.Resume) -> p.Message:
+        """Give an interrupted job its input (journaled) and run it again: it replays up to the interrupt."""
+        try:
+            value = msgspec.msgpack.encode(msg.input)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            return p.Error(code="bad_frame", message=f"cannot encode the resume input: {exc}", job_id=rec.job_id)
+        if rec.state != "interrupted" or not self.journal.resolve_interrupt(rec.job_id, value):
+            return p.Error(code="not_interrupted", message=f"job {rec.job_id!r} is {rec.state}, not waiting at an interrupt", job_id=rec.job_id)
+        self.jobs[rec.job_id] = _Job(rec.client, route, route, msg.follow)
+        self.inflight[rec.client] = self.inflight.get(rec.client, 0) + 1
+        self.inflight[route] = self.inflight.get(route, 0) + 1
+        spec = JobSpec(graph=rec.graph, inputs=rec.inputs, priority=rec.priority, job_id=rec.job_id, thread_id=_thread(rec.client, rec.thread_id))
+        self._tg.start_soon(self._run, rec.job_id, spec, rec.traceparent)
+        return p.StatusReply(job_id=rec.job_id, state="running")
 
     def _route(self, job: _Job | None) -> bytes | None:
         if job is None:
@@ -353,6 +372,10 @@ class Server:
             case p.Cancel() if job is not None:
                 running = job.state == "running" and self.runtime.cancel(job_id)
                 return p.StatusReply(job_id=job_id, state="cancelling" if running else job.state)
+            case p.Cancel() if rec is not None and rec.state == "interrupted":  # it stops waiting: cancelled for good
+                cancelled = p.Result(job_id=job_id, status="cancelled", error="cancelled while waiting at an interrupt")
+                self.journal.finish_many([(job_id, "cancelled", p.encode(cancelled))])
+                return p.StatusReply(job_id=job_id, state="cancelled")
             case p.Cancel() if rec is not None:
                 return p.StatusReply(job_id=job_id, state=rec.state)
             case p.Fetch() if job is not None:
@@ -360,4 +383,15 @@ class Server:
                 return p.StatusReply(job_id=job_id, state=job.state)
             case p.Fetch() if rec is not None:
                 return rec.result if rec.result is not None else p.StatusReply(job_id=job_id, state=rec.state)
+            case p.Resume() if rec is not None:
+                return self._resume(route, rec, msg)
+            case p.Resume() if job is not None:
+                return p.Error(code="not_interrupted", message=f"job {job_id!r} is {job.state}, not waiting at an interrupt", job_id=job_id)
         return p.Error(code="not_found", message=f"no job {job_id!r} of this client", job_id=job_id)
+
+
+def _thread(owner: str, thread_id: str | None) -> str | None:
+    """Threads are per owner: two clients naming the same thread never share a conversation."""
+    if thread_id is None:
+        return None
+    return f"{hashlib.sha256(owner.encode()).hexdigest()[:16]}/{thread_id}"

@@ -30,6 +30,14 @@ class Session:
     num_incremental: int = 0  # turns appended after a prefix-stable rendering
     num_full_renders: int = 0  # turns for which the template rewrote earlier text (re-encoded)
     pin_deadline: float = 0.0  # time.monotonic() when the current pin's TTL runs out
+    inflight: int = 0  # generate calls running on it now
+    fork_point: tuple[int, int, int] = (0, 0, 0)  # (token ids, messages, text) before the running call's messages
+
+    def fork(self, new_id: str) -> Session:
+        """A new session holding this one's conversation as it was before its running call."""
+        n_ids, n_msgs, n_text = self.fork_point
+        return Session(id=new_id, token_ids=self.token_ids[:n_ids], messages=self.messages[:n_msgs], ttl=self.ttl,
+                       tools=self.tools, template_kwargs=dict(self.template_kwargs), text=self.text[:n_text])
 
     def extend(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, encode: Any, fmt: Any) -> None:
         """Append messages (the first call may carry the system turn and the tool list)."""

@@ -97,6 +97,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     job_id: str = ""
     idempotency_key: str | None = None
+    thread_id: str | None = None  # continue this conversation: the root context's session is the thread's
 
 
 @dataclass(slots=True, eq=False)
@@ -111,6 +112,7 @@ class Task:
     units: int = 1
     est_tokens: int = 0
     parent: str | None = None
+    key: str = ""  # its position in the job, for replay (agentrt.durable)
     deps: tuple[str, ...] = ()
     state: TaskState = TaskState.PENDING
     attempts: int = 0
@@ -130,8 +132,9 @@ class Task:
 class JobResult(msgspec.Struct, kw_only=True):
     job_id: str
     graph: str
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | interrupted
     output: Any = None
     error: str | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
     seconds: float = 0.0
+    interrupt: Any = None  # the payload of `ctx.interrupt(payload)` when status is "interrupted"

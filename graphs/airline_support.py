@@ -3,6 +3,13 @@
 Input: one `request`, or the `user_turns` of a conversation (e.g. a recorded tau-bench run's user
 messages). Each user turn runs the tool loop on the job's own copy of the airline database; the
 session keeps the conversation's KV cache between turns.
+
+Before a booking or a cancellation the job stops at an interrupt asking the user to confirm (status
+"interrupted", payload {"confirm": tool, "arguments": ...}); resume it with `{"approved": true}` to
+go ahead or anything else to decline. `confirm=false` skips the question (non-interactive runs).
+Note that a resumed job replays its earlier tool calls from the journal: the job's in-memory copy of
+the database does not see the changes they made, so a turn that changed it before a confirmation
+reads the original records afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ SHORT_POLICY = (
 )
 
 
+CONFIRM = ("book_reservation", "cancel_reservation")  # actions the user confirms first
+
+
 def system_prompt() -> str:
     """The tau-bench policy when the data directory has it, else a short policy of our own."""
     path = data_dir() / "tau-bench-airline" / "policy.md"
@@ -31,7 +41,7 @@ def system_prompt() -> str:
 @graph
 async def airline_support(
     ctx: Any, request: str = "Hi, I want to check the status of my reservation.", user_turns: list[str] = [],  # noqa: B006
-    database: str = "auto", max_steps: int = 4, max_tokens: int = 96,
+    database: str = "auto", max_steps: int = 4, max_tokens: int = 96, confirm: bool = True,
 ) -> dict[str, Any]:
     """Answer a customer (one request or several user turns), calling airline tools as needed."""
     db = airline_db(database).copy()
@@ -40,7 +50,8 @@ async def airline_support(
     with use_database(db):
         for i, user in enumerate(turns):
             messages = ([{"role": "system", "content": system_prompt()}] if i == 0 else []) + [{"role": "user", "content": user}]
-            out = await tool_loop.fn(ctx, messages, TOOLS, max_steps=max_steps, max_tokens=max_tokens)
+            out = await tool_loop.fn(ctx, messages, TOOLS, max_steps=max_steps, max_tokens=max_tokens,
+                                     confirm=CONFIRM if confirm else ())
             transcript.append({"user": user, **out})
             if out["stopped"] == "context":
                 break

@@ -309,3 +309,17 @@ async def test_storage_tasks_respect_the_storage_budget_and_count_bytes(tmp_path
     res = await rt.run_job(JobSpec(graph="store"))
     assert res.output == sum(range(12)) and peak <= 3 and res.usage.io_bytes == 12_000
     assert {t.kind for t in rt.jobs[res.job_id].dag.tasks.values()} == {TaskKind.IO}
+
+
+async def test_stream_job_yields_events_with_parent_ids_then_the_result() -> None:
+    rt = make_runtime(add, square, summer, fan)
+    events = [e async for e in rt.stream_job(JobSpec(graph="fan", inputs={"groups": [[1, 2], [3]]}))]
+    assert events[-1]["kind"] == "job_result" and events[-1]["result"].output == 1 + 4 + 9
+    tasks = [e for e in events if "task_id" in e]
+    agents = {e["task_id"] for e in tasks if e["task_kind"] == "agent"}
+    squares = [e for e in tasks if e["name"] == "square" and e["kind"] == "task_started"]
+    assert len(squares) == 3 and {e["parent_task_id"] for e in squares} == agents  # each under its summer
+    root_add = [e for e in tasks if e["name"] == "add" and e["parent_task_id"] is None]
+    assert root_add  # the final add is the graph's own
+    with pytest.raises(Exception, match="nope"):
+        [e async for e in rt.stream_job(JobSpec(graph="nope"))]

@@ -69,7 +69,7 @@ async def test_structured_output_always_parses(engine: EmbeddedEngine, temperatu
 
 async def test_airline_graph_runs_on_the_synthetic_database(engine: EmbeddedEngine) -> None:
     rt = runtime(engine)
-    res = await rt.run_job(JobSpec(graph="airline_support", inputs={"user_turns": ["Hi, cancel my trip please.", "My user id is liam_kim_1003."], "database": "synthetic", "max_tokens": 48}))
+    res = await rt.run_job(JobSpec(graph="airline_support", inputs={"user_turns": ["Hi, cancel my trip please.", "My user id is liam_kim_1003."], "database": "synthetic", "max_tokens": 48, "confirm": False}))
     assert res.status == "succeeded", res.error
     assert len(res.output["turns"]) >= 1 and res.usage.generated_tokens > 0
     for turn in res.output["turns"]:
@@ -152,3 +152,106 @@ async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(en
     assert first.priority == 0 and first.program_id == second.program_id == "prio-job"
     assert res.output["service"] == res.output["work"] > 0  # engine work (tokens), not seconds
     assert second.priority == las_level(res.output["service"])
+
+
+@graph
+async def ask_between_turns(ctx: Any) -> list[str]:
+    first = await ctx.generate("Say hello to the customer.", max_tokens=8)
+    reply = await ctx.interrupt({"question": "what does the customer say?"})
+    second = await ctx.generate(reply, max_tokens=8)
+    return [first.text, second.text]
+
+
+async def test_a_resumed_job_replays_its_llm_calls_and_continues_the_same_conversation(engine: EmbeddedEngine) -> None:
+    calls: list[int] = []
+
+    class Counting(EmbeddedEngine):
+        async def generate(self, request: Any) -> Any:
+            calls.append(len(request.prompt_ids))
+            return await super().generate(request)
+
+    reg = Registry()
+    reg.register(ask_between_turns)
+    rt = Runtime(reg, Counting(engine.llm))
+    asked = await rt.run_job(JobSpec(graph="ask_between_turns"))
+    assert asked.status == "interrupted" and len(calls) == 1
+    done = await rt.resume(asked.job_id, "My user id is mia_li_3668.")
+    assert done.status == "succeeded", done.error
+    assert len(calls) == 2  # the first generation came from the record, not the model
+    assert calls[1] > calls[0]  # the second turn's prompt holds the replayed first turn
+    session = rt.jobs[done.job_id].sessions[0]
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[1]["content"] == done.output[0]
+
+
+async def test_llm_tokens_stream_per_step_and_add_up_to_the_output(engine: EmbeddedEngine) -> None:
+    reg = Registry()
+    reg.register(one_turn)
+    rt = Runtime(reg, engine)
+    events = [e async for e in rt.stream_job(JobSpec(graph="one_turn", inputs={"n": 7}))]
+    tokens = [e for e in events if e["kind"] == "llm_token"]
+    output = next(e for e in events if e["kind"] == "llm_output")
+    assert tokens and all(e["task_id"] == output["task_id"] and e["parent_task_id"] is None for e in tokens)
+    assert sum(e["tokens"] for e in tokens) >= len(tokens)
+    assert "".join(e["text"] for e in tokens).startswith(output["text"].removesuffix("<|end|>"))
+    assert events.index(tokens[-1]) < events.index(output)
+
+
+@graph
+async def gathered(ctx: Any) -> dict[str, Any]:
+    await ctx.generate("My name is Ada.", max_tokens=4)
+    a, b = await ctx.gather(ctx.generate("Question A: where is my bag?", max_tokens=4),
+                            ctx.generate("Question B: when do we board?", max_tokens=4))
+    after = await ctx.generate("Thanks.", max_tokens=4)
+    return {"a": a.usage.prompt_tokens, "b": b.usage.prompt_tokens, "after": after.usage.prompt_tokens}
+
+
+async def test_gathered_generates_on_one_session_fork_it_at_the_call(engine: EmbeddedEngine) -> None:
+    reg = Registry()
+    reg.register(gathered)
+    rt = Runtime(reg, engine)
+    res = await rt.run_job(JobSpec(graph="gathered"))
+    assert res.status == "succeeded", res.error
+    main, fork = rt.jobs[res.job_id].sessions
+    contents = [[m["content"] for m in s.messages if m["role"] == "user"] for s in (main, fork)]
+    assert contents[0] == ["My name is Ada.", "Question A: where is my bag?", "Thanks."]  # the first call keeps the session
+    assert contents[1] == ["My name is Ada.", "Question B: when do we board?"]  # the other saw the conversation up to the fork
+    assert abs(res.output["a"] - res.output["b"]) <= 3  # neither prompt holds the other's question
+
+
+@graph
+async def chat_turn(ctx: Any, text: str) -> int:
+    gen = await ctx.generate(text, max_tokens=4)
+    return gen.usage.cached_tokens
+
+
+async def test_a_thread_continues_its_conversation_across_jobs_and_restarts(engine: EmbeddedEngine, tmp_path: Any) -> None:
+    from agentrt.journal import Journal
+
+    reg = Registry()
+    reg.register(chat_turn)
+    journal = Journal(tmp_path / "j.sqlite")
+    rt = Runtime(reg, engine, store=journal)
+    intro = "My name is Ada. " + "I am flying from Boston to Seattle next week with my two children and a dog. " * 4
+    first = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": intro}, thread_id="t1"))
+    second = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "What is my name?"}, thread_id="t1"))
+    other = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "What is my name?"}, thread_id="t2"))
+    assert first.status == second.status == other.status == "succeeded"
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens > other.usage.prompt_tokens  # it holds the first turn
+    assert second.output > other.output  # the thread's earlier turn came from the KV cache
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite")  # a restarted server on the same journal
+    rt = Runtime(reg, engine, store=journal)
+    third = await rt.run_job(JobSpec(graph="chat_turn", inputs={"text": "Bye."}, thread_id="t1"))
+    users = [m["content"] for m in rt.jobs[third.job_id].sessions[0].messages if m["role"] == "user"]
+    assert users == [intro, "What is my name?", "Bye."]
+    journal.close()
+
+
+@pytest.mark.parametrize("name", ["structured_output", "sessions", "tool_loop", "interrupts", "threads", "streaming"])
+async def test_each_example_runs_to_success(engine: EmbeddedEngine, name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"examples.{name}")
+    result = await module.main(engine)
+    assert result.status == "succeeded", result.error
