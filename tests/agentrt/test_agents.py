@@ -31,6 +31,9 @@ class Scripted:
         self.ran.append(name)
         return "cancelled"
 
+    async def call_all(self, calls: list[ToolCall]) -> list[Any]:  # a turn's calls (run in order here)
+        return [await self.call(c.name, **c.arguments) for c in calls]
+
 
 async def test_a_confirmed_action_runs_and_a_declined_one_is_reported_to_the_model() -> None:
     yes = Scripted({"approved": True})
