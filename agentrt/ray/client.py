@@ -54,8 +54,9 @@ class RayEngineClient:
         self.pool, self.prefill_pool, self.max_retries = pool, prefill, max_retries
         self.model_name = pool.info.model_name
         self.block_size = pool.info.block_size
-        path = EngineConfig(**pool.config.engine_options).model_path / "tokenizer.json"
-        self.tokenizer = Tokenizer.from_file(str(path))
+        self.model_dir = EngineConfig(**pool.config.engine_options).model_path
+        self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        self._chat_format: Any = None
         self.stats = RoutingStats()
         self._tips: dict[bytes, str] = {}  # last block hash of a pinned conversation -> its session id
         self._pins: dict[str, tuple[str, bytes | None]] = {}  # pin key -> (replica, tip)
@@ -116,6 +117,16 @@ class RayEngineClient:
         self.stats.cached_tokens += u.cached_tokens
 
     # ---- text ------------------------------------------------------------------------------
+    @property
+    def chat_format(self) -> Any:
+        """The replicas' model's chat format (engine.chat.ChatFormat), read from its directory on first use."""
+        if self._chat_format is None:
+            from engine.chat import ChatFormat
+
+            specials = tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special)
+            self._chat_format = ChatFormat.from_model_dir(self.model_dir, control_tokens=specials)
+        return self._chat_format
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
