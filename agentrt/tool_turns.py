@@ -15,8 +15,11 @@ from agentrt.errors import SchemaError, ToolError, UnknownToolError
 from agentrt.types import ToolCall
 
 if TYPE_CHECKING:
-    from agentrt.context import JobContext
     from agentrt.sessions import Session
+
+# The functions take the calling agentrt.context.JobContext; typed Any so that this module, which
+# context.py imports, does not import it back (tests/test_import_rules.py forbids the cycle).
+JobContext = Any
 
 
 async def run_tool_turn(ctx: JobContext, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
@@ -54,7 +57,7 @@ def pin_for_tool(ctx: JobContext, tool: str) -> None:
 def pin_session(ctx: JobContext, sess: Session, ttl: float | None) -> None:
     """Pin `sess`'s KV in the engine for `ttl` seconds; the job unpins it when it ends."""
     assert ctx.runtime.engine is not None
-    if not sess.pinned:
+    if not any(s is sess for s in ctx.job.sessions):
         ctx.job.sessions.append(sess)  # unpinned when the job ends
     ctx.runtime.engine.pin(sess.id, sess.token_ids, ttl)
     sess.pinned = True

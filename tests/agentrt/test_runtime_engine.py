@@ -175,13 +175,14 @@ async def test_a_resumed_job_replays_its_llm_calls_and_continues_the_same_conver
     rt = Runtime(reg, Counting(engine.llm))
     asked = await rt.run_job(JobSpec(graph="ask_between_turns"))
     assert asked.status == "interrupted" and len(calls) == 1
+    first_turn = rt.jobs[asked.job_id].sessions[0].messages[1]
     done = await rt.resume(asked.job_id, "My user id is mia_li_3668.")
     assert done.status == "succeeded", done.error
     assert len(calls) == 2  # the first generation came from the record, not the model
     assert calls[1] > calls[0]  # the second turn's prompt holds the replayed first turn
     session = rt.jobs[done.job_id].sessions[0]
     assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
-    assert session.messages[1]["content"] == done.output[0]
+    assert session.messages[1] == first_turn  # the replayed turn joins the conversation exactly as generated
 
 
 async def test_llm_tokens_stream_per_step_and_add_up_to_the_output(engine: EmbeddedEngine) -> None:
