@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from agentrt.backends.local_tokenizer import LocalTokenizer
 from agentrt.engine_client import LLMRequest, LLMResponse
 from agentrt.errors import AgentrtError
 from agentrt.types import Usage
@@ -71,33 +72,18 @@ class OpenAIEngineConfig:
         return cls(url, model, api_key=os.environ.get("AGENTRT_LLM_API_KEY"), **kwargs)
 
 
-class OpenAIEngine:
+class OpenAIEngine(LocalTokenizer):
     """EngineClient over an OpenAI-compatible HTTP endpoint (see the module docstring)."""
 
     def __init__(self, base_url: str | OpenAIEngineConfig, model: str | None = None, **kwargs: Any) -> None:
-        from tokenizers import Tokenizer
-
         from engine.config import DEFAULT_MODEL_DIR
 
         self.config = base_url if isinstance(base_url, OpenAIEngineConfig) else OpenAIEngineConfig(base_url, model or "", **kwargs)
         self.model_name = self.config.model
-        tok_dir = Path(self.config.tokenizer or DEFAULT_MODEL_DIR)
-        self.tokenizer_dir = tok_dir
-        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json" if tok_dir.is_dir() else tok_dir))
+        self._load_tokenizer(Path(self.config.tokenizer or DEFAULT_MODEL_DIR))
         self._http: Any = None  # an httpx.AsyncClient, made in (and bound to) the loop that first posts
         self._sessions: dict[str, list[int]] = {}  # pinned prefixes by session key: affinity, not caching
         self._noticed = False
-        self._chat_format: Any = None
-
-    @property
-    def chat_format(self) -> Any:
-        """The served model's chat format, read from the local tokenizer directory."""
-        if self._chat_format is None:
-            from engine.chat import ChatFormat
-
-            specials = tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special)
-            self._chat_format = ChatFormat.from_model_dir(self.tokenizer_dir, control_tokens=specials)
-        return self._chat_format
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         body: dict[str, Any] = {
@@ -172,18 +158,6 @@ class OpenAIEngine:
             if best_len < len(ids) <= len(prompt) and prompt[: len(ids)] == ids:
                 best, best_len = key, len(ids)
         return best
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=False))
-
-    def special_id(self, token: str) -> int:
-        idx = self.tokenizer.token_to_id(token)
-        if idx is None:
-            raise ValueError(f"the model's tokenizer has no special token {token!r}")
-        return int(idx)
 
     def pin(self, key: str, token_ids: list[int], ttl: float | None) -> None:
         self._notice()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
+from agentrt.backends.local_tokenizer import LocalTokenizer
 from agentrt.engine_client import LLMRequest, LLMResponse
 from agentrt.errors import AgentrtError
 from agentrt.ray.pool import ReplicaPool
@@ -42,21 +43,17 @@ class RoutingStats:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
-class RayEngineClient:
+class RayEngineClient(LocalTokenizer):
     """EngineClient over a pool of replicas (or a prefill pool and a decode pool)."""
 
     def __init__(self, pool: ReplicaPool, *, prefill: ReplicaPool | None = None, max_retries: int = 2) -> None:
-        from tokenizers import Tokenizer
-
         from engine.config import EngineConfig
 
         assert pool.info is not None, "start the pool first"
         self.pool, self.prefill_pool, self.max_retries = pool, prefill, max_retries
         self.model_name = pool.info.model_name
         self.block_size = pool.info.block_size
-        self.model_dir = EngineConfig(**pool.config.engine_options).model_path
-        self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-        self._chat_format: Any = None
+        self._load_tokenizer(EngineConfig(**pool.config.engine_options).model_path)
         self.stats = RoutingStats()
         self._tips: dict[bytes, str] = {}  # last block hash of a pinned conversation -> its session id
         self._pins: dict[str, tuple[str, bytes | None]] = {}  # pin key -> (replica, tip)
@@ -116,28 +113,7 @@ class RayEngineClient:
         self.stats.prompt_tokens += u.prompt_tokens
         self.stats.cached_tokens += u.cached_tokens
 
-    # ---- text ------------------------------------------------------------------------------
-    @property
-    def chat_format(self) -> Any:
-        """The replicas' model's chat format (engine.chat.ChatFormat), read from its directory on first use."""
-        if self._chat_format is None:
-            from engine.chat import ChatFormat
-
-            specials = tuple(t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special)
-            self._chat_format = ChatFormat.from_model_dir(self.model_dir, control_tokens=specials)
-        return self._chat_format
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=False))
-
-    def special_id(self, token: str) -> int:
-        idx = self.tokenizer.token_to_id(token)
-        if idx is None:
-            raise ValueError(f"the model's tokenizer has no special token {token!r}")
-        return int(idx)
+    # ---- text: encode/decode/special_id/chat_format from LocalTokenizer -----------------------
 
     # ---- cache control: sent to the replica holding the most of the prefix ---------------------
     def _holder(self, token_ids: list[int]) -> tuple[str, bytes | None]:
