@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from agentrt import cli_output as out
 from agentrt.cli_output import AgentrtGroup
+from agentrt.cli_progress import Progress, task_rows, task_table
+from agentrt.cli_ray import RayOptions, ray_cluster
 
 ENV_HELP = """\b
 Environment variables:
@@ -103,64 +102,6 @@ def setup_tracing(trace: str | None) -> None:
         telemetry.configure(trace if trace.startswith("jsonl:") else f"jsonl:{trace}")
 
 
-class Progress:
-    """Live view of a running job: tasks running per pool, tokens generated, tokens/s."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, int] = {"gpu": 0, "cpu": 0, "none": 0, "storage": 0}
-        self.tokens = 0
-        self.done = 0
-        self.start = time.perf_counter()
-        self.text: dict[str, str] = {}  # running LLM task -> its text so far (llm_token events)
-        self.names: dict[str, str] = {}
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        kind = event["kind"]
-        pool = {"llm": "gpu", "tool": "cpu", "agent": "none", "io": "storage"}.get(event.get("task_kind", ""), "none")
-        if kind == "llm_token":
-            task = event["task_id"]
-            self.text[task] = self.text.get(task, "") + event.get("text", "")
-            self.names[task] = event.get("name", "")
-        elif kind == "task_started":
-            self.running[pool] += 1
-        elif kind == "task_finished":
-            self.text.pop(event.get("task_id", ""), None)
-            self.running[pool] -= 1
-            self.done += 1
-            self.tokens += (event.get("usage") or {}).get("generated_tokens", 0)
-
-    def render(self) -> Table:
-        rate = self.tokens / max(1e-9, time.perf_counter() - self.start)
-        t = Table.grid(padding=(0, 2))
-        t.add_row("running", "  ".join(f"{k}: {v}" for k, v in self.running.items()), f"done: {self.done}",
-                  f"generated: {self.tokens} tok", f"{rate:,.1f} tok/s")
-        for task, text in list(self.text.items())[-4:]:  # the live tokens of the LLM calls running now
-            tail = " ".join(text.split())[-100:]
-            t.add_row(Text(f"{self.names[task]} {task}"), Text(tail), "", "", "")
-        return t
-
-
-TASK_COLUMNS = ["task", "kind", "state", "prompt", "cached", "computed", "generated", "device s", "cpu s", "cost $"]
-
-
-def task_rows(dag: Any) -> list[dict[str, Any]]:
-    rows = []
-    for t in dag.tasks.values():
-        u = t.usage
-        rows.append({"task": t.name, "id": t.id, "kind": t.kind.value, "state": t.state.value, "prompt_tokens": u.prompt_tokens,
-                     "cached_tokens": u.cached_tokens, "computed_tokens": u.prefill_tokens_computed, "generated_tokens": u.generated_tokens,
-                     "device_seconds": u.device_seconds, "cpu_seconds": u.cpu_seconds, "cost_usd": u.cost_usd})
-    return rows
-
-
-def task_table(rows: list[dict[str, Any]]) -> Table:
-    table = out.new_table("tasks", TASK_COLUMNS, numeric=set(TASK_COLUMNS[3:]))
-    for r in rows:
-        table.add_row(r["task"], r["kind"], r["state"], str(r["prompt_tokens"]), str(r["cached_tokens"]), str(r["computed_tokens"]),
-                      str(r["generated_tokens"]), f"{r['device_seconds']:.3f}", f"{r['cpu_seconds']:.4f}", f"{r['cost_usd']:.2e}")
-    return table
-
-
 def parse_inputs(text: str) -> dict[str, Any]:
     try:
         inputs = json.loads(text)
@@ -238,30 +179,6 @@ def run(
         raise typer.Exit(out.EXIT_FAILED)
 
 
-class RayOptions(NamedTuple):
-    """`--ray ADDRESS|local` and its replica/router options (address None: no Ray)."""
-
-    address: str | None
-    engine_replicas: int
-    prefill_replicas: int
-    decode_replicas: int
-    router: str
-
-
-def _ray_cluster(opts: RayOptions, model: Path | None, llm_url: str | None) -> Any:
-    """The started RayCluster for `--ray`, or None without it."""
-    if opts.address is None:
-        return None
-    if llm_url is not None:
-        raise typer.BadParameter("--ray runs engine replicas of a local model; it cannot be combined with --llm-url",
-                                 param_hint="--ray")
-    from agentrt.ray import RayCluster
-
-    with console.status("starting Ray engine replicas"):
-        return RayCluster.from_cli(opts.address, opts.engine_replicas, opts.prefill_replicas, opts.decode_replicas,
-                                   opts.router, model)
-
-
 def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tools: Path | None, model: Path | None,
                    policy: str, trace: str | None, llm_url: str | None, llm_model: str | None,
                    ray_opts: RayOptions) -> tuple[Any, Any, Any, Any]:
@@ -275,7 +192,7 @@ def _local_runtime(graph: str, inputs: dict[str, Any], graphs: Path | None, tool
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
     registry.get_graph(graph)
-    cluster = _ray_cluster(ray_opts, model, llm_url)
+    cluster = ray_cluster(ray_opts, model, llm_url)
     if cluster is not None:
         runtime = Runtime(registry, cluster.engine, policy=policy, tools=cluster.tools)
         return runtime, cluster.engine, JobSpec(graph=graph, inputs=inputs), cluster
@@ -397,7 +314,7 @@ def serve(
     registry = load_registry(graphs, tools)
     engine = tool_executor = None
     if not no_engine:
-        cluster = _ray_cluster(RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router), model, llm_url)
+        cluster = ray_cluster(RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router), model, llm_url)
         if cluster is not None:
             engine, tool_executor = cluster.engine, cluster.tools
         else:
