@@ -98,7 +98,7 @@ class JobContext:
         return f"{self.key}/{self._seq - 1}"
 
     async def _replayed(self, task: Task, fp: str, fn: Callable[[], Awaitable[Any]], type: Any = Any,
-                        on_replay: Callable[[Any], None] | None = None) -> Any:
+                        on_replay: Callable[[Any], object] | None = None) -> Any:
         """`fn()`, recorded in the job's journal; on replay the recorded result instead (agentrt.durable)."""
         replay = self.job.replay
         if replay is None:
@@ -330,7 +330,7 @@ class JobContext:
                     self.job, task, deps, lambda: self._replayed(
                         task, fingerprint("llm", name, prompt),
                         lambda: self._generate(prompt, prompt_text, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
-                        Generation, lambda g: self._replay_turn(sess, prompt, prompt_text, g, task.id, fmt)),
+                        Generation, lambda g: self._commit(sess, prompt, prompt_text, list(g.token_ids), task.id, fmt)),
                     RetryPolicy())
                 _llm_span_attributes(sp, gen, task)
                 telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
@@ -394,10 +394,6 @@ class JobContext:
         usage.add(call.usage)
         return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
 
-
-    def _replay_turn(self, sess: Session, prompt: list[int], prompt_text: str, gen: Generation, task_id: str, fmt: Any) -> None:
-        """A replayed LLM call's recorded turn joins the conversation as if it had just been generated."""
-        self._commit(sess, prompt, prompt_text, list(gen.token_ids), task_id, fmt)
 
     def _commit(self, sess: Session, prompt: list[int], prompt_text: str, ids: list[int], task_id: str,
                 fmt: Any) -> tuple[str, Any, list[ToolCall]]:
