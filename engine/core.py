@@ -192,7 +192,7 @@ class EngineCore:
         seq = Sequence(list(token_ids), params, request_id=request_id)
         if params.constrained:
             assert self.grammars is not None
-            seq.matcher = self.grammars.matcher(params.json_schema, params.grammar)
+            seq.matcher = self.grammars.matcher(params.json_schema, params.grammar, params.structural_tag)
         with self._lock:
             if seq.request_id in self._by_id:
                 raise InvalidRequestError(f"request id {seq.request_id!r} is already in use")

@@ -217,13 +217,18 @@ class LLM:
         return self._chat_format
 
     def chat(self, messages: Seq[dict[str, Any]] | Seq[Seq[dict[str, Any]]], params: SamplingParams | None = None, *,
-             tools: Seq[dict[str, Any]] | None = None, tool_choice: str = "auto", **template_kwargs: Any) -> list[Any]:
+             tools: Seq[dict[str, Any]] | None = None, tool_choice: str | dict[str, Any] | None = "auto",
+             **template_kwargs: Any) -> list[Any]:
         """Reply to one conversation (or a list of them) rendered with the model's own chat template.
 
         Returns engine.chat.session.ChatOutput per conversation: `.text` (no special tokens),
         `.tool_calls` (name, arguments), `.reasoning`. With tools, calls are grammar-constrained in the
-        model's own format (`tool_choice="required"` forces one). Template flags such as
-        `enable_thinking` pass through `template_kwargs`. Raises InvalidRequestError for a bad conversation."""
+        model's own format (every family: agentrt's default, Hermes/Qwen, DeepSeek-V3, gpt-oss harmony).
+        `tool_choice` as in OpenAI's API: "auto", "required" (calls only), "none" (tools not shown)
+        or `{"type": "function", "function": {"name": N}}` (a call of N). Template flags such as
+        `enable_thinking` pass through `template_kwargs` (`enable_thinking=False` also keeps gpt-oss's
+        analysis channel out of a constrained reply). Raises InvalidRequestError for a bad
+        conversation or tool_choice."""
         from engine.chat.session import chat
 
         return chat(self, messages, params, tools=tools, tool_choice=tool_choice, **template_kwargs)

@@ -33,6 +33,9 @@ class SamplingParams:
     seed: int | None = None
     json_schema: str | dict | None = None  # constrain the output to JSON matching this schema
     grammar: str | None = None  # or to this EBNF grammar (xgrammar syntax)
+    # or to this xgrammar structural tag (JSON); its `token` formats may name special tokens, which
+    # the grammar then matches token by token (how chat formats constrain tool calls)
+    structural_tag: str | dict | None = None
     # Speculative decoding for this request: True = the engine's default drafter, False = off, or the
     # name of one of the engine's drafters ("suffix", "ngram", "mtp", "draft").
     speculative: bool | str = True
@@ -43,8 +46,8 @@ class SamplingParams:
     program_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.json_schema is not None and self.grammar is not None:
-            raise InvalidRequestError("give json_schema or grammar, not both")
+        if sum(x is not None for x in (self.json_schema, self.grammar, self.structural_tag)) > 1:
+            raise InvalidRequestError("give one of json_schema, grammar or structural_tag, not several")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -68,7 +71,7 @@ class SamplingParams:
 
     @property
     def constrained(self) -> bool:
-        return self.json_schema is not None or self.grammar is not None
+        return self.json_schema is not None or self.grammar is not None or self.structural_tag is not None
 
 
 class SequenceStatus(enum.Enum):

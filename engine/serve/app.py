@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.chat.session import chat_params, to_chat_output
+from engine.chat.session import chat_params, select_tools, to_chat_output
 from engine.errors import InvalidRequestError
 from engine.sequence import RequestOutput
 from engine.serve.protocol import (
@@ -23,8 +23,8 @@ from engine.serve.protocol import (
     CompletionRequest,
     response_schema,
     sampling_params,
-    selected_tools,
 )
+from engine.serve.stream import chat_chunks, tool_calls_json
 
 logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256
@@ -64,16 +64,17 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         fmt = llm.chat_format
-        tools, choice = selected_tools(req.tools, req.tool_choice)
+        tools, choice = select_tools(req.tools, req.tool_choice)
         prompt = fmt.render(req.messages, req.tools if choice != "none" else None, add_generation_prompt=True,
                             **req.chat_template_kwargs)
         params = chat_params(llm, fmt, sampling_params(req, DEFAULT_MAX_TOKENS, response_schema(req.response_format)),
-                             tools, choice)
+                             tools, choice, reasoning=req.chat_template_kwargs.get("enable_thinking") is not False)
         ids = llm.encode(prompt)
         llm.core.validate(ids, params)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            return StreamingResponse(_sse(_chat_chunks(llm, fmt, ids, params, rid, model_name, req)), media_type="text/event-stream")
+            chunks = chat_chunks(llm, fmt, ids, params, rid, model_name, req, usage)
+            return StreamingResponse(_sse(chunks), media_type="text/event-stream")
         out = await _final(llm, ids, params, rid, request)
         return chat_response(fmt, out, rid, model_name)
 
@@ -114,15 +115,10 @@ def chat_response(fmt: Any, out: RequestOutput, rid: str, model_name: str) -> di
     if parsed.reasoning is not None:
         message["reasoning_content"] = parsed.reasoning
     if parsed.tool_calls:
-        message["tool_calls"] = _tool_calls(parsed.tool_calls, rid)
+        message["tool_calls"] = tool_calls_json(parsed.tool_calls, rid)
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
             "choices": [{"index": 0, "message": message, "finish_reason": parsed.finish_reason, "logprobs": None}],
             "usage": usage(out)}
-
-
-def _tool_calls(calls: list[Any], rid: str) -> list[dict[str, Any]]:
-    return [{"id": f"call_{rid[-12:]}_{i}", "type": "function",
-             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for i, c in enumerate(calls)]
 
 
 async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
@@ -135,26 +131,6 @@ async def _completion_chunks(llm: Any, ids: list[int], params: Any, rid: str, mo
     head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
     async for out in llm.stream(ids, params, request_id=rid):
         yield {**head, "choices": [{"index": 0, "text": out.delta_text, "finish_reason": _reason(out) if out.finished else None}]}
-        if out.finished and (req.stream_options or {}).get("include_usage"):
-            yield {**head, "choices": [], "usage": usage(out)}
-
-
-async def _chat_chunks(llm: Any, fmt: Any, ids: list[int], params: Any, rid: str, model: str, req: Any) -> AsyncIterator[dict[str, Any]]:
-    """Content and reasoning stream as deltas of the parsed text; tool calls arrive whole at the end."""
-    head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    sent = {"content": "", "reasoning_content": ""}
-    async for out in llm.stream(ids, params, request_id=rid):
-        parsed = to_chat_output(fmt, out)
-        delta: dict[str, Any] = {}
-        for key, value in (("content", parsed.text), ("reasoning_content", parsed.reasoning or "")):
-            if value.startswith(sent[key]) and len(value) > len(sent[key]):
-                delta[key], sent[key] = value[len(sent[key]):], value
-        if out.finished and parsed.tool_calls:
-            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_tool_calls(parsed.tool_calls, rid))]
-        if delta or out.finished:
-            reason = parsed.finish_reason if out.finished else None
-            yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
         if out.finished and (req.stream_options or {}).get("include_usage"):
             yield {**head, "choices": [], "usage": usage(out)}
 

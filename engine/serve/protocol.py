@@ -68,19 +68,3 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
             raise InvalidRequestError("response_format json_schema needs a 'json_schema': {'schema': {...}}")
         return schema
     raise InvalidRequestError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
-
-
-def selected_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, Any] | None) -> tuple[list[dict[str, Any]] | None, str]:
-    """(tools offered to the grammar, "auto" | "required" | "none") for an OpenAI tool_choice; a named
-    function becomes "required" over that one tool. Raises InvalidRequestError for an unknown name."""
-    if not tools or tool_choice == "none":
-        return tools, "none"
-    if tool_choice is None or tool_choice in ("auto", "required"):
-        return tools, str(tool_choice or "auto")
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        chosen = [t for t in tools if t.get("function", t).get("name") == name]
-        if not chosen:
-            raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the tools")
-        return chosen, "required"
-    raise InvalidRequestError(f"tool_choice must be none, auto, required or a function, got {tool_choice!r}")
