@@ -109,6 +109,9 @@ def _tiny_qwen3(tf: Any, common: dict[str, Any]) -> Any:
 def _tiny_gpt_oss(tf: Any, common: dict[str, Any]) -> Any:
     return tf.GptOssForCausalLM(tf.GptOssConfig(num_key_value_heads=1, head_dim=16, intermediate_size=32, num_local_experts=2,
                                                 num_experts_per_tok=1, sliding_window=8, layer_types=["sliding_attention"],
+                                                rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                                                 "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                                                                 "original_max_position_embeddings": 64},
                                                 **common))
 
 

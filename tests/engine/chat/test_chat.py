@@ -3,13 +3,8 @@ per-family parsers on outputs in each family's format."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from engine import LLM, SamplingParams
 from engine.chat import parse_output
-from engine.chat.fixtures import tiny_model
 from tests.engine.chat.test_template import TOOLS
 
 
@@ -39,11 +34,6 @@ def test_harmony_channels_parse_into_reasoning_answer_and_calls() -> None:
     assert final.content == "Done." and final.reasoning == "hm"
 
 
-@pytest.fixture(scope="module")
-def default_llm() -> LLM:
-    return LLM(num_kv_blocks=256)
-
-
 def test_default_model_chat_parses_its_own_format(default_llm: LLM) -> None:
     outs = default_llm.chat([{"role": "system", "content": "# Airline Agent Policy\nYou are an airline agent."},
                              {"role": "user", "content": "Please cancel reservation M05KNL."}],
@@ -56,11 +46,6 @@ def test_default_model_chat_parses_its_own_format(default_llm: LLM) -> None:
         assert out.finish_reason == "tool_calls" and out.tool_calls[0].name == "get_reservation_details"
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen(qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LLM:
-    return LLM(tiny_model("qwen3", tmp_path_factory.mktemp("tiny-qwen3")), device="cpu", dtype="float32", num_kv_blocks=64)
-
-
 def test_required_tool_call_is_grammar_constrained_in_qwen_format(tiny_qwen: LLM) -> None:
     msgs = [{"role": "user", "content": "Look up reservation ABC123."}]
     outs = tiny_qwen.chat([msgs, msgs], SamplingParams(temperature=1.0, seed=3, max_tokens=120), tools=TOOLS,
@@ -69,11 +54,6 @@ def test_required_tool_call_is_grammar_constrained_in_qwen_format(tiny_qwen: LLM
         assert out.tool_calls and out.tool_calls[0].name == "get_reservation_details", out.output.text
         assert list(out.tool_calls[0].arguments)[0] == "reservation_id"
         assert "<tool_call>" not in out.text and "<|im_end|>" not in out.text
-
-
-@pytest.fixture(scope="module")
-def tiny_deepseek(deepseek_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LLM:
-    return LLM(tiny_model("deepseek_v3", tmp_path_factory.mktemp("tiny-ds")), device="cpu", dtype="float32", num_kv_blocks=64)
 
 
 def test_required_tool_call_is_grammar_constrained_in_deepseek_format(tiny_deepseek: LLM) -> None:
