@@ -59,7 +59,7 @@ def test_streamed_chat_equals_the_whole_reply_and_ends_with_usage(served: Served
                                                          stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == (whole.choices[0].message.content or "")
-    calls = [c.function.name for ch in chunks if ch.choices for c in ch.choices[0].delta.tool_calls or []]
+    calls = [c.function.name for ch in chunks if ch.choices for c in ch.choices[0].delta.tool_calls or [] if c.function.name]
     assert calls == [c.function.name for c in whole.choices[0].message.tool_calls or []]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
