@@ -127,3 +127,33 @@ def test_cli_run_uses_the_endpoint_given_by_llm_url(server_url: str) -> None:
                            "--llm-model", "agentrt-default", "--json"], capture_output=True, text=True, env=env, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '"status": "succeeded"' in proc.stdout
+
+
+async def test_429_and_timeouts_are_retried_and_a_dead_endpoint_fails_naming_it(caplog: pytest.LogCaptureFixture) -> None:
+    answers: list[Any] = [httpx.ReadTimeout("slow"), httpx.Response(429, text="slow down", headers={"retry-after": "0"})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answers:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[no-any-return]
+        return httpx.Response(200, json={"choices": [{"text": "ok", "token_ids": [7], "finish_reason": "stop"}], "usage": {}})
+
+    engine = OpenAIEngine(OpenAIEngineConfig("http://test", "m", backoff_s=0.001, max_retries=2))
+    engine._http = httpx.AsyncClient(base_url="http://test", transport=httpx.MockTransport(handler))
+    assert (await engine.generate(LLMRequest(prompt_ids=[1]))).token_ids == [7] and not answers
+    await engine.aclose()
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("no route")
+
+    engine._http = httpx.AsyncClient(base_url="http://test", transport=httpx.MockTransport(dead))
+    with pytest.raises(RemoteEngineError, match=r"http://test/v1/completions failed: ConnectTimeout"):
+        await engine.generate(LLMRequest(prompt_ids=[1]))
+    await engine.aclose()
+    with caplog.at_level("INFO", logger="agentrt.backends.openai_compat"):
+        engine.pin("s1", [1, 2], ttl=None)
+        engine.hint("s1", [1, 2], steps=1.0)
+        engine.pin("s2", [3], ttl=None)
+    assert sum("no-ops" in r.getMessage() for r in caplog.records) == 1  # pins/hints degrade to no-ops, said once

@@ -66,12 +66,13 @@ def test_qwen3_template_with_tools_and_thinking_flag_matches_transformers(qwen3_
     assert ("<think>\n\n</think>" in ours) is (not thinking)
 
 
-def test_deepseek_v3_template_matches_transformers(deepseek_dir: Path) -> None:
+@pytest.mark.parametrize("tools", [None, TOOLS])
+def test_deepseek_v3_template_matches_transformers(deepseek_dir: Path, tools: Any) -> None:
     fmt = ChatFormat.from_model_dir(deepseek_dir)
     assert fmt is not None and fmt.family == "deepseek_v3"
     for k in (2, 4, 6):
-        ours = fmt.render(CONV[:k], add_generation_prompt=True)
-        assert ours == hf_render(deepseek_dir, [{kk: v for kk, v in m.items()} for m in CONV[:k]], None, True)
+        ours = fmt.render(CONV[:k], tools, add_generation_prompt=True)
+        assert ours == hf_render(deepseek_dir, [{kk: v for kk, v in m.items()} for m in CONV[:k]], tools, True)
     assert ours.startswith("<｜begin▁of▁sentence｜>You are an airline agent.<｜User｜>")
     assert "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>" in ours and ours.endswith("<｜User｜>Yes.<｜Assistant｜>")
 
