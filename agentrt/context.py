@@ -32,7 +32,8 @@ from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
 from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
 
 # Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
-# the {"name", "arguments"} JSON, the text closing the call). Others are parsed, not constrained.
+# the {"name", "arguments"} JSON, the text closing the call). The others (gpt-oss, DeepSeek-V3) are
+# constrained in one pass by their chat format's structural tag (call_grammar).
 CALL_MARKERS = {"agentrt": ("<tool_call>", "", "</tool_call>"), "hermes": ("<tool_call>", "\n", "\n</tool_call>")}
 
 
@@ -351,12 +352,16 @@ class JobContext:
         open_id = engine.special_id(marker[0]) if marker else None
         stops = [] if ignore_eos else end_ids + ([open_id] if open_id is not None else [])
         json_schema = _json_schema(schema)
+        # Families whose calls are not split at an opening token (gpt-oss, DeepSeek-V3) are constrained
+        # in one pass by their structural tag.
+        tag = call_grammar(fmt, tools) if tools and marker is None and json_schema is None and not ignore_eos else None
         start = time.perf_counter()
         # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
         prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
         stream = self._token_stream(task)
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, ignore_eos=ignore_eos,
+                                               stop_token_ids=stops, json_schema=json_schema, structural_tag=tag,
+                                               ignore_eos=ignore_eos,
                                                priority=prio, program_id=self.job_id), **stream)
         usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
         if json_schema is not None and reason == "length":
@@ -431,6 +436,14 @@ async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def call_grammar(fmt: Any, tools: list[Tool]) -> dict[str, Any] | None:
+    """The chat format's tool-call structural tag over `tools` (schemas bounded as in tool_call_schema);
+    None for a format without one."""
+    described = [{"type": "function", "function": {"name": t.name, "parameters": bound_schema(t.parameters)}} for t in tools]
+    tag: dict[str, Any] | None = fmt.structural_tag(described)
+    return tag
 
 
 def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:

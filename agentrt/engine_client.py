@@ -21,6 +21,9 @@ class LLMRequest(msgspec.Struct, kw_only=True):
     temperature: float = 0.0
     stop_token_ids: list[int] = []
     json_schema: dict[str, Any] | None = None
+    # an xgrammar structural tag (the chat format's tool-call grammar, engine.chat.grammar); at most
+    # one of json_schema and structural_tag
+    structural_tag: dict[str, Any] | None = None
     ignore_eos: bool = False
     seed: int | None = None
     priority: int = 0  # lower is more urgent (the runtime sets it from the job's attained service)
@@ -91,7 +94,7 @@ class EmbeddedEngine:
         params = SamplingParams(
             temperature=request.temperature, max_tokens=request.max_tokens,
             stop_token_ids=tuple(request.stop_token_ids), json_schema=request.json_schema,
-            ignore_eos=request.ignore_eos, seed=request.seed, priority=request.priority, program_id=request.program_id,
+            structural_tag=request.structural_tag, ignore_eos=request.ignore_eos, seed=request.seed, priority=request.priority, program_id=request.program_id,
         )
         last = None
         start = time.perf_counter()

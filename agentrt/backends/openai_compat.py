@@ -12,6 +12,7 @@ on one replica; pins and steps-to-execution hints have no remote equivalent and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -95,6 +96,8 @@ class OpenAIEngine(LocalTokenizer):
             body["seed"] = request.seed
         if request.json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": request.json_schema}}
+        if request.structural_tag is not None:  # vLLM's (and agentrt's server's) structured_outputs
+            body["structured_outputs"] = {"structural_tag": json.dumps(request.structural_tag)}
         start = time.perf_counter()
         data = await self._post("/v1/completions", body, self._session_of(request.prompt_ids))
         latency = time.perf_counter() - start

@@ -85,12 +85,14 @@ def _agentrt(functions: list[tuple[str, dict[str, Any]]], required: bool) -> dic
 def _harmony(functions: list[tuple[str, dict[str, Any]]], required: bool, reasoning: bool) -> dict[str, Any]:
     """gpt-oss: analysis messages (reasoning), then one call on the commentary channel,
     `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}<|call|>`, or (auto)
-    a final answer. The prompt ends with `<|start|>assistant`; `<|call|>`/`<|return|>` stop the turn."""
+    a final answer ending in `<|return|>`. The prompt ends with `<|start|>assistant`; both end
+    tokens are the format's stops, written out here so the grammar does not rely on the model's EOS."""
     free = {"type": "any_tokens", "exclude_tokens": list(HARMONY_MARKERS)}
     calls = [_seq(_token("<|channel|>"), _const(f"commentary to=functions.{name} "), _token("<|constrain|>"), _const("json"),
                   _token("<|message|>"), _arguments(params), _token("<|call|>"))
              for name, params in functions]
-    replies = calls if required else [*calls, _seq(_token("<|channel|>"), _const("final"), _token("<|message|>"), free)]
+    final = _seq(_token("<|channel|>"), _const("final"), _token("<|message|>"), free, _token("<|return|>"))
+    replies = calls if required else [*calls, final]
     reply = replies[0] if len(replies) == 1 else {"type": "or", "elements": replies}
     if not reasoning:
         return reply

@@ -28,6 +28,8 @@ class _Request(BaseModel):
     ignore_eos: bool = False  # generate max_tokens whatever the model's EOS
     stop_token_ids: list[int] = Field(default_factory=list)
     return_token_ids: bool = False  # choices carry the generated `token_ids`
+    # vLLM's `structured_outputs`: one of `json` (a JSON schema), `grammar` (EBNF), `structural_tag`
+    structured_outputs: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(_Request):
@@ -50,9 +52,23 @@ def sampling_params(req: _Request, default_max_tokens: int, json_schema: dict[st
         raise InvalidRequestError(f"n must be 1, got {req.n}")
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    grammars = _structured_outputs(req.structured_outputs)
+    if json_schema is not None:
+        grammars["json_schema"] = json_schema
     return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
-                          max_tokens=max_tokens, stop=stop, json_schema=json_schema,
-                          ignore_eos=req.ignore_eos, stop_token_ids=tuple(req.stop_token_ids))
+                          max_tokens=max_tokens, stop=stop, ignore_eos=req.ignore_eos,
+                          stop_token_ids=tuple(req.stop_token_ids), **grammars)
+
+
+def _structured_outputs(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """SamplingParams fields for vLLM's `structured_outputs` (json, grammar or structural_tag)."""
+    if not spec:
+        return {}
+    names = {"json": "json_schema", "grammar": "grammar", "structural_tag": "structural_tag"}
+    unknown = sorted(k for k, v in spec.items() if k not in names and v is not None)
+    if unknown:
+        raise InvalidRequestError(f"structured_outputs supports json, grammar and structural_tag, got {unknown}")
+    return {names[k]: v for k, v in spec.items() if v is not None}
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

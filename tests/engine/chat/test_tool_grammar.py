@@ -60,7 +60,7 @@ def test_harmony_grammar_takes_reasoning_then_a_call_on_the_commentary_channel(h
     assert accepts(CALL, required=True) and accepts(CALL, required=True, reasoning=False)
     assert not accepts("<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant" + CALL, required=True, reasoning=False)
     assert not accepts("<|channel|>final<|message|>No bags.", required=True)  # required: a call, not an answer
-    assert accepts("<|channel|>final<|message|>No bags.")  # auto: either
+    assert accepts("<|channel|>final<|message|>No bags.<|return|>")  # auto: either
     parsed = parse_output("harmony", "<|channel|>analysis<|message|>Two bags.<|end|><|start|>assistant" + CALL)
     assert parsed.reasoning == "Two bags." and [(c.name, c.arguments) for c in parsed.tool_calls] == [
         ("count_bags", {"count": 2, "paid": False, "note": "ok"})]
