@@ -3,7 +3,6 @@ structural tag (harmony's calls are not split at an opening token as the default
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
