@@ -122,3 +122,18 @@ def test_a_qwen3_model_served_returns_a_named_tool_call(tmp_path: Path) -> None:
     calls = out.choices[0].message.tool_calls
     assert out.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "count_bags"
     assert 0 <= json.loads(calls[0].function.arguments)["count"] <= 9
+
+
+def test_completions_follow_a_structural_tag_given_as_structured_outputs(served: Served) -> None:
+    from tests.engine.chat.test_tool_grammar import SEAT
+
+    fmt = served.llm.chat_format
+    prompt = fmt.render([SYSTEM, {"role": "user", "content": "A window seat please."}], [SEAT])
+    tag = json.dumps(fmt.structural_tag([SEAT], required=True))
+    out = client(served).completions.create(model="agentrt-default", prompt=prompt, max_tokens=48, temperature=0,
+                                            extra_body={"structured_outputs": {"structural_tag": tag}})
+    calls = fmt.parse(out.choices[0].text).tool_calls
+    assert [c.name for c in calls] == ["pick_seat"] and list(calls[0].arguments) == ["row", "letter"], out.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="regex"):
+        client(served).completions.create(model="agentrt-default", prompt=prompt, max_tokens=4,
+                                          extra_body={"structured_outputs": {"regex": "a+"}})
