@@ -2,8 +2,9 @@
 
 A request asks for JSON matching a schema (`SamplingParams.json_schema`), for any grammar xgrammar
 compiles (`SamplingParams.grammar`, EBNF) or for an xgrammar structural tag
-(`SamplingParams.structural_tag`, how chat formats constrain tool calls). Each such request carries one `GrammarMatcher`; before
-sampling, the tokens the grammar forbids get -inf logits; after sampling, the matcher advances.
+(`SamplingParams.structural_tag`, how chat formats constrain tool calls). Each such request carries
+one `GrammarMatcher`; before sampling, the tokens the grammar forbids get -inf logits; after
+sampling, the matcher advances.
 Grammars compile once per schema per engine (cached).
 """
 
@@ -105,6 +106,8 @@ class GrammarFactory:
         found: set[int] = set()
 
         def bind(value: Any, key: str = "") -> Any:
+            if key == "json_schema":  # a tool's schema: its keys are property names, not formats
+                return value
             if isinstance(value, dict):
                 return {k: bind(v, k) for k, v in value.items()}
             if isinstance(value, list):
