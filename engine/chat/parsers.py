@@ -39,7 +39,17 @@ def parse_output(family: str, text: str, special_tokens: tuple[str, ...] = (), t
                  partial: bool = False) -> ParsedOutput:
     """Split `text` into content, reasoning and tool calls by `family`'s format; `special_tokens`
     (end-of-turn and other control tokens) are removed from the content. `partial`: `text` is a
-    generation still under way (an open `<think>` block is reasoning so far, not the answer)."""
+    generation still under way (an open `<think>` block is reasoning so far, not the answer, and
+    trailing whitespace waits for what follows it, which may strip it: a stream sends only text
+    the whole reply keeps)."""
+    parsed = _parse(family, text, special_tokens, think, partial)
+    if partial:
+        parsed.content = parsed.content.rstrip()
+        parsed.reasoning = parsed.reasoning.rstrip() if parsed.reasoning is not None else None
+    return parsed
+
+
+def _parse(family: str, text: str, special_tokens: tuple[str, ...], think: bool, partial: bool) -> ParsedOutput:
     if family == "harmony":
         return _with_raw_arguments(family, _parse_harmony(text), text)
     reasoning, rest = split_reasoning(text, partial) if think else (None, text)

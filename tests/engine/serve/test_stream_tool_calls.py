@@ -118,3 +118,26 @@ async def test_harmony_stream_sends_reasoning_then_the_call(tmp_path: Path) -> N
                               "function": {"name": "count_bags", "arguments": ""}}
     assert "".join(t["function"]["arguments"] for t in call_deltas[1:]) == '{"count": 2, "paid": false, "note": "ok"}'
     assert len(call_deltas) > 5 and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_qwen3_stream_sends_thinking_as_reasoning_then_the_call() -> None:
+    try:
+        fmt = ChatFormat.from_model_dir(tokenizer_dir("qwen3"))
+    except FixtureMissingError as exc:
+        pytest.fail(str(exc))
+    assert fmt is not None and fmt.think
+    pieces = ["<think>", "\n", "Window", " seat", ".", "\n", "</think>", "\n\n", "Sure", ".", "\n", "<tool_call>", "\n", '{"', "name",
+              '": "', "pick", "_seat", '", "', "arguments", '": {"', "row", '": ', "3", ', "', "letter", '": "', "A", '"}}', "\n",
+              "</tool_call>", "<|im_end|>"]
+
+    class Req:
+        stream_options = None
+
+    chunks = [c async for c in chat_chunks(ScriptedEngine(pieces), fmt, [1], None, "chatcmpl-q", "m", Req(), lambda o: {})]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    whole = fmt.parse("".join(pieces))
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == whole.reasoning == "Window seat."
+    assert "".join(d.get("content", "") for d in deltas) == whole.content == "Sure."
+    calls = [t for d in deltas for t in d.get("tool_calls", [])]
+    assert calls[0]["function"]["name"] == "pick_seat"
+    assert "".join(t["function"]["arguments"] for t in calls[1:]) == whole.tool_calls[0].raw_arguments == '{"row": 3, "letter": "A"}'
