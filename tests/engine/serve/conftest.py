@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,26 @@ def served() -> Iterator[Served]:
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join(timeout=10)
     llm.close()
+
+
+@contextlib.contextmanager
+def serve_tiny(name: str, out: Path) -> Iterator[object]:
+    """An `openai.OpenAI` client of a server over a tiny random model around the real `name`
+    tokenizer (engine.chat.fixtures), served as `tiny-NAME`; fails the test when the fixture is missing."""
+    import openai
+
+    from engine.chat.fixtures import FixtureMissingError, tiny_model
+
+    try:
+        model = tiny_model(name, out)
+    except FixtureMissingError as exc:
+        pytest.fail(str(exc))
+    llm = LLM(model, device="cpu", dtype="float32", num_kv_blocks=64)
+    server, thread, url = start_server(llm, f"tiny-{name}")
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120) as api:
+            yield api
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+        llm.close()

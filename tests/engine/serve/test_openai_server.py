@@ -98,27 +98,15 @@ def test_client_disconnect_aborts_the_request(served: Served) -> None:
 
 
 def test_a_qwen3_model_served_returns_a_named_tool_call(tmp_path: Path) -> None:
-    from engine import LLM
-    from engine.chat.fixtures import FixtureMissingError, tiny_model
-    from tests.engine.serve.conftest import start_server
+    from tests.engine.serve.conftest import serve_tiny
 
-    try:
-        model = tiny_model("qwen3", tmp_path / "qwen")
-    except FixtureMissingError as exc:
-        pytest.fail(str(exc))
-    llm = LLM(model, device="cpu", dtype="float32", num_kv_blocks=64)
-    server, thread, url = start_server(llm, "tiny-qwen3")
     tools = [{"type": "function", "function": {"name": "count_bags", "parameters": {"type": "object", "properties": {
         "count": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["count"]}}}, *TOOLS]
-    try:
-        with openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120) as api:
-            out = api.chat.completions.create(model="tiny-qwen3", messages=[{"role": "user", "content": "How many bags?"}], tools=tools,
-                                              tool_choice={"type": "function", "function": {"name": "count_bags"}}, max_tokens=60,
-                                              seed=0, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
-        llm.close()
+    with serve_tiny("qwen3", tmp_path / "qwen") as api:
+        assert isinstance(api, openai.OpenAI)
+        out = api.chat.completions.create(model="tiny-qwen3", messages=[{"role": "user", "content": "How many bags?"}], tools=tools,
+                                          tool_choice={"type": "function", "function": {"name": "count_bags"}}, max_tokens=60,
+                                          seed=0, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     calls = out.choices[0].message.tool_calls
     assert out.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "count_bags"
     assert 0 <= json.loads(calls[0].function.arguments)["count"] <= 9

@@ -13,13 +13,12 @@ from typing import Any
 import openai
 import pytest
 
-from engine import LLM
 from engine.chat import ChatFormat
-from engine.chat.fixtures import FixtureMissingError, tiny_model, tokenizer_dir
+from engine.chat.fixtures import FixtureMissingError, tokenizer_dir
 from engine.sequence import FinishReason, RequestOutput, Usage
 from engine.serve.stream import chat_chunks
 from tests.engine.chat.test_tool_grammar import TOOLS
-from tests.engine.serve.conftest import Served, start_server
+from tests.engine.serve.conftest import Served, serve_tiny
 
 SYSTEM = {"role": "system", "content": "# Airline Agent Policy\nYou are an airline agent."}
 
@@ -60,22 +59,12 @@ def test_default_model_streams_a_required_call_in_fragments(served: Served) -> N
 
 
 def test_gpt_oss_served_streams_a_named_call(tmp_path: Path) -> None:
-    try:
-        model = tiny_model("gptoss", tmp_path / "gptoss")
-    except FixtureMissingError as exc:
-        pytest.fail(str(exc))
-    llm = LLM(model, device="cpu", dtype="float32", num_kv_blocks=64)
-    server, thread, url = start_server(llm, "tiny-gpt-oss")
-    try:
-        with openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120) as api:
-            calls = compare_streamed_and_whole(
-                api, model="tiny-gpt-oss", messages=[{"role": "user", "content": "Seat?"}], tools=TOOLS, max_tokens=60, seed=1,
-                tool_choice={"type": "function", "function": {"name": "pick_seat"}},
-                extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
-        llm.close()
+    with serve_tiny("gptoss", tmp_path / "gptoss") as api:
+        assert isinstance(api, openai.OpenAI)
+        calls = compare_streamed_and_whole(
+            api, model="tiny-gptoss", messages=[{"role": "user", "content": "Seat?"}], tools=TOOLS, max_tokens=60, seed=1,
+            tool_choice={"type": "function", "function": {"name": "pick_seat"}},
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert [name for _, name, _, _ in calls] == ["pick_seat"] and set(json.loads(calls[0][2])) == {"row", "letter"}
 
 
