@@ -8,7 +8,9 @@ replica holds. Replicas feed the index with block events (stored / removed hashe
 
 Policies:
 - `kv-aware`: cost(r) = overlap_weight * blocks r must prefill + blocks active on r after admission
-  (Dynamo's KV-router cost); the cheapest replica wins.
+  (Dynamo's KV-router cost); the cheapest replica wins. Active blocks are unique block hashes of
+  the requests in flight (a prefix shared by several in-flight requests counts once), so a replica
+  already serving a prefix is not charged for it again.
 - `round-robin`: the next live replica in turn.
 - `least-loaded`: the fewest requests in flight (then the fewest active blocks).
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from agentrt.errors import AgentrtError
 
 POLICIES = ("kv-aware", "round-robin", "least-loaded")
+OUTPUT_BLOCKS = 1  # blocks a request's output is budgeted in the load (the generated tail)
 
 
 class RouterError(AgentrtError, ValueError):
@@ -84,8 +87,28 @@ class KVIndex:
 
 @dataclass(slots=True)
 class Load:
+    """What a replica has in flight. Blocks are counted once however many in-flight requests share
+    them (Dynamo's active-block count): requests on one prefix cost the replica that prefix once."""
+
     num_requests: int = 0  # requests in flight
-    num_blocks: int = 0  # KV blocks those requests occupy (prompt + budgeted output)
+    active: dict[Hashable, int] = field(default_factory=dict)  # prompt block hash -> in-flight requests on it
+    num_private: int = 0  # blocks budgeted for the in-flight requests' outputs (shared by none)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.active) + self.num_private
+
+    def num_active_prefix(self, hashes: Sequence[Hashable]) -> int:
+        """Leading blocks of `hashes` already active here. Hashes are chained, so an active block
+        brings its whole prefix with it: the active ones form a leading run (binary search)."""
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in self.active:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 @dataclass(slots=True, frozen=True)
@@ -147,25 +170,38 @@ class Router:
         else:
             key = session if session is not None else str(hashes[0] if hashes else "")
             rank = {r: i for i, r in enumerate(rendezvous(key, names))}
-            name = min(names, key=lambda r: (*self._cost(r, len(hashes), overlap.get(r, 0)), rank[r]))
+            name = min(names, key=lambda r: (*self._cost(r, hashes, overlap.get(r, 0)), rank[r]))
         return Decision(name, overlap.get(name, 0))
 
-    def _cost(self, replica: str, num_blocks: int, overlap: int) -> tuple[float, ...]:
+    def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]
         if self.policy == "least-loaded":
             return (load.num_requests, load.num_blocks)
-        return (self.overlap_weight * (num_blocks - overlap) + load.num_blocks + num_blocks,)
+        # Dynamo's cost: blocks to prefill (weighted) + the replica's active blocks once this request
+        # joins (its blocks already active there, and its output block, counted as they add).
+        joined = load.num_blocks + len(hashes) - load.num_active_prefix(hashes) + OUTPUT_BLOCKS
+        return (self.overlap_weight * (len(hashes) - overlap) + joined,)
 
-    def begin(self, replica: str, num_blocks: int) -> None:
-        """A request of `num_blocks` blocks was sent to `replica`."""
+    def begin(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS) -> None:
+        """A request with prompt blocks `hashes` was sent to `replica`."""
         load = self.loads.get(replica)
-        if load is not None:
-            load.num_requests += 1
-            load.num_blocks += num_blocks
+        if load is None:
+            return
+        load.num_requests += 1
+        load.num_private += num_output_blocks
+        for h in hashes:
+            load.active[h] = load.active.get(h, 0) + 1
 
-    def end(self, replica: str, num_blocks: int) -> None:
+    def end(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS) -> None:
         """That request finished (or failed) on `replica`."""
         load = self.loads.get(replica)
-        if load is not None:
-            load.num_requests = max(0, load.num_requests - 1)
-            load.num_blocks = max(0, load.num_blocks - num_blocks)
+        if load is None:
+            return
+        load.num_requests = max(0, load.num_requests - 1)
+        load.num_private = max(0, load.num_private - num_output_blocks)
+        for h in hashes:
+            left = load.active.get(h, 0) - 1
+            if left > 0:
+                load.active[h] = left
+            else:
+                load.active.pop(h, None)

@@ -39,8 +39,27 @@ def test_kv_aware_leaves_a_busy_replica_when_the_load_outweighs_the_overlap() ->
     for r in ("r0", "r1"):
         router.add_replica(r)
     router.index.apply("r0", stored=[1])
-    router.begin("r0", 50)
+    router.begin("r0", [f"other-{i}" for i in range(50)])
     assert router.route([1, 2, 3]).replica == "r1"
+
+
+def test_in_flight_requests_on_one_prefix_load_their_replica_with_it_once() -> None:
+    """Two requests in flight on a shared 8-block prefix cost their replica 8 blocks, not 16: a
+    third request on that prefix stays with the prefix instead of being pushed off by its own
+    siblings (the Mooncake replay sent it away and recomputed it elsewhere)."""
+    router = Router("kv-aware")
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    prefix = list(range(8))
+    router.index.apply("r0", stored=prefix)
+    router.begin("r0", [*prefix, "a"])
+    router.begin("r0", [*prefix, "b"])
+    router.begin("r1", ["x", "y"])
+    assert router.loads["r0"].num_blocks == 10 + 2  # 8 shared + 2 own prompt blocks + 2 output blocks
+    assert router.route([*prefix, "c"]).replica == "r0"
+    router.end("r0", [*prefix, "a"])
+    router.end("r0", [*prefix, "b"])
+    assert router.loads["r0"].num_blocks == 0 and router.loads["r0"].active == {}
 
 
 def test_round_robin_cycles_and_least_loaded_picks_the_idle_replica() -> None:
@@ -51,10 +70,10 @@ def test_round_robin_cycles_and_least_loaded_picks_the_idle_replica() -> None:
     ll = Router("least-loaded")
     for r in ("a", "b"):
         ll.add_replica(r)
-    ll.begin("a", 1)
+    ll.begin("a", [1])
     assert ll.route([1]).replica == "b"
-    ll.end("a", 1)
-    ll.begin("b", 1)
+    ll.end("a", [1])
+    ll.begin("b", [1])
     assert ll.route([1]).replica == "a"
 
 
