@@ -29,7 +29,17 @@ from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
-from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
+from agentrt.types import (
+    FailurePolicy,
+    Generation,
+    HeldResult,
+    Pool,
+    RetryPolicy,
+    Task,
+    TaskKind,
+    ToolCall,
+    Usage,
+)
 
 # Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
 # the {"name", "arguments"} JSON, the text closing the call). Others are parsed, not constrained.
@@ -166,6 +176,13 @@ class JobContext:
             telemetry.tool_cost(t.name, task.usage.cost_usd)
         self._consumed(task)
         return result
+
+    async def resolve(self, value: Any) -> Any:
+        """The value behind a HeldResult (a large tool result kept in Ray's object store), fetched
+        into the driver now; any other value as is. Raises HeldResultError when it cannot be reached."""
+        if isinstance(value, HeldResult):
+            return await self.runtime.tools.resolve(value)
+        return value
 
     async def call_all(self, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
         """Run one model turn's tool calls, concurrently unless the runtime's serving policy says

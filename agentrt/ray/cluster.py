@@ -58,7 +58,8 @@ class RayCluster:
             self.pool = ReplicaPool("replica", cfg.num_replicas, cfg)
         self.pool.start()
         self.engine = RayEngineClient(self.pool, prefill=self.prefill_pool, max_retries=cfg.max_retries)
-        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool, cfg.default_tool_resource)
+        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool, cfg.default_tool_resource,
+                                     cfg.large_result_bytes)
         return self
 
     def _init_ray(self) -> None:
