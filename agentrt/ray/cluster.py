@@ -67,7 +67,8 @@ class RayCluster:
         if self.config.address == "local":
             # Workers import graphs and tools by module path: give them the driver's import path.
             path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-            ray.init(object_store_memory=self.config.object_store_memory, include_dashboard=False,
+            # address="local": always a new cluster, never one that happens to run on this machine.
+            ray.init(address="local", object_store_memory=self.config.object_store_memory, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}}, logging_level=logging.WARNING)
             self._started_ray = True
         else:
