@@ -172,12 +172,12 @@ def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work:
 
 
 def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int, overlap_weight: float,
-            num_kv_blocks: int) -> dict[str, dict[str, Any]]:
+            num_kv_blocks: int, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
     options = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
     config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
-                       num_cpus_per_replica=0.5, engine_options=options)
+                       affinity_slack=affinity_slack, num_cpus_per_replica=0.5, engine_options=options)
     out = {}
     with RayCluster(config) as cluster:
         engine = cluster.engine
@@ -201,7 +201,7 @@ def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]
 
 
 def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
-            load: float, overlap_weight: float) -> dict[str, dict[str, Any]]:
+            load: float, overlap_weight: float, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
     """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
     times the replicas' capacity."""
     duration = max(r["timestamp"] for r in reqs) / 1000
@@ -214,7 +214,7 @@ def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: floa
         single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
         out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
         for policy in POLICIES:
-            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight)
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack)
             loads = list(res.work_s.values())
             ordered = sorted(res.jct_s)
             out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
@@ -267,11 +267,13 @@ def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]
                                           args.model_block_tokens)}
     data["by_replicas"] = {}
     data["concurrency"], data["kv_headroom"] = args.concurrency, args.kv_headroom
+    data["overlap_weight"], data["affinity_slack"] = args.overlap_weight, args.affinity_slack
     data["agent_shared_prefix_tokens"] = shared_prefix_len(workloads["agent"])
     for n in args.replicas:
         blocks = kv_blocks_per_replica(workloads["agent"], n, args.concurrency, args.kv_headroom, BLOCK)
         single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight, n * blocks)
-        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks) for p in POLICIES}
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack)
+                for p in POLICIES}
         data["by_replicas"][str(n)] = {"kv_blocks_per_replica": blocks, "block_size": BLOCK}
         for name in workloads:
             pol = {p: pols[p][name] for p in POLICIES}
@@ -306,19 +308,21 @@ def main() -> None:
     ap.add_argument("--sim-decode-s", type=float, default=2e-2, help="simulated seconds per output token")
     ap.add_argument("--sim-load", type=float, default=0.9, help="offered uncached work / simulated capacity")
     ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
+    ap.add_argument("--affinity-slack", type=lambda v: None if v == "none" else int(v), default=1,
+                    help="kv-aware: prefix affinity while in-flight requests differ by at most this ('none': cost only)")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.max_turns, args.mooncake_requests, args.sim_replicas = 2, 2, 4, [8]
     data: dict[str, Any] = {}
-    sections = []
+    sections: list[str] = []
     if not args.no_cluster:
         measured(args, data, sections)
     if args.sim or args.quick:
         reqs = mooncake(None if not args.quick else 200)
         sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,
-                      args.overlap_weight)
+                      args.overlap_weight, args.affinity_slack)
         data["sim"] = sim
         for n, res in sim.items():
             single = {"hit_rate": res["single_replica_hit_rate"], "jct_mean_s": float("nan"), "jct_p99_s": float("nan")}
@@ -334,7 +338,8 @@ def main() -> None:
             "imbalance <= 0.2. Regime: memory pressure (see the module docstring of benchmarks/routing.py): "
             f"{args.concurrency} jobs in flight, each replica's KV budget = {args.kv_headroom} x (the "
             f"{data.get('agent_shared_prefix_tokens', 0)}-token shared prefix + its share of the live conversations); "
-            "the 1-replica row has the pooled budget. conv. hit rate = hit rate on the tokens past the shared prefix.\n\n"
+            "the 1-replica row has the pooled budget. conv. hit rate = hit rate on the tokens past the shared prefix. "
+            f"kv-aware: overlap weight {args.overlap_weight}, affinity slack {args.affinity_slack}.\n\n"
             + "\n\n".join(sections))
     write_section("routing", "Routing: KV-aware vs round-robin vs least-loaded (agentrt[ray])", body, command, data)
 

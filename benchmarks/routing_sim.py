@@ -73,11 +73,11 @@ def _serve(rep: SimReplica, req: SimRequest) -> int:
 
 
 def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
-             prefill_s: float, decode_s: float, overlap_weight: float = 1.0) -> SimResult:
+             prefill_s: float, decode_s: float, overlap_weight: float = 1.0, affinity_slack: int | None = 1) -> SimResult:
     """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
     in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
     after the previous one finished."""
-    router = Router(policy, overlap_weight)
+    router = Router(policy, overlap_weight, affinity_slack)
     reps = {f"r{i}": _replica(capacity_blocks) for i in range(num_replicas)}
     for name in reps:
         router.add_replica(name)

@@ -7,8 +7,13 @@ request's cached prefix on a replica is the longest run of its hashes, from the 
 replica holds. Replicas feed the index with block events (stored / removed hashes).
 
 Policies:
-- `kv-aware`: cost(r) = overlap_weight * blocks r must prefill + blocks active on r after admission
-  (Dynamo's KV-router cost); the cheapest replica wins. Active blocks are unique block hashes of
+- `kv-aware`: prefix affinity while the load is balanced (Ray Serve LLM's prefix-aware router):
+  when the busiest replica has at most `affinity_slack` more requests in flight than the idlest,
+  only the replicas holding the longest prefix of the request compete. Among those that compete,
+  cost(r) = overlap_weight * blocks r must prefill + blocks active on r after admission (Dynamo's
+  KV-router cost); the cheapest wins. Without the affinity stage the cost alone let one in-flight
+  request's blocks outweigh a whole cached conversation, and kv-aware scattered conversations like
+  least-loaded (benchmarks/routing.py). Active blocks are unique block hashes of
   the requests in flight (a prefix shared by several in-flight requests counts once), so a replica
   already serving a prefix is not charged for it again.
 - `round-robin`: the next live replica in turn.
@@ -131,10 +136,9 @@ class Router:
     """Routes requests over named replicas. Call `route` then `begin`/`end` around the request."""
 
     policy: str = "kv-aware"
-    # Dynamo's default. 4.0 measured better on the Mooncake trace (hit rate 0.96x of one replica's
-    # instead of 0.80x at 16 simulated replicas) but piled agent runs that share a long system prompt
-    # onto one replica (imbalance 1.16 at 4 real replicas vs 0.15 with 1.0; benchmarks/routing.py).
+    # Dynamo's default weight (blocks to prefill count as much as active blocks).
     overlap_weight: float = 1.0
+    affinity_slack: int | None = 1  # None: the cost alone decides
     index: KVIndex = field(default_factory=KVIndex)
     loads: dict[str, Load] = field(default_factory=dict)
     _turn: int = 0
@@ -144,6 +148,8 @@ class Router:
             raise RouterError(f"router policy must be one of {POLICIES}, got {self.policy!r}")
         if self.overlap_weight < 0:
             raise RouterError(f"overlap_weight must be >= 0, got {self.overlap_weight}")
+        if self.affinity_slack is not None and self.affinity_slack < 0:
+            raise RouterError(f"affinity_slack must be None or >= 0, got {self.affinity_slack}")
 
     @property
     def replicas(self) -> list[str]:
@@ -170,8 +176,20 @@ class Router:
         else:
             key = session if session is not None else str(hashes[0] if hashes else "")
             rank = {r: i for i, r in enumerate(rendezvous(key, names))}
-            name = min(names, key=lambda r: (*self._cost(r, hashes, overlap.get(r, 0)), rank[r]))
+            compete = self._affine(names, overlap) if self.policy == "kv-aware" else names
+            name = min(compete, key=lambda r: (*self._cost(r, hashes, overlap.get(r, 0)), rank[r]))
         return Decision(name, overlap.get(name, 0))
+
+    def _affine(self, names: list[str], overlap: dict[str, int]) -> list[str]:
+        """The replicas holding the longest prefix of the request while the in-flight requests are
+        balanced within `affinity_slack`; otherwise (or when none holds any of it) every replica."""
+        best = max(overlap.values(), default=0)
+        if self.affinity_slack is None or best == 0:
+            return names
+        in_flight = [self.loads[r].num_requests for r in names]
+        if max(in_flight) - min(in_flight) > self.affinity_slack:
+            return names
+        return [r for r in names if overlap.get(r, 0) == best]
 
     def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]

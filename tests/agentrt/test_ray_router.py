@@ -40,14 +40,30 @@ def test_kv_aware_leaves_a_busy_replica_when_the_load_outweighs_the_overlap() ->
         router.add_replica(r)
     router.index.apply("r0", stored=[1])
     router.begin("r0", [f"other-{i}" for i in range(50)])
+    router.begin("r0", [f"more-{i}" for i in range(50)])  # 2 in flight vs 0: beyond the affinity slack
     assert router.route([1, 2, 3]).replica == "r1"
+
+
+def test_kv_aware_keeps_a_conversation_on_its_replica_while_the_load_is_balanced() -> None:
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    conversation = ["sys", *[f"c{i}" for i in range(20)]]
+    router.index.apply("r0", stored=conversation)
+    router.index.apply("r1", stored=["sys"])
+    router.begin("r0", ["sys", *[f"other{i}" for i in range(60)]])  # costlier by blocks, one request more
+    assert router.route([*conversation, "turn2"]).replica == "r0"
+    assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(
+        [*conversation, "turn2"]).replica == "r1"  # the cost alone sends it away
+    router.begin("r0", ["sys", "x"])  # 2 more in flight than r1: balance wins
+    assert router.route([*conversation, "turn2"]).replica == "r1"
 
 
 def test_in_flight_requests_on_one_prefix_load_their_replica_with_it_once() -> None:
     """Two requests in flight on a shared 8-block prefix cost their replica 8 blocks, not 16: a
     third request on that prefix stays with the prefix instead of being pushed off by its own
     siblings (the Mooncake replay sent it away and recomputed it elsewhere)."""
-    router = Router("kv-aware")
+    router = Router("kv-aware", affinity_slack=None)  # the cost alone
     for r in ("r0", "r1"):
         router.add_replica(r)
     prefix = list(range(8))
@@ -119,6 +135,8 @@ def test_bad_policy_and_no_replicas_raise_typed_errors() -> None:
         Router("fastest")
     with pytest.raises(RouterError, match="no live engine replica"):
         Router().route([1])
+    with pytest.raises(RouterError, match="affinity_slack.*-1"):
+        Router(affinity_slack=-1)
 
 
 def test_ray_config_names_the_bad_value() -> None:
