@@ -68,6 +68,14 @@ class Handle:
         return self.result().__await__()
 
 
+
+def _revive_held(value: Any) -> Any:
+    """A HeldResult replayed from the journal comes back as its tagged dict (the journal decodes
+    untyped): make it a handle again (it resolves while this driver still holds the object)."""
+    if isinstance(value, dict) and value.get("type") == "HeldResult" and set(value) == {"type", "object_id", "nbytes", "tool"}:
+        return msgspec.convert(value, HeldResult)
+    return value
+
 class JobContext:
     def __init__(self, runtime: TaskRunner, job: JobRun, task: Task | None, session: Session | None = None,
                  parent: JobContext | None = None) -> None:
@@ -166,8 +174,8 @@ class JobContext:
                 telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
             fp = fingerprint("tool", t.name, validated)
             try:
-                result = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry)
+                result = _revive_held(await self.runtime.run_task(
+                    self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry))
             finally:
                 if task.started is not None:
                     self.runtime.tool_latency.observe(t.name, task.duration)
