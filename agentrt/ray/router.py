@@ -7,15 +7,14 @@ request's cached prefix on a replica is the longest run of its hashes, from the 
 replica holds. Replicas feed the index with block events (stored / removed hashes).
 
 Policies:
-- `kv-aware`: prefix affinity while the load is balanced (Ray Serve LLM's prefix-aware router):
-  when the busiest replica has at most `affinity_slack` more requests in flight than the idlest,
-  only the replicas holding the longest prefix of the request compete. Among those that compete,
-  cost(r) = overlap_weight * blocks r must prefill + blocks active on r after admission (Dynamo's
-  KV-router cost); the cheapest wins. Without the affinity stage the cost alone let one in-flight
-  request's blocks outweigh a whole cached conversation, and kv-aware scattered conversations like
-  least-loaded (benchmarks/routing.py). Active blocks are unique block hashes of
-  the requests in flight (a prefix shared by several in-flight requests counts once), so a replica
-  already serving a prefix is not charged for it again.
+- `kv-aware`: Ray Serve LLM's prefix-aware rule with Dynamo's cost inside it. While the busiest
+  replica has at most `affinity_slack` more requests in flight than the idlest, only the replicas
+  holding the longest prefix of the request compete (all of them when none holds any); otherwise
+  the replicas with the fewest requests in flight compete. Among those that compete, cost(r) =
+  overlap_weight * blocks r must prefill + blocks active on r after admission (Dynamo's KV-router
+  cost) picks. `affinity_slack=None` leaves the cost alone to decide: then one in-flight request's
+  blocks outweigh a whole cached conversation and new jobs pile on the replicas holding a shared
+  system prompt (benchmarks/routing.py, docs/benchmarks.md).
 - `round-robin`: the next live replica in turn.
 - `least-loaded`: the fewest requests in flight (then the fewest active blocks).
 
@@ -181,15 +180,16 @@ class Router:
         return Decision(name, overlap.get(name, 0))
 
     def _affine(self, names: list[str], overlap: dict[str, int]) -> list[str]:
-        """The replicas holding the longest prefix of the request while the in-flight requests are
-        balanced within `affinity_slack`; otherwise (or when none holds any of it) every replica."""
+        """Who competes under kv-aware: the holders of the longest prefix while the requests in
+        flight are balanced within `affinity_slack`, else the least busy replicas."""
+        if self.affinity_slack is None:
+            return names
+        in_flight = {r: self.loads[r].num_requests for r in names}
+        fewest = min(in_flight.values())
+        if max(in_flight.values()) - fewest > self.affinity_slack:
+            return [r for r in names if in_flight[r] == fewest]
         best = max(overlap.values(), default=0)
-        if self.affinity_slack is None or best == 0:
-            return names
-        in_flight = [self.loads[r].num_requests for r in names]
-        if max(in_flight) - min(in_flight) > self.affinity_slack:
-            return names
-        return [r for r in names if overlap.get(r, 0) == best]
+        return [r for r in names if overlap.get(r, 0) == best] if best else names
 
     def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]

@@ -156,3 +156,18 @@ def test_cli_options_are_checked_before_any_ray_process_starts() -> None:
     with pytest.raises(RouterError, match="'fastest'"):
         RayCluster.from_cli("local", 2, 0, 0, "fastest")
     assert not ray.is_initialized()
+
+
+def test_kv_aware_sends_work_to_the_least_busy_replica_once_the_load_is_out_of_balance() -> None:
+    """New jobs sharing a long system prompt do not pile on the replica that holds it: past the
+    slack, the replicas with the fewest requests in flight compete (the cost alone would keep it)."""
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    system = [f"sys{i}" for i in range(100)]
+    router.index.apply("r0", stored=system)
+    router.begin("r0", [*system, "job1"])
+    router.begin("r0", [*system, "job2"])
+    new_job = [*system, "job3"]
+    assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(new_job).replica == "r0"
+    assert router.route(new_job).replica == "r1"
