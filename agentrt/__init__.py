@@ -8,6 +8,7 @@ from agentrt.engine_client import EmbeddedEngine, EngineClient
 from agentrt.errors import (
     AgentrtError,
     GraphError,
+    HeldResultError,
     JobCancelledError,
     SchemaError,
     TaskFailedError,
@@ -21,6 +22,7 @@ from agentrt.scheduler import PoolLimits, Scheduler
 from agentrt.types import (
     FailurePolicy,
     Generation,
+    HeldResult,
     JobResult,
     JobSpec,
     RetryPolicy,
@@ -31,7 +33,7 @@ from agentrt.types import (
 
 __all__ = [
     "Agent", "AgentrtError", "AsyncClient", "Client", "Context", "CostModel", "EmbeddedEngine", "EngineClient", "FailurePolicy",
-    "Generation", "Graph", "GraphError", "JobCancelledError", "JobResult", "JobSpec", "OpenAIEngine", "PoolLimits", "Registry",
+    "Generation", "Graph", "GraphError", "HeldResult", "HeldResultError", "JobCancelledError", "JobResult", "JobSpec", "OpenAIEngine", "PoolLimits", "Registry",
     "RetryPolicy", "Runtime", "SchemaError", "Scheduler", "TaskFailedError", "TaskKind", "TaskState",
     "TaskTimeoutError", "Tool", "ToolError", "UnknownGraphError", "UnknownToolError", "Usage",
     "agent", "graph", "tool",

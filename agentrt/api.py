@@ -6,6 +6,7 @@ as the plain function (handy in tests). Scheduling happens only when a job runs.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import sys
@@ -17,7 +18,7 @@ from typing import Any, Protocol, get_type_hints
 import msgspec
 
 from agentrt.errors import GraphError, SchemaError, UnknownGraphError, UnknownToolError
-from agentrt.types import FailurePolicy, Generation, RetryPolicy
+from agentrt.types import FailurePolicy, Generation, HeldResult, RetryPolicy
 
 
 def _signature_struct(fn: Callable[..., Any], name: str, skip_first: bool) -> type[msgspec.Struct]:
@@ -79,11 +80,27 @@ class Tool:
         """Check and convert arguments. Raises SchemaError naming the tool and the bad field."""
         if not isinstance(args, dict):
             raise SchemaError(f"tool {self.name!r}: arguments must be an object, got {type(args).__name__}")
+        held = frozenset(k for k, v in args.items() if isinstance(v, HeldResult))
         try:
-            converted = msgspec.convert(args, self.args_type, strict=False)
+            converted = msgspec.convert(args, _holding(self.args_type, held) if held else self.args_type, strict=False)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"tool {self.name!r}: {exc}") from exc
         return {f: getattr(converted, f) for f in converted.__struct_fields__}
+
+
+@functools.cache
+def _holding(struct: type[msgspec.Struct], held: frozenset[str]) -> type[msgspec.Struct]:
+    """`struct` with the `held` fields typed Any: a held result (the value another tool returned) is
+    passed through as its handle and reaches the tool as that value."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(struct):
+        typ = Any if f.name in held else f.type
+        if f.required:
+            fields.append((f.name, typ))
+        else:
+            default = f.default if f.default is not msgspec.NODEFAULT else msgspec.field(default_factory=f.default_factory)
+            fields.append((f.name, typ, default))
+    return msgspec.defstruct(struct.__name__, fields, kw_only=True, forbid_unknown_fields=True)
 
 
 def tool(
@@ -177,7 +194,13 @@ class Context(Protocol):
         ...
 
     async def call(self, tool: Tool | str, /, **args: Any) -> Any:
-        """Run a tool (a CPU task). Raises UnknownToolError, SchemaError or ToolError."""
+        """Run a tool (a CPU task). Raises UnknownToolError, SchemaError or ToolError. On Ray with
+        `large_result_bytes` set, a larger result comes back as a HeldResult (see `resolve`)."""
+        ...
+
+    async def resolve(self, value: Any) -> Any:
+        """The value behind a HeldResult (fetched into this process now); any other value as is.
+        Raises HeldResultError when the result cannot be reached."""
         ...
 
     def spawn(self, agent: Agent, *args: Any, **kwargs: Any) -> Handle:

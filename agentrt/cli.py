@@ -312,7 +312,7 @@ def serve(
 
     setup_tracing(trace)
     registry = load_registry(graphs, tools)
-    engine = tool_executor = None
+    engine = tool_executor = cluster = None
     if not no_engine:
         cluster = ray_cluster(RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router), model, llm_url)
         if cluster is not None:
@@ -334,6 +334,8 @@ def serve(
     try:
         anyio.run(server.serve)
     finally:
+        if cluster is not None:  # the replicas (and a cluster started with --ray local)
+            cluster.shutdown()
         telemetry.shutdown()
 
 

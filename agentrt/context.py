@@ -29,7 +29,17 @@ from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
 from agentrt.sessions import Session
 from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
-from agentrt.types import FailurePolicy, Generation, Pool, RetryPolicy, Task, TaskKind, ToolCall, Usage
+from agentrt.types import (
+    FailurePolicy,
+    Generation,
+    HeldResult,
+    Pool,
+    RetryPolicy,
+    Task,
+    TaskKind,
+    ToolCall,
+    Usage,
+)
 
 # Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
 # the {"name", "arguments"} JSON, the text closing the call). The others (gpt-oss, DeepSeek-V3) are
@@ -58,6 +68,14 @@ class Handle:
     def __await__(self) -> Any:
         return self.result().__await__()
 
+
+
+def _revive_held(value: Any) -> Any:
+    """A HeldResult replayed from the journal comes back as its tagged dict (the journal decodes
+    untyped): make it a handle again (it resolves while this driver still holds the object)."""
+    if isinstance(value, dict) and value.get("type") == "HeldResult" and set(value) == {"type", "object_id", "nbytes", "tool"}:
+        return msgspec.convert(value, HeldResult)
+    return value
 
 class JobContext:
     def __init__(self, runtime: TaskRunner, job: JobRun, task: Task | None, session: Session | None = None,
@@ -157,8 +175,8 @@ class JobContext:
                 telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
             fp = fingerprint("tool", t.name, validated)
             try:
-                result = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry)
+                result = _revive_held(await self.runtime.run_task(
+                    self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry))
             finally:
                 if task.started is not None:
                     self.runtime.tool_latency.observe(t.name, task.duration)
@@ -167,6 +185,13 @@ class JobContext:
             telemetry.tool_cost(t.name, task.usage.cost_usd)
         self._consumed(task)
         return result
+
+    async def resolve(self, value: Any) -> Any:
+        """The value behind a HeldResult (a large tool result kept in Ray's object store), fetched
+        into the driver now; any other value as is. Raises HeldResultError when it cannot be reached."""
+        if isinstance(value, HeldResult):
+            return await self.runtime.tools.resolve(value)
+        return value
 
     async def call_all(self, calls: Sequence[ToolCall | tuple[str, dict[str, Any]]]) -> list[Any]:
         """Run one model turn's tool calls, concurrently unless the runtime's serving policy says

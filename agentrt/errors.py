@@ -41,6 +41,11 @@ class ToolError(AgentrtError):
         self.tool = tool
 
 
+class HeldResultError(AgentrtError):
+    """A held tool result (agentrt.types.HeldResult) that this runtime cannot reach: released, made
+    by another driver, or given to an executor that keeps no results outside the driver."""
+
+
 class TaskTimeoutError(AgentrtError, TimeoutError):
     """A task ran past its timeout."""
 

@@ -14,13 +14,18 @@ from typing import Any, Protocol
 import anyio
 
 from agentrt.api import Tool
-from agentrt.errors import ToolError
+from agentrt.errors import HeldResultError, ToolError
 from agentrt.tool_runner import LoopWatchdog, SyncToolThreads, run_in_process
+from agentrt.types import HeldResult
 
 
 class ToolExecutor(Protocol):
     async def run(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
         """Run `tool` with validated args; return (result, cpu_seconds)."""
+        ...
+
+    async def resolve(self, value: Any) -> Any:
+        """The value behind a HeldResult this executor returned; any other value as is."""
         ...
 
 
@@ -53,6 +58,13 @@ class LocalToolExecutor:
             async with self.process_limiter:
                 return await run_in_process(tool.name, tool.fn, args)
         return await self.threads.run(tool.name, tool.fn, args)
+
+    async def resolve(self, value: Any) -> Any:
+        """Results stay in the driver here: only another executor's HeldResult needs resolving,
+        and that one cannot be reached (HeldResultError)."""
+        if isinstance(value, HeldResult):
+            raise HeldResultError(f"held result {value.object_id} of tool {value.tool!r} was made by another tool executor")
+        return value
 
     def close(self) -> None:
         """Nothing to release: threads and processes live only as long as their calls."""

@@ -32,7 +32,7 @@ async def run_tool_turn(ctx: JobContext, calls: Sequence[ToolCall | tuple[str, d
     async def one(name: str, args: dict[str, Any], levels_left: int) -> Any:
         announce_next_turn(ctx, levels_left)
         try:
-            return await ctx.call(name, **args)
+            return await ctx.resolve(await ctx.call(name, **args))  # the conversation needs the value
         except (ToolError, SchemaError, UnknownToolError) as exc:
             return exc
 

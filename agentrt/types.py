@@ -66,6 +66,16 @@ class ToolCall(msgspec.Struct, frozen=True):
     arguments: dict[str, Any]
 
 
+class HeldResult(msgspec.Struct, frozen=True, tag=True):
+    """A tool result kept where its tool ran (Ray's object store), not in the driver. Passed as an
+    argument to another tool it goes to that tool's worker straight from the store (the tool gets
+    the value); `ctx.resolve` fetches it into the driver. Journaled as this handle, not the value."""
+
+    object_id: str  # the store's id for it (a Ray ObjectRef's hex)
+    nbytes: int  # size of its JSON encoding
+    tool: str  # the tool that returned it
+
+
 class RetryPolicy(msgspec.Struct, frozen=True):
     """`max_attempts` total tries; `backoff` seconds before retry n is backoff * 2**(n-1)."""
 

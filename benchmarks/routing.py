@@ -3,13 +3,23 @@
 Two workloads: tau-bench airline agent runs (each run a job; every recorded assistant turn an LLM
 call whose prompt is the conversation so far, up to the model's context) and the Mooncake trace
 (each request a job; each 512-token hash id becomes `--model-block-tokens` seeded tokens, first
-`--model-blocks` ids; requests of the trace's 8 most shared prefix groups). Measured on engine replicas on a local Ray cluster, per policy on fresh
-replicas, plus one replica alone (the hit-rate ceiling): prefix hit rate (cached / prompt tokens,
-as the engines report it), mean and p99 job completion time, per-replica load (tokens computed;
-imbalance = max / mean - 1). `--sim` adds the no-model simulator (benchmarks/routing_sim.py) on the
-full Mooncake trace at 8-64 replicas. Tool calls of the agent runs are not executed (LLM calls only).
+`--model-blocks` ids; requests of the trace's 8 most shared prefix groups). Measured on engine
+replicas on a local Ray cluster, per policy on fresh replicas, plus one replica alone (the hit-rate
+ceiling): prefix hit rate (cached / prompt tokens, as the engines report it), the hit rate on the
+tokens past the prefix all agent runs share (system prompt + tool schemas: the conversation's own
+tokens), mean and p99 job completion time, per-replica load (tokens computed; imbalance = max /
+mean - 1). Tool calls of the agent runs are not executed (LLM calls only).
 
-    python benchmarks/routing.py [--replicas 2] [--jobs 8] [--max-turns 6] [--trajectories FILE] [--sim] [--quick]
+The regime is memory pressure, where one machine is not enough: `--concurrency` jobs in flight, and
+each replica's KV cache (the same for every policy) holds the shared prefix plus its share
+(`concurrency / replicas`) of the live conversations at their mean final length, times
+`--kv-headroom`. A policy that scatters a conversation over replicas then evicts and recomputes
+it. The one-replica ceiling gets the pooled budget (replicas x per-replica). The Mooncake replay's
+working set is far below that budget (no pressure there). `--sim` adds the no-model simulator
+(benchmarks/routing_sim.py) on the full Mooncake trace at 8-64 replicas.
+
+    python benchmarks/routing.py [--replicas 2] [--jobs 16] [--max-turns 6] [--concurrency 8] [--kv-headroom 1.25]
+        [--trajectories FILE] [--sim] [--quick]
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa:
 CONTEXT = 4096
 POLICIES = ("kv-aware", "round-robin", "least-loaded")
 MOONCAKE_BLOCK = 512
+BLOCK = 16  # engine KV block size (tokens)
 
 
 @dataclass(slots=True)
@@ -103,53 +114,79 @@ def mooncake_jobs(reqs: list[dict[str, Any]], blocks: int, block_tokens: int) ->
 
 
 # ---- measured: replicas on Ray ----------------------------------------------------------------
-async def replay(engine: Any, jobs: list[Job], concurrency: int) -> list[float]:
+async def replay(engine: Any, jobs: list[Job], concurrency: int) -> tuple[list[float], list[tuple[int, int]]]:
     """Run every job (its turns in order, each turn's conversation pinned like a session's);
-    `concurrency` jobs at a time. Returns job completion times."""
+    `concurrency` jobs at a time. Returns job completion times and (prompt, cached) tokens per call."""
     from agentrt.engine_client import LLMRequest
 
     slots = asyncio.Semaphore(concurrency)
     jct: list[float] = []
+    calls: list[tuple[int, int]] = []
 
     async def one(i: int, job: Job) -> None:
         async with slots:
             start = time.perf_counter()
             for prompt, out in job.turns:
                 res = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=out, ignore_eos=True))
+                calls.append((res.usage.prompt_tokens, res.usage.cached_tokens))
                 engine.pin(f"job{i}", prompt + res.token_ids, 30.0)
             engine.unpin(f"job{i}")
             jct.append(time.perf_counter() - start)
 
     await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
-    return jct
+    return jct, calls
 
 
-def summarise(jct: list[float], hit: float, work: dict[str, int], replicas: int) -> dict[str, Any]:
+def shared_prefix_len(jobs: list[Job]) -> int:
+    """Tokens every job's prompts start with (the agent's system prompt and tool schemas)."""
+    prompts = [job.turns[0][0] for job in jobs if job.turns]
+    n = min((len(p) for p in prompts), default=0)
+    return next((i for i in range(n) if len({p[i] for p in prompts}) > 1), n)
+
+
+def conversation_hit_rate(calls: list[tuple[int, int]], shared: int) -> float:
+    """Hit rate on the tokens past the shared prefix (a cached span is a prefix, so its tokens past
+    `shared` are the conversation's own)."""
+    total = sum(max(0, p - shared) for p, _ in calls)
+    return sum(max(0, c - shared) for _, c in calls) / total if total else 0.0
+
+
+def kv_blocks_per_replica(jobs: list[Job], replicas: int, concurrency: int, headroom: float, block_size: int) -> int:
+    """The memory-pressure budget: room for the shared prefix plus this replica's share of the live
+    conversations (`concurrency / replicas` of them, each at its mean final length past the shared
+    prefix, output included), times `headroom`. The same for every policy."""
+    shared = shared_prefix_len(jobs)
+    own = statistics.fmean(len(j.turns[-1][0]) + j.turns[-1][1] - shared for j in jobs if j.turns)
+    tokens = headroom * (shared + concurrency / replicas * own)
+    return -(-int(tokens) // block_size)
+
+
+def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work: dict[str, int], replicas: int) -> dict[str, Any]:
     loads = [work.get(name, 0) for name in sorted(work)] + [0] * (replicas - len(work))
     mean = statistics.fmean(loads) if loads else 0.0
     ordered = sorted(jct)
-    return {"hit_rate": hit, "jct_mean_s": statistics.fmean(jct), "jct_p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    hit = sum(c for _, c in calls) / max(1, sum(p for p, _ in calls))
+    return {"hit_rate": hit, "conv_hit_rate": conversation_hit_rate(calls, shared), "jct_mean_s": statistics.fmean(jct),
+            "jct_p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
             "imbalance": max(loads) / mean - 1 if mean else 0.0, "load": loads}
 
 
-def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int,
-            overlap_weight: float) -> dict[str, dict[str, Any]]:
+def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int, overlap_weight: float,
+            num_kv_blocks: int, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
-    options = {"num_threads": 1, "kv_cache_memory_gb": 0.25}
+    options = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
     config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
-                       num_cpus_per_replica=0.5, engine_options=options)
+                       affinity_slack=affinity_slack, num_cpus_per_replica=0.5, engine_options=options)
     out = {}
     with RayCluster(config) as cluster:
         engine = cluster.engine
         assert engine is not None
         for name, jobs in workloads.items():
-            before = (engine.stats.prompt_tokens, engine.stats.cached_tokens, dict(engine.stats.tokens_by_replica))
-            jct = asyncio.run(replay(engine, jobs, concurrency))
-            prompt = engine.stats.prompt_tokens - before[0]
-            hit = (engine.stats.cached_tokens - before[1]) / max(1, prompt)
-            work = {r: t - before[2].get(r, 0) for r, t in engine.stats.tokens_by_replica.items()}
-            out[name] = summarise(jct, hit, work, replicas)
+            before = dict(engine.stats.tokens_by_replica)
+            jct, calls = asyncio.run(replay(engine, jobs, concurrency))
+            work = {r: t - before.get(r, 0) for r, t in engine.stats.tokens_by_replica.items()}
+            out[name] = summarise(jct, calls, shared_prefix_len(jobs), work, replicas)
     return out
 
 
@@ -164,7 +201,7 @@ def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]
 
 
 def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
-            load: float, overlap_weight: float) -> dict[str, dict[str, Any]]:
+            load: float, overlap_weight: float, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
     """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
     times the replicas' capacity."""
     duration = max(r["timestamp"] for r in reqs) / 1000
@@ -177,7 +214,7 @@ def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: floa
         single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
         out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
         for policy in POLICIES:
-            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight)
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack)
             loads = list(res.work_s.values())
             ordered = sorted(res.jct_s)
             out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
@@ -188,47 +225,67 @@ def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: floa
 
 # ---- report ---------------------------------------------------------------------------------------
 def targets(single: dict[str, Any], pol: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, on every prompt token (`hit_rate`) and on the conversation's own tokens."""
     kv, rr = pol["kv-aware"], pol["round-robin"]
-    return {"kv_hit_vs_single": kv["hit_rate"] / max(1e-9, single["hit_rate"]),
-            "kv_hit_vs_round_robin": kv["hit_rate"] / max(1e-9, rr["hit_rate"]),
-            "kv_imbalance": kv["imbalance"],
-            "met": kv["hit_rate"] >= 0.95 * single["hit_rate"] and kv["hit_rate"] >= 1.5 * rr["hit_rate"] and kv["imbalance"] <= 0.2}
+    out: dict[str, Any] = {"kv_imbalance": kv["imbalance"]}
+    for key, label in (("hit_rate", ""), ("conv_hit_rate", "conv_")):
+        vs_single = kv[key] / max(1e-9, single[key])
+        vs_rr = kv[key] / max(1e-9, rr[key])
+        out |= {f"kv_{label}hit_vs_single": vs_single, f"kv_{label}hit_vs_round_robin": vs_rr,
+                f"{label}met": vs_single >= 0.95 and vs_rr >= 1.5 and kv["imbalance"] <= 0.2}
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def rows_of(single: dict[str, Any], pol: dict[str, dict[str, Any]]) -> list[list[Any]]:
     rr = pol["round-robin"]
-    rows = [["1 replica", single["hit_rate"], single["jct_mean_s"], single["jct_p99_s"], 0.0, "-", "-"]]
+    nan = float("nan")
+    rows = [["1 replica", single["hit_rate"], single.get("conv_hit_rate", nan), single["jct_mean_s"], single["jct_p99_s"],
+             0.0, "-", "-", "-"]]
     for name, r in pol.items():
-        rows.append([name, r["hit_rate"], r["jct_mean_s"], r["jct_p99_s"], r["imbalance"],
-                     r["hit_rate"] / max(1e-9, rr["hit_rate"]), rr["jct_mean_s"] / r["jct_mean_s"]])
+        conv = r.get("conv_hit_rate", nan)
+        rows.append([name, r["hit_rate"], conv, r["jct_mean_s"], r["jct_p99_s"], r["imbalance"],
+                     _ratio(r["hit_rate"], rr["hit_rate"]), _ratio(conv, rr.get("conv_hit_rate", nan)),
+                     rr["jct_mean_s"] / r["jct_mean_s"]])
     return rows
 
 
-COLUMNS = ["policy", "hit rate", "JCT mean s", "JCT p99 s", "imbalance", "hit vs RR", "JCT speed-up vs RR"]
+COLUMNS = ["policy", "hit rate", "conv. hit rate", "JCT mean s", "JCT p99 s", "imbalance", "hit vs RR", "conv. hit vs RR",
+           "JCT speed-up vs RR"]
 
 
 def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]) -> None:
-    """Each workload on one replica, then per replica count and policy on fresh replicas. The first
-    count's agent figures are `policies` in the JSON; every count is under `by_replicas`."""
+    """Per replica count: one replica with the pooled KV budget (the hit-rate ceiling), then each
+    policy on fresh replicas with the per-replica budget. The first count's agent figures are
+    `policies` in the JSON; every count is under `by_replicas`."""
     runs, tools = eval_runs(args.trajectories)
     workloads = {"agent": agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out),
                  "mooncake": mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests), args.model_blocks,
                                           args.model_block_tokens)}
-    single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight)
     data["by_replicas"] = {}
+    data["concurrency"], data["kv_headroom"] = args.concurrency, args.kv_headroom
+    data["overlap_weight"], data["affinity_slack"] = args.overlap_weight, args.affinity_slack
+    data["agent_shared_prefix_tokens"] = shared_prefix_len(workloads["agent"])
     for n in args.replicas:
-        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight) for p in POLICIES}
+        blocks = kv_blocks_per_replica(workloads["agent"], n, args.concurrency, args.kv_headroom, BLOCK)
+        single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight, n * blocks)
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack)
+                for p in POLICIES}
+        data["by_replicas"][str(n)] = {"kv_blocks_per_replica": blocks, "block_size": BLOCK}
         for name in workloads:
             pol = {p: pols[p][name] for p in POLICIES}
-            title = f"{name} replay, {n} replicas on local Ray"
+            title = f"{name} replay, {n} replicas on local Ray, {blocks} KV blocks of {BLOCK} tokens each"
             print_table(title, COLUMNS, rows_of(single[name], pol))
-            sections.append(f"**{title}** (imbalance = max / mean replica load - 1)\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
-            data["by_replicas"].setdefault(str(n), {})[name] = {"policies": pol, "targets": targets(single[name], pol)}
+            sections.append(f"**{title}**\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
+            entry = {"policies": pol, "single_replica": single[name], "targets": targets(single[name], pol)}
+            data["by_replicas"][str(n)][name] = entry
             if n == args.replicas[0]:
                 data["policies" if name == "agent" else f"{name}_policies"] = pol
-                data[f"{name}_targets"] = targets(single[name], pol)
-    for name in workloads:
-        data[f"{name}_single_replica"] = single[name]
+                data[f"{name}_targets"], data[f"{name}_single_replica"] = entry["targets"], single[name]
+                data["kv_blocks_per_replica"] = blocks
 
 
 def main() -> None:
@@ -240,7 +297,9 @@ def main() -> None:
     ap.add_argument("--mooncake-requests", type=int, default=64, help="from the 8 most shared prefix groups")
     ap.add_argument("--model-blocks", type=int, default=8, help="Mooncake hash ids kept per request")
     ap.add_argument("--model-block-tokens", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=8, help="jobs in flight")
+    ap.add_argument("--kv-headroom", type=float, default=1.25,
+                    help="per-replica KV budget = headroom x (shared prefix + its share of the live conversations)")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format (default: eval split)")
     ap.add_argument("--sim", action="store_true", help="also simulate the full Mooncake trace at 8-64 replicas")
     ap.add_argument("--sim-replicas", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -249,19 +308,21 @@ def main() -> None:
     ap.add_argument("--sim-decode-s", type=float, default=2e-2, help="simulated seconds per output token")
     ap.add_argument("--sim-load", type=float, default=0.9, help="offered uncached work / simulated capacity")
     ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
+    ap.add_argument("--affinity-slack", type=lambda v: None if v == "none" else int(v), default=1,
+                    help="kv-aware: prefix affinity while in-flight requests differ by at most this ('none': cost only)")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.max_turns, args.mooncake_requests, args.sim_replicas = 2, 2, 4, [8]
     data: dict[str, Any] = {}
-    sections = []
+    sections: list[str] = []
     if not args.no_cluster:
         measured(args, data, sections)
     if args.sim or args.quick:
         reqs = mooncake(None if not args.quick else 200)
         sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,
-                      args.overlap_weight)
+                      args.overlap_weight, args.affinity_slack)
         data["sim"] = sim
         for n, res in sim.items():
             single = {"hit_rate": res["single_replica_hit_rate"], "jct_mean_s": float("nan"), "jct_p99_s": float("nan")}
@@ -274,7 +335,12 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     body = ("The machine was shared with other jobs while measuring; JCTs are noisy (one run per policy). "
             "Targets (agent replay): kv-aware hit rate within 5% of one replica's and >= 1.5x round-robin's, "
-            "imbalance <= 0.2.\n\n" + "\n\n".join(sections))
+            "imbalance <= 0.2. Regime: memory pressure (see the module docstring of benchmarks/routing.py): "
+            f"{args.concurrency} jobs in flight, each replica's KV budget = {args.kv_headroom} x (the "
+            f"{data.get('agent_shared_prefix_tokens', 0)}-token shared prefix + its share of the live conversations); "
+            "the 1-replica row has the pooled budget. conv. hit rate = hit rate on the tokens past the shared prefix. "
+            f"kv-aware: overlap weight {args.overlap_weight}, affinity slack {args.affinity_slack}.\n\n"
+            + "\n\n".join(sections))
     write_section("routing", "Routing: KV-aware vs round-robin vs least-loaded (agentrt[ray])", body, command, data)
 
 

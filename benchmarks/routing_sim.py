@@ -10,6 +10,7 @@ flight. Times are simulated seconds, not measurements.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ class SimReplica:
     cache: RadixCache
     free_at: float = 0.0
     work_s: float = 0.0
-    inflight: list[tuple[float, int]] = field(default_factory=list)  # heap of (finish time, blocks)
+    inflight: list[tuple[float, int, list[Any]]] = field(default_factory=list)  # heap of (finish time, seq, blocks)
     removed: list[Any] = field(default_factory=list)
 
 
@@ -72,11 +73,11 @@ def _serve(rep: SimReplica, req: SimRequest) -> int:
 
 
 def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
-             prefill_s: float, decode_s: float, overlap_weight: float = 1.0) -> SimResult:
+             prefill_s: float, decode_s: float, overlap_weight: float = 1.0, affinity_slack: int | None = 1) -> SimResult:
     """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
     in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
     after the previous one finished."""
-    router = Router(policy, overlap_weight)
+    router = Router(policy, overlap_weight, affinity_slack)
     reps = {f"r{i}": _replica(capacity_blocks) for i in range(num_replicas)}
     for name in reps:
         router.add_replica(name)
@@ -86,13 +87,14 @@ def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacit
     queue = [(turns[0].arrival, job, 0) for job, turns in jobs.items()]
     heapq.heapify(queue)
     end: dict[int, float] = {}
+    seq = itertools.count()  # tie-break for the in-flight heaps
     hit = total = 0
     while queue:
         now, job, k = heapq.heappop(queue)
         req = jobs[job][k]
         for name, rep in reps.items():  # requests finished by now leave the router's load
             while rep.inflight and rep.inflight[0][0] <= now:
-                router.end(name, heapq.heappop(rep.inflight)[1])
+                router.end(name, heapq.heappop(rep.inflight)[2])
         name = router.route(req.blocks, req.session).replica
         rep = reps[name]
         cached = _serve(rep, req)
@@ -105,8 +107,8 @@ def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacit
         service = (sum(req.block_tokens) - hit_tokens) * prefill_s + req.output_tokens * decode_s
         rep.free_at = max(now, rep.free_at) + service
         rep.work_s += service
-        heapq.heappush(rep.inflight, (rep.free_at, len(req.blocks)))
-        router.begin(name, len(req.blocks))
+        heapq.heappush(rep.inflight, (rep.free_at, next(seq), req.blocks))
+        router.begin(name, req.blocks)
         if k + 1 < len(jobs[job]):
             heapq.heappush(queue, (rep.free_at + jobs[job][k + 1].arrival, job, k + 1))
         else:

@@ -85,8 +85,7 @@ class RayEngineClient(LocalTokenizer):
         decision = pool.router.route(hashes, session)
         name, handle = decision.replica, pool.handles[decision.replica]
         pool.router.index.apply(name, stored=hashes)  # optimistic: the prompt's blocks land there
-        need = len(hashes) + 1
-        pool.router.begin(name, need)
+        pool.router.begin(name, hashes)
         try:
             refs = getattr(handle, method).options(num_returns=num_returns).remote(*args)
             reply: ReplicaReply = await (refs[-1] if num_returns > 1 else refs)
@@ -94,8 +93,11 @@ class RayEngineClient(LocalTokenizer):
             pool.replace(name, handle)
             raise
         finally:
-            pool.router.end(name, need)
-        pool.router.index.apply(name, reply.events.stored, reply.events.removed)
+            pool.router.end(name, hashes)
+        # The events, then what the optimistic guess got wrong: prompt blocks past the replica's
+        # cached prefix are not there now (a full cache dropped or never kept them).
+        stored = reply.events.stored
+        pool.router.index.apply(name, stored, [*reply.events.removed, *hashes[len(stored):]])
         u = reply.response.usage
         work = self.stats.tokens_by_replica
         work[name] = work.get(name, 0) + u.prefill_tokens_computed + u.generated_tokens

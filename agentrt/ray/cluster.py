@@ -58,7 +58,8 @@ class RayCluster:
             self.pool = ReplicaPool("replica", cfg.num_replicas, cfg)
         self.pool.start()
         self.engine = RayEngineClient(self.pool, prefill=self.prefill_pool, max_retries=cfg.max_retries)
-        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool, cfg.default_tool_resource)
+        self.tools = RayToolExecutor(cfg.tool_resources, cfg.num_cpus_per_tool, cfg.default_tool_resource,
+                                     cfg.large_result_bytes)
         return self
 
     def _init_ray(self) -> None:
@@ -66,7 +67,8 @@ class RayCluster:
         if self.config.address == "local":
             # Workers import graphs and tools by module path: give them the driver's import path.
             path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-            ray.init(object_store_memory=self.config.object_store_memory, include_dashboard=False,
+            # address="local": always a new cluster, never one that happens to run on this machine.
+            ray.init(address="local", object_store_memory=self.config.object_store_memory, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}}, logging_level=logging.WARNING)
             self._started_ray = True
         else:

@@ -21,7 +21,9 @@ class RayConfig:
     `engine.LLM` keyword arguments for every replica (None model = the shipped one).
     `tool_resources` maps tool names to "cpu", "storage" (the custom `storage` resource), "gpu" or
     "local" (in the driver: for tools bound to job state, such as a per-job database in a context
-    variable); tools not named get `default_tool_resource`. Raises RouterError (a ValueError) naming a bad value.
+    variable); tools not named get `default_tool_resource`. A remote tool's result whose JSON is
+    larger than `large_result_bytes` stays in Ray's object store and reaches the job as a HeldResult
+    (None: every result comes back to the driver; see agentrt.ray.tools). Raises RouterError (a ValueError) naming a bad value.
     """
 
     address: str = "local"
@@ -30,6 +32,7 @@ class RayConfig:
     num_decode_replicas: int = 0
     router: str = "kv-aware"
     overlap_weight: float = 1.0  # kv-aware cost: weight of blocks to prefill against active blocks
+    affinity_slack: int | None = 1  # kv-aware: prefix affinity while in-flight requests differ by at most this
     num_cpus_per_replica: float = 1.0
     num_gpus_per_replica: float = 0.0
     engine_options: dict[str, Any] = field(default_factory=dict)
@@ -37,6 +40,7 @@ class RayConfig:
     tool_resources: dict[str, str] = field(default_factory=dict)
     default_tool_resource: str = "cpu"
     num_cpus_per_tool: float = 1.0
+    large_result_bytes: int | None = None
     object_store_memory: int | None = 200 * 2**20  # for a local cluster; None = Ray's default
     placement_group: bool | None = None  # None: a placement group only when replicas take GPUs
 
@@ -52,6 +56,8 @@ class RayConfig:
                 raise RouterError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_replicas < 1 and not self.disaggregated:
             raise RouterError(f"num_replicas must be >= 1, got {self.num_replicas}")
+        if self.large_result_bytes is not None and self.large_result_bytes < 0:
+            raise RouterError(f"large_result_bytes must be None or >= 0, got {self.large_result_bytes}")
         bad = {t: r for t, r in (self.tool_resources | {"(default)": self.default_tool_resource}).items() if r not in TOOL_RESOURCES}
         if bad:
             raise RouterError(f"tool resources must be one of {TOOL_RESOURCES}, got {bad}")

@@ -7,8 +7,14 @@ request's cached prefix on a replica is the longest run of its hashes, from the 
 replica holds. Replicas feed the index with block events (stored / removed hashes).
 
 Policies:
-- `kv-aware`: cost(r) = overlap_weight * blocks r must prefill + blocks active on r after admission
-  (Dynamo's KV-router cost); the cheapest replica wins.
+- `kv-aware`: Ray Serve LLM's prefix-aware rule with Dynamo's cost inside it. While the busiest
+  replica has at most `affinity_slack` more requests in flight than the idlest, only the replicas
+  holding the longest prefix of the request compete (all of them when none holds any); otherwise
+  the replicas with the fewest requests in flight compete. Among those that compete, cost(r) =
+  overlap_weight * blocks r must prefill + blocks active on r after admission (Dynamo's KV-router
+  cost) picks. `affinity_slack=None` leaves the cost alone to decide: then one in-flight request's
+  blocks outweigh a whole cached conversation and new jobs pile on the replicas holding a shared
+  system prompt (benchmarks/routing.py, docs/benchmarks.md).
 - `round-robin`: the next live replica in turn.
 - `least-loaded`: the fewest requests in flight (then the fewest active blocks).
 
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from agentrt.errors import AgentrtError
 
 POLICIES = ("kv-aware", "round-robin", "least-loaded")
+OUTPUT_BLOCKS = 1  # blocks a request's output is budgeted in the load (the generated tail)
 
 
 class RouterError(AgentrtError, ValueError):
@@ -84,8 +91,28 @@ class KVIndex:
 
 @dataclass(slots=True)
 class Load:
+    """What a replica has in flight. Blocks are counted once however many in-flight requests share
+    them (Dynamo's active-block count): requests on one prefix cost the replica that prefix once."""
+
     num_requests: int = 0  # requests in flight
-    num_blocks: int = 0  # KV blocks those requests occupy (prompt + budgeted output)
+    active: dict[Hashable, int] = field(default_factory=dict)  # prompt block hash -> in-flight requests on it
+    num_private: int = 0  # blocks budgeted for the in-flight requests' outputs (shared by none)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.active) + self.num_private
+
+    def num_active_prefix(self, hashes: Sequence[Hashable]) -> int:
+        """Leading blocks of `hashes` already active here. Hashes are chained, so an active block
+        brings its whole prefix with it: the active ones form a leading run (binary search)."""
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in self.active:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,10 +135,9 @@ class Router:
     """Routes requests over named replicas. Call `route` then `begin`/`end` around the request."""
 
     policy: str = "kv-aware"
-    # Dynamo's default. 4.0 measured better on the Mooncake trace (hit rate 0.96x of one replica's
-    # instead of 0.80x at 16 simulated replicas) but piled agent runs that share a long system prompt
-    # onto one replica (imbalance 1.16 at 4 real replicas vs 0.15 with 1.0; benchmarks/routing.py).
+    # Dynamo's default weight (blocks to prefill count as much as active blocks).
     overlap_weight: float = 1.0
+    affinity_slack: int | None = 1  # None: the cost alone decides
     index: KVIndex = field(default_factory=KVIndex)
     loads: dict[str, Load] = field(default_factory=dict)
     _turn: int = 0
@@ -121,6 +147,8 @@ class Router:
             raise RouterError(f"router policy must be one of {POLICIES}, got {self.policy!r}")
         if self.overlap_weight < 0:
             raise RouterError(f"overlap_weight must be >= 0, got {self.overlap_weight}")
+        if self.affinity_slack is not None and self.affinity_slack < 0:
+            raise RouterError(f"affinity_slack must be None or >= 0, got {self.affinity_slack}")
 
     @property
     def replicas(self) -> list[str]:
@@ -147,25 +175,51 @@ class Router:
         else:
             key = session if session is not None else str(hashes[0] if hashes else "")
             rank = {r: i for i, r in enumerate(rendezvous(key, names))}
-            name = min(names, key=lambda r: (*self._cost(r, len(hashes), overlap.get(r, 0)), rank[r]))
+            compete = self._affine(names, overlap) if self.policy == "kv-aware" else names
+            name = min(compete, key=lambda r: (*self._cost(r, hashes, overlap.get(r, 0)), rank[r]))
         return Decision(name, overlap.get(name, 0))
 
-    def _cost(self, replica: str, num_blocks: int, overlap: int) -> tuple[float, ...]:
+    def _affine(self, names: list[str], overlap: dict[str, int]) -> list[str]:
+        """Who competes under kv-aware: the holders of the longest prefix while the requests in
+        flight are balanced within `affinity_slack`, else the least busy replicas."""
+        if self.affinity_slack is None:
+            return names
+        in_flight = {r: self.loads[r].num_requests for r in names}
+        fewest = min(in_flight.values())
+        if max(in_flight.values()) - fewest > self.affinity_slack:
+            return [r for r in names if in_flight[r] == fewest]
+        best = max(overlap.values(), default=0)
+        return [r for r in names if overlap.get(r, 0) == best] if best else names
+
+    def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]
         if self.policy == "least-loaded":
             return (load.num_requests, load.num_blocks)
-        return (self.overlap_weight * (num_blocks - overlap) + load.num_blocks + num_blocks,)
+        # Dynamo's cost: blocks to prefill (weighted) + the replica's active blocks once this request
+        # joins (its blocks already active there, and its output block, counted as they add).
+        joined = load.num_blocks + len(hashes) - load.num_active_prefix(hashes) + OUTPUT_BLOCKS
+        return (self.overlap_weight * (len(hashes) - overlap) + joined,)
 
-    def begin(self, replica: str, num_blocks: int) -> None:
-        """A request of `num_blocks` blocks was sent to `replica`."""
+    def begin(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS) -> None:
+        """A request with prompt blocks `hashes` was sent to `replica`."""
         load = self.loads.get(replica)
-        if load is not None:
-            load.num_requests += 1
-            load.num_blocks += num_blocks
+        if load is None:
+            return
+        load.num_requests += 1
+        load.num_private += num_output_blocks
+        for h in hashes:
+            load.active[h] = load.active.get(h, 0) + 1
 
-    def end(self, replica: str, num_blocks: int) -> None:
+    def end(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS) -> None:
         """That request finished (or failed) on `replica`."""
         load = self.loads.get(replica)
-        if load is not None:
-            load.num_requests = max(0, load.num_requests - 1)
-            load.num_blocks = max(0, load.num_blocks - num_blocks)
+        if load is None:
+            return
+        load.num_requests = max(0, load.num_requests - 1)
+        load.num_private = max(0, load.num_private - num_output_blocks)
+        for h in hashes:
+            left = load.active.get(h, 0) - 1
+            if left > 0:
+                load.active[h] = left
+            else:
+                load.active.pop(h, None)

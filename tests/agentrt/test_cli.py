@@ -64,6 +64,32 @@ def test_a_failed_job_exits_1_and_says_why_on_stderr(no_model: None) -> None:
     assert "this graph always fails" in res.stderr
 
 
+def test_run_ray_flags_reach_the_cluster_and_the_run_shuts_it_down(no_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray")
+    from agentrt.pools import LocalToolExecutor
+    from agentrt.ray.cluster import RayCluster
+
+    calls: list[Any] = []
+
+    class Started:  # what from_cli hands back: the cluster's engine and tool executor
+        engine = None
+        tools = LocalToolExecutor()
+
+        def shutdown(self) -> None:
+            calls.append("shutdown")
+
+    def from_cli(*args: Any) -> Started:
+        calls.append(args)
+        return Started()
+
+    monkeypatch.setattr(RayCluster, "from_cli", staticmethod(from_cli))
+    res = invoke(*run_args("--quiet", "--ray", "local", "--prefill-replicas", "1", "--decode-replicas", "2",
+                           "--router", "round-robin"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == "slept 0.01 t"
+    assert calls == [("local", 1, 1, 2, "round-robin", None), "shutdown"]
+
+
 @pytest.mark.parametrize("args, says", [
     (["run", "echo", "-i", "{not json"], "--input"),
     (["run", "echo", "-i", "[1, 2]"], "JSON object"),

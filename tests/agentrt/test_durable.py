@@ -158,3 +158,52 @@ async def test_async_client_resume_streams_the_resumed_jobs_events(tmp_path: Pat
     kinds = [e.kind for e in events]
     assert "task_replayed" in kinds and kinds[-1] == "job_finished"  # the first tool call came from the journal
     assert (tmp_path / "log").read_text().splitlines() == ["prepared"]
+
+
+class _HoldingExecutor:
+    """Keeps every result out of the job, as RayToolExecutor does with large ones (in-process here)."""
+
+    def __init__(self) -> None:
+        from agentrt.pools import LocalToolExecutor
+
+        self.local = LocalToolExecutor()
+        self.held: dict[str, Any] = {}
+
+    async def run(self, t: Any, args: dict[str, Any]) -> tuple[Any, float]:
+        from agentrt import HeldResult
+
+        value, cpu = await self.local.run(t, args)
+        handle = HeldResult(f"obj{len(self.held)}", len(str(value)), t.name)
+        self.held[handle.object_id] = value
+        return handle, cpu
+
+    async def resolve(self, value: Any) -> Any:
+        from agentrt import HeldResult
+
+        return self.held[value.object_id] if isinstance(value, HeldResult) else value
+
+
+@tool
+def report() -> str:
+    side["calls"] += 1
+    return "a long report"
+
+
+@graph
+async def held_then_asks(ctx: Any) -> list[Any]:
+    handle = await ctx.call("report")
+    answer = await ctx.interrupt("ok?")
+    return [await ctx.resolve(handle), answer]
+
+
+async def test_a_held_tool_result_replayed_from_the_journal_is_a_handle_again() -> None:
+    side.update(calls=0)
+    reg = Registry()
+    for obj in (report, held_then_asks):
+        reg.register(obj)
+    rt = Runtime(reg, None, tools=_HoldingExecutor(), store=MemoryStore())  # type: ignore[arg-type]
+    res = await rt.run_job(JobSpec(graph="held_then_asks"))
+    assert res.status == "interrupted"
+    done = await rt.resume(res.job_id, "yes")
+    assert done.status == "succeeded" and done.output == ["a long report", "yes"], done.error
+    assert side["calls"] == 1  # replayed (as a handle that still resolves), not run again

@@ -1,11 +1,14 @@
 """agentrt.ray on a real two-node local Ray cluster (ray.cluster_utils.Cluster, 1 CPU per node, a
-`storage` resource on the second): jobs, tool placement, replica failure, disaggregated prefill."""
+`storage` resource on the second): jobs, tool placement, replica failure, disaggregated prefill,
+large tool results kept out of the driver."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +17,9 @@ ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from agentrt import JobSpec, Registry, graph, tool  # noqa: E402
+from agentrt import HeldResult, JobSpec, Registry, Runtime, graph, tool  # noqa: E402
 from agentrt.engine_client import LLMRequest  # noqa: E402
-from agentrt.ray import RayCluster, RayConfig  # noqa: E402
+from agentrt.ray import RayCluster, RayConfig, RayToolExecutor  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 ENGINE = {"device": "cpu", "dtype": "float32", "num_kv_blocks": 256, "block_size": 4, "num_threads": 1, "max_num_seqs": 8}
@@ -57,6 +60,53 @@ async def long_answer(ctx: Any) -> int:
     return len(gen.token_ids)
 
 
+def _materialise(data: str, log: str) -> Report:
+    """Unpickling a Report runs this: it records which process materialised the payload."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return Report(data, log)
+
+
+@dataclass
+class Report:
+    """A large tool result that logs every process it is deserialised in (a dataclass: JSON-encodable,
+    and it pickles by value to the workers)."""
+
+    data: str
+    log: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The class travels by value; drop the encoder info msgspec caches on it (not picklable).
+        if "__msgspec_cache__" in vars(Report):
+            delattr(Report, "__msgspec_cache__")
+        return _materialise, (self.data, self.log)
+
+
+@tool
+def big_report(size: int, log: str) -> Report:
+    """CPU tool with a large result."""
+    return Report("x" * size, log)
+
+
+@tool
+def report_length(report: Any) -> int:
+    """Storage-bound consumer of the large result (typed Any: a Report in the signature would make
+    msgspec cache its schema on the class, which then cannot travel by value to the workers)."""
+    return len(report.data)
+
+
+@graph
+async def pass_report_along(ctx: Any, size: int, log: str) -> dict[str, Any]:
+    report = await ctx.call("big_report", size=size, log=log)
+    return {"held": isinstance(report, HeldResult), "length": await ctx.call("report_length", report=report)}
+
+
+@graph
+async def report_in_a_tool_turn(ctx: Any, size: int, log: str) -> int:
+    (report,) = await ctx.call_all([("big_report", {"size": size, "log": log})])  # the conversation needs its text
+    return len(report.data)
+
+
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[dict[str, str]]:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -78,7 +128,8 @@ def replicas(nodes: dict[str, str]) -> Iterator[RayCluster]:
 
 def _registry() -> Registry:
     reg = Registry()
-    for obj in (double, archive, driver_pid, chat_and_tools, long_answer):
+    for obj in (double, archive, driver_pid, chat_and_tools, long_answer, big_report, report_length, pass_report_along,
+                report_in_a_tool_turn):
         reg.register(obj)
     return reg
 
@@ -160,3 +211,22 @@ async def test_disaggregated_prefill_decode_matches_a_single_replica(nodes: dict
             ref = alone.generate(prompt, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))[0]
             assert out.token_ids == ref.token_ids
             assert out.usage.cached_tokens == len(prompt) // 4 * 4  # the decode replica computed only the tail
+
+
+async def test_a_large_tool_result_goes_to_the_next_tool_through_the_object_store_not_the_driver(
+        replicas: RayCluster, nodes: dict[str, str], tmp_path: Any) -> None:
+    log = str(tmp_path / "materialised.log")
+    tools = RayToolExecutor({"report_length": "storage"}, num_cpus=0.5, large_result_bytes=64 * 1024)
+    runtime = Runtime(_registry(), replicas.engine, tools=tools)
+    size = 4 * 2**20
+    result = await runtime.run_job(JobSpec(graph="pass_report_along", inputs={"size": size, "log": log}))
+    assert result.status == "succeeded", result.error
+    assert result.output == {"held": True, "length": size}
+    assert {p.node_id for p in tools.placements if p.tool == "report_length"} == {nodes["storage"]}
+    readers = Path(log).read_text().split()
+    assert readers and str(os.getpid()) not in readers  # the consumer's worker read it; the driver never did
+    # A model's tool turn needs the text: there the driver resolves it (and the log sees the driver).
+    turn = await runtime.run_job(JobSpec(graph="report_in_a_tool_turn", inputs={"size": 100_000, "log": log}))
+    assert turn.status == "succeeded" and turn.output == 100_000, turn.error
+    assert str(os.getpid()) in Path(log).read_text().split()
+    tools.close()

@@ -39,8 +39,43 @@ def test_kv_aware_leaves_a_busy_replica_when_the_load_outweighs_the_overlap() ->
     for r in ("r0", "r1"):
         router.add_replica(r)
     router.index.apply("r0", stored=[1])
-    router.begin("r0", 50)
+    router.begin("r0", [f"other-{i}" for i in range(50)])
+    router.begin("r0", [f"more-{i}" for i in range(50)])  # 2 in flight vs 0: beyond the affinity slack
     assert router.route([1, 2, 3]).replica == "r1"
+
+
+def test_kv_aware_keeps_a_conversation_on_its_replica_while_the_load_is_balanced() -> None:
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    conversation = ["sys", *[f"c{i}" for i in range(20)]]
+    router.index.apply("r0", stored=conversation)
+    router.index.apply("r1", stored=["sys"])
+    router.begin("r0", ["sys", *[f"other{i}" for i in range(60)]])  # costlier by blocks, one request more
+    assert router.route([*conversation, "turn2"]).replica == "r0"
+    assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(
+        [*conversation, "turn2"]).replica == "r1"  # the cost alone sends it away
+    router.begin("r0", ["sys", "x"])  # 2 more in flight than r1: balance wins
+    assert router.route([*conversation, "turn2"]).replica == "r1"
+
+
+def test_in_flight_requests_on_one_prefix_load_their_replica_with_it_once() -> None:
+    """Two requests in flight on a shared 8-block prefix cost their replica 8 blocks, not 16: a
+    third request on that prefix stays with the prefix instead of being pushed off by its own
+    siblings (the Mooncake replay sent it away and recomputed it elsewhere)."""
+    router = Router("kv-aware", affinity_slack=None)  # the cost alone
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    prefix = list(range(8))
+    router.index.apply("r0", stored=prefix)
+    router.begin("r0", [*prefix, "a"])
+    router.begin("r0", [*prefix, "b"])
+    router.begin("r1", ["x", "y"])
+    assert router.loads["r0"].num_blocks == 10 + 2  # 8 shared + 2 own prompt blocks + 2 output blocks
+    assert router.route([*prefix, "c"]).replica == "r0"
+    router.end("r0", [*prefix, "a"])
+    router.end("r0", [*prefix, "b"])
+    assert router.loads["r0"].num_blocks == 0 and router.loads["r0"].active == {}
 
 
 def test_round_robin_cycles_and_least_loaded_picks_the_idle_replica() -> None:
@@ -51,10 +86,10 @@ def test_round_robin_cycles_and_least_loaded_picks_the_idle_replica() -> None:
     ll = Router("least-loaded")
     for r in ("a", "b"):
         ll.add_replica(r)
-    ll.begin("a", 1)
+    ll.begin("a", [1])
     assert ll.route([1]).replica == "b"
-    ll.end("a", 1)
-    ll.begin("b", 1)
+    ll.end("a", [1])
+    ll.begin("b", [1])
     assert ll.route([1]).replica == "a"
 
 
@@ -100,6 +135,8 @@ def test_bad_policy_and_no_replicas_raise_typed_errors() -> None:
         Router("fastest")
     with pytest.raises(RouterError, match="no live engine replica"):
         Router().route([1])
+    with pytest.raises(RouterError, match="affinity_slack.*-1"):
+        Router(affinity_slack=-1)
 
 
 def test_ray_config_names_the_bad_value() -> None:
@@ -119,3 +156,18 @@ def test_cli_options_are_checked_before_any_ray_process_starts() -> None:
     with pytest.raises(RouterError, match="'fastest'"):
         RayCluster.from_cli("local", 2, 0, 0, "fastest")
     assert not ray.is_initialized()
+
+
+def test_kv_aware_sends_work_to_the_least_busy_replica_once_the_load_is_out_of_balance() -> None:
+    """New jobs sharing a long system prompt do not pile on the replica that holds it: past the
+    slack, the replicas with the fewest requests in flight compete (the cost alone would keep it)."""
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    system = [f"sys{i}" for i in range(100)]
+    router.index.apply("r0", stored=system)
+    router.begin("r0", [*system, "job1"])
+    router.begin("r0", [*system, "job2"])
+    new_job = [*system, "job3"]
+    assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(new_job).replica == "r0"
+    assert router.route(new_job).replica == "r1"

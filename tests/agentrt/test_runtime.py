@@ -284,6 +284,27 @@ def test_sync_tools_stay_plain_callables_with_schemas() -> None:
     assert add.description == "Add two numbers." and time.perf_counter() - start < 1
 
 
+async def test_a_held_result_passes_a_typed_argument_through_and_a_local_executor_refuses_to_resolve_it() -> None:
+    from agentrt import HeldResult, HeldResultError, SchemaError
+    from agentrt.pools import LocalToolExecutor
+
+    @tool
+    def summarise(text: str, limit: int = 10) -> str:
+        return text[:limit]
+
+    held = HeldResult("ab12", 5_000_000, "fetch")
+    assert summarise.validate({"text": held, "limit": "3"}) == {"text": held, "limit": 3}  # the rest still converts
+    with pytest.raises(SchemaError, match="limit"):
+        summarise.validate({"text": held, "limit": "many"})
+    with pytest.raises(SchemaError, match="nope"):
+        summarise.validate({"text": held, "nope": 1})
+    assert summarise.validate({"text": "plain"}) == {"text": "plain", "limit": 10}
+    local = LocalToolExecutor()
+    assert await local.resolve("plain") == "plain"
+    with pytest.raises(HeldResultError, match="ab12.*'fetch'"):
+        await local.resolve(held)
+
+
 async def test_storage_tasks_respect_the_storage_budget_and_count_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import threading
 
