@@ -83,7 +83,7 @@ class Tool:
             converted = msgspec.convert(args, self.args_type, strict=False)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"tool {self.name!r}: {exc}") from exc
-        return {f: getattr(converted, f) for f in converted.__struct_fields__}
+        return msgspec.structs.asdict(converted)
 
 
 def tool(
@@ -144,7 +144,7 @@ class Graph:
             converted = msgspec.convert(inputs, self.inputs_type, strict=False)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"graph {self.name!r} inputs: {exc}") from exc
-        return {f: getattr(converted, f) for f in converted.__struct_fields__}
+        return msgspec.structs.asdict(converted)
 
 
 def graph(fn: Callable[..., Any] | None = None, *, name: str | None = None, failure: FailurePolicy = FailurePolicy.CANCEL_SIBLINGS) -> Any:
