@@ -37,8 +37,9 @@ class Pool(enum.StrEnum):
     NONE = "none"  # agents: pure coordination, no resource held
 
 
-class Usage(msgspec.Struct, kw_only=True):
-    """Resource use of a task (or, summed, of a job)."""
+class Usage(msgspec.Struct, kw_only=True, gc=False):
+    """Resource use of a task (or, summed, of a job). Numbers only, so never part of a reference
+    cycle: `gc=False` keeps one object per task out of the garbage collector's passes."""
 
     prompt_tokens: int = 0
     cached_tokens: int = 0

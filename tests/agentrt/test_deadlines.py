@@ -49,7 +49,7 @@ async def test_a_tools_own_timeout_error_is_not_the_executors_timeout() -> None:
 
 async def test_finished_calls_do_not_accumulate() -> None:
     ex = LocalToolExecutor(default_timeout=300.0)
-    for i in range(2000):
+    for _ in range(2000):
         await ex.run(nap, {"seconds": 0.0})
     assert len(ex.deadlines._heap) <= 65 and not ex.deadlines._live
 
