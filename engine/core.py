@@ -19,6 +19,7 @@ import torch
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
 from engine.kv.radix import RadixNode
+from engine.kv.storage import StorageWorker
 from engine.kv.tiers import DiskKVTier, HostKVTier, block_keys
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
@@ -84,7 +85,10 @@ class EngineCore:
         if "ngram" in config.drafters:
             self.token_drafters["ngram"] = NgramDrafter()
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
-        self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits) if config.host_kv_blocks and self.scheduler.radix else None
+        # Disk writes and prefetch reads run on the storage worker, never on the step thread.
+        storage = StorageWorker(config.kv_storage_budget_bytes) if disk is not None else None
+        self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits, storage) \
+            if config.host_kv_blocks and self.scheduler.radix else None
         self.scheduler.release_pins = self._release_pin
         self.num_pins_released = 0  # pins given up early under KV pressure
         if self.host_tier is not None:
@@ -116,15 +120,16 @@ class EngineCore:
         for key, block in zip(keys, blocks, strict=True):
             self.host_tier.offload(key, kv.k[:, block], kv.v[:, block], hits)
 
-    def _restore(self, tokens: list[int], cached: int) -> tuple[int, int]:
-        """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk).
-        Returns the bytes restored from host and from disk."""
+    def _restore(self, tokens: list[int], cached: int, host_only: bool = False) -> tuple[int, int]:
+        """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk,
+        unless `host_only`). Returns the bytes restored from host and from disk."""
         assert self.host_tier is not None
         bs = self.config.block_size
         keys = block_keys(tokens, bs)
         start = cached // bs
         found = 0
-        while start + found < len(keys) and keys[start + found] in self.host_tier:
+        has = self.host_tier.resident if host_only else self.host_tier.__contains__
+        while start + found < len(keys) and has(keys[start + found]):
             found += 1
         if found == 0:
             return 0, 0
@@ -139,7 +144,7 @@ class EngineCore:
                 return 0, 0
         finally:
             radix.unlock(prefix.node)
-        found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
+        found = next((i for i in range(found) if not has(keys[start + i])), found)
         new = sched.pool.allocate(found)
         kv = self.runner.kv_cache
         block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
@@ -241,12 +246,24 @@ class EngineCore:
                 self.hints.pop(key, None)
                 continue
             self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
-            radix = self.scheduler.radix
-            if steps <= 1 and self.host_tier is not None and radix is not None:
-                limit = (len(token_ids) - 1) // self.config.block_size * self.config.block_size
-                self._restore(token_ids[:limit], radix.cached_prefix_len(token_ids[:limit]))  # prefetch
+            if steps <= 1:
+                self._prefetch(token_ids)
         for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
             del self.hints[key]
+        if self.host_tier is not None and self.host_tier.collect():  # disk reads that finished: to the device
+            for token_ids, steps, _ in list(self.hints.values()):
+                if steps <= 1:
+                    self._prefetch(token_ids)
+
+    def _prefetch(self, token_ids: list[int]) -> None:
+        """A prefix needed soon: its host blocks to the device now; its disk-only blocks to host
+        memory on the storage worker (the step thread never waits on the disk for a prefetch)."""
+        radix = self.scheduler.radix
+        if self.host_tier is None or radix is None:
+            return
+        limit = (len(token_ids) - 1) // self.config.block_size * self.config.block_size
+        self._restore(token_ids[:limit], radix.cached_prefix_len(token_ids[:limit]), host_only=True)
+        self.host_tier.prefetch(block_keys(token_ids[:limit], self.config.block_size))
 
     def _next_use(self) -> dict[RadixNode, float]:
         """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it."""
