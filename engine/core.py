@@ -18,10 +18,11 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.kv.movement import TierMover
 from engine.kv.pins import Pin, PinHooks, PinTable
 from engine.kv.radix import RadixNode
 from engine.kv.storage import StorageWorker
-from engine.kv.tiers import DiskKVTier, HostKVTier, block_keys
+from engine.kv.tiers import DiskKVTier, HostKVTier
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
@@ -83,17 +84,19 @@ class EngineCore:
         storage = StorageWorker(config.kv_storage_budget_bytes) if disk is not None else None
         self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits, storage) \
             if config.host_kv_blocks and self.scheduler.radix else None
+        self.mover: TierMover | None = None
         if self.host_tier is not None:
-            self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
-            self.scheduler.extend_prefix = self._restore
+            self.mover = TierMover(self.scheduler, self.runner.kv_cache, self.host_tier)
+            self.scheduler.radix.on_evict = self.mover.offload  # type: ignore[union-attr]
+            self.scheduler.extend_prefix = self.mover.restore
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
         self._priority_cmds: deque[tuple[str, int]] = deque()
         self.pin_table: PinTable | None = None
         if self.scheduler.radix is not None:
-            host = self.host_tier is not None
-            hooks = PinHooks(self._copy_to_host if host else None, self._restore_from_host if host else None,
+            mover = self.mover
+            hooks = PinHooks(mover.copy_to_host if mover else None, mover.restore_from_host if mover else None,
                              self._resume_seconds_per_token, self._working_set)
             self.pin_table = PinTable(self.scheduler.radix, self.scheduler.pool, hooks, config.kv_pause_fraction)
             self.scheduler.release_pins = self.pin_table.release_one
@@ -104,59 +107,6 @@ class EngineCore:
             self.scheduler.radix.next_use = self._next_use
         self._by_id: dict[str, Sequence] = {}
         self._lock = threading.Lock()
-
-    # ---- KV tiers ----------------------------------------------------------------------
-    def _offload(self, path: list[int], blocks: list[int], hits: int = 0) -> None:
-        """Radix eviction hook: keep the evicted blocks' KV in host memory."""
-        assert self.host_tier is not None
-        bs = self.config.block_size
-        first = len(path) // bs - len(blocks)
-        parent = block_keys(path, bs)[first - 1] if first else b""
-        keys = block_keys(path, bs, first, parent)
-        kv = self.runner.kv_cache
-        for key, block in zip(keys, blocks, strict=True):
-            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block], hits)
-
-    def _restore(self, tokens: list[int], cached: int, host_only: bool = False) -> tuple[int, int]:
-        """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk,
-        unless `host_only`). Returns the bytes restored from host and from disk."""
-        assert self.host_tier is not None
-        bs = self.config.block_size
-        keys = block_keys(tokens, bs)
-        start = cached // bs
-        found = 0
-        has = self.host_tier.resident if host_only else self.host_tier.__contains__
-        while start + found < len(keys) and has(keys[start + found]):
-            found += 1
-        if found == 0:
-            return 0, 0
-        sched, radix = self.scheduler, self.scheduler.radix
-        assert radix is not None
-        prefix = radix.match_prefix(tokens[: start * bs], count=False)
-        radix.lock(prefix.node)  # making room must not evict the prefix being extended
-        for key in keys[start : start + found]:
-            self.host_tier.touch(key)  # nor may offloads push these blocks out of host memory
-        try:
-            if not sched._make_room(found):
-                return 0, 0
-        finally:
-            radix.unlock(prefix.node)
-        found = next((i for i in range(found) if not has(keys[start + i])), found)
-        new = sched.pool.allocate(found)
-        kv = self.runner.kv_cache
-        block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
-        moved = {"host": 0, "disk": 0}
-        restored = 0
-        for key, block in zip(keys[start : start + found], new, strict=True):
-            source = self.host_tier.restore(key, kv.k[:, block], kv.v[:, block])
-            if source is None:
-                break  # unreadable (corrupt disk block): recompute from here on
-            restored += 1
-            moved[source] += block_bytes
-        if restored:
-            radix.insert(tokens[: (start + restored) * bs], prefix.block_ids + new[:restored])
-        sched.pool.decref(new)  # the tree holds the restored ones now; the rest return to the pool
-        return moved["host"], moved["disk"]
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:
@@ -246,24 +196,14 @@ class EngineCore:
                 self.hints.pop(key, None)
                 continue
             self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
-            if steps <= 1:
-                self._prefetch(token_ids)
+            if steps <= 1 and self.mover is not None:
+                self.mover.prefetch(token_ids)
         for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
             del self.hints[key]
-        if self.host_tier is not None and self.host_tier.collect():  # disk reads that finished: to the device
+        if self.mover is not None and self.mover.host.collect():  # disk reads that finished: to the device
             for token_ids, steps, _ in list(self.hints.values()):
                 if steps <= 1:
-                    self._prefetch(token_ids)
-
-    def _prefetch(self, token_ids: list[int]) -> None:
-        """A prefix needed soon: its host blocks to the device now; its disk-only blocks to host
-        memory on the storage worker (the step thread never waits on the disk for a prefetch)."""
-        radix = self.scheduler.radix
-        if self.host_tier is None or radix is None:
-            return
-        limit = (len(token_ids) - 1) // self.config.block_size * self.config.block_size
-        self._restore(token_ids[:limit], radix.cached_prefix_len(token_ids[:limit]), host_only=True)
-        self.host_tier.prefetch(block_keys(token_ids[:limit], self.config.block_size))
+                    self.mover.prefetch(token_ids)
 
     def _next_use(self) -> dict[RadixNode, float]:
         """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it."""
@@ -284,19 +224,6 @@ class EngineCore:
     def num_pins_released(self) -> int:
         """Pins given up early under KV pressure (see engine.kv.pins)."""
         return self.pin_table.num_released if self.pin_table is not None else 0
-
-    def _copy_to_host(self, token_ids: list[int]) -> None:
-        """A paused agent's cached prefix: its KV copied to the host tier (its device blocks stay
-        cached, evictable; an eviction then finds the copy and moves nothing)."""
-        assert self.host_tier is not None and self.scheduler.radix is not None
-        match = self.scheduler.radix.match_prefix(token_ids, count=False)
-        kv = self.runner.kv_cache
-        for key, block in zip(block_keys(token_ids[: match.num_tokens], self.config.block_size), match.block_ids, strict=True):
-            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block])
-
-    def _restore_from_host(self, token_ids: list[int]) -> None:
-        assert self.scheduler.radix is not None
-        self._restore(token_ids, self.scheduler.radix.cached_prefix_len(token_ids), host_only=True)
 
     def _working_set(self) -> int:
         """Device blocks held by running requests or pinned prefixes, O(those blocks)."""
