@@ -67,4 +67,6 @@ class LocalToolExecutor:
         return await self.threads.run(tool.name, tool.fn, args)
 
     def close(self) -> None:
-        """Nothing to release: threads and processes live only as long as their calls."""
+        """End the idle tool threads now (busy ones end after their call; idle ones also end by
+        themselves after a while). Processes live only as long as their calls."""
+        self.threads.close()

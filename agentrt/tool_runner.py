@@ -62,13 +62,13 @@ class SyncToolThreads:
     for `idle_seconds` ends. Starting a thread per call cost the event loop ~0.4 ms each (it waits
     for the thread to start)."""
 
-    def __init__(self, limiter: anyio.CapacityLimiter, max_abandoned_per_tool: int = 4, idle_seconds: float = 30.0) -> None:
+    def __init__(self, limiter: anyio.CapacityLimiter, max_abandoned_per_tool: int = 4, idle_seconds: float = 10.0) -> None:
         self.limiter = limiter
         self.max_abandoned_per_tool = max_abandoned_per_tool
         self.idle_seconds = idle_seconds
         self.abandoned: dict[str, int] = {}  # tool -> abandoned calls still running
         self.num_abandoned = 0  # total ever abandoned
-        self.num_threads_started = 0
+        self.num_threads_started = self.num_threads_alive = 0
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
 
@@ -88,12 +88,21 @@ class SyncToolThreads:
                 self._abandon(call)
                 raise
 
+    def close(self) -> None:
+        """End the idle threads (a later call starts new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.inbox.put(())
+
     def _submit(self, item: tuple[Any, ...]) -> None:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
             worker = _Worker()
-            self.num_threads_started += 1
+            with self._lock:
+                self.num_threads_started += 1
+                self.num_threads_alive += 1
             threading.Thread(target=self._serve, args=(worker,), name="agentrt-tool", daemon=True).start()
         worker.inbox.put(item)
 
@@ -105,8 +114,13 @@ class SyncToolThreads:
                 with self._lock:
                     if any(w is worker for w in self._idle):
                         self._idle.remove(worker)
+                        self.num_threads_alive -= 1
                         return
                 continue  # it was handed a call as it timed out
+            if not item:  # `close`
+                with self._lock:
+                    self.num_threads_alive -= 1
+                return
             self._work(worker, *item)
 
     def _work(self, worker: _Worker, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], call: _Call,

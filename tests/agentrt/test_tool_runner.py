@@ -151,6 +151,10 @@ async def test_sync_tool_threads_are_reused_across_calls() -> None:
     results = await _gather_quick(ex, 10)
     assert [r[0] for r in results] == [i + 1 for i in range(10)]
     assert ex.threads.num_threads_started <= 2  # one thread per CPU slot, not one per call
+    ex.close()  # the idle threads end
+    with anyio.fail_after(5):
+        while ex.threads.num_threads_alive:
+            await anyio.sleep(0.01)
 
 
 async def _gather_quick(ex: LocalToolExecutor, n: int) -> list[Any]:
