@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -190,7 +191,8 @@ def main() -> None:
             "for LangGraph; CPU us/task: the process's CPU time (all threads) per task, median, which a shared machine "
             "inflates less than wall time. "
             "agentrt with the default PoolLimits (8 CPU slots: the wide-sync shape queues). Machine shared with other jobs "
-            "(load average ~10 on 2 cores during the run): wall-clock figures include time the process was not on a core. "
+            f"(1-minute load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end of the run): wall-clock "
+            "figures include time the process was not on a core. "
             "Targets: <= 50 us per task on the async shapes, flat with width, and >= 10x lower than LangGraph on every shape.")
         write_section("orchestration_overhead", "Orchestration overhead: agentrt vs LangGraph", body, cmd, data)
 
