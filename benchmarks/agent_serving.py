@@ -297,14 +297,15 @@ def calibrate(unloaded: float, mean_context: float, shared: int, steps: int) -> 
     """The first rate on a ladder (x1.6 from 1.5 jobs per unloaded job time) at which (a)'s p50 job
     time is >= 3x the unloaded one; the last rate tried when none is within `steps`."""
     log, rate = [], 1.5 / unloaded
-    for _ in range(steps):
+    for step in range(steps):
+        if step:
+            rate *= 1.6
         res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context, shared)))
         p50 = pct(res.jct, 0.5)
         log.append(f"{rate:.3g}/s: p50 {p50:.2f} s = {p50 / unloaded:.2f}x unloaded")
         print("calibration:", log[-1], flush=True)
         if p50 >= 3 * unloaded:
             break
-        rate *= 1.6
     return rate, log
 
 
