@@ -299,7 +299,7 @@ class AsyncClient:
         if isinstance(msg, p.Result) and (res := self._results.get(msg.job_id)) is not None and not res.done():
             res.set_result(msg)
         rid = getattr(msg, "request_id", None)
-        if isinstance(msg, p.Accepted) and (follow := self._follow.pop(rid, None)) is not None:
+        if isinstance(msg, p.Accepted) and (follow := self._follow.pop(msg.request_id, None)) is not None:
             self._events[msg.job_id] = follow
         key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
         fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
