@@ -85,7 +85,7 @@ class Tool:
             converted = msgspec.convert(args, _holding(self.args_type, held) if held else self.args_type, strict=False)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"tool {self.name!r}: {exc}") from exc
-        return {f: getattr(converted, f) for f in converted.__struct_fields__}
+        return msgspec.structs.asdict(converted)
 
 
 @functools.cache
@@ -161,7 +161,7 @@ class Graph:
             converted = msgspec.convert(inputs, self.inputs_type, strict=False)
         except msgspec.ValidationError as exc:
             raise SchemaError(f"graph {self.name!r} inputs: {exc}") from exc
-        return {f: getattr(converted, f) for f in converted.__struct_fields__}
+        return msgspec.structs.asdict(converted)
 
 
 def graph(fn: Callable[..., Any] | None = None, *, name: str | None = None, failure: FailurePolicy = FailurePolicy.CANCEL_SIBLINGS) -> Any:

@@ -269,6 +269,9 @@ class AsyncClient:
         self._waiters: dict[tuple[str, str], asyncio.Future[p.Message]] = {}
         self._results: dict[str, asyncio.Future[p.Message]] = {}
         self._events: dict[str, Callable[[p.Event], None]] = {}
+        # Submits that follow their job's events, by request id: the handler is registered as the
+        # Accepted is dispatched, before any of the job's events (which may follow it at once).
+        self._follow: dict[str, Callable[[p.Event], None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._token_lock = asyncio.Lock()
 
@@ -296,6 +299,8 @@ class AsyncClient:
         if isinstance(msg, p.Result) and (res := self._results.get(msg.job_id)) is not None and not res.done():
             res.set_result(msg)
         rid = getattr(msg, "request_id", None)
+        if isinstance(msg, p.Accepted) and (follow := self._follow.pop(msg.request_id, None)) is not None:
+            self._events[msg.job_id] = follow
         key = ("r", rid) if rid else ("j", getattr(msg, "job_id", "") or "")
         fut = self._waiters.pop(key, None)  # type: ignore[arg-type]
         if fut is not None and not fut.done():
@@ -328,7 +333,12 @@ class AsyncClient:
         rid = uuid.uuid4().hex
         msg = p.Submit(request_id=rid, graph=graph, inputs=inputs or {}, priority=priority, idempotency_key=idempotency_key,
                        traceparent=traceparent, follow=on_event is not None, token=await self._ensure_token(), thread_id=thread_id)
-        acc = await self._request(msg, ("r", rid))
+        if on_event is not None:
+            self._follow[rid] = on_event
+        try:
+            acc = await self._request(msg, ("r", rid))
+        finally:
+            self._follow.pop(rid, None)
         assert isinstance(acc, p.Accepted)
         if on_event is not None:
             self._events[acc.job_id] = on_event

@@ -168,11 +168,13 @@ class JobContext:
         t = tool if isinstance(tool, Tool) else self.runtime.registry.get_tool(tool)
         validated = t.validate(args)
         task, deps = self._task(t.name, TaskKind.TOOL, Pool.NONE if t.is_async else Pool.CPU)  # async tools wait on I/O, not cores
-        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
-                 "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id}
         pin_for_tool(self, t.name)
-        with telemetry.span(f"execute_tool {t.name}", attrs) as sp, \
-                telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
+        # The span's attributes are built only when tracing is on: this is every tool call's path.
+        span = telemetry.span(f"execute_tool {t.name}", {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name, "gen_ai.tool.call.id": task.id,
+            "gen_ai.tool.type": "function", "agentrt.task.name": task.name, "agentrt.job.id": self.job_id,
+        }) if telemetry.enabled() else telemetry.NO_SPAN
+        with span as sp, telemetry.timed_operation({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": t.name}):
             fp = fingerprint("tool", t.name, validated)
             try:
                 result = _revive_held(await self.runtime.run_task(

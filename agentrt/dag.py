@@ -24,23 +24,33 @@ _COLORS = {
 class JobDAG:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        self.graph: nx.DiGraph = nx.DiGraph()
+        self._graph: nx.DiGraph = nx.DiGraph()
+        self._unsynced: list[Task] = []  # added since `graph` was last read
         self.tasks: dict[str, Task] = {}
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The tasks and their dependency edges as a networkx graph. Built on demand: adding a
+        task is on every call's path, reading the graph (critical path, export) is rare."""
+        for task in self._unsynced:
+            # A new node only gains edges from existing nodes, so the graph stays acyclic by construction.
+            self._graph.add_node(task.id)
+            self._graph.add_edges_from((d, task.id) for d in task.deps)
+        self._unsynced.clear()
+        return self._graph
 
     def add_task(self, task: Task, deps: Iterable[str] = ()) -> None:
         """Add a task after `deps` (and its parent, if any). Raises GraphError on an unknown
         dependency or a duplicate id. (Edges only point into the new task, so no cycle can form.)"""
         if task.id in self.tasks:
             raise GraphError(f"task id {task.id!r} already in job {self.job_id}")
-        deps = tuple(dict.fromkeys([*([task.parent] if task.parent else []), *deps]))
-        unknown = [d for d in deps if d not in self.tasks]
-        if unknown:
-            raise GraphError(f"task {task.name!r} depends on unknown task(s) {unknown}")
+        deps = tuple(dict.fromkeys([task.parent, *deps] if task.parent else deps))
+        for d in deps:
+            if d not in self.tasks:
+                raise GraphError(f"task {task.name!r} depends on unknown task(s) {[d for d in deps if d not in self.tasks]}")
         task.deps = deps
         self.tasks[task.id] = task
-        # A new node only gains edges from existing nodes, so the graph stays acyclic by construction.
-        self.graph.add_node(task.id)
-        self.graph.add_edges_from((d, task.id) for d in deps)
+        self._unsynced.append(task)
 
     def set_state(self, task_id: str, state: TaskState, error: str | None = None) -> None:
         task = self.tasks[task_id]

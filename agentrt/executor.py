@@ -70,7 +70,7 @@ class Runtime:
         self.tool_latency = ToolLatencies()  # per-tool latency, learned online: pin TTLs at tool calls
         self.store: TaskStore = store or MemoryStore()
         self.jobs: dict[str, JobRun] = {}
-        self._grants: dict[str, anyio.Event] = {}
+        self._grants: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
         # Prefixes of queued LLM calls (task id -> prompt ids), for steps-to-execution hints.
         self.prefix_hints: dict[str, list[int]] = {}
@@ -221,14 +221,19 @@ class Runtime:
             self._release(job, task)
             self._dispatch()
         task.state = TaskState.SUCCEEDED
-        job.emit("task_finished", task, state="succeeded", usage=msgspec.to_builtins(task.usage))
+        if job.on_event is not None:
+            job.emit("task_finished", task, state="succeeded", usage=msgspec.to_builtins(task.usage))
         return result
 
     def _release(self, job: JobRun, task: Task) -> None:
         """Give back the task's pool capacity and credit its engine work to the job (LAS service);
         when the job's service grew, its LLM requests still in the engine are re-prioritised."""
+        work = engine_work(task)
+        if work == 0 or self.engine is None or not self.serving.engine_priority:
+            self.scheduler.release(task, work)  # no engine work: the job's service cannot grow
+            return
         before = self.scheduler.engine_priority(job.spec.job_id)
-        self.scheduler.release(task, engine_work(task))
+        self.scheduler.release(task, work)
         after = self.scheduler.engine_priority(job.spec.job_id)
         if after != before and self.engine is not None and self.serving.engine_priority:
             self.engine.set_program_priority(job.spec.job_id, after)
@@ -252,12 +257,14 @@ class Runtime:
         raise AssertionError("unreachable")
 
     async def _admit(self, task: Task) -> None:
-        event = anyio.Event()
-        self._grants[task.id] = event
+        if self.scheduler.try_start(task):  # nothing of its pool waits and it fits: no queue, no wait
+            return
+        grant: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._grants[task.id] = grant
         self.scheduler.enqueue(task)
         self._dispatch()
         try:
-            await event.wait()
+            await grant
         except BaseException:
             if not self.scheduler.cancel(task) and self._grants.get(task.id) is None:
                 self.scheduler.release(task, 0.0)  # granted but never started: give it back
@@ -266,10 +273,12 @@ class Runtime:
             raise
 
     def _dispatch(self) -> None:
+        if not self.scheduler.has_queued:
+            return
         for task in self.scheduler.pick():
-            event = self._grants.pop(task.id, None)
-            if event is not None:
-                event.set()
+            grant = self._grants.pop(task.id, None)
+            if grant is not None and not grant.done():
+                grant.set_result(None)
         if self.engine is not None and self.prefix_hints and self.serving.graph_hints:
             # The next LLM calls in line: announce them as imminent so the engine keeps their
             # prefixes on the device, or restores them from host memory, while they wait.

@@ -9,11 +9,13 @@ Admission (how many run at once) is the scheduler's job; see agentrt.tool_runner
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import anyio
 
 from agentrt.api import Tool
+from agentrt.deadlines import Deadlines
 from agentrt.errors import HeldResultError, ToolError
 from agentrt.tool_runner import LoopWatchdog, SyncToolThreads, run_in_process
 from agentrt.types import HeldResult
@@ -42,18 +44,28 @@ class LocalToolExecutor:
         self.threads = SyncToolThreads(self.limiter, max_abandoned_per_tool)
         self.block_threshold = block_threshold
         self.watchdog: LoopWatchdog | None = None
+        self.deadlines = Deadlines()  # every call's timeout, without a timer per call
 
     async def run(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
         timeout = tool.retry.timeout if tool.retry.timeout is not None else self.default_timeout
-        with anyio.move_on_after(timeout) as scope:
+        if timeout is None:
             return await self._run(tool, args)
-        assert scope.cancelled_caught
-        raise ToolError(tool.name, f"timed out after {timeout}s")
+        call = self.deadlines.start(timeout)
+        try:
+            return await self._run(tool, args)
+        except asyncio.CancelledError:
+            if self.deadlines.expired(call):
+                raise ToolError(tool.name, f"timed out after {timeout}s") from None
+            raise
+        finally:
+            self.deadlines.finish(call)
 
     async def _run(self, tool: Tool, args: dict[str, Any]) -> tuple[Any, float]:
         if tool.is_async:
-            self.watchdog = LoopWatchdog.for_running_loop(self.block_threshold)
-            return await self.watchdog.run(tool.name, tool.fn, args)
+            watchdog = self.watchdog
+            if watchdog is None or watchdog.loop is not asyncio.get_running_loop():
+                watchdog = self.watchdog = LoopWatchdog.for_running_loop(self.block_threshold)
+            return await watchdog.run(tool.name, tool.fn, args)
         if tool.cpu_bound:
             async with self.process_limiter:
                 return await run_in_process(tool.name, tool.fn, args)
@@ -67,4 +79,6 @@ class LocalToolExecutor:
         return value
 
     def close(self) -> None:
-        """Nothing to release: threads and processes live only as long as their calls."""
+        """End the idle tool threads now (busy ones end after their call; idle ones also end by
+        themselves after a while). Processes live only as long as their calls."""
+        self.threads.close()

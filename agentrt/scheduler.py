@@ -59,7 +59,11 @@ class PoolLimits:
                 raise ValueError(f"pool capacity {name} must be >= 1, got {getattr(self, name)}")
 
     def capacity(self, pool: Pool) -> int:
-        return {Pool.GPU: self.gpu, Pool.CPU: self.cpu, Pool.STORAGE: self.storage}.get(pool, 1 << 30)
+        if pool is Pool.GPU:
+            return self.gpu
+        if pool is Pool.CPU:
+            return self.cpu
+        return self.storage if pool is Pool.STORAGE else 1 << 30
 
 
 @dataclass(slots=True)
@@ -141,10 +145,23 @@ class Scheduler:
         heapq.heappush(self._heaps.setdefault(pool, []), (self._key(job), job.version, job.job_id))
 
     # ---- tasks ---------------------------------------------------------------------------
+    def try_start(self, task: Task) -> bool:
+        """Start `task` at once when nothing of its pool waits and it fits (what `enqueue` then
+        `pick` would do, in O(1)); False: it must be enqueued. Its job must be submitted."""
+        if self._num_queued.get(task.pool, 0) or not self.fits(task):
+            return False
+        self._note_base(self._jobs[task.job_id], task)
+        self._acquire(task)
+        return True
+
+    def _note_base(self, job: _Job, task: Task) -> None:
+        if task.deps:
+            job.base[task.id] = max(job.path.get(d, job.base.get(d, 0.0)) for d in task.deps)
+
     def enqueue(self, task: Task) -> None:
         """Queue a task that is ready to run (its job must be submitted; `task.deps` set)."""
         job = self._jobs[task.job_id]
-        job.base[task.id] = max((job.path.get(d, job.base.get(d, 0.0)) for d in task.deps), default=0.0)
+        self._note_base(job, task)
         job.queues.setdefault(task.pool, deque()).append(task)
         self._queued.add(task.id)
         self._num_queued[task.pool] = self._num_queued.get(task.pool, 0) + 1
@@ -231,6 +248,10 @@ class Scheduler:
                     self._push(job, pool)
 
     # ---- introspection -------------------------------------------------------------------
+    @property
+    def has_queued(self) -> bool:
+        return any(self._num_queued.values())
+
     @property
     def num_queued(self) -> int:
         return sum(self._num_queued.values())

@@ -249,6 +249,7 @@ class _NoSpan:
 
 
 _NO_SPAN = _NoSpan()
+NO_SPAN = _NO_SPAN  # for callers that skip building a span's attributes when tracing is off (`enabled()`)
 
 
 def span(

@@ -13,7 +13,8 @@ of 4x that below it, in every configuration.
     (a) vllm-like   FCFS per request, LRU eviction, no pins, no hints, tool calls one after another
     (b) +LAS        program-level least-attained service (engine work) as the engine's priority
     (c) +pins       KV pinned at tool calls for the tool's learned p90 latency, released under pressure
-    (d) +graph      steps-to-execution hints: graph-aware eviction and host prefetch
+    (d) +graph      steps-to-execution hints: graph-aware eviction and host prefetch; agents waiting
+                    on tools paused to the host tier past 95% of the KV working set (ThunderAgent)
     (e) agentrt     + the turn's tool calls run concurrently (the full stack)
 
 The arrival rate defaults to the one at which (a)'s p50 job time is >= 3x its unloaded time (found
@@ -85,6 +86,7 @@ class Result:
     recomputed_tokens: int = 0
     preemptions: int = 0
     pins_released: int = 0
+    pins_paused: int = 0
     bytes_to_host: int = 0
     bytes_from_host: int = 0
 
@@ -179,7 +181,10 @@ def make_registry() -> Registry:
 _LLM: list[LLM] = []
 
 
-def fresh_engine(kv_blocks: int) -> LLM:
+PAUSING = {"+graph", "agentrt"}  # configs with ThunderAgent pausing (engine.kv.pins); the others only release pins
+
+
+def fresh_engine(kv_blocks: int, pause: bool = True) -> LLM:
     """The shared model (loaded once) behind a new engine core: empty caches, zeroed counters."""
     if not _LLM:
         _LLM.append(LLM(num_kv_blocks=kv_blocks, host_kv_blocks=4 * kv_blocks, block_size=BLOCK))
@@ -187,7 +192,8 @@ def fresh_engine(kv_blocks: int) -> LLM:
     llm.close()
     if llm._driver is not None:
         llm._driver.join()
-    config = dataclasses.replace(llm.config, num_kv_blocks=kv_blocks, host_kv_blocks=4 * kv_blocks)
+    config = dataclasses.replace(llm.config, num_kv_blocks=kv_blocks, host_kv_blocks=4 * kv_blocks,
+                                 kv_pause_fraction=0.95 if pause else None)
     llm.config = config
     llm.core = EngineCore(llm.model, llm.model_config, config, detokenize=llm.decode, grammars=llm.core.grammars)
     llm._closed, llm._driver = False, None
@@ -198,7 +204,7 @@ async def run_config(name: str, rate: float, kv_blocks: int, one_at_a_time: bool
     """Run every job under config `name` (Poisson arrivals at `rate`, or one after another with
     `one_at_a_time`, each job's time counted from its own start)."""
     policy, serving = CONFIGS[name]
-    llm = fresh_engine(kv_blocks)
+    llm = fresh_engine(kv_blocks, pause=name in PAUSING)
     rt = Runtime(make_registry(), EmbeddedEngine(llm), policy=policy, serving=serving, limits=PoolLimits(gpu=256, cpu=256))
     res = Result()
 
@@ -232,6 +238,7 @@ async def run_config(name: str, rate: float, kv_blocks: int, one_at_a_time: bool
     block_bytes = int(core.kv_bytes_per_token * BLOCK)
     res.preemptions = core.scheduler.num_preemptions
     res.pins_released = core.num_pins_released
+    res.pins_paused = core.pin_table.num_paused if core.pin_table is not None else 0
     if core.host_tier is not None:
         res.bytes_to_host = core.host_tier.num_offloaded * block_bytes
         res.bytes_from_host = core.host_tier.num_restored * block_bytes
@@ -255,7 +262,7 @@ def summarise(runs: list[Result], num_jobs: int) -> dict[str, float]:
         "jobs_per_min": med(lambda r: num_jobs / r.makespan * 60), "ttft_p50_s": med(lambda r: pct(r.ttft, 0.5)),
         "ttft_p99_s": med(lambda r: pct(r.ttft, 0.99)), "hit_rate": med(lambda r: r.cached_tokens / max(1, r.prompt_tokens)),
         "preemptions": med(lambda r: r.preemptions), "recomputed_tokens": med(lambda r: r.recomputed_tokens),
-        "pins_released": med(lambda r: r.pins_released), "mb_to_host": med(lambda r: r.bytes_to_host / 2**20),
+        "pins_released": med(lambda r: r.pins_released), "pins_paused": med(lambda r: r.pins_paused), "mb_to_host": med(lambda r: r.bytes_to_host / 2**20),
         "mb_from_host": med(lambda r: r.bytes_from_host / 2**20), "repeats": len(runs),
     }
 
@@ -290,14 +297,15 @@ def calibrate(unloaded: float, mean_context: float, shared: int, steps: int) -> 
     """The first rate on a ladder (x1.6 from 1.5 jobs per unloaded job time) at which (a)'s p50 job
     time is >= 3x the unloaded one; the last rate tried when none is within `steps`."""
     log, rate = [], 1.5 / unloaded
-    for _ in range(steps):
+    for step in range(steps):
+        if step:
+            rate *= 1.6
         res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context, shared)))
         p50 = pct(res.jct, 0.5)
         log.append(f"{rate:.3g}/s: p50 {p50:.2f} s = {p50 / unloaded:.2f}x unloaded")
         print("calibration:", log[-1], flush=True)
         if p50 >= 3 * unloaded:
             break
-        rate *= 1.6
     return rate, log
 
 

@@ -37,6 +37,10 @@ class EngineConfig:
     disk_kv_dir: str | Path | None = None  # disk KV tier below the host tier (needs host_kv_blocks)
     disk_kv_blocks: int = 0
     disk_kv_min_hits: int = 2  # write a block to disk only if it was used at least this often
+    # ThunderAgent pausing (needs host_kv_blocks): pause pinned agents when the device KV working set
+    # passes this fraction of the pool; None = off (pins are then only released under pressure).
+    kv_pause_fraction: float | None = 0.95
+    kv_storage_budget_bytes: int = 256 << 20  # KV bytes the storage worker may have in flight (disk writes, prefetches)
     quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
     # Speculative decoding: None (off), or one or more of "suffix" (global suffix tree over earlier
     # prompts and outputs), "ngram" (prompt lookup), "mtp" (the model's MTP module, 1 token),
@@ -56,6 +60,10 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_pause_fraction is not None and not 0.0 < self.kv_pause_fraction <= 1.0:
+            raise ValueError(f"kv_pause_fraction must be None or in (0, 1], got {self.kv_pause_fraction}")
+        if self.kv_storage_budget_bytes < 1:
+            raise ValueError(f"kv_storage_budget_bytes must be >= 1, got {self.kv_storage_budget_bytes}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be None or >= 1, got {self.num_kv_blocks}")
         if self.quantization not in (None, "nvfp4", "mxfp4"):

@@ -18,8 +18,11 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import InvalidRequestError
+from engine.kv.movement import TierMover
+from engine.kv.pins import Pin, PinHooks, PinTable
 from engine.kv.radix import RadixNode
-from engine.kv.tiers import DiskKVTier, HostKVTier, block_keys
+from engine.kv.storage import StorageWorker
+from engine.kv.tiers import DiskKVTier, HostKVTier
 from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
@@ -38,13 +41,6 @@ class StepOutput:
 
     seq: Sequence
     new_token_ids: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Pin:
-    node: object  # the locked radix node
-    num_tokens: int  # how many tokens of the pinned prefix were cached when pinned
-    expires: float | None  # time.monotonic() deadline, None = until unpinned
 
 
 @dataclass(slots=True)
@@ -84,18 +80,26 @@ class EngineCore:
         if "ngram" in config.drafters:
             self.token_drafters["ngram"] = NgramDrafter()
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
-        self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits) if config.host_kv_blocks and self.scheduler.radix else None
-        self.scheduler.release_pins = self._release_pin
-        self.num_pins_released = 0  # pins given up early under KV pressure
+        # Disk writes and prefetch reads run on the storage worker, never on the step thread.
+        storage = StorageWorker(config.kv_storage_budget_bytes) if disk is not None else None
+        self.host_tier = HostKVTier(config.host_kv_blocks, disk, config.disk_kv_min_hits, storage) \
+            if config.host_kv_blocks and self.scheduler.radix else None
+        self.mover: TierMover | None = None
         if self.host_tier is not None:
-            self.scheduler.radix.on_evict = self._offload  # type: ignore[union-attr]
-            self.scheduler.extend_prefix = self._restore
+            self.mover = TierMover(self.scheduler, self.runner.kv_cache, self.host_tier)
+            self.scheduler.radix.on_evict = self.mover.offload  # type: ignore[union-attr]
+            self.scheduler.extend_prefix = self.mover.restore
         self.stats = EngineStats()
         self._inbox: deque[Sequence] = deque()
         self._aborts: deque[str] = deque()
         self._priority_cmds: deque[tuple[str, int]] = deque()
-        self._pin_cmds: deque[tuple[str, list[int] | None, float | None]] = deque()
-        self.pins: dict[str, Pin] = {}
+        self.pin_table: PinTable | None = None
+        if self.scheduler.radix is not None:
+            mover = self.mover
+            hooks = PinHooks(mover.copy_to_host if mover else None, mover.restore_from_host if mover else None,
+                             self._resume_seconds_per_token, self._working_set)
+            self.pin_table = PinTable(self.scheduler.radix, self.scheduler.pool, hooks, config.kv_pause_fraction)
+            self.scheduler.release_pins = self.pin_table.release_one
         # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
         self._hint_cmds: deque[tuple[str, list[int] | None, float, float | None]] = deque()
         self.hints: dict[str, tuple[list[int], float, float | None]] = {}
@@ -103,58 +107,6 @@ class EngineCore:
             self.scheduler.radix.next_use = self._next_use
         self._by_id: dict[str, Sequence] = {}
         self._lock = threading.Lock()
-
-    # ---- KV tiers ----------------------------------------------------------------------
-    def _offload(self, path: list[int], blocks: list[int], hits: int = 0) -> None:
-        """Radix eviction hook: keep the evicted blocks' KV in host memory."""
-        assert self.host_tier is not None
-        bs = self.config.block_size
-        first = len(path) // bs - len(blocks)
-        parent = block_keys(path, bs)[first - 1] if first else b""
-        keys = block_keys(path, bs, first, parent)
-        kv = self.runner.kv_cache
-        for key, block in zip(keys, blocks, strict=True):
-            self.host_tier.offload(key, kv.k[:, block], kv.v[:, block], hits)
-
-    def _restore(self, tokens: list[int], cached: int) -> tuple[int, int]:
-        """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk).
-        Returns the bytes restored from host and from disk."""
-        assert self.host_tier is not None
-        bs = self.config.block_size
-        keys = block_keys(tokens, bs)
-        start = cached // bs
-        found = 0
-        while start + found < len(keys) and keys[start + found] in self.host_tier:
-            found += 1
-        if found == 0:
-            return 0, 0
-        sched, radix = self.scheduler, self.scheduler.radix
-        assert radix is not None
-        prefix = radix.match_prefix(tokens[: start * bs], count=False)
-        radix.lock(prefix.node)  # making room must not evict the prefix being extended
-        for key in keys[start : start + found]:
-            self.host_tier.touch(key)  # nor may offloads push these blocks out of host memory
-        try:
-            if not sched._make_room(found):
-                return 0, 0
-        finally:
-            radix.unlock(prefix.node)
-        found = next((i for i in range(found) if keys[start + i] not in self.host_tier), found)
-        new = sched.pool.allocate(found)
-        kv = self.runner.kv_cache
-        block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
-        moved = {"host": 0, "disk": 0}
-        restored = 0
-        for key, block in zip(keys[start : start + found], new, strict=True):
-            source = self.host_tier.restore(key, kv.k[:, block], kv.v[:, block])
-            if source is None:
-                break  # unreadable (corrupt disk block): recompute from here on
-            restored += 1
-            moved[source] += block_bytes
-        if restored:
-            radix.insert(tokens[: (start + restored) * bs], prefix.block_ids + new[:restored])
-        sched.pool.decref(new)  # the tree holds the restored ones now; the rest return to the pool
-        return moved["host"], moved["disk"]
 
     # ---- requests ----------------------------------------------------------------------
     def validate(self, token_ids: list[int], params: SamplingParams) -> None:
@@ -214,12 +166,15 @@ class EngineCore:
     def pin(self, key: str, token_ids: list[int], ttl: float | None = None) -> None:
         """Keep the cached prefix of `token_ids` (e.g. a conversation between turns) from being
         evicted until `unpin(key)` or until `ttl` seconds pass. Any thread; applied at the next step.
-        Pinning the same key again moves the pin to the new prefix."""
-        self._pin_cmds.append((key, list(token_ids), ttl))
+        Pinning the same key again moves the pin to the new prefix. Under KV pressure a pin with a
+        TTL may be released or paused to the host tier (engine.kv.pins). No-op without prefix caching."""
+        if self.pin_table is not None:
+            self.pin_table.pin(key, token_ids, ttl)
 
     def unpin(self, key: str) -> None:
         """Release a pin (any thread); unknown keys are ignored."""
-        self._pin_cmds.append((key, None, None))
+        if self.pin_table is not None:
+            self.pin_table.unpin(key)
 
     def hint(self, key: str, token_ids: list[int], steps: float, ttl: float | None = None) -> None:
         """Tell the cache that a task will need the prefix `token_ids` in about `steps` scheduling
@@ -241,12 +196,14 @@ class EngineCore:
                 self.hints.pop(key, None)
                 continue
             self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
-            radix = self.scheduler.radix
-            if steps <= 1 and self.host_tier is not None and radix is not None:
-                limit = (len(token_ids) - 1) // self.config.block_size * self.config.block_size
-                self._restore(token_ids[:limit], radix.cached_prefix_len(token_ids[:limit]))  # prefetch
+            if steps <= 1 and self.mover is not None:
+                self.mover.prefetch(token_ids)
         for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
             del self.hints[key]
+        if self.mover is not None and self.mover.host.collect():  # disk reads that finished: to the device
+            for token_ids, steps, _ in list(self.hints.values()):
+                if steps <= 1:
+                    self.mover.prefetch(token_ids)
 
     def _next_use(self) -> dict[RadixNode, float]:
         """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it."""
@@ -258,37 +215,32 @@ class EngineCore:
                 soon[node] = min(steps, soon.get(node, steps))
         return soon
 
-    def _apply_pins(self) -> None:
-        radix = self.scheduler.radix
-        now = time.monotonic()
-        while self._pin_cmds:
-            key, token_ids, ttl = self._pin_cmds.popleft()
-            old = self.pins.pop(key, None)
-            if old is not None and radix is not None:
-                radix.unlock(old.node)  # type: ignore[arg-type]
-            if token_ids is None or radix is None:
-                continue
-            match = radix.match_prefix(token_ids, count=False)
-            radix.lock(match.node)
-            self.pins[key] = Pin(match.node, match.num_tokens, None if ttl is None else now + ttl)
-        for key in [k for k, p in self.pins.items() if p.expires is not None and p.expires <= now]:
-            if radix is not None:
-                radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
+    @property
+    def pins(self) -> dict[str, Pin]:
+        """Pinned prefixes by key (empty without prefix caching)."""
+        return self.pin_table.pins if self.pin_table is not None else {}
 
-    def _release_pin(self) -> int:
-        """Scheduler hook under KV pressure: release the TTL pin expiring last (its agent is the
-        furthest from resuming; Continuum), so its prefix becomes evictable (to the host tier when
-        there is one: the agent is paused there, ThunderAgent). Pins without a TTL are kept.
-        Returns 1 when a pin was released, else 0."""
-        radix = self.scheduler.radix
-        timed = [(p.expires, key) for key, p in self.pins.items() if p.expires is not None]
-        if not timed or radix is None:
-            return 0
-        _, key = max(timed)
-        radix.unlock(self.pins.pop(key).node)  # type: ignore[arg-type]
-        self.num_pins_released += 1
-        logger.debug("released pin %s under KV pressure", key)
-        return 1
+    @property
+    def num_pins_released(self) -> int:
+        """Pins given up early under KV pressure (see engine.kv.pins)."""
+        return self.pin_table.num_released if self.pin_table is not None else 0
+
+    def _working_set(self) -> int:
+        """Device blocks held by running requests or pinned prefixes, O(those blocks)."""
+        used = {b for seq in self.scheduler.running for b in seq.block_table}
+        for pin in self.pins.values():
+            node = pin.node
+            while isinstance(node, RadixNode) and node.parent is not None:
+                used.update(node.blocks)
+                node = node.parent
+        return len(used)
+
+    def _resume_seconds_per_token(self) -> float:
+        """What bringing back a released prefix costs per token: a host-tier copy at its measured
+        rate, else (no host tier, or no restore measured yet) recomputing it at the engine's."""
+        if self.host_tier is not None and self.host_tier.restore_seconds > 0:
+            return self.host_tier.restore_seconds / self.host_tier.num_restored / self.config.block_size
+        return self.stats.device_seconds / self.stats.num_tokens if self.stats.num_tokens else 0.0
 
     def has_unfinished(self) -> bool:
         return bool(self._inbox or self._aborts or self._hint_cmds or self.scheduler.has_unfinished())
@@ -368,7 +320,9 @@ class EngineCore:
         seq.spec_acceptance = 0.7 * seq.spec_acceptance + 0.3 * accepted / len(seq.draft_ids)
 
     def _drain(self) -> list[StepOutput]:
-        self._apply_pins()
+        if self.pin_table is not None:
+            self.pin_table.apply()
+            self.pin_table.balance()  # ThunderAgent: pause/resume agents waiting on tools
         self._apply_hints()
         while self._inbox:
             new = self._inbox.popleft()

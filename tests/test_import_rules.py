@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICY = ["engine/scheduler.py", "engine/kv/block_pool.py", "engine/kv/radix.py", "engine/kv/naive.py",
+POLICY = ["engine/scheduler.py", "engine/kv/block_pool.py", "engine/kv/radix.py", "engine/kv/naive.py", "engine/kv/pins.py",
           "agentrt/dag.py", "agentrt/scheduler.py"]
 # engine/kv/tiers.py is not policy: it holds KV tensors (the host and disk tiers) and so imports torch.
 HEAVY = ("torch", "anyio", "zmq")

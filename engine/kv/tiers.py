@@ -16,13 +16,16 @@ import logging
 import math
 import os
 import stat
-from collections import OrderedDict
+import threading
+import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from engine.errors import KVTierError
+from engine.kv.storage import HostBuffers, StorageWorker
 
 logger = logging.getLogger(__name__)
 _MAGIC = b"AGENTRT-KV2\n"
@@ -56,6 +59,7 @@ class DiskKVTier:
         self.keys: OrderedDict[bytes, None] = OrderedDict()
         self.num_written = self.num_read = self.num_corrupt = 0
         self.bytes_moved = 0
+        self._lock = threading.Lock()  # `keys`: the storage worker writes while the step thread reads
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.keys
@@ -67,13 +71,12 @@ class DiskKVTier:
         return self.dir / f"{key.hex()}.kv"
 
     def store(self, key: bytes, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write one block; an I/O error is logged and the block is simply not kept on disk."""
-        if key in self.keys:
-            self.keys.move_to_end(key)
-            return
-        while len(self.keys) >= self.capacity:
-            old, _ = self.keys.popitem(last=False)
-            self.path(old).unlink(missing_ok=True)
+        """Write one block; an I/O error is logged and the block is simply not kept on disk.
+        Thread-safe (the engine's storage worker calls it)."""
+        with self._lock:
+            if key in self.keys:
+                self.keys.move_to_end(key)
+                return
         payload = b"".join(t.contiguous().cpu().view(torch.uint8).numpy().tobytes() for t in (k, v))
         header = json.dumps({"shape": list(k.shape), "dtype": str(k.dtype).removeprefix("torch.")}).encode()
         try:
@@ -81,9 +84,17 @@ class DiskKVTier:
         except OSError as exc:
             logger.warning("could not write KV block %s to disk: %s", key.hex(), exc)
             return
-        self.keys[key] = None
-        self.num_written += 1
-        self.bytes_moved += len(payload)
+        with self._lock:
+            while len(self.keys) >= self.capacity:
+                old, _ = self.keys.popitem(last=False)
+                self.path(old).unlink(missing_ok=True)
+            self.keys[key] = None
+            self.num_written += 1
+            self.bytes_moved += len(payload)
+
+    def forget(self, key: bytes) -> None:
+        with self._lock:
+            self.keys.pop(key, None)
 
     def load(self, key: bytes) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The block's (k, v), or None (and the entry dropped) when the file is missing or unusable."""
@@ -91,13 +102,16 @@ class DiskKVTier:
             k, v, size = _parse(key, _read_private(self.path(key)))
         except Exception as exc:  # any malformed file is a miss: the block is recomputed
             logger.warning("KV block %s on disk is unusable (%s: %s); it will be recomputed", key.hex(), type(exc).__name__, exc)
-            self.keys.pop(key, None)
-            self.path(key).unlink(missing_ok=True)
-            self.num_corrupt += 1
+            with self._lock:
+                self.keys.pop(key, None)
+                self.path(key).unlink(missing_ok=True)
+                self.num_corrupt += 1
             return None
-        self.keys.move_to_end(key)
-        self.num_read += 1
-        self.bytes_moved += size
+        with self._lock:
+            if key in self.keys:
+                self.keys.move_to_end(key)
+            self.num_read += 1
+            self.bytes_moved += size
         return k, v
 
 
@@ -159,28 +173,49 @@ def _parse(key: bytes, raw: bytes) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 class HostKVTier:
-    """Up to `capacity_blocks` KV blocks in host memory: key -> (k, v), each [layers, block, heads, dim].
+    """Up to `capacity_blocks` KV blocks in host memory: key -> a slot of reusable host buffers
+    (`HostBuffers`) holding (k, v), each [layers, block, heads, dim].
 
     Blocks dropped from host memory go to the `disk` tier when there is one, but only those used at
     least `disk_min_hits` times (prefix-cache hits on the device plus restores from this tier):
-    a block nobody reused is unlikely to be reused, and disk writes are the expensive ones."""
+    a block nobody reused is unlikely to be reused, and disk writes are the expensive ones.
 
-    def __init__(self, capacity_blocks: int, disk: DiskKVTier | None = None, disk_min_hits: int = 2) -> None:
+    With a `storage` worker (the engine's), disk writes and prefetch reads run on its thread under
+    its byte budget: a block on its way to disk stays readable from its slot until written
+    ("write-back"), and prefetched blocks wait in `_fetched` until the step thread `collect`s them.
+    Without one, disk I/O is synchronous (the simple twin). Only the step thread calls the public
+    methods; the worker touches the write-back map, the buffers and `_fetched`, under `_lock`."""
+
+    def __init__(self, capacity_blocks: int, disk: DiskKVTier | None = None, disk_min_hits: int = 2,
+                 storage: StorageWorker | None = None) -> None:
         if capacity_blocks < 1:
             raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
         self.disk = disk
+        self.storage = storage
         self.capacity = capacity_blocks
         self.disk_min_hits = disk_min_hits
-        self.blocks: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.buffers = HostBuffers(min(64, capacity_blocks))
+        self.blocks: OrderedDict[bytes, int] = OrderedDict()  # key -> slot, least recently used first
+        self.writeback: dict[bytes, int] = {}  # key -> slot being written to disk
         self.hits: dict[bytes, int] = {}  # uses of each host block (device hits before offload + restores)
         self.num_offloaded = self.num_restored = self.num_dropped = self.num_not_admitted = 0
+        self.num_write_refused = self.num_prefetched = 0
         self.bytes_moved = 0
+        self.restore_seconds = 0.0  # time spent copying restored blocks (the resume cost of a paused agent)
+        self._prefetching: set[bytes] = set()
+        self._fetched: deque[tuple[bytes, int]] = deque()
+        self._copied: dict[int, torch.cuda.Event] = {}  # slot -> its device-to-host copy (CUDA only)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def __contains__(self, key: bytes) -> bool:
-        return key in self.blocks or (self.disk is not None and key in self.disk)
+        return key in self.blocks or key in self.writeback or (self.disk is not None and key in self.disk)
+
+    def resident(self, key: bytes) -> bool:
+        """In host memory (restorable without reading the disk)."""
+        return key in self.blocks or key in self.writeback
 
     def touch(self, key: bytes) -> None:
         """Mark a block most recently used (it is about to be restored)."""
@@ -188,38 +223,140 @@ class HostKVTier:
             self.blocks.move_to_end(key)
 
     def offload(self, key: bytes, k: torch.Tensor, v: torch.Tensor, hits: int = 0) -> None:
-        """Copy one block's KV (device views) into host memory, evicting the LRU block if full.
+        """Copy one block's KV (device views) into a host slot, evicting the LRU block if full.
         `hits` is how often the block was used while on the device."""
         self.hits[key] = self.hits.get(key, 0) + hits
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return
         while len(self.blocks) >= self.capacity:
-            old, (ok, ov) = self.blocks.popitem(last=False)
-            self.num_dropped += 1
-            if self.disk is not None and self.hits.get(old, 0) >= self.disk_min_hits:
-                self.disk.store(old, ok, ov)
-            elif self.disk is not None:
-                self.num_not_admitted += 1
-            self.hits.pop(old, None)
+            self._drop_lru()
         pin = torch.cuda.is_available() and k.device.type == "cuda"
-        hk = torch.empty(k.shape, dtype=k.dtype, pin_memory=pin)
-        hv = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
+        with self._lock:
+            slot = self.buffers.acquire(k, v, pin)
+        hk, hv = self.buffers.kv(slot)
         hk.copy_(k, non_blocking=pin)
         hv.copy_(v, non_blocking=pin)
-        self.blocks[key] = (hk, hv)
+        if pin:  # a worker thread reading this slot waits for the copy first
+            event = torch.cuda.Event()
+            event.record()
+            with self._lock:
+                self._copied[slot] = event
+        self.blocks[key] = slot
         self.num_offloaded += 1
         self.bytes_moved += 2 * k.numel() * k.element_size()
+
+    def _drop_lru(self) -> None:
+        old, slot = self.blocks.popitem(last=False)
+        self.num_dropped += 1
+        if self.disk is not None and self.hits.pop(old, 0) >= self.disk_min_hits:
+            self._write_to_disk(old, slot)
+            return
+        if self.disk is not None:
+            self.num_not_admitted += 1
+        self.hits.pop(old, None)
+        with self._lock:
+            self.buffers.release(slot)
+
+    def _write_to_disk(self, key: bytes, slot: int) -> None:
+        assert self.disk is not None
+        if self.storage is None:
+            self._write_back(key, slot)
+            return
+        with self._lock:
+            self.writeback[key] = slot
+        hk, hv = self.buffers.kv(slot)
+        nbytes = hk.numel() * hk.element_size() + hv.numel() * hv.element_size()
+        if not self.storage.submit(nbytes, lambda: self._write_back(key, slot)):
+            self.num_write_refused += 1  # the disk is behind: this block is not kept
+            with self._lock:
+                if self.writeback.get(key) == slot:
+                    del self.writeback[key]
+                self.buffers.release(slot)
+
+    def _write_back(self, key: bytes, slot: int) -> None:
+        """Write a slot to disk, then free it (storage thread, or the caller's without a worker)."""
+        assert self.disk is not None
+        with self._lock:
+            event = self._copied.pop(slot, None)
+        if event is not None:
+            event.synchronize()
+        try:
+            self.disk.store(key, *self.buffers.kv(slot))
+        finally:
+            with self._lock:
+                if self.writeback.get(key) == slot:
+                    del self.writeback[key]
+                self.buffers.release(slot)
+
+    def prefetch(self, keys: list[bytes]) -> int:
+        """Start reading the blocks of `keys` that are only on disk into host slots, on the storage
+        worker (no-op without one); `collect` admits them. Returns how many reads were started."""
+        if self.storage is None or self.disk is None or self.buffers.num_allocated == 0:
+            return 0
+        started = 0
+        for key in keys:
+            if key in self.blocks or key in self.writeback or key in self._prefetching or key not in self.disk:
+                continue
+            with self._lock:
+                slot = self.buffers.acquire_another()
+            hk, hv = self.buffers.kv(slot)
+            nbytes = hk.numel() * hk.element_size() + hv.numel() * hv.element_size()
+            self._prefetching.add(key)
+            if not self.storage.submit(nbytes, lambda key=key, slot=slot: self._read_back(key, slot)):  # type: ignore[misc]
+                self._prefetching.discard(key)
+                with self._lock:
+                    self.buffers.release(slot)
+                break
+            started += 1
+        return started
+
+    def _read_back(self, key: bytes, slot: int) -> None:
+        """Read a disk block into `slot` (storage thread); a miss frees the slot."""
+        assert self.disk is not None
+        loaded = self.disk.load(key)
+        hk, hv = self.buffers.kv(slot)
+        ok = loaded is not None and loaded[0].shape == hk.shape and loaded[0].dtype == hk.dtype
+        if ok:
+            hk.copy_(loaded[0])  # type: ignore[index]
+            hv.copy_(loaded[1])  # type: ignore[index]
+        with self._lock:
+            if ok:
+                self._fetched.append((key, slot))
+            else:
+                self._prefetching.discard(key)
+                self.buffers.release(slot)
+
+    def collect(self) -> int:
+        """Admit the blocks prefetched since the last call (step thread). Returns how many."""
+        admitted = 0
+        while self._fetched:
+            with self._lock:
+                key, slot = self._fetched.popleft()
+            self._prefetching.discard(key)
+            if key in self.blocks:
+                with self._lock:
+                    self.buffers.release(slot)
+                continue
+            while len(self.blocks) >= self.capacity:
+                self._drop_lru()
+            self.blocks[key] = slot
+            admitted += 1
+        self.num_prefetched += admitted
+        return admitted
 
     def restore(self, key: bytes, k_dst: torch.Tensor, v_dst: torch.Tensor) -> str | None:
         """Copy a stored block (host, else disk) into device views; returns the tier that served it
         ("host" or "disk"), or None when it cannot be read (a corrupt or missing disk block): the
         caller recomputes it."""
         source = "host"
-        if key in self.blocks:
-            self.hits[key] = self.hits.get(key, 0) + 1
-            hk, hv = self.blocks[key]
-            self.blocks.move_to_end(key)
+        with self._lock:
+            slot = self.blocks.get(key, self.writeback.get(key))
+        if slot is not None:
+            if key in self.blocks:
+                self.hits[key] = self.hits.get(key, 0) + 1
+                self.blocks.move_to_end(key)
+            hk, hv = self.buffers.kv(slot)
         else:
             loaded = self.disk.load(key) if self.disk is not None else None
             if loaded is None:
@@ -230,10 +367,12 @@ class HostKVTier:
                 logger.warning("KV block %s on disk has shape %s %s, expected %s %s", key.hex(), tuple(hk.shape), hk.dtype,
                                tuple(k_dst.shape), k_dst.dtype)
                 self.disk.num_corrupt += 1  # type: ignore[union-attr]
-                self.disk.keys.pop(key, None)  # type: ignore[union-attr]
+                self.disk.forget(key)  # type: ignore[union-attr]
                 return None
+        start = time.perf_counter()
         k_dst.copy_(hk, non_blocking=True)
         v_dst.copy_(hv, non_blocking=True)
+        self.restore_seconds += time.perf_counter() - start  # on CUDA the copy's launch only: a lower bound
         self.num_restored += 1
         self.bytes_moved += 2 * hk.numel() * hk.element_size()
         return source

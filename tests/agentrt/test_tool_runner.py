@@ -4,6 +4,7 @@ tools outside the CPU pool."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -141,3 +142,20 @@ async def test_async_io_tools_are_not_limited_by_the_cpu_pool() -> None:
     res = await runtime.run_job(JobSpec(graph="fan_out"))
     assert res.status == "succeeded" and res.output == sum(range(12))
     assert peak[0] == 12  # all at once, though the CPU pool admits 2
+
+
+async def test_sync_tool_threads_are_reused_across_calls() -> None:
+    ex = LocalToolExecutor(num_threads=2, default_timeout=None)
+    for i in range(20):
+        assert (await ex.run(quick, {"x": i}))[0] == i + 1
+    results = await _gather_quick(ex, 10)
+    assert [r[0] for r in results] == [i + 1 for i in range(10)]
+    assert ex.threads.num_threads_started <= 2  # one thread per CPU slot, not one per call
+    ex.close()  # the idle threads end
+    with anyio.fail_after(5):
+        while ex.threads.num_threads_alive:
+            await anyio.sleep(0.01)
+
+
+async def _gather_quick(ex: LocalToolExecutor, n: int) -> list[Any]:
+    return list(await asyncio.gather(*[ex.run(quick, {"x": i}) for i in range(n)]))

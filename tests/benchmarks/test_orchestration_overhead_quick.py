@@ -16,4 +16,4 @@ def test_orchestration_overhead_quick_mode_runs_every_shape() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
     assert [r.split("│")[1].strip() for r in rows] == ["wide", "wide (100)", "deep", "wide-sync"]
-    assert all(len(r.split("│")) == 7 for r in rows)  # shape, tasks, two timings, ratio (+ the borders)
+    assert all(len(r.split("│")) == 11 for r in rows)  # shape, tasks, 5 timings/spread, 2 ratios (+ the borders)
