@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import InvalidRequestError
+from engine.speculative.chooser import SpecState
 
 
 @dataclass(slots=True)
@@ -129,7 +130,7 @@ class Sequence:
     stop_text: str = ""  # decoded text, kept only when stop strings are set
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
-    spec_acceptance: float = 1.0  # moving average of the accepted fraction (adaptive draft length)
+    spec: SpecState | None = None  # per-drafter acceptance history and the current draft's source
     mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
     priority: int = 0  # the scheduling priority now (starts at params.priority; lower = more urgent)
     order: int = 0  # arrival rank in the scheduler (ties between equal priorities: first come first)

@@ -155,14 +155,24 @@ class SuffixTree:
         self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0,
         match_prior: float = 0.0,
     ) -> tuple[int, list[int]]:
-        """(match length, up to `k` draft tokens): from the longest matching suffix, follow the most
-        frequent child (ties: the earliest added) while its share of its parent's count is at least
-        `min_prob` and the estimated chance that the whole draft so far is right stays at least
-        `min_path_prob`. Each token's chance is its share times L / (L + match_prior) for a match of
-        L tokens: a short match is weak evidence that its continuation applies here (measured on
-        replayed agent turns: ~40% of first tokens accepted after 1-2 matched tokens, ~94% after 12+)."""
+        """(match length, up to `k` draft tokens): `propose_scored` without the path probabilities."""
+        length, draft, _ = self.propose_scored(context, k, min_prob, max_match, min_path_prob, match_prior)
+        return length, draft
+
+    def propose_scored(
+        self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0,
+        match_prior: float = 0.0,
+    ) -> tuple[int, list[int], list[float]]:
+        """(match length, up to `k` draft tokens, the estimated chance that each draft prefix is
+        right): from the longest matching suffix, follow the most frequent child (ties: the earliest
+        added) while its share of its parent's count is at least `min_prob` and the estimated chance
+        that the whole draft so far is right stays at least `min_path_prob`. Each token's chance is
+        its share times L / (L + match_prior) for a match of L tokens: a short match is weak evidence
+        that its continuation applies here (measured on replayed agent turns: ~40% of first tokens
+        accepted after 1-2 matched tokens, ~94% after 12+)."""
         length, node = self.match(context, max_match)
         draft: list[int] = []
+        probs: list[float] = []
         budget = min(k, self.max_depth - length)
         confidence = length / (length + match_prior) if length else 0.0
         path = 1.0
@@ -174,8 +184,9 @@ class SuffixTree:
             if share < min_prob or path < min_path_prob:
                 break
             draft.append(tok)
+            probs.append(path)
             node = best
-        return length, draft
+        return length, draft, probs
 
     # ---- internals -------------------------------------------------------------------------
     def _insert(self, window: tuple[int, ...]) -> None:
@@ -279,11 +290,20 @@ class SuffixDrafter:
             self.tree.add(request_id, token_ids[max(0, start - self.prompt_context) :])
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
-        length, draft = self.tree.propose(token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior)
+        return self.propose_scored(token_ids, k)[0]
+
+    def propose_scored(self, token_ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """(up to `k` draft tokens, the estimated chance that each draft prefix is right): the
+        tree's draft, or prompt lookup's when its match is longer."""
+        length, draft, probs = self.tree.propose_scored(
+            token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior
+        )
         n, local = self.ngram.propose_with_length(token_ids, k)
         if n > length and local:
-            return local[: self._affordable(n, len(local))]
-        return draft
+            confidence = n / (n + self.match_prior)
+            local = local[: self._affordable(n, len(local))]
+            return local, [confidence ** (i + 1) for i in range(len(local))]
+        return draft, probs
 
     def _affordable(self, n: int, k: int) -> int:
         """How many of a prompt-lookup draft's k tokens keep (n / (n + prior))^i >= min_path_prob."""
