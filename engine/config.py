@@ -45,11 +45,11 @@ class EngineConfig:
     # from the drafters' match confidence and the request's acceptance history (speculative/chooser.py).
     speculative: str | None = None
     num_speculative_tokens: int = 4
-    # A verify step's cost in plain decode steps: 1 + overhead + per_token * drafts. Measured on the
-    # 2-core CPU with the shipped model at ~2k tokens of context (process CPU time, 1 thread):
-    # 1 row 4.8-6.0 ms, 2 rows 7.5 ms, 17 rows 11.7-12.4 ms.
-    spec_verify_overhead: float = 0.25
-    spec_token_cost: float = 0.05
+    # A verify step's cost in plain decode steps: 1 + overhead + per_token * drafts. Fitted to the
+    # shipped model's CPU steps at 1.5k-2k tokens of context (median process CPU time, 1 thread,
+    # relative to a 1-row step): 2 rows 1.12, 3 rows 1.17, 5 rows 1.33, 9 rows 1.48, 17 rows 2.32.
+    spec_verify_overhead: float = 0.15
+    spec_token_cost: float = 0.06
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
     cuda_graphs: bool = True  # on CUDA, replay captured graphs for pure decode steps (engine/cuda_graphs.py)
 

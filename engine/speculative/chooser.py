@@ -29,8 +29,8 @@ class VerifyCost:
     """The cost of a verify step in plain decode steps: 1 + overhead + per_token * (number of
     drafts). Raises ValueError on negative values."""
 
-    overhead: float = 0.25
-    per_token: float = 0.05
+    overhead: float = 0.15
+    per_token: float = 0.06
 
     def __post_init__(self) -> None:
         if self.overhead < 0 or self.per_token < 0:
@@ -55,10 +55,13 @@ class Proposal:
 @dataclass(slots=True)
 class DrafterStats:
     """A request's moving record of one drafter: predicted and accepted token sums with decay
-    `decay` per verify step, starting from `prior` of each (calibration 1)."""
+    `decay` per verify step (a memory of ~10 verify steps), starting from `prior` of each
+    (calibration 1). A step the drafter is passed over decays them by `skip_decay`: slower, so a
+    drafter that keeps failing is retried now and then (every few dozen steps), not every other step."""
 
     prior: float = 2.0
-    decay: float = 0.8
+    decay: float = 0.9
+    skip_decay: float = 0.97
     predicted: float = 0.0
     accepted: float = 0.0
 
@@ -73,8 +76,8 @@ class DrafterStats:
 
     def skip(self) -> None:
         """Passed over this step: drift back toward the prior."""
-        self.predicted *= self.decay
-        self.accepted *= self.decay
+        self.predicted *= self.skip_decay
+        self.accepted *= self.skip_decay
 
 
 @dataclass(frozen=True, slots=True)

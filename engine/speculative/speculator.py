@@ -19,6 +19,7 @@ from engine.speculative.draft_model import PLACEHOLDER
 from engine.speculative.ngram import NgramDrafter
 from engine.speculative.suffix import SuffixDrafter
 
+PROMPT_SOURCE = "suffix:prompt"  # the suffix drafter's prompt lookup, tracked apart from its tree
 # Prior chance that one MTP / draft-model token is accepted before a request has a history; the
 # request's calibration corrects them (the shipped MTP module: ~0.76 on eval turns).
 MTP_PRIOR = 0.75
@@ -55,13 +56,21 @@ class Speculator:
                     out.append(Proposal("mtp", [seq.mtp_draft], [MTP_PRIOR]))
             elif name == "draft":
                 out.append(Proposal("draft", [PLACEHOLDER] * k, [DRAFT_MODEL_PRIOR ** (i + 1) for i in range(k)], DRAFT_MODEL_COST))
+            elif name == "ngram":
+                assert self.ngram is not None
+                tokens, probs = self.ngram.propose_scored(seq.token_ids, k)
+                out.append(Proposal("ngram", tokens, probs))
             else:
-                drafter = self.suffix if name == "suffix" else self.ngram
-                assert drafter is not None, name
-                tokens, probs = drafter.propose_scored(seq.token_ids, k)
-                if tokens:
-                    out.append(Proposal(name, tokens, probs))
-        return out
+                out += self._suffix_proposals(seq.token_ids, k)
+        return [p for p in out if p.tokens]
+
+    def _suffix_proposals(self, token_ids: Seq[int], k: int) -> list[Proposal]:
+        """The suffix drafter's two sources, each with its own acceptance history: the global
+        tree of earlier outputs ("suffix") and prompt lookup in the request's context ("suffix:prompt")."""
+        assert self.suffix is not None
+        _, tree, tree_probs = self.suffix.tree_draft(token_ids, k)
+        _, local, local_probs = self.suffix.prompt_draft(token_ids, k)
+        return [Proposal("suffix", tree, tree_probs), Proposal(PROMPT_SOURCE, local, local_probs)]
 
     def draft(self, seq: Sequence, k: int) -> None:
         """Set `seq.draft_ids` to the chosen draft of at most `k` tokens (none: a plain step)."""

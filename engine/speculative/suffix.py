@@ -290,20 +290,24 @@ class SuffixDrafter:
             self.tree.add(request_id, token_ids[max(0, start - self.prompt_context) :])
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
-        return self.propose_scored(token_ids, k)[0]
+        """The draft of the longer match: the global tree's, or prompt lookup's (ties: the tree)."""
+        (tree_len, tree, _), (n, local, _) = self.tree_draft(token_ids, k), self.prompt_draft(token_ids, k)
+        return local if n > tree_len and local else tree
 
-    def propose_scored(self, token_ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
-        """(up to `k` draft tokens, the estimated chance that each draft prefix is right): the
-        tree's draft, or prompt lookup's when its match is longer."""
-        length, draft, probs = self.tree.propose_scored(
-            token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior
-        )
+    def tree_draft(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
+        """(match length, up to `k` draft tokens, the estimated chance that each draft prefix is
+        right) from the global tree of earlier outputs."""
+        return self.tree.propose_scored(token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior)
+
+    def prompt_draft(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
+        """The same from prompt lookup over the request's own context: a match of n tokens counts
+        as confidence n / (n + match_prior) per drafted token."""
         n, local = self.ngram.propose_with_length(token_ids, k)
-        if n > length and local:
-            confidence = n / (n + self.match_prior)
-            local = local[: self._affordable(n, len(local))]
-            return local, [confidence ** (i + 1) for i in range(len(local))]
-        return draft, probs
+        if not local:
+            return 0, [], []
+        confidence = n / (n + self.match_prior)
+        local = local[: self._affordable(n, len(local))]
+        return n, local, [confidence ** (i + 1) for i in range(len(local))]
 
     def _affordable(self, n: int, k: int) -> int:
         """How many of a prompt-lookup draft's k tokens keep (n / (n + prior))^i >= min_path_prob."""
