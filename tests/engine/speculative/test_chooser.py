@@ -37,7 +37,7 @@ def test_a_history_of_rejections_shortens_the_drafts_then_only_probes_now_and_th
             stats.record(choice.predicted, 0)
     stop = lengths.index(0)
     assert lengths[0] == 8 and stop <= 8
-    assert all(a >= b for a, b in zip(lengths[:stop], lengths[1:stop])) and lengths[stop - 1] < 8  # shrinking
+    assert all(a >= b for a, b in zip(lengths[: stop - 1], lengths[1:stop], strict=True)) and lengths[stop - 1] < 8  # shrinking
     assert sum(1 for n in lengths[stop:] if n) <= len(lengths[stop:]) // 3  # afterwards mostly plain steps
 
 
