@@ -246,8 +246,10 @@ class SuffixDrafter:
     """The engine's "suffix" drafter, after SuffixDecoding: a global SuffixTree over earlier
     requests' outputs (each with the last `prompt_context` tokens of its prompt, so a match can
     start at the turn's opening), together with prompt lookup over the request's own context
-    (prompt and the output it is still generating). The longer match wins; ties go to the tree
-    (frequency-ranked).
+    (prompt and the output it is still generating). Alone (`propose`) the longer match wins, ties
+    to the tree (frequency-ranked); in the engine both drafts go to the chooser (chooser.py) as two
+    sources with their own acceptance history, and the one with more expected tokens per verify
+    cost is verified.
 
     Only outputs enter the global tree, as in the paper: a request's own prompt is covered by prompt
     lookup, and indexing whole prompts (thousands of tokens per agent turn) cost ~48 ms of the step
@@ -260,9 +262,9 @@ class SuffixDrafter:
     Draft length is cost-aware: a verified token costs a fraction of a step (~0.1 of a decode step
     on the 2-core CPU), so a draft token is worth proposing while the estimated chance that it and
     every token before it are accepted stays at least `min_path_prob`. A match of L tokens counts
-    as confidence L / (L + `match_prior`) per token (tree shares multiply in); the engine further
-    scales the draft budget by the request's acceptance history. Windows of 48 tokens: a 24-token
-    match can still draft 16."""
+    as confidence L / (L + `match_prior`) per token (tree shares multiply in); the engine's chooser
+    then cuts the draft to the length its request's acceptance history pays for. Windows of 48
+    tokens: a 24-token match can still draft 16."""
 
     def __init__(
         self, max_depth: int = 48, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.15,
