@@ -34,8 +34,9 @@ class SamplingParams:
     seed: int | None = None
     json_schema: str | dict | None = None  # constrain the output to JSON matching this schema
     grammar: str | None = None  # or to this EBNF grammar (xgrammar syntax)
-    # Speculative decoding for this request: True = the engine's default drafter, False = off, or the
-    # name of one of the engine's drafters ("suffix", "ngram", "mtp", "draft").
+    # Speculative decoding for this request: True = the engine picks among its drafters every step
+    # (engine/speculative/chooser.py), False = off, or the name of one of the engine's drafters
+    # ("suffix", "ngram", "mtp", "draft"), whose draft length is still chosen per step.
     speculative: bool | str = True
     # Scheduling: lower `priority` is more urgent (as in vLLM); the engine serves waiting requests
     # by (priority, arrival) and preempts the least urgent running one first. `program_id` names the
