@@ -90,3 +90,10 @@ def test_a_request_naming_a_drafter_gets_only_that_drafter() -> None:
 def test_negative_costs_are_rejected() -> None:
     with pytest.raises(ValueError, match="overhead"):
         VerifyCost(overhead=-0.1)
+
+
+def test_the_engine_config_rejects_negative_verify_costs() -> None:
+    from engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="spec_token_cost"):
+        EngineConfig(spec_token_cost=-0.1)
