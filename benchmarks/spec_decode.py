@@ -15,6 +15,9 @@ Reports, per configuration: decode speedup (first streamed token to last, prefil
 end-to-end speedup (submission to last token, prefill included), both against plain decoding in the
 same repeat, as the median and min-max over repeats; tokens per target step and draft acceptance.
 
+A configuration of several drafters joined by "+" (e.g. suffix+mtp) enables them all on one engine;
+the engine then picks the drafter and draft length per request and per step (engine/speculative/chooser.py).
+
     python benchmarks/spec_decode.py [--turns-per-run 6] [--repeats 3] [--max-tokens 96] [--quick]
 """
 
@@ -117,8 +120,14 @@ async def _one(llm: LLM, prompt: list[int], params: SamplingParams, tally: Tally
     tally.outputs.append(list(final.token_ids))
 
 
+def draft_tokens(drafter: str) -> int:
+    """Draft tokens per step (max) of a configuration: the most of its drafters."""
+    return max(DRAFT_TOKENS[d] for d in drafter.split("+"))
+
+
 def fresh_engine(drafter: str | None, device: str) -> LLM:
-    llm = LLM(speculative=drafter, num_speculative_tokens=DRAFT_TOKENS.get(drafter or "", 4), kv_cache_memory_gb=0.25, device=device)
+    spec = drafter.replace("+", ",") if drafter else None
+    llm = LLM(speculative=spec, num_speculative_tokens=draft_tokens(drafter) if drafter else 4, kv_cache_memory_gb=0.25, device=device)
     # Warm-up on a prompt of no eval turn (a bare system line) and a short output: it loads kernels
     # and code paths without putting any eval conversation into the drafter or the prefix cache.
     llm.generate([llm.encode("<|system|>You are a helpful assistant.")], SamplingParams(temperature=0.0, max_tokens=8))
@@ -186,7 +195,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--temperatures", default="0.0", help="comma-separated; outputs are checked against plain decoding at 0 only")
-    ap.add_argument("--drafters", default="suffix,ngram,mtp,draft", help="comma-separated drafters to compare with none")
+    ap.add_argument("--drafters", default="suffix,ngram,mtp,draft", help="comma-separated configurations to compare with none; a+b enables both drafters on one engine")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="1 run, 2 turns, 24 tokens, 1 repeat, no write")
@@ -218,7 +227,8 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
             "at temperature 0 every configuration's output tokens equalled plain decoding's on every turn (checked; the run fails "
             "otherwise). Figures: median (min-max) over repeats; speedups are against plain decoding in the same repeat. "
             "Tokens per step and acceptance: last repeat. Target: >= 2.5x decode speedup at temperature 0 with the best drafter. "
-            "Draft tokens per step (max): " + ", ".join(f"{d} {DRAFT_TOKENS[d]}" for d in args.drafters.split(",")) + ". "
+            "Draft tokens per step (max): " + ", ".join(f"{d} {draft_tokens(d)}" for d in args.drafters.split(",")) + "; "
+            "a+b: both drafters on one engine, the engine choosing drafter and length per request and step. "
             "The machine (2 cores) was shared with other work while this ran: absolute tok/s are low and noisy.")
     write_section(section, f"Speculative decoding (embedded model, batch 1{where})", body, cmd, data | {"tasks": tasks, "turns": len(cases)})
 

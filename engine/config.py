@@ -44,9 +44,16 @@ class EngineConfig:
     quantization: str | None = None  # None, "nvfp4" or "mxfp4": FP4 MoE experts (quantised at load)
     # Speculative decoding: None (off), or one or more of "suffix" (global suffix tree over earlier
     # prompts and outputs), "ngram" (prompt lookup), "mtp" (the model's MTP module, 1 token),
-    # "draft" (a small draft model), comma-separated; the first is the default for requests.
+    # "draft" (a small draft model), comma-separated. A request with speculative=True gets the
+    # drafter and draft length with the most expected tokens per verify cost, chosen every step
+    # from the drafters' match confidence and the request's acceptance history (speculative/chooser.py).
     speculative: str | None = None
     num_speculative_tokens: int = 4
+    # A verify step's cost in plain decode steps: 1 + overhead + per_token * drafts. Fitted to the
+    # shipped model's CPU steps at 1.5k-2k tokens of context (median process CPU time, 1 thread,
+    # relative to a 1-row step): 2 rows 1.12, 3 rows 1.17, 5 rows 1.33, 9 rows 1.48, 17 rows 2.32.
+    spec_verify_overhead: float = 0.15
+    spec_token_cost: float = 0.06
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
     cuda_graphs: bool = True  # on CUDA, replay captured graphs for pure decode steps (engine/cuda_graphs.py)
 
@@ -73,6 +80,8 @@ class EngineConfig:
             raise ValueError(f"speculative must be None or a comma-separated subset of {DRAFTERS}, got {self.speculative!r}")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError(f"num_speculative_tokens must be in [1, 16], got {self.num_speculative_tokens}")
+        if self.spec_verify_overhead < 0 or self.spec_token_cost < 0:
+            raise ValueError(f"spec_verify_overhead and spec_token_cost must be >= 0, got {self.spec_verify_overhead}, {self.spec_token_cost}")
         if self.kv_cache_memory_gb <= 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
 

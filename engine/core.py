@@ -27,9 +27,8 @@ from engine.model.config import ModelConfig
 from engine.runner import ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
-from engine.speculative.draft_model import PLACEHOLDER
-from engine.speculative.ngram import NgramDrafter
-from engine.speculative.suffix import SuffixDrafter
+from engine.speculative.chooser import VerifyCost
+from engine.speculative.speculator import Speculator
 from engine.structured import GrammarFactory
 
 logger = logging.getLogger(__name__)
@@ -72,13 +71,8 @@ class EngineCore:
         self.runner = ModelRunner(model, model_config, config, num_blocks)
         self.detokenize = detokenize
         self.grammars = grammars
-        # Token-level drafters (suffix tree, n-gram); "mtp" and "draft" are run by the runner.
-        self.token_drafters: dict[str, NgramDrafter | SuffixDrafter] = {}
-        self.suffix: SuffixDrafter | None = SuffixDrafter() if "suffix" in config.drafters else None
-        if self.suffix is not None:
-            self.token_drafters["suffix"] = self.suffix
-        if "ngram" in config.drafters:
-            self.token_drafters["ngram"] = NgramDrafter()
+        # Drafting and the per-step drafter choice; "mtp" and "draft" tokens come from the runner.
+        self.speculator = Speculator(config.drafters, VerifyCost(config.spec_verify_overhead, config.spec_token_cost))
         disk = DiskKVTier(config.disk_kv_dir, config.disk_kv_blocks) if config.disk_kv_dir and config.disk_kv_blocks else None
         # Disk writes and prefetch reads run on the storage worker, never on the step thread.
         storage = StorageWorker(config.kv_storage_budget_bytes) if disk is not None else None
@@ -264,7 +258,7 @@ class EngineCore:
             seq.usage.kv_byte_seconds += (seq.num_computed_tokens + num_new) * self.kv_bytes_per_token * seconds
             rejected = len(seq.draft_ids) - acc
             if seq.draft_ids:
-                self._record_acceptance(seq, acc)
+                self.speculator.record(seq, acc)
             seq.draft_ids = []
             old_len = len(seq)
             seq.token_ids.extend(new)
@@ -287,37 +281,15 @@ class EngineCore:
                 break
         return seq.token_ids[old_len:]
 
-    def _drafter_for(self, seq: Sequence) -> str | None:
-        choice = seq.params.speculative
-        if choice is False or not self.config.drafters:
-            return None
-        return self.config.drafters[0] if choice is True else str(choice)
-
     def _propose_drafts(self) -> None:
         k_max = self.config.num_speculative_tokens
         for seq in self.scheduler.running:
-            if seq.num_uncomputed_tokens != 1 or seq.matcher is not None:
+            if seq.num_uncomputed_tokens != 1 or seq.matcher is not None or seq.params.speculative is False:
                 continue
-            name = self._drafter_for(seq)
-            if name is None:
-                continue
-            k = max(1, min(k_max, round(seq.spec_acceptance * k_max)))
             room = min(seq.params.max_tokens - seq.num_output_tokens - 1, self.max_model_len - len(seq) - 1)
-            k = min(k, room)
-            if k <= 0:
-                continue
-            if name == "mtp":  # one token: the module predicts t+2 only
-                seq.draft_ids = [seq.mtp_draft] if seq.mtp_draft is not None else []
-            elif name == "draft":  # slots reserved now, filled by the runner's draft model
-                seq.draft_ids = [PLACEHOLDER] * k
-            else:
-                seq.draft_ids = self.token_drafters[name].propose(seq.token_ids, k)
-
-    @staticmethod
-    def _record_acceptance(seq: Sequence, accepted: int) -> None:
-        seq.usage.spec_proposed_tokens += len(seq.draft_ids)
-        seq.usage.spec_accepted_tokens += accepted
-        seq.spec_acceptance = 0.7 * seq.spec_acceptance + 0.3 * accepted / len(seq.draft_ids)
+            k = min(k_max, room)
+            if k > 0:
+                self.speculator.draft(seq, k)
 
     def _drain(self) -> list[StepOutput]:
         if self.pin_table is not None:
@@ -327,8 +299,7 @@ class EngineCore:
         while self._inbox:
             new = self._inbox.popleft()
             self.scheduler.add(new)
-            if self.suffix is not None:
-                self.suffix.observe(new.request_id, new.token_ids)
+            self.speculator.observe(new.request_id, new.token_ids)
         while self._priority_cmds:
             request_id, priority = self._priority_cmds.popleft()
             target = self._by_id.get(request_id)
@@ -344,8 +315,7 @@ class EngineCore:
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)
-        if self.suffix is not None:  # its output joins the global tree for later requests
-            self.suffix.observe(seq.request_id, seq.token_ids)
+        self.speculator.observe(seq.request_id, seq.token_ids)  # its output joins the global suffix tree
         with self._lock:
             self._by_id.pop(seq.request_id, None)  # type: ignore[arg-type]
 

@@ -109,8 +109,7 @@ class ModelRunner:
         """Run the batch. Returns, per sequence, the tokens to append (empty when it did not reach
         its end), how many of its drafts were accepted, and the step's device seconds."""
         start = time.perf_counter()
-        if self.draft is not None:
-            self._fill_drafts(batch)
+        num_filled = self._fill_drafts(batch) if self.draft is not None else 0
         input_ids, positions, meta = self.prepare(batch)
         prenorm = None
         if self.graphs is not None:  # decode and verification steps with one row count per sequence replay a graph
@@ -131,8 +130,10 @@ class ModelRunner:
                 accepted[i], tokens[i] = self._verify(hidden, meta, seq, i)
         if self.mtp:
             self._mtp_drafts(batch, input_ids, positions, meta, prenorm, tokens, accepted)
-        if self.draft is not None and not all(seq.draft_ids for seq in batch.seqs):
-            self.draft.sync(input_ids, positions, meta)  # drafting already wrote the speculating rows' KV
+        if self.draft is not None and num_filled < len(batch):
+            # Drafting already wrote the KV of the rows it drafted; the others (plain, prefill, or
+            # drafted by another drafter) need the draft model's KV too.
+            self.draft.sync(input_ids, positions, meta)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return tokens, accepted, time.perf_counter() - start
@@ -163,13 +164,15 @@ class ModelRunner:
         accepted = int(num[0])
         return accepted, seq.draft_ids[:accepted] + [int(bonus[0])]
 
-    def _fill_drafts(self, batch: ScheduledBatch) -> None:
-        """Replace the core's placeholder drafts by the draft model's proposals."""
+    def _fill_drafts(self, batch: ScheduledBatch) -> int:
+        """Replace the core's placeholder drafts by the draft model's proposals; returns how many
+        sequences it drafted for."""
         assert self.draft is not None
         rows = [seq for seq in batch.seqs if seq.draft_ids and seq.draft_ids[0] == PLACEHOLDER]
         if rows:
             for seq, draft in zip(rows, self.draft.propose(rows, [len(s.draft_ids) for s in rows]), strict=True):
                 seq.draft_ids = draft
+        return len(rows)
 
     def _mtp_drafts(
         self, batch: ScheduledBatch, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,

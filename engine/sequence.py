@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import InvalidRequestError
+from engine.speculative.chooser import SpecState
 
 
 @dataclass(slots=True)
@@ -36,8 +37,9 @@ class SamplingParams:
     # or to this xgrammar structural tag (JSON); its `token` formats may name special tokens, which
     # the grammar then matches token by token (how chat formats constrain tool calls)
     structural_tag: str | dict | None = None
-    # Speculative decoding for this request: True = the engine's default drafter, False = off, or the
-    # name of one of the engine's drafters ("suffix", "ngram", "mtp", "draft").
+    # Speculative decoding for this request: True = the engine picks among its drafters every step
+    # (engine/speculative/chooser.py), False = off, or the name of one of the engine's drafters
+    # ("suffix", "ngram", "mtp", "draft"), whose draft length is still chosen per step.
     speculative: bool | str = True
     # Scheduling: lower `priority` is more urgent (as in vLLM); the engine serves waiting requests
     # by (priority, arrival) and preempts the least urgent running one first. `program_id` names the
@@ -132,7 +134,7 @@ class Sequence:
     stop_text: str = ""  # decoded text, kept only when stop strings are set
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
-    spec_acceptance: float = 1.0  # moving average of the accepted fraction (adaptive draft length)
+    spec: SpecState | None = None  # per-drafter acceptance history and the current draft's source
     mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
     priority: int = 0  # the scheduling priority now (starts at params.priority; lower = more urgent)
     order: int = 0  # arrival rank in the scheduler (ties between equal priorities: first come first)

@@ -21,6 +21,13 @@ class NgramDrafter:
         """Up to `k` draft tokens continuing `token_ids` (empty when nothing matches)."""
         return self.propose_with_length(token_ids, k)[1]
 
+    def propose_scored(self, token_ids: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        """(up to `k` draft tokens, the estimated chance that each draft prefix is right): a match
+        of n tokens counts as confidence n / (n + 1) per drafted token."""
+        n, draft = self.propose_with_length(token_ids, k)
+        confidence = n / (n + 1)
+        return draft, [confidence ** (i + 1) for i in range(len(draft))]
+
     def propose_with_length(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int]]:
         """(length of the matched n-gram, up to `k` draft tokens); (0, []) when nothing matches.
 

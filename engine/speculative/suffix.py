@@ -155,14 +155,24 @@ class SuffixTree:
         self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0,
         match_prior: float = 0.0,
     ) -> tuple[int, list[int]]:
-        """(match length, up to `k` draft tokens): from the longest matching suffix, follow the most
-        frequent child (ties: the earliest added) while its share of its parent's count is at least
-        `min_prob` and the estimated chance that the whole draft so far is right stays at least
-        `min_path_prob`. Each token's chance is its share times L / (L + match_prior) for a match of
-        L tokens: a short match is weak evidence that its continuation applies here (measured on
-        replayed agent turns: ~40% of first tokens accepted after 1-2 matched tokens, ~94% after 12+)."""
+        """(match length, up to `k` draft tokens): `propose_scored` without the path probabilities."""
+        length, draft, _ = self.propose_scored(context, k, min_prob, max_match, min_path_prob, match_prior)
+        return length, draft
+
+    def propose_scored(
+        self, context: Sequence[int], k: int, min_prob: float = 0.1, max_match: int = 24, min_path_prob: float = 0.0,
+        match_prior: float = 0.0,
+    ) -> tuple[int, list[int], list[float]]:
+        """(match length, up to `k` draft tokens, the estimated chance that each draft prefix is
+        right): from the longest matching suffix, follow the most frequent child (ties: the earliest
+        added) while its share of its parent's count is at least `min_prob` and the estimated chance
+        that the whole draft so far is right stays at least `min_path_prob`. Each token's chance is
+        its share times L / (L + match_prior) for a match of L tokens: a short match is weak evidence
+        that its continuation applies here (measured on replayed agent turns: ~40% of first tokens
+        accepted after 1-2 matched tokens, ~94% after 12+)."""
         length, node = self.match(context, max_match)
         draft: list[int] = []
+        probs: list[float] = []
         budget = min(k, self.max_depth - length)
         confidence = length / (length + match_prior) if length else 0.0
         path = 1.0
@@ -174,8 +184,9 @@ class SuffixTree:
             if share < min_prob or path < min_path_prob:
                 break
             draft.append(tok)
+            probs.append(path)
             node = best
-        return length, draft
+        return length, draft, probs
 
     # ---- internals -------------------------------------------------------------------------
     def _insert(self, window: tuple[int, ...]) -> None:
@@ -235,8 +246,10 @@ class SuffixDrafter:
     """The engine's "suffix" drafter, after SuffixDecoding: a global SuffixTree over earlier
     requests' outputs (each with the last `prompt_context` tokens of its prompt, so a match can
     start at the turn's opening), together with prompt lookup over the request's own context
-    (prompt and the output it is still generating). The longer match wins; ties go to the tree
-    (frequency-ranked).
+    (prompt and the output it is still generating). Alone (`propose`) the longer match wins, ties
+    to the tree (frequency-ranked); in the engine both drafts go to the chooser (chooser.py) as two
+    sources with their own acceptance history, and the one with more expected tokens per verify
+    cost is verified.
 
     Only outputs enter the global tree, as in the paper: a request's own prompt is covered by prompt
     lookup, and indexing whole prompts (thousands of tokens per agent turn) cost ~48 ms of the step
@@ -249,9 +262,9 @@ class SuffixDrafter:
     Draft length is cost-aware: a verified token costs a fraction of a step (~0.1 of a decode step
     on the 2-core CPU), so a draft token is worth proposing while the estimated chance that it and
     every token before it are accepted stays at least `min_path_prob`. A match of L tokens counts
-    as confidence L / (L + `match_prior`) per token (tree shares multiply in); the engine further
-    scales the draft budget by the request's acceptance history. Windows of 48 tokens: a 24-token
-    match can still draft 16."""
+    as confidence L / (L + `match_prior`) per token (tree shares multiply in); the engine's chooser
+    then cuts the draft to the length its request's acceptance history pays for. Windows of 48
+    tokens: a 24-token match can still draft 16."""
 
     def __init__(
         self, max_depth: int = 48, max_nodes: int = 400_000, min_prob: float = 0.1, min_path_prob: float = 0.15,
@@ -279,11 +292,24 @@ class SuffixDrafter:
             self.tree.add(request_id, token_ids[max(0, start - self.prompt_context) :])
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
-        length, draft = self.tree.propose(token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior)
+        """The draft of the longer match: the global tree's, or prompt lookup's (ties: the tree)."""
+        (tree_len, tree, _), (n, local, _) = self.tree_draft(token_ids, k), self.prompt_draft(token_ids, k)
+        return local if n > tree_len and local else tree
+
+    def tree_draft(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
+        """(match length, up to `k` draft tokens, the estimated chance that each draft prefix is
+        right) from the global tree of earlier outputs."""
+        return self.tree.propose_scored(token_ids, k, self.min_prob, self.max_match, self.min_path_prob, self.match_prior)
+
+    def prompt_draft(self, token_ids: Sequence[int], k: int) -> tuple[int, list[int], list[float]]:
+        """The same from prompt lookup over the request's own context: a match of n tokens counts
+        as confidence n / (n + match_prior) per drafted token."""
         n, local = self.ngram.propose_with_length(token_ids, k)
-        if n > length and local:
-            return local[: self._affordable(n, len(local))]
-        return draft
+        if not local:
+            return 0, [], []
+        confidence = n / (n + self.match_prior)
+        local = local[: self._affordable(n, len(local))]
+        return n, local, [confidence ** (i + 1) for i in range(len(local))]
 
     def _affordable(self, n: int, k: int) -> int:
         """How many of a prompt-lookup draft's k tokens keep (n / (n + prior))^i >= min_path_prob."""

@@ -106,6 +106,36 @@ def test_greedy_output_with_each_drafter_equals_plain_decoding(tiny_pair: tuple[
         assert sum(o.usage.spec_accepted_tokens for o in again) > 0.8 * sum(len(o.token_ids) for o in again) - 2 * len(again)
 
 
+def test_greedy_output_with_the_per_step_drafter_choice_equals_plain_decoding(tiny_pair: tuple[Path, Path]) -> None:
+    """All four drafters enabled, the chooser picking per request and step: lossless, and more
+    than one drafter's drafts end up verified."""
+    target, draft = tiny_pair
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=512)
+    prompts = _prompts()
+    plain = LLM(target, **opts).generate(prompts, GREEDY)  # type: ignore[arg-type]
+    llm = LLM(target, speculative="suffix,ngram,mtp,draft", num_speculative_tokens=6, draft_model=draft, **opts)  # type: ignore[arg-type]
+    used: set[str] = set()
+    record = llm.core.speculator.record
+
+    def spy(seq: object, accepted: int) -> None:
+        used.add(seq.spec.drafter)  # type: ignore[attr-defined]
+        record(seq, accepted)  # type: ignore[arg-type]
+
+    llm.core.speculator.record = spy  # type: ignore[method-assign]
+    for _ in range(2):
+        assert [o.token_ids for o in llm.generate(prompts, GREEDY)] == [o.token_ids for o in plain]
+    assert len(used) >= 2, used
+
+
+def test_speculation_that_cannot_pay_for_its_verify_step_is_not_attempted(tiny_pair: tuple[Path, Path]) -> None:
+    target, _ = tiny_pair
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=512, speculative="ngram")
+    cheap = LLM(target, **opts).generate(_prompts(), GREEDY)  # type: ignore[arg-type]
+    dear = LLM(target, spec_verify_overhead=50.0, **opts).generate(_prompts(), GREEDY)  # type: ignore[arg-type]
+    assert [o.token_ids for o in dear] == [o.token_ids for o in cheap]
+    assert sum(o.usage.spec_proposed_tokens for o in cheap) > 0 == sum(o.usage.spec_proposed_tokens for o in dear)
+
+
 def test_sampled_output_with_the_draft_model_is_reproducible_and_in_range(tiny_pair: tuple[Path, Path]) -> None:
     target, draft = tiny_pair
     llm = LLM(target, device="cpu", dtype="float32", block_size=4, num_kv_blocks=512, speculative="draft", draft_model=draft)

@@ -1,0 +1,93 @@
+"""The engine's drafting step: gathers every allowed drafter's proposal for a request and lets the
+chooser (chooser.py) pick the drafter and draft length per request and per step.
+
+A request that names a drafter (`SamplingParams.speculative="suffix"`) gets only that drafter's
+proposals, still cut to the length its acceptance history pays for; `speculative=True` lets the
+chooser pick among all the engine's drafters every step. Token-level drafters (suffix tree,
+prompt lookup) draft here; the MTP module's guess comes from the previous step (`Sequence.mtp_draft`)
+and the draft model's tokens are filled in by the runner (placeholders reserve their slots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from collections.abc import Sequence as Seq
+
+from engine.sequence import Sequence
+from engine.speculative.chooser import Proposal, SpecState, VerifyCost, choose
+from engine.speculative.draft_model import PLACEHOLDER
+from engine.speculative.ngram import NgramDrafter
+from engine.speculative.suffix import SuffixDrafter
+
+PROMPT_SOURCE = "suffix:prompt"  # the suffix drafter's prompt lookup, tracked apart from its tree
+# Prior chance that one MTP / draft-model token is accepted before a request has a history; the
+# request's calibration corrects them (the shipped MTP module: ~0.76 on eval turns).
+MTP_PRIOR = 0.75
+DRAFT_MODEL_PRIOR = 0.7
+DRAFT_MODEL_COST = 0.3  # one draft-model forward per drafted token, in target decode steps (CPU)
+
+
+class Speculator:
+    """Drafts for the engine's sequences from `drafters` (names from engine.config.DRAFTERS)."""
+
+    def __init__(self, drafters: Seq[str], cost: VerifyCost) -> None:
+        self.drafters = tuple(drafters)
+        self.cost = cost
+        self.suffix: SuffixDrafter | None = SuffixDrafter() if "suffix" in self.drafters else None
+        self.ngram: NgramDrafter | None = NgramDrafter() if "ngram" in self.drafters else None
+
+    def observe(self, request_id: Hashable, token_ids: Seq[int]) -> None:
+        """At admission (prompt) and at finish (prompt + output): feeds the global suffix tree."""
+        if self.suffix is not None:
+            self.suffix.observe(request_id, token_ids)
+
+    def allowed(self, seq: Sequence) -> tuple[str, ...]:
+        choice = seq.params.speculative
+        if choice is False:
+            return ()
+        return self.drafters if choice is True else (str(choice),)
+
+    def proposals(self, seq: Sequence, k: int) -> list[Proposal]:
+        """Every allowed drafter's draft of up to `k` tokens (empty drafters left out)."""
+        out = []
+        for name in self.allowed(seq):
+            if name == "mtp":
+                if seq.mtp_draft is not None:
+                    out.append(Proposal("mtp", [seq.mtp_draft], [MTP_PRIOR]))
+            elif name == "draft":
+                out.append(Proposal("draft", [PLACEHOLDER] * k, [DRAFT_MODEL_PRIOR ** (i + 1) for i in range(k)], DRAFT_MODEL_COST))
+            elif name == "ngram":
+                assert self.ngram is not None
+                tokens, probs = self.ngram.propose_scored(seq.token_ids, k)
+                out.append(Proposal("ngram", tokens, probs))
+            else:
+                out += self._suffix_proposals(seq.token_ids, k)
+        return [p for p in out if p.tokens]
+
+    def _suffix_proposals(self, token_ids: Seq[int], k: int) -> list[Proposal]:
+        """The suffix drafter's two sources, each with its own acceptance history: the global
+        tree of earlier outputs ("suffix") and prompt lookup in the request's context ("suffix:prompt")."""
+        assert self.suffix is not None
+        _, tree, tree_probs = self.suffix.tree_draft(token_ids, k)
+        _, local, local_probs = self.suffix.prompt_draft(token_ids, k)
+        return [Proposal("suffix", tree, tree_probs), Proposal(PROMPT_SOURCE, local, local_probs)]
+
+    def draft(self, seq: Sequence, k: int) -> None:
+        """Set `seq.draft_ids` to the chosen draft of at most `k` tokens (none: a plain step)."""
+        state = seq.spec if seq.spec is not None else SpecState()
+        seq.spec = state
+        choice = choose(self.proposals(seq, k), state.stats, self.cost)
+        if choice is None:
+            seq.draft_ids = []
+            state.drafter, state.predicted = None, 0.0
+            return
+        seq.draft_ids = choice.tokens
+        state.drafter, state.predicted = choice.drafter, choice.predicted
+
+    @staticmethod
+    def record(seq: Sequence, accepted: int) -> None:
+        """The verify step of `seq.draft_ids` accepted `accepted` of them."""
+        seq.usage.spec_proposed_tokens += len(seq.draft_ids)
+        seq.usage.spec_accepted_tokens += accepted
+        if seq.spec is not None:
+            seq.spec.record(accepted)
