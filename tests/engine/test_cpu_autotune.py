@@ -144,5 +144,5 @@ def test_kernels_retune_installs_the_new_choice(monkeypatch: pytest.MonkeyPatch,
         assert (tmp_path / "linear.tune.json").exists()
     finally:
         if before is not None:
-            kernels._settle_choice(before)
+            kernels.apply(before)
     assert cpu_linear._KERNELS in native.TUNABLE and cpu_attention._KERNELS in native.TUNABLE

@@ -166,9 +166,9 @@ class Kernels:
         except (OSError, RuntimeError, ValueError) as exc:
             logger.warning("autotune of the %s CPU kernels failed (%s): their default work split stays", self.name, exc)
             choice = autotune.Choice(self.space.default, "default")
-        self._settle_choice(choice)
+        self.apply(choice)
 
-    def _settle_choice(self, choice: autotune.Choice) -> None:
+    def apply(self, choice: autotune.Choice) -> None:
         """Put `choice` in force (the bindings read the settings through `tune` on every call)."""
         assert self._params is not None
         self.choice = choice
