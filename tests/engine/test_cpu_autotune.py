@@ -75,6 +75,7 @@ def _space(calls: list[tuple[int, ...]]) -> autotune.Space:
 @pytest.fixture
 def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(autotune, "BUDGET_S", 0.1)
+    monkeypatch.setattr(autotune, "BUSY_FACTOR", 1e9)  # a loaded CI machine still tunes the toy
     monkeypatch.delenv(autotune.ENV, raising=False)
     return str(tmp_path / "toy_0123.so")
 
@@ -132,6 +133,7 @@ def test_a_candidate_that_changes_the_output_is_never_chosen() -> None:
 @pytest.mark.skipif(not cpu_linear.available(), reason="no C compiler / CPU for the kernels")
 def test_kernels_retune_installs_the_new_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(autotune, "BUDGET_S", 0.05)
+    monkeypatch.setattr(autotune, "BUSY_FACTOR", 1e9)
     monkeypatch.setattr(autotune, "cache_path", lambda library: tmp_path / "linear.tune.json")  # not the user's cache
     monkeypatch.delenv(autotune.ENV, raising=False)
     kernels = cpu_linear._KERNELS
@@ -146,3 +148,10 @@ def test_kernels_retune_installs_the_new_choice(monkeypatch: pytest.MonkeyPatch,
         if before is not None:
             kernels.apply(before)
     assert cpu_linear._KERNELS in native.TUNABLE and cpu_attention._KERNELS in native.TUNABLE
+
+
+def test_a_machine_too_busy_to_tune_keeps_the_defaults_and_caches_nothing(library: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(autotune, "BUSY_FACTOR", 0.0)  # any screening round "overruns"
+    choice = autotune.choose("toy", library, _space([]), "Test CPU", 2)
+    assert (choice.source, choice.params) == ("default", (6, 0))
+    assert not autotune.cache_path(library).exists()

@@ -14,7 +14,11 @@ How: the family's workloads (decode- and verification-sized calls) run under eve
 interleaved rounds, so a slow phase of a shared machine hits all of them alike; after a screening
 pass the best few and the defaults are timed again head to head, and a candidate replaces the
 defaults only when its median time (each workload weighed alike) is at least MARGIN faster. That
-keeps noise from picking a "winner" among equals. It takes about BUDGET_S per family on first use.
+keeps noise from picking a "winner" among equals. It takes about BUDGET_S per family on first use;
+when one screening round overruns it BUSY_FACTOR times (an oversubscribed machine), the defaults run
+and nothing is cached. The choice reflects the load at tuning time: OpenMP's fork and barriers cost
+far more when other processes hold the cores, so a tune on a busy machine favours fewer threads and
+static schedules; re-tune on the machine as it will serve (AGENTRT_AUTOTUNE=force).
 
 The choice is cached beside the library as `<library>.tune.json`, so it is keyed like the build
 (kernel sources, flags, compiler, CPU model and instruction-set flags), per torch thread count; the
@@ -43,6 +47,7 @@ logger = logging.getLogger(__name__)
 ENV = "AGENTRT_AUTOTUNE"
 BUDGET_S = 1.0  # timing budget per kernel family (the bitwise check and workload set-up come on top)
 MARGIN = 0.03  # a candidate replaces the defaults only when at least this much faster
+BUSY_FACTOR = 4  # screening that overruns the budget this many times means a busy machine: no choice made
 FINALISTS = 3  # candidates timed again against the defaults after screening
 SAMPLE_S = 2e-4  # each timed sample repeats a workload until it lasts about this long
 
@@ -145,7 +150,8 @@ def choose(name: str, library: str, space: Space, cpu: str, threads: int, force:
             logger.debug("autotune %s: cached choice %s", name, dict(zip(space.knobs, cached, strict=True)))
             return Choice(cached, "cache")
     choice = tune(name, space, threads)
-    save(library, space, key, choice)
+    if choice.source == "tuned":  # not a busy machine's "defaults kept": the next process tries again
+        save(library, space, key, choice)
     return choice
 
 
@@ -205,7 +211,12 @@ def tune(name: str, space: Space, threads: int, budget_s: float | None = None) -
     reps = {n: max(1, round(SAMPLE_S / max(_sample(w, ref[1], 3), 1e-7))) for n, w in workloads.items()}
     logger.info("autotune %s: %d candidates x %d workloads (%s) on %d threads, ~%.1f s", name, len(candidates),
                 len(workloads), ", ".join(workloads), threads, budget_s)
-    screen = _relative(_rounds(workloads, reps, candidates, budget_s / 2, 2), space.default)
+    screening = time.perf_counter()
+    screen = _relative(_rounds(workloads, reps, candidates, budget_s / 2, 1), space.default)
+    if (took := time.perf_counter() - screening) > BUSY_FACTOR * budget_s:
+        logger.warning("autotune %s: screening took %.1f s, not %.1f (the machine is busy): defaults kept, not cached; "
+                       "tune on a quieter machine with %s=force", name, took, budget_s / 2, ENV)
+        return Choice(space.default, "default")
     finalists = sorted((c for c in candidates if c != space.default), key=screen.__getitem__)[:FINALISTS]
     final = _relative(_rounds(workloads, reps, [space.default, *finalists], budget_s / 2, 3), space.default)
     best = min(final, key=final.__getitem__)
