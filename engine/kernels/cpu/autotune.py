@@ -218,7 +218,7 @@ def tune(name: str, space: Space, threads: int, budget_s: float | None = None) -
                        "tune on a quieter machine with %s=force", name, took, budget_s / 2, ENV)
         return Choice(space.default, "default")
     finalists = sorted((c for c in candidates if c != space.default), key=screen.__getitem__)[:FINALISTS]
-    final = _relative(_rounds(workloads, reps, [space.default, *finalists], budget_s / 2, 3), space.default)
+    final = _relative(_rounds(workloads, reps, [space.default, *finalists], budget_s / 2, 2), space.default)
     best = min(final, key=final.__getitem__)
     if final[best] > 1.0 - MARGIN:
         best = space.default
