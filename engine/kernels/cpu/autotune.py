@@ -207,6 +207,8 @@ def tune(name: str, space: Space, threads: int, budget_s: float | None = None) -
     started, budget_s = time.perf_counter(), BUDGET_S if budget_s is None else budget_s
     workloads = space.workloads()
     candidates = identical(space, workloads, space.candidates)
+    if space.default not in candidates:  # the kernel is not even deterministic: nothing can be compared
+        return Choice(space.default, "default")
     ref = _address(space.default)
     reps = {n: max(1, round(SAMPLE_S / max(_sample(w, ref[1], 3), 1e-7))) for n, w in workloads.items()}
     logger.info("autotune %s: %d candidates x %d workloads (%s) on %d threads, ~%.1f s", name, len(candidates),
