@@ -11,15 +11,20 @@ tiny random configs that keep the real models' shape ratios (GQA ratio, experts/
 sliding-window layers), scaled down to a few tens of millions of parameters.
 
     python benchmarks/engine_vs_hf.py [--arch ARCH] [--quick] [--dtype float32|bfloat16] [--device cpu|cuda]
+
+--autotune-ab measures the engine alone (decode-b1, decode-b16) with the CPU kernels' default work
+split and with the one autotuned for this CPU, alternating, and reports median [min-max] of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -114,6 +119,64 @@ def run_engine(llm: LLM, prompts: list[list[int]], new: int) -> float:
     return elapsed
 
 
+def _split_settings(tuned: dict[str, Any] | None) -> None:
+    """Put the CPU kernels' autotuned work split (`tuned`: family -> its Choice) or, with None, their
+    defaults in force."""
+    from engine.kernels.cpu import autotune, native
+
+    for kernels in native.TUNABLE:
+        if kernels.space is not None and kernels.choice is not None and (tuned is None or kernels.name in tuned):
+            kernels.apply(tuned[kernels.name] if tuned else autotune.Choice(kernels.space.default, "default"))
+
+
+def autotune_ab(llm: LLM, loads: dict[str, tuple[list[list[int]], int]], repeats: int) -> tuple[list[list[object]], dict[str, object]]:
+    """Engine tok/s with the kernels' default work split and with the autotuned one, alternating in
+    every repeat (the order flips each time): per workload the median [min-max] of each and the ratio
+    of the medians."""
+    from engine.kernels.cpu import native
+
+    rows: list[list[object]] = []
+    for prompts, _ in loads.values():
+        run_engine(llm, prompts[:1], 2)  # warm-up; every kernel family the model uses settles its split here
+    saved = {k.name: k.choice for k in native.TUNABLE if k.choice is not None}
+    data: dict[str, object] = {"choices": _choices()}
+    for name, (prompts, new) in loads.items():
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(repeats):
+            for tuned in (False, True) if r % 2 == 0 else (True, False):
+                _split_settings(saved if tuned else None)
+                llm.core.scheduler.radix.reset()  # type: ignore[union-attr]
+                times[tuned].append(run_engine(llm, prompts, new))
+        _split_settings(saved)
+        tokens = len(prompts) * new
+        rate = {k: sorted(tokens / t for t in v) for k, v in times.items()}
+        med = {k: statistics.median(v) for k, v in rate.items()}
+        rows.append([name, len(prompts)] + [f"{med[k]:,.1f} [{v[0]:,.1f}-{v[-1]:,.1f}]" for k, v in rate.items()]
+                    + [med[True] / med[False]])
+        data[name] = {"requests": len(prompts), "new_tokens": tokens, "defaults_s": times[False], "tuned_s": times[True]}
+    return rows, data
+
+
+def _choices() -> dict[str, object]:
+    from engine.kernels.cpu import native
+
+    return {k.name: {"source": k.choice.source, **dict(zip(k.space.knobs, k.choice.params, strict=True))}
+            for k in native.TUNABLE if k.choice is not None and k.space is not None}
+
+
+def _write_ab(args: argparse.Namespace, title: str, rows: list[list[object]], data: dict[str, object]) -> None:
+    cols = ["workload", "requests", "defaults tok/s, median [min-max]", "autotuned tok/s, median [min-max]", "tuned / defaults"]
+    print_table(title, cols, rows)
+    if args.no_write:
+        return
+    cmd = f"python benchmarks/engine_vs_hf.py --autotune-ab --arch {args.arch}" + (" --quick" if args.quick else "") + f" --repeats {args.repeats}"
+    chosen = "; ".join(f"{n}: {', '.join(f'{k}={v}' for k, v in c.items())}" for n, c in data["choices"].items())  # type: ignore[union-attr]
+    body = (markdown_table(cols, rows) + f"\n\nThe engine alone, {args.repeats} runs per setting alternating (order flipped "
+            f"each repeat); the work split in force when tuned: {chosen}. The defaults are the split the kernels had "
+            "before the autotune. A ratio whose two ranges overlap is no measurable change." + (f" {args.note}" if args.note else ""))
+    write_section(f"engine_vs_hf_autotune_{args.device}", title, body, cmd, data)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="qwen3_moe", choices=ARCHS)
@@ -123,7 +186,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs per workload; the best time of each counts")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. how loaded the machine was)")
+    ap.add_argument("--autotune-ab", action="store_true",
+                    help="CPU: the engine with its kernels' default work split vs the autotuned one (no transformers)")
     args = ap.parse_args()
+    if args.autotune_ab:
+        _main_ab(args)
+        return
     import transformers
 
     dtype = getattr(torch, args.dtype)
@@ -156,6 +224,16 @@ def main() -> None:
                    + (f" {args.note}" if args.note else ""))
         section = f"engine_vs_hf_{args.device}" if args.arch == "qwen3_moe" else f"engine_vs_hf_{args.arch}_{args.device}"
         write_section(section, title, markdown_table(cols, rows) + "\n\n" + targets, cmd, data)
+
+
+def _main_ab(args: argparse.Namespace) -> None:
+    loads = {k: v for k, v in workloads(args.quick).items() if k != "shared-prefix"}
+    with tempfile.TemporaryDirectory() as tmp:
+        num_params = build_checkpoint(Path(tmp), args.quick, args.arch)
+        llm = LLM(tmp, device="cpu", dtype=args.dtype, kv_cache_memory_gb=2.0)
+        rows, data = autotune_ab(llm, loads, args.repeats)
+    title = f"CPU kernels: autotuned vs default work split ({args.arch}, {num_params / 1e6:.1f}M params, {args.dtype})"
+    _write_ab(args, title, rows, data)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def cpu() -> str:
     f = cpuinfo.detect()
     isa = "AVX-512" if "avx512f" in f.flags else "AVX2" if "avx2" in f.flags else "no AVX2: torch ops"
     kernels = "C kernels" if cpuinfo.c_kernels_supported(f)[0] else "torch ops"
-    return f"{f.model} ({f.arch}, {isa}, {kernels})"
+    return f"{f.name}, {f.arch}, {isa}, {kernels}"
 
 
 def machine() -> str:

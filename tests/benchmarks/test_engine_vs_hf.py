@@ -22,3 +22,19 @@ def test_each_arch_checkpoint_runs_in_the_engine_and_in_transformers(arch: str, 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype="float32").eval()
     prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
     assert run_engine(llm, prompts, 3) > 0 and run_hf(hf, prompts, 3) > 0
+
+
+def test_autotune_ab_reports_both_settings_per_workload(tmp_path: Path) -> None:
+    from benchmarks.engine_vs_hf import autotune_ab, build_checkpoint
+    from engine import LLM
+    from engine.kernels.cpu import linear as cpu_linear
+
+    if not cpu_linear.available():
+        pytest.skip("no C kernels here: nothing to tune")
+    build_checkpoint(tmp_path, quick=True, arch="qwen3")
+    llm = LLM(tmp_path, device="cpu", dtype="float32", num_kv_blocks=64)
+    before = cpu_linear._KERNELS.choice
+    rows, data = autotune_ab(llm, {"decode-b1": ([[5, 6, 7, 8]], 3), "decode-b2": ([[5, 6], [7, 8]], 2)}, repeats=2)
+    assert [r[:2] for r in rows] == [["decode-b1", 1], ["decode-b2", 2]] and all(r[4] > 0 for r in rows)
+    assert len(data["decode-b1"]["defaults_s"]) == len(data["decode-b1"]["tuned_s"]) == 2  # type: ignore[index]
+    assert "linear" in data["choices"] and cpu_linear._KERNELS.choice == before  # the tuned split is back in force

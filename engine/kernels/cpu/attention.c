@@ -73,6 +73,15 @@ static inline void row_block(const float *qr, const float *kb, const float *vb, 
 }
 
 #include "attention_tiled.h"
+#include <omp.h>
+
+/* How paged_attention splits its work between threads (see autotune.py); none of it changes a sum,
+   since every row's scores, softmax and weighted sum run in one fixed order whatever item holds it:
+   tune[0] query rows per tiled work item (1..TILE_ROWS), tune[1] the OpenMP schedule of the items
+   (0: dynamic, one at a time; 1: static blocks), tune[2] the work (new rows x context x KV heads x
+   D) below which one thread runs it all. The tiled-vs-row threshold (tiled_min_rows) is NOT
+   tuned: the two paths round differently, and decode must equal verification bitwise. */
+static const int64_t ATTENTION_DEFAULTS[3] = {TILE_ROWS, 0, 0};
 
 /* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
    ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
@@ -134,19 +143,24 @@ int64_t tiled_supported(int64_t D) {
 /* q, out: [Tq, Hq, D]; sequence s owns rows cu_q[s] .. cu_q[s+1] and attends over its first
    ctx_lens[s] cached tokens, in blocks block_tables[s, :] (row stride max_blocks) of the caches
    k, v: [num_blocks, block_size <= 64, Hkv, D]. fp32 throughout. Work items: (sequence, KV head)
-   for the row path; (sequence, KV head, TILE_ROWS query rows) for the tiled path, taken by every
+   for the row path; (sequence, KV head, tune[0] query rows) for the tiled path, taken by every
    (sequence, KV head) with at least tiled_min_rows rows when the tiled path exists here (any
    number of new tokens; the row path is for at most 32). A sliding window or sinks (see
    attend_rows) take the row path. Returns -1 when a sequence needs the tiled path and it is not
-   available. */
+   available. tune (0: the defaults): see ATTENTION_DEFAULTS. */
 int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
                         const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
                         int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
-                        int64_t tiled_min_rows, int64_t window, const float *sinks)
+                        int64_t tiled_min_rows, int64_t window, const float *sinks, const int64_t *tune)
 {
+    const int64_t *t = tune ? tune : ATTENTION_DEFAULTS;
+    const int64_t tile_rows = t[0] >= 1 && t[0] <= TILE_ROWS ? t[0] : TILE_ROWS;
     const int64_t G = Hq / Hkv, tiled = tiled_supported(D) && window <= 0 && !sinks;
-    int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0;
-    for (int64_t s = 0; s < num_seqs; s++) bound += Hkv * ((cu_q[s + 1] - cu_q[s]) * G / TILE_ROWS + 1);
+    int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0, work = 0;
+    for (int64_t s = 0; s < num_seqs; s++) {
+        bound += Hkv * ((cu_q[s + 1] - cu_q[s]) * G / tile_rows + 1);
+        work += (cu_q[s + 1] - cu_q[s]) * G * Hkv * ctx_lens[s] * D;
+    }
     /* item -> (sequence, head, first row; -1 = the row path) */
     int64_t *items = (int64_t *)malloc((size_t)(3 * bound + 1) * sizeof(int64_t));
     for (int64_t s = 0; s < num_seqs; s++) {
@@ -159,25 +173,26 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
         if (use_tiled && ctx_lens[s] + 32 > max_ld) max_ld = ctx_lens[s] + 32;
         any_tiled |= use_tiled;
         for (int64_t h = 0; h < Hkv; h++)
-            for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += TILE_ROWS) {
+            for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += tile_rows) {
                 items[3 * n] = s; items[3 * n + 1] = h; items[3 * n + 2] = use_tiled ? r0 : -1;
                 n++;
             }
     }
     const int64_t num_items = n;
-    #pragma omp parallel num_threads(threads)
+    omp_set_schedule(t[1] == 1 ? omp_sched_static : omp_sched_dynamic, t[1] == 1 ? 0 : 1);
+    #pragma omp parallel num_threads(threads) if (work >= t[2])
     {
         float *scratch = 0;
 #ifdef __AVX512F__
         if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((TILE_ROWS * max_ld + 32 * D) * sizeof(float) + 63) / 64 * 64);
 #endif
-        #pragma omp for schedule(dynamic, 1)
+        #pragma omp for schedule(runtime)
         for (int64_t i = 0; i < num_items; i++) {
             const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
             const int64_t q_len = cu_q[s + 1] - cu_q[s], *table = block_tables + s * max_blocks;
 #ifdef __AVX512F__
             if (r0 >= 0) {
-                const int64_t rows = q_len * G, nrows = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;
+                const int64_t rows = q_len * G, nrows = rows - r0 < tile_rows ? rows - r0 : tile_rows;
                 attend_tiled(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv, D,
                              scale, out, scratch);
                 continue;

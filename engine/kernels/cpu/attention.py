@@ -21,18 +21,20 @@ Built on first use by `kernels.cpu.native`; without a C compiler `available()` i
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Protocol
 
 import torch
 
-from engine.kernels.cpu import native
+from engine.kernels.cpu import autotune, native
 
 MAX_QUERY_LEN = 32  # new tokens per sequence up to which a step uses the kernel (larger: torch SDPA)
 # Query rows (new tokens x query heads per KV head) of one (sequence, KV head) from which the
 # AVX-512 tiled path runs; below it, and without AVX-512, the row-at-a-time path. 1: every row
 # takes the tiled path, so a token's attention is bitwise the same decoded alone or verified among
 # drafts (the paths round differently) and greedy speculation reproduces plain decoding exactly;
-# the row path would decode a lone token ~7% faster.
+# the row path would decode a lone token ~7% faster. For the same reason it is not autotuned per
+# CPU: only the work split below is (KNOBS), which never changes a sum.
 TILED_MIN_ROWS = 1
 
 
@@ -56,11 +58,50 @@ class PagedBatch(Protocol):
 
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P), _I),
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P, _P), _I),
                ("tiled_supported", (_I,), _I))
 
+# The work split (attention.c's tune array), chosen per CPU by autotune.py among numerically identical
+# candidates: query rows per tiled work item, the items' OpenMP schedule (0: dynamic, 1: static) and
+# the work below which one thread runs the call. TILED_MIN_ROWS is not among them (see above).
+KNOBS = ("rows_per_item", "static_schedule", "min_parallel_work")
+DEFAULT = (32, 0, 0)
+CANDIDATES = tuple(itertools.product((8, 16, 32), (0, 1), (0, 1 << 16, 1 << 18)))
+TUNE_HEADS = (8, 2, 64)  # query heads, KV heads, head size of the tuning workloads (GQA 4:1)
 
-_KERNELS = native.Kernels("attention", _SIGNATURES)
+
+def _tune_case(query_lens: list[int], ctx_lens: list[int], seed: int) -> autotune.Workload:
+    """One call on random caches (16-token blocks, scattered) with these new tokens and contexts."""
+    hq, hkv, d = TUNE_HEADS
+    block, g = 16, torch.Generator().manual_seed(seed)
+    nblocks = [-(-c // block) for c in ctx_lens]
+    perm = torch.randperm(sum(nblocks), generator=g)
+    tables = torch.zeros(len(ctx_lens), max(nblocks), dtype=torch.int64)
+    for s, start in enumerate(itertools.accumulate([0, *nblocks[:-1]])):
+        tables[s, : nblocks[s]] = perm[start : start + nblocks[s]]
+    k, v = (torch.randn(sum(nblocks), block, hkv, d, generator=g) for _ in range(2))
+    q = torch.randn(sum(query_lens), hq, d, generator=g)
+    cu = torch.tensor([0, *itertools.accumulate(query_lens)], dtype=torch.int64)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int64)
+    lib = _KERNELS.require()
+
+    def call(tune: int) -> torch.Tensor:
+        out = torch.empty_like(q)
+        lib.paged_attention(q.data_ptr(), len(ctx_lens), cu.data_ptr(), ctx.data_ptr(), tables.data_ptr(), tables.shape[1],
+                            k.data_ptr(), v.data_ptr(), block, hq, hkv, d, d ** -0.5, out.data_ptr(), torch.get_num_threads(),
+                            TILED_MIN_ROWS, 0, None, tune)
+        return out
+    return call
+
+
+def _workloads() -> dict[str, autotune.Workload]:
+    """Decode (1 and 16 sequences) and verification (4 sequences x 8 tokens) steps to time."""
+    return {"decode 1 x 512 keys": _tune_case([1], [512], 1),
+            "decode 16 x 64-512 keys": _tune_case([1] * 16, [64 + 28 * i for i in range(16)], 2),
+            "verify 4 x 8 tokens x 512 keys": _tune_case([8] * 4, [512] * 4, 3)}
+
+
+_KERNELS = native.Kernels("attention", _SIGNATURES, autotune.Space(KNOBS, DEFAULT, CANDIDATES, _workloads))
 
 
 def available() -> bool:
@@ -89,13 +130,14 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch, variant: 
 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: PagedBatch, scale: float,
-    tiled_min_rows: int | None = None, window: int = 0, sinks: torch.Tensor | None = None,
+    tiled_min_rows: int | None = None, window: int = 0, sinks: torch.Tensor | None = None, tune: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context (its own K/V
     already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `window` > 0: a token sees its
     last `window` keys only; `sinks` [Hq]: per-head logits joining the softmax denominator (both
     run on the row path). `tiled_min_rows` overrides
-    TILED_MIN_ROWS (tests force either path with it). Raises ValueError when `supports` does not
+    TILED_MIN_ROWS (tests force either path with it); `tune` the address of another work split
+    than the one in force (tests compare the candidates with it). Raises ValueError when `supports` does not
     hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
     and the override keeps it off the tiled path."""
     lib = _KERNELS.require()
@@ -120,7 +162,7 @@ def paged_attention(
                                  tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
                                  head_dim, scale, out.data_ptr(), torch.get_num_threads(),
                                  TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows, window,
-                                 None if sink is None else sink.data_ptr())
+                                 None if sink is None else sink.data_ptr(), _KERNELS.tune if tune is None else tune)
     if status != 0:
         raise ValueError(f"more than {MAX_QUERY_LEN} new tokens per sequence need the tiled path (tiled_min_rows={tiled_min_rows})")
     return out

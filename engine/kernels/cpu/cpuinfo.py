@@ -29,6 +29,14 @@ class CpuFeatures:
     arch: str  # platform.machine(), lower case (x86_64, aarch64, arm64, ...)
     flags: frozenset[str]  # instruction-set flags as the kernel names them (avx2, avx512f, asimd, ...)
     model: str  # "AMD EPYC 7763 64-Core Processor", or the architecture when unknown
+    # x86 family / model / stepping numbers: they name the core generation where a VM shows only a
+    # generic model name ("AMD EPYC"); empty when unknown
+    ident: str = ""
+
+    @property
+    def name(self) -> str:
+        """The model name with its family/model numbers when known: what benchmark tables print."""
+        return f"{self.model} ({self.ident})" if self.ident else self.model
 
     @property
     def is_x86(self) -> bool:
@@ -53,7 +61,10 @@ def parse_cpuinfo(text: str, machine: str) -> CpuFeatures:
             fields.setdefault(name.strip().lower(), value.strip())
     flags = fields.get("flags") or fields.get("features") or ""
     model = fields.get("model name") or fields.get("hardware") or fields.get("cpu model") or machine
-    return CpuFeatures(machine.lower(), frozenset(flags.split()), model)
+    numbers = [(label, fields[key]) for label, key in (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+               if fields.get(key, "").isdigit()]
+    ident = " ".join(f"{label} {value}" for label, value in numbers)
+    return CpuFeatures(machine.lower(), frozenset(flags.split()), model, ident)
 
 
 @functools.cache

@@ -7,7 +7,7 @@ matrices, and each call pays fixed costs. Here every weight is stored once as pa
 `[ceil(N / 16), K, 16]`, so the 16 outputs of a panel are one contiguous stream over K; a tile of
 up to 6 activation rows keeps its 6 x 16 sums in 12 AVX registers and each step of K is two
 weight loads, six broadcasts and twelve FMAs. Tiles of all rows walk a panel while it is in
-cache; OpenMP splits the panels between threads.
+cache; OpenMP splits the panels between threads (how: chosen per CPU by `autotune`, see DEFAULT).
 
 Weights are packed as bf16 bits when that is lossless (checkpoints shipped in bf16, like the
 embedded model: half the bytes to stream, widened in registers) and as fp32 otherwise. Larger
@@ -19,22 +19,45 @@ use by `kernels.cpu.native`; without a C compiler `available()` is False and lay
 from __future__ import annotations
 
 import ctypes
+import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.kernels.cpu import native
+from engine.kernels.cpu import autotune, native
 
 PANEL = 16  # output columns per panel (two AVX2 vectors)
 _BF16_ORDER = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]  # storage order of a bf16 panel's columns
 
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("packed_linear", (_P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I)),)
+_SIGNATURES = (("packed_linear", (_P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I, _P)),)
+
+# The work split (linear.c's tune array), chosen per CPU by autotune.py among numerically identical
+# candidates: panels per work item, rows per tile, item order (0: panel-major, 1: row-major) and the
+# work (M x K x panels) below which one thread runs the call.
+KNOBS = ("panels_per_item", "rows_per_tile", "row_major", "min_parallel_work")
+DEFAULT = (2, 6, 0, 8192)
+CANDIDATES = tuple(itertools.product((1, 2, 4), (3, 4, 6), (0, 1), (8192, 65536)))
+TUNE_SHAPE = (1024, 1024)  # K, N of the tuning workloads (a small model's projection)
 
 
-_KERNELS = native.Kernels("linear", _SIGNATURES)
+def _workloads() -> dict[str, autotune.Workload]:
+    """Decode- and verification-sized products (1, 4 and 16 rows; fp32 and bf16 panels) to time."""
+    lib = _KERNELS.require()
+    k, n = TUNE_SHAPE
+    g = torch.Generator().manual_seed(0)
+    calls: dict[str, autotune.Workload] = {}
+    for rows, dtype in ((1, torch.float32), (4, torch.bfloat16), (16, torch.float32)):
+        panels = pack(torch.randn(n, k, generator=g).to(dtype), dtype)
+        x = torch.randn(rows, k, generator=g)
+        calls[f"{rows}x{k}x{n} {str(dtype)[6:]}"] = functools.partial(_run, lib, x, panels, n, None)
+    return calls
+
+
+_KERNELS = native.Kernels("linear", _SIGNATURES, autotune.Space(KNOBS, DEFAULT, CANDIDATES, _workloads))
 
 
 def available() -> bool:
@@ -97,12 +120,14 @@ def packed_linear(x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Ten
     return _run(lib, xc, panels, n, bias)
 
 
-def _run(lib: ctypes.CDLL, x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """The kernel call on checked arguments: fp32 x [M, K] contiguous along K."""
+def _run(lib: ctypes.CDLL, x: torch.Tensor, panels: torch.Tensor, n: int, bias: torch.Tensor | None, tune: int | None = None) -> torch.Tensor:
+    """The kernel call on checked arguments: fp32 x [M, K] contiguous along K; `tune`: the address of
+    a work split (default: the one in force)."""
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     if x.shape[0]:
         lib.packed_linear(x.data_ptr(), x.shape[0], x.stride(0), x.shape[1], panels.data_ptr(), int(panels.dtype == torch.bfloat16), n,
-                          None if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
+                          None if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads(),
+                          _KERNELS.tune if tune is None else tune)
     return y
 
 

@@ -25,8 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from engine.errors import KernelUnavailableError
-from engine.kernels.cpu import cpuinfo
+from engine.kernels.cpu import autotune, cpuinfo
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +122,57 @@ def build(name: str, signatures: tuple[tuple[Any, ...], ...]) -> ctypes.CDLL | N
     return lib
 
 
+TUNABLE: list[Kernels] = []  # the families with an autotune space, for `retune_all`
+
+
 class Kernels:
     """One kernel family as its binding uses it: `get()` the library (built on first use) or None,
-    `available()`, and `require()` the library or raise KernelUnavailableError."""
+    `available()`, and `require()` the library or raise KernelUnavailableError.
 
-    def __init__(self, name: str, signatures: tuple[tuple[Any, ...], ...]) -> None:
-        self.name, self.signatures = name, signatures
+    With an autotune `space` (see autotune.py), the first `get()` that finds a library also settles
+    the family's work split on this CPU (cached beside the library, tuned when not), and `tune` is
+    the address of the settings in force: the bindings pass it to every call."""
+
+    def __init__(self, name: str, signatures: tuple[tuple[Any, ...], ...], space: autotune.Space | None = None) -> None:
+        self.name, self.signatures, self.space = name, signatures, space
+        self.choice: autotune.Choice | None = None
+        self._params = (ctypes.c_int64 * len(space.default))(*space.default) if space else None
+        self.tune = ctypes.addressof(self._params) if self._params is not None else 0  # 0: the kernel's defaults
+        self._pending = space is not None
+        if space is not None:
+            TUNABLE.append(self)
 
     def get(self) -> ctypes.CDLL | None:
-        return build(self.name, self.signatures)
+        lib = build(self.name, self.signatures)
+        if self._pending and lib is not None:
+            self._pending = False  # first: the tuning's own kernel calls come back through here
+            self._settle(lib, force=False)
+        return lib
+
+    def retune(self) -> autotune.Choice | None:
+        """Tune again now (whatever the cache or AGENTRT_AUTOTUNE=on say) and cache the result;
+        None when the family has no space or no library here."""
+        lib = build(self.name, self.signatures)
+        if lib is None or self.space is None:
+            return None
+        self._pending = False
+        self._settle(lib, force=True)
+        return self.choice
+
+    def _settle(self, lib: ctypes.CDLL, force: bool) -> None:
+        assert self.space is not None and self._params is not None
+        try:
+            choice = autotune.choose(self.name, lib._name, self.space, cpuinfo.detect().name, torch.get_num_threads(), force)
+        except (OSError, RuntimeError, ValueError) as exc:
+            logger.warning("autotune of the %s CPU kernels failed (%s): their default work split stays", self.name, exc)
+            choice = autotune.Choice(self.space.default, "default")
+        self.apply(choice)
+
+    def apply(self, choice: autotune.Choice) -> None:
+        """Put `choice` in force (the bindings read the settings through `tune` on every call)."""
+        assert self._params is not None
+        self.choice = choice
+        self._params[:] = list(choice.params)
 
     def available(self) -> bool:
         return self.get() is not None
@@ -139,3 +183,8 @@ class Kernels:
             raise KernelUnavailableError(f"the {self.name} CPU kernels are not available here (no C compiler, "
                                          "or not an x86-64 CPU with AVX2 and FMA); check available() first")
         return lib
+
+
+def retune_all() -> dict[str, autotune.Choice]:
+    """Tune every tunable family that has a library here again (see Kernels.retune)."""
+    return {k.name: choice for k in TUNABLE if (choice := k.retune()) is not None}
