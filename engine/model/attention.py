@@ -56,29 +56,16 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_num_blocks] int64, padded with 0
     context_lens_t: torch.Tensor  # [num_seqs] int64 (device copy of context_lens)
     max_context_len: int
-    block_size: int = 0  # tokens per KV block (0: unknown, no cascade groups)
+    block_size: int = 0  # tokens per KV block (0: unknown)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
     cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 copy of cu_query_lens on the step's device (C and Triton kernels)
     # Derived once per step from query_lens (every attention layer asks):
     max_query_len: int = field(init=False)  # the most new tokens of one sequence (0 for an empty step)
     is_decode: bool = field(init=False)  # every sequence adds exactly one token (pure decode step)
-    _cascade: list[tuple[torch.Tensor, int]] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.max_query_len = max(self.query_lens, default=0)
         self.is_decode = all(q == 1 for q in self.query_lens)
-
-    @property
-    def cascade(self) -> list[tuple[torch.Tensor, int]]:
-        """CPU decode steps only: groups of sequences whose block tables start with the same full
-        blocks (a shared cached prefix), each (seq indices, number of shared blocks); see
-        cascade_groups. Computed on first use: only the torch fallback reads them (the C and Triton
-        decode kernels never do), so steps served by a kernel skip the grouping."""
-        if self._cascade is None:
-            cpu_decode = self.is_decode and self.block_size > 0 and self.block_tables.device.type == "cpu"
-            groups = cascade_groups(self.block_table_lists, self.context_lens, self.block_size) if cpu_decode else []
-            self._cascade = [(torch.tensor(ix, dtype=torch.long, device=self.block_tables.device), n) for ix, n in groups]
-        return self._cascade
 
     @property
     def num_seqs(self) -> int:
@@ -115,33 +102,3 @@ class AttentionMetadata:
             block_table_lists=[list(t) for t in block_tables],
             cu_query_lens_t=torch.tensor(cu, dtype=torch.long, device=device),
         )
-
-
-MIN_CASCADE_BLOCKS = 4
-
-
-def cascade_groups(block_tables: list[list[int]], context_lens: list[int], block_size: int) -> list[tuple[list[int], int]]:
-    """Group sequences that share their leading KV blocks (same prefix-cache entries).
-
-    Returns (member indices, shared block count) for every group of >= 2 sequences sharing at least
-    MIN_CASCADE_BLOCKS full blocks that lie entirely before each member's newest token.
-    """
-    by_first: dict[int, list[int]] = {}
-    for i, table in enumerate(block_tables):
-        if table:
-            by_first.setdefault(table[0], []).append(i)
-    groups = []
-    for members in by_first.values():
-        if len(members) < 2:
-            continue
-        shared = min((context_lens[i] - 1) // block_size for i in members)
-        first = block_tables[members[0]]
-        for i in members[1:]:
-            table = block_tables[i]
-            n = 0
-            while n < shared and table[n] == first[n]:
-                n += 1
-            shared = n
-        if shared >= MIN_CASCADE_BLOCKS:
-            groups.append((members, shared))
-    return groups

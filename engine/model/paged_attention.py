@@ -164,52 +164,7 @@ def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, off
 
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    if not meta.cascade:
-        return _decode_padded(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, meta.max_context_len, scale)
-    out = torch.empty_like(q)
-    rest = torch.ones(q.shape[0], dtype=torch.bool)
-    for members, shared in meta.cascade:
-        out.index_copy_(0, members, _decode_shared(q, k_cache, v_cache, meta, members, shared, scale))
-        rest[members.cpu()] = False
-    if bool(rest.any()):
-        idx = rest.nonzero().flatten().to(q.device)
-        ctx = meta.context_lens_t.index_select(0, idx)
-        sub = _decode_padded(q.index_select(0, idx), k_cache, v_cache, meta.block_tables.index_select(0, idx), ctx, int(ctx.max()), scale)
-        out.index_copy_(0, idx, sub)
-    return out
-
-
-def _decode_shared(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-    members: torch.Tensor, shared: int, scale: float,
-) -> torch.Tensor:
-    """Cascade attention: the group's shared prefix blocks are read once for all its queries.
-
-    Scores against the shared part [Hkv, n*G, Ls] and the per-sequence rest [n, Hkv, G, Lr] are
-    softmaxed together, which is exact (one softmax over the concatenated keys)."""
-    n = members.shape[0]
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
-    group = num_heads // num_kv_heads
-    table0 = meta.block_tables[members[0]][:shared]
-    ks = k_cache.index_select(0, table0).flatten(0, 1).permute(1, 2, 0)  # [Hkv, D, Ls]
-    vs = v_cache.index_select(0, table0).flatten(0, 1).transpose(0, 1)  # [Hkv, Ls, D]
-    qg = q.index_select(0, members).view(n, num_kv_heads, group, head_dim)
-    s_shared = torch.matmul(qg.transpose(0, 1).reshape(num_kv_heads, n * group, head_dim), ks)  # [Hkv, n*G, Ls]
-    s_shared = s_shared.view(num_kv_heads, n, group, -1).transpose(0, 1)  # [n, Hkv, G, Ls]
-    ctx = meta.context_lens_t.index_select(0, members) - shared * block_size  # tokens after the prefix
-    max_rest = -(-int(ctx.max()) // block_size)
-    tables = meta.block_tables.index_select(0, members)[:, shared : shared + max_rest].flatten()
-    kr = k_cache.index_select(0, tables).view(n, max_rest * block_size, num_kv_heads, head_dim).permute(0, 2, 3, 1)
-    vr = v_cache.index_select(0, tables).view(n, max_rest * block_size, num_kv_heads, head_dim).transpose(1, 2)
-    s_rest = torch.matmul(qg, kr)  # [n, Hkv, G, Lr]
-    valid = torch.arange(max_rest * block_size, device=q.device)[None, :] < ctx[:, None]
-    s_rest = s_rest.masked_fill(~valid[:, None, None, :], float("-inf"))
-    probs = torch.softmax(torch.cat([s_shared, s_rest], dim=-1).float() * scale, dim=-1).to(q.dtype)
-    ls = s_shared.shape[-1]
-    o = torch.matmul(probs[..., :ls].transpose(0, 1).reshape(num_kv_heads, n * group, ls), vs)
-    o = o.view(num_kv_heads, n, group, head_dim).transpose(0, 1) + torch.matmul(probs[..., ls:], vr)
-    return o.reshape(n, num_heads, head_dim)
+    return _decode_padded(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, meta.max_context_len, scale)
 
 
 def _decode_padded(

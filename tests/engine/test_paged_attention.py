@@ -1,4 +1,4 @@
-"""Every paged-attention path (run views, gathered prefill, padded and cascade decode) against
+"""Every paged-attention path (run views, gathered prefill, padded decode) against
 dense causal attention over the same keys and values."""
 
 from __future__ import annotations
@@ -56,41 +56,7 @@ def test_paths_equal_dense_attention(fragmented: bool, query_lens: list[int]) ->
         torch.testing.assert_close(out[lo : lo + n], _reference(q[lo : lo + n], k, v, 0.3), atol=1e-5, rtol=1e-5)
 
 
-def test_cascade_decode_equals_dense_attention() -> None:
-    torch.manual_seed(1)
-    k_cache = torch.randn(NUM_BLOCKS, BS, HKV, D)
-    v_cache = torch.randn(NUM_BLOCKS, BS, HKV, D)
-    shared = list(range(1, 7))  # six shared full blocks, then each sequence's own
-    tables = [shared + [10 + i, 20 + i] for i in range(3)]
-    ctx_lens = [6 * BS + 3, 6 * BS + 5, 6 * BS + 8]
-    meta = AttentionMetadata.build([1, 1, 1], ctx_lens, tables, BS, "cpu")
-    assert meta.cascade
-    q = torch.randn(3, HKV * G, D)
-    out = paged_attention(q, k_cache, v_cache, meta, 0.25)
-    for i, ctx in enumerate(ctx_lens):
-        flat = torch.tensor([tables[i][p // BS] * BS + p % BS for p in range(ctx)])
-        ref = _reference(q[i : i + 1], k_cache.view(-1, HKV, D)[flat], v_cache.view(-1, HKV, D)[flat], 0.25)
-        torch.testing.assert_close(out[i : i + 1], ref, atol=1e-5, rtol=1e-5)
-
-
 def test_block_runs_split_at_gaps() -> None:
     assert block_runs([4, 5, 6, 9, 10, 2], 6) == [(4, 3), (9, 2), (2, 1)]
     assert block_runs([4, 5, 6, 9], 2) == [(4, 2)]
     assert block_runs([], 0) == []
-
-
-def test_cascade_groups_are_computed_only_when_the_torch_fallback_runs() -> None:
-    from engine.kernels.cpu import attention as cpu_attention
-
-    shared = list(range(1, 7))
-    tables = [shared + [10 + i, 20 + i] for i in range(3)]
-    ctx_lens = [6 * BS + 3, 6 * BS + 5, 6 * BS + 8]
-    k_cache, v_cache = torch.randn(NUM_BLOCKS, BS, HKV, D), torch.randn(NUM_BLOCKS, BS, HKV, D)
-    q = torch.randn(3, HKV * G, D)
-    kernel_meta = AttentionMetadata.build([1, 1, 1], ctx_lens, tables, BS, "cpu")
-    if cpu_attention.supports(q, k_cache, kernel_meta):
-        paged_attention(q, k_cache, v_cache, kernel_meta, 0.25)  # the C kernel serves the step
-        assert kernel_meta._cascade is None  # no grouping on the kernel's decode steps
-    torch_meta = AttentionMetadata.build([1, 1, 1], ctx_lens, tables, BS, "cpu")
-    paged_attention(q.bfloat16(), k_cache.bfloat16(), v_cache.bfloat16(), torch_meta, 0.25)  # bf16: the torch path
-    assert torch_meta._cascade is not None and len(torch_meta._cascade) == 1
