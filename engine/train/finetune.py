@@ -5,8 +5,8 @@ Python source. Stage 2 starts from those weights and trains, per step, either
 * a shared-prefix batch (`engine.train.prefix`): the system turn (policy + tools) encoded once, then
   `batch_size` conversations after it at their true positions, up to `suffix_len` tokens each:
   synthetic conversations (`engine.train.synthetic`, train users only) or recorded train runs; or
-* (every `plain_every`-th step) a plain batch of `plain_len`-token windows of schema-extraction
-  examples (`engine.train.extraction`, train names/wordings) and Python source,
+* (every `plain_every`-th step) a plain batch of `plain_len`-token windows, 3/4 schema-extraction
+  examples (`engine.train.extraction`, train names/wordings) and 1/4 Python source,
 with next-token + MTP (t+2) loss on real tokens only, AdamW with warm-up and cosine decay.
 """
 
@@ -35,7 +35,7 @@ class FinetuneConfig:
     batch_size: int = 4
     suffix_len: int = 512
     plain_len: int = 512
-    plain_every: int = 5
+    plain_every: int = 3
     synthetic_fraction: float = 0.65
     lr: float = 1e-3
     warmup: int = 10
@@ -105,7 +105,7 @@ class FinetuneBatches:
         n = self.cfg.plain_len + 1
         rows = []
         for i in range(self.cfg.batch_size):
-            src = self.data.extraction if i % 2 == 0 or len(self.data.code) <= n else self.data.code
+            src = self.data.extraction if i % 4 != 3 or len(self.data.code) <= n else self.data.code  # 3/4 extraction
             start = self.rng.randrange(0, max(1, len(src) - n + 1))
             rows.append((src[start : start + n] + [0] * n)[:n])
         return torch.tensor(rows)

@@ -15,9 +15,11 @@ held-out figure in docs/model.md is on users the model never saw.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +126,36 @@ def balances(user: dict[str, Any]) -> str:
 
 
 class ConversationWriter:
-    """Writes seeded synthetic conversations (OpenAI message lists, the system turn first)."""
+    """Writes seeded synthetic conversations (OpenAI message lists, the system turn first).
 
-    def __init__(self, records: AirlineRecords, users: list[str], system: str, seed: int) -> None:
-        self.records, self.users, self.system = records, users, system
+    With probability `fresh`, a conversation's user is a copy of a real one under new ids (a new
+    user id, new reservation ids): with only a few hundred real users a small model can memorise ids
+    instead of learning to copy them from the conversation; unseen ids leave it only copying."""
+
+    def __init__(self, records: AirlineRecords, users: list[str], system: str, seed: int, fresh: float = 0.6) -> None:
+        self.records = AirlineRecords(dict(records.users), dict(records.reservations))  # fresh copies go in here
+        self.users, self.system, self.fresh = users, system, fresh
         self.rng = random.Random(seed)
+        self.names = sorted({(records.users[u]["name"]["first_name"], records.users[u]["name"]["last_name"]) for u in users})
+
+    def _user(self) -> str:
+        uid = self.rng.choice(self.users)
+        if self.rng.random() >= self.fresh:
+            return uid
+        first, last = self.rng.choice(self.names)[0], self.rng.choice(self.names)[1]
+        new_id = f"{first.lower()}_{last.lower()}_{self.rng.randrange(1000, 10000)}"
+        if new_id in self.records.users:
+            return uid
+        user = json.loads(json.dumps(self.records.users[uid]))
+        user["name"] = {"first_name": first, "last_name": last}
+        user["reservations"] = []
+        for rid in self.records.users[uid]["reservations"]:
+            res = dict(self.records.reservations[rid], user_id=new_id)
+            res["reservation_id"] = "".join(self.rng.choice(string.ascii_uppercase + string.digits) for _ in range(6))
+            self.records.reservations[res["reservation_id"]] = res
+            user["reservations"].append(res["reservation_id"])
+        self.records.users[new_id] = user
+        return new_id
 
     def _opening(self, intent: str) -> str:
         text = self.rng.choice(INTENTS[intent])
@@ -142,7 +169,7 @@ class ConversationWriter:
 
     def reservation_conversation(self) -> list[Message]:
         """The user names a reservation (at once or when asked): get_reservation_details with its id."""
-        uid = self.rng.choice(self.users)
+        uid = self._user()
         rid = self.rng.choice(self.records.users[uid]["reservations"])
         intent = self.rng.choice(sorted(INTENTS))
         ids = self.rng.choice(GIVE_BOTH).format(u=uid, r=rid)
@@ -155,7 +182,7 @@ class ConversationWriter:
 
     def user_conversation(self) -> list[Message]:
         """Only the user id: get_user_details, then the reservation the user picks."""
-        uid = self.rng.choice(self.users)
+        uid = self._user()
         user = self.records.users[uid]
         intent = self.rng.choice(sorted(INTENTS))
         turns: list[Message] = [{"role": "user", "content": self._opening(intent)}, {"role": "assistant", "content": ASK_IDS[intent]},
@@ -192,10 +219,16 @@ class ConversationWriter:
         return [{"role": "system", "content": self.system}, *body]
 
 
+@functools.cache
+def _records_and_users(data_dir: str | Path | None) -> tuple[AirlineRecords, dict[Split, list[str]]]:
+    records = load_records(data_dir)
+    return records, user_split(records, data_dir)
+
+
 def synthetic_conversations(n: int, split: Split, system: str, seed: int = 0, data_dir: str | Path | None = None) -> list[list[Message]]:
     """`n` synthetic conversations over the users of `split` (see `user_split`)."""
-    records = load_records(data_dir)
-    writer = ConversationWriter(records, user_split(records, data_dir)[split], system, seed)
+    records, users = _records_and_users(data_dir)
+    writer = ConversationWriter(records, users[split], system, seed)
     return [writer.conversation() for _ in range(n)]
 
 
