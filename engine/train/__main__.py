@@ -41,6 +41,11 @@ def main() -> None:
     ap.add_argument("--finetune-from", type=Path, default=None,
                     help="stage 2: fine-tune this model dir on synthetic + recorded conversations (engine/train/finetune.py)")
     ap.add_argument("--synthetic", type=int, default=3000, help="stage 2: synthetic conversations (and extraction examples) to generate")
+    ap.add_argument("--fresh", type=float, default=0.6, help="stage 2: fraction of synthetic users given new ids")
+    ap.add_argument("--invented-names", type=float, default=0.0, help="stage 2: fraction of extraction names invented")
+    ap.add_argument("--suffix-len", type=int, default=None, help="stage 2: tokens trained after the shared system turn (default 512)")
+    ap.add_argument("--plain-every", type=int, default=None, help="stage 2: every N-th step is a plain extraction/code batch (default 3)")
+    ap.add_argument("--synthetic-fraction", type=float, default=None, help="stage 2: share of synthetic (vs recorded) conversations (default 0.65)")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
@@ -104,10 +109,12 @@ def _finetune(args: argparse.Namespace, data: AirlineData) -> None:
             shutil.copy(args.finetune_from / name, args.out / name)
     tok = ChatTokenizer(args.out if (args.out / "tokenizer.json").exists() else args.tokenizer_from or args.finetune_from)
     system = data.train[0][0]["content"]
-    synthetic = synthetic_conversations(args.synthetic, "train", system, seed=args.seed, data_dir=args.data_dir)
-    extraction = [e.messages() for e in extraction_examples(args.synthetic, "train", seed=args.seed)]
+    synthetic = synthetic_conversations(args.synthetic, "train", system, seed=args.seed, data_dir=args.data_dir, fresh=args.fresh)
+    extraction = [e.messages() for e in extraction_examples(args.synthetic, "train", seed=args.seed, invented=args.invented_names)]
     encoded = encode_data(tok, system, data.tools, synthetic, data.train, extraction, stdlib_texts(500_000))
-    given = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    given = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size),
+                               ("suffix_len", args.suffix_len), ("plain_every", args.plain_every),
+                               ("synthetic_fraction", args.synthetic_fraction)) if v is not None}
     cfg = FinetuneConfig(seed=args.seed, threads=args.threads, **given)
     logging.info("fine-tuning from %s: prefix %d tokens, %d synthetic + %d recorded conversations, %d extraction tokens",
                  args.finetune_from, len(encoded.prefix), len(encoded.synthetic), len(encoded.recorded), len(encoded.extraction))

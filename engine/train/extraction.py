@@ -68,6 +68,14 @@ class Extraction:
         return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": json.dumps(self.answer)}]
 
 
+SYLLABLES = ["ka", "lo", "mi", "ren", "zo", "ta", "vi", "shu", "dar", "el", "qua", "bri", "nox", "ul", "fe", "gor", "ith", "pa", "wen", "yu"]
+
+
+def invented_name(rng: random.Random) -> str:
+    """A name from random syllables: too many to memorise, so the model must copy it."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randrange(2, 4))).capitalize()
+
+
 def _user_id(rng: random.Random, name: str) -> str:
     return f"{name.lower()}_{rng.choice(FIRST_NAMES).lower()}_{rng.randrange(1000, 10000)}"
 
@@ -76,8 +84,9 @@ def _reservation_id(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(6))
 
 
-def extraction_examples(n: int, split: Split, seed: int = 0) -> list[Extraction]:
-    """`n` seeded examples; names, cities and sentence templates are those of `split`."""
+def extraction_examples(n: int, split: Split, seed: int = 0, invented: float = 0.0) -> list[Extraction]:
+    """`n` seeded examples; names, cities and sentence templates are those of `split`. With
+    probability `invented` a person's name is invented (`invented_name`) instead (training only)."""
     rng = random.Random(seed)
     names = [x for x in FIRST_NAMES if _in_split(x, split)]
     cities = [x for x in CITIES if _in_split(x, split)]
@@ -87,7 +96,8 @@ def extraction_examples(n: int, split: Split, seed: int = 0) -> list[Extraction]
     for _ in range(n):
         kind = rng.choice(("person", "person", "booking", "trip"))
         if kind == "person":
-            answer: dict[str, Any] = {"name": rng.choice(names), "age": rng.randrange(18, 90)}
+            name = invented_name(rng) if rng.random() < invented else rng.choice(names)
+            answer: dict[str, Any] = {"name": name, "age": rng.randrange(18, 90)}
         elif kind == "booking":
             answer = {"user_id": _user_id(rng, rng.choice(names)), "reservation_id": _reservation_id(rng), "passengers": rng.randrange(1, 7)}
         else:

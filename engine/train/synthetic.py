@@ -225,10 +225,12 @@ def _records_and_users(data_dir: str | Path | None) -> tuple[AirlineRecords, dic
     return records, user_split(records, data_dir)
 
 
-def synthetic_conversations(n: int, split: Split, system: str, seed: int = 0, data_dir: str | Path | None = None) -> list[list[Message]]:
-    """`n` synthetic conversations over the users of `split` (see `user_split`)."""
+def synthetic_conversations(n: int, split: Split, system: str, seed: int = 0, data_dir: str | Path | None = None,
+                            fresh: float = 0.6) -> list[list[Message]]:
+    """`n` synthetic conversations over the users of `split` (see `user_split`); `fresh`: the
+    fraction whose user is a real one's copy under new ids (see `ConversationWriter`)."""
     records, users = _records_and_users(data_dir)
-    writer = ConversationWriter(records, users[split], system, seed)
+    writer = ConversationWriter(records, users[split], system, seed, fresh)
     return [writer.conversation() for _ in range(n)]
 
 
