@@ -14,6 +14,7 @@ through the prefix's own activations (the model still learns how to *read* the p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +35,12 @@ class PrefixCache:
     last_prenorm: torch.Tensor
 
 
-def _attend(layer: torch.nn.Module, x: torch.Tensor, start: int, prefix: KV | None, rotary: torch.nn.Module) -> tuple[torch.Tensor, KV]:
+def _attend(layer: Any, x: torch.Tensor, start: int, prefix: KV | None, rotary: Any) -> tuple[torch.Tensor, KV]:
     """One decoder layer over x [B, S, H] at positions start.., attending to `prefix` first."""
-    attn = layer.attn  # type: ignore[union-attr]
+    attn = layer.attn
     batch, length = x.shape[:2]
     positions = torch.arange(start, start + length, device=x.device)
-    q, k, v = attn._qkv(layer.input_norm(x), rotary.tables(positions))  # type: ignore[operator]
+    q, k, v = attn._qkv(layer.input_norm(x), rotary.tables(positions))
     keys, values, mask = k, v, None
     if prefix is not None and prefix[0].shape[1]:
         pk, pv = (t.expand(batch, -1, -1, -1) for t in prefix)
@@ -49,7 +50,7 @@ def _attend(layer: torch.nn.Module, x: torch.Tensor, start: int, prefix: KV | No
     o = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask,
                                        is_causal=mask is None, scale=attn.scale, enable_gqa=True)
     h = x + attn.o_proj(o.transpose(1, 2).flatten(2))
-    return h + layer.mlp(layer.post_norm(h)), (k, v)  # type: ignore[operator]
+    return h + layer.mlp(layer.post_norm(h)), (k, v)
 
 
 def _stack(model: MoEForCausalLM, ids: torch.Tensor, start: int, prefix: list[KV] | None) -> tuple[torch.Tensor, list[KV]]:

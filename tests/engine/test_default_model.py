@@ -80,10 +80,11 @@ def test_held_out_tool_turns_mostly_produce_well_formed_calls(llm: LLM) -> None:
 
 @pytest.mark.skipif(not HAVE_DATA, reason="needs ../shared/data/tau-bench-airline (AGENTRT_DATA_DIR)")
 def test_the_demo_skills_on_work_it_never_saw_stay_within_a_few_points_of_the_recorded_figures() -> None:
-    """First tool calls of held-out runs, held-out synthetic requests and extraction (docs/model.md)."""
+    """First tool calls of held-out runs, held-out synthetic requests and extraction (docs/model.md).
+    Both ways: a drop is a regression, a rise means eval.json (and docs/model.md) must be updated."""
     from engine.train.data import load_airline
     from engine.train.evaluate import skill_figures
 
     figures = skill_figures(DEFAULT_MODEL_DIR, load_airline())
     for key in ("first_call_name_rate", "first_call_exact_rate", "synthetic_exact_rate", "extraction_exact_rate"):
-        assert figures[key] >= EVAL[key] - 0.05, (key, figures[key], EVAL[key])
+        assert abs(figures[key] - EVAL[key]) <= 0.05, (key, figures[key], EVAL[key])
