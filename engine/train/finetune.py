@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from engine.model.loader import load_model, save_model
 from engine.tokenizer import ChatTokenizer, render_chat
+from engine.train.loop import lr_at, resume, save_checkpoint
 from engine.train.prefix import encode_prefix, suffix_loss
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.suffix_len < 8 or self.plain_len < 8 or self.plain_every < 2:
             raise ValueError("steps and batch_size must be >= 1, suffix_len/plain_len >= 8, plain_every >= 2")
-
-    def lr_at(self, step: int) -> float:
-        import math
-
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass(slots=True)
@@ -122,7 +115,7 @@ def finetune(init: Path, out: Path, batches: FinetuneBatches, cfg: FinetuneConfi
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.95))
     ckpt = out / "finetune_checkpoint.pt"
-    step = _resume(ckpt, model, opt, batches)
+    step = resume(ckpt, model, opt, batches)
     log: dict[str, Any] = {}
     start, tokens = time.perf_counter(), 0
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
@@ -130,7 +123,7 @@ def finetune(init: Path, out: Path, batches: FinetuneBatches, cfg: FinetuneConfi
         task = bar.add_task("fine-tuning", total=cfg.steps, completed=step, info="")
         while step < cfg.steps:
             for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
+                group["lr"] = lr_at(step, cfg)
             if step % cfg.plain_every == cfg.plain_every - 1:
                 ids = batches.plain()
                 base, mtp = model.loss(ids, mtp_weight=cfg.mtp_weight)
@@ -151,27 +144,8 @@ def finetune(init: Path, out: Path, batches: FinetuneBatches, cfg: FinetuneConfi
             if step % 10 == 0:
                 logger.info("step %d %s loss %.4f mtp %.4f %.0f tok/s", step, kind, log["loss"], log["mtp_loss"], rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(ckpt, model, opt, step, batches)
+                save_checkpoint(ckpt, model, opt, step, batches)
     save_model(model.cpu(), out, dtype=torch.bfloat16)
     log["train_seconds"] = time.perf_counter() - start
     log["config"] = asdict(cfg)
     return log
-
-
-def _checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, batches: FinetuneBatches) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": batches.rng.getstate(), "torch_rng": torch.get_rng_state()}
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-
-
-def _resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: FinetuneBatches) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    batches.rng.setstate(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    logger.info("resumed from %s at step %d", path, state["step"])
-    return int(state["step"])
