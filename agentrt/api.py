@@ -46,7 +46,10 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, dict):
         if "$ref" in node:
             return _inline(defs[node["$ref"].rsplit("/", 1)[1]], defs)
-        return {k: _inline(v, defs) for k, v in node.items() if k != "title"}
+        out = {k: _inline(v, defs) for k, v in node.items() if k != "title"}
+        if "enum" in out and "type" not in out and out["enum"] and all(isinstance(v, str) for v in out["enum"]):
+            out = {"type": "string", **out}  # a Literal of strings: say its type, as OpenAI/pydantic schemas do
+        return out
     if isinstance(node, list):
         return [_inline(v, defs) for v in node]
     return node

@@ -4,6 +4,8 @@ Tools follow tau-bench's conventions: they return JSON text, and a request that 
 rule (unknown user, not enough balance, ...) returns an "Error: ..." string for the model to read.
 Malformed arguments never reach a tool: the runtime validates them against the schema first.
 The database a tool sees is the one installed by `use_database` for the running job.
+Docstrings (first paragraphs) are tau-bench's own tool descriptions, word for word, so the system turn the
+model reads equals the one of the recorded runs it was trained on (tests/tools/test_airline_schemas.py).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _flight_on(number: str, date: str) -> dict[str, Any] | None:
 
 @tool
 def get_user_details(user_id: str) -> str:
-    """Get the details of a user, including their reservations."""
+    """Get the details of an user, including their reservations."""
     user = _db().users.get(user_id)
     return _dump(user) if user is not None else "Error: user not found"
 
@@ -247,13 +249,13 @@ def send_certificate(user_id: str, amount: float) -> str:
 
 @tool
 def think(thought: str) -> str:
-    """Use the tool to think about something. It will not obtain new information or change the database."""
+    """Use the tool to think about something. It will not obtain new information or change the database, but just append the thought to the log. Use it when complex reasoning is needed."""
     return ""
 
 
 @tool
 def transfer_to_human_agents(summary: str) -> str:
-    """Transfer the user to a human agent, with a summary of the user's issue."""
+    """Transfer the user to a human agent, with a summary of the user's issue. Only transfer if the user explicitly asks for a human agent, or if the user's issue cannot be resolved by the agent with the available tools."""
     return "Transfer successful"
 
 

@@ -8,6 +8,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -97,7 +98,18 @@ class Batches:
         return torch.tensor([self.window() for _ in range(self.cfg.batch_size)], dtype=torch.long)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+class Schedule(Protocol):
+    lr: float
+    warmup: int
+    steps: int
+    min_lr_ratio: float
+
+
+class HasRng(Protocol):
+    rng: random.Random
+
+
+def lr_at(step: int, cfg: Schedule) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -115,7 +127,7 @@ def train(model_cfg: ModelConfig, batches: Batches, cfg: TrainConfig, out: Path)
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    step = _resume(out / "checkpoint.pt", model, opt, batches)
+    step = resume(out / "checkpoint.pt", model, opt, batches)
     log: dict[str, float] = {}
     start, tokens = time.perf_counter(), 0
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
@@ -140,21 +152,21 @@ def train(model_cfg: ModelConfig, batches: Batches, cfg: TrainConfig, out: Path)
             if step % 50 == 0:
                 logger.info("step %d loss %.4f mtp %.4f %.0f tok/s", step, log["loss"], log["mtp_loss"], rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(out / "checkpoint.pt", model, opt, step, batches)
+                save_checkpoint(out / "checkpoint.pt", model, opt, step, batches)
     save_model(model.cpu(), out, dtype=torch.bfloat16)
     log["train_seconds"] = time.perf_counter() - start
     log["config"] = asdict(cfg)  # type: ignore[assignment]
     return log
 
 
-def _checkpoint(path: Path, model: MoEForCausalLM, opt: torch.optim.Optimizer, step: int, batches: Batches) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, batches: HasRng) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": batches.rng.getstate(), "torch_rng": torch.get_rng_state()}
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
 
 
-def _resume(path: Path, model: MoEForCausalLM, opt: torch.optim.Optimizer, batches: Batches) -> int:
+def resume(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: HasRng) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)

@@ -76,3 +76,15 @@ def test_held_out_tool_turns_mostly_produce_well_formed_calls(llm: LLM) -> None:
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=96, stop_token_ids=(tok.end_id,)))
     good = sum(bool(c) and c[0][0] in names for c in (parse_tool_calls(o.text) for o in outs))
     assert good >= len(cases) // 2
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs ../shared/data/tau-bench-airline (AGENTRT_DATA_DIR)")
+def test_the_demo_skills_on_work_it_never_saw_stay_within_a_few_points_of_the_recorded_figures() -> None:
+    """First tool calls of held-out runs, held-out synthetic requests and extraction (docs/model.md).
+    Both ways: a drop is a regression, a rise means eval.json (and docs/model.md) must be updated."""
+    from engine.train.data import load_airline
+    from engine.train.evaluate import skill_figures
+
+    figures = skill_figures(DEFAULT_MODEL_DIR, load_airline())
+    for key in ("first_call_name_rate", "first_call_exact_rate", "synthetic_exact_rate", "extraction_exact_rate"):
+        assert abs(figures[key] - EVAL[key]) <= 0.05, (key, figures[key], EVAL[key])
