@@ -25,6 +25,7 @@ AGENTRT_GRAPHS / AGENTRT_TOOLS: folders when --graphs / --tools are not given
 AGENTRT_ADDRESS: server of submit/status/cancel (default tcp://127.0.0.1:5555)
 AGENTRT_DATA_DIR: public data folder (default ../shared/data)
 AGENTRT_CACHE_DIR: compiled native kernels (default ~/.cache/agentrt)
+AGENTRT_AUTOTUNE: 0 = default kernel thread splits, force = tune again (default: tune once per CPU)
 AGENTRT_DEBUG=1: print tracebacks (as --debug)
 AGENTRT_LLM_URL, AGENTRT_LLM_MODEL, AGENTRT_LLM_API_KEY: a remote OpenAI-compatible engine
 AGENTRT_TOKENIZER_CACHE: real tokenizers for tests (default ~/.cache/agentrt/tokenizers)

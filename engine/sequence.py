@@ -10,11 +10,11 @@ import enum
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from engine.errors import InvalidRequestError
-from engine.speculative.chooser import SpecState
 
 
 @dataclass(slots=True)
@@ -134,7 +134,9 @@ class Sequence:
     stop_text: str = ""  # decoded text, kept only when stop strings are set
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
-    spec: SpecState | None = None  # per-drafter acceptance history and the current draft's source
+    # engine.speculative.chooser.SpecState, set by the Speculator: per-drafter acceptance history and the
+    # current draft's source (typed Any: engine.speculative imports this module, not the other way)
+    spec: Any = None
     mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
     priority: int = 0  # the scheduling priority now (starts at params.priority; lower = more urgent)
     order: int = 0  # arrival rank in the scheduler (ties between equal priorities: first come first)

@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine.chat.tool_calls import CALL_CLOSE, CALL_OPEN
+
 # Families whose call markers are ordinary text: (trigger, begin with {name}, end).
 TEXT_CALL_TAGS = {
     "hermes": ("<tool_call>", '<tool_call>\n{"name": "{name}", "arguments": ', "}\n</tool_call>"),
     "deepseek_v3": ("<｜tool▁call▁begin｜>", "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n",
                     "\n```<｜tool▁call▁end｜>"),
 }
-AGENTRT_OPEN, AGENTRT_CLOSE = "<tool_call>", "</tool_call>"
 HARMONY_MARKERS = ("<|start|>", "<|channel|>", "<|constrain|>", "<|message|>", "<|end|>", "<|call|>", "<|return|>")
 FAMILIES_WITH_GRAMMAR = ("agentrt", "hermes", "deepseek_v3", "harmony")
 
@@ -74,12 +75,12 @@ def _text_marked(family: str, functions: list[tuple[str, dict[str, Any]]], requi
 def _agentrt(functions: list[tuple[str, dict[str, Any]]], required: bool) -> dict[str, Any]:
     """`<tool_call>{"name": "NAME", "arguments": {...}}</tool_call>`, markers as special tokens; the
     end-of-turn token (the model's EOS) follows the last call."""
-    tags = [{"type": "tag", "begin": _token(AGENTRT_OPEN),
+    tags = [{"type": "tag", "begin": _token(CALL_OPEN),
              "content": _seq(_const(f'{{"name": "{name}", "arguments": '), _arguments(params), _const("}")),
-             "end": _token(AGENTRT_CLOSE)} for name, params in functions]
+             "end": _token(CALL_CLOSE)} for name, params in functions]
     if required:
         return {"type": "tags_with_separator", "tags": tags, "separator": "", "at_least_one": True}
-    return {"type": "token_triggered_tags", "trigger_tokens": [AGENTRT_OPEN], "tags": tags, "exclude_tokens": [AGENTRT_CLOSE]}
+    return {"type": "token_triggered_tags", "trigger_tokens": [CALL_OPEN], "tags": tags, "exclude_tokens": [CALL_CLOSE]}
 
 
 def _harmony(functions: list[tuple[str, dict[str, Any]]], required: bool, reasoning: bool) -> dict[str, Any]:
