@@ -20,6 +20,7 @@ from torch import nn
 
 from engine.errors import ModelLoadError
 from engine.kernels.fp4 import FP4Tensor
+from engine.kernels.triton import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.layers import Attention, DecoderLayer, MoE, Rotary
@@ -54,7 +55,8 @@ class SinkAttention(Attention):
 
 class GptOssMoE(MoE):
     """Top-k experts with biases and the clamped SwiGLU (engine/moe/activation.py); CPU serving runs
-    them in the C MoE kernels (dense or FP4 panels, `expert_glu`), else the torch twin."""
+    them in the C MoE kernels (dense or FP4 panels, `expert_glu`), CUDA in the Triton fused MoE,
+    anything else in the torch twin."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -74,6 +76,10 @@ class GptOssMoE(MoE):
         if self.cpu_experts is not None:  # CPU serving: the whole layer in one C call
             return self.cpu_experts.run(flat, weights, ids).view(x.shape)
         q: QuantizedExperts | None = self.quantized
+        if flat.is_cuda and not torch.is_grad_enabled() and triton_available():  # GPU serving: two grouped GEMMs, GLU in registers
+            from engine.moe.triton_moe import fused_moe
+
+            return fused_moe(flat, weights, ids, q if q is not None else (self.w13, self.w2), glu=self.expert_glu()).view(x.shape)
         if q is not None:
             return moe_experts_glu(flat, weights, ids, self.expert_glu(), lambda e: q.expert(e, torch.float32)).view(x.shape)
         return moe_experts_glu(flat, weights, ids, self.expert_glu(), lambda e: (self.w13[e], self.w2[e])).view(x.shape)
