@@ -4,7 +4,8 @@ Three workloads, each run by both in this one process, one after the other:
   decode-b1      one request, 32-token prompt, N new tokens (greedy)
   decode-b16     16 requests, 32-token prompts, N new tokens each
   shared-prefix  32 requests sharing a 1,024-token prefix (+16 distinct tokens), 32 new tokens each
-Prints tokens/s and the engine/transformers ratio; updates docs/benchmarks.md.
+Prints tokens/s and the engine/transformers ratio (medians over the alternating repeats, with the
+min-max of the per-repeat ratios); updates docs/benchmarks.md.
 
 --arch picks the family: qwen3_moe (the default, ~50M params), qwen3, llama, gpt_oss, deepseek_v3;
 tiny random configs that keep the real models' shape ratios (GQA ratio, experts/top-k, MLA ranks,
@@ -177,13 +178,20 @@ def _write_ab(args: argparse.Namespace, title: str, rows: list[list[object]], da
     write_section(f"engine_vs_hf_autotune_{args.device}", title, body, cmd, data)
 
 
+def _row(name: str, requests: int, tokens: int, t_hf: list[float], t_engine: list[float]) -> list[object]:
+    """A table row: medians of tok/s and of the per-repeat speedups, and the speedups' min-max."""
+    ratios = [h / e for h, e in zip(t_hf, t_engine, strict=True)]
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return [name, requests, tokens / statistics.median(t_hf), tokens / statistics.median(t_engine), statistics.median(ratios), spread]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="qwen3_moe", choices=ARCHS)
     ap.add_argument("--quick", action="store_true", help="small model and workloads (smoke test)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating runs per workload; the best time of each counts")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs per workload; medians and the ratio's min-max are reported")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--note", default="", help="a sentence added to the docs section (e.g. how loaded the machine was)")
     ap.add_argument("--autotune-ab", action="store_true",
@@ -203,15 +211,15 @@ def main() -> None:
         for name, (prompts, new) in workloads(args.quick).items():
             run_engine(llm, prompts[:1], 2)  # warm-up both
             run_hf(hf, prompts[:1], 2)
-            t_engine = t_hf = float("inf")
-            for _ in range(args.repeats):  # alternate the two, keep each one's best: noise hits both alike
+            t_engine, t_hf = [], []
+            for _ in range(args.repeats):  # alternate the two: noise hits both alike
                 llm.core.scheduler.radix.reset()  # type: ignore[union-attr]  # no cache carried between runs
-                t_engine = min(t_engine, run_engine(llm, prompts, new))
-                t_hf = min(t_hf, run_hf(hf, prompts, new))
-            tokens = len(prompts) * new
-            rows.append([name, len(prompts), tokens / t_hf, tokens / t_engine, t_hf / t_engine])
-            data[name] = {"requests": len(prompts), "new_tokens": tokens, "hf_s": t_hf, "engine_s": t_engine}
-    cols = ["workload", "requests", "transformers tok/s", "engine tok/s", "speedup"]
+                t_engine.append(run_engine(llm, prompts, new))
+                t_hf.append(run_hf(hf, prompts, new))
+            rows.append(_row(name, len(prompts), len(prompts) * new, t_hf, t_engine))
+            data[name] = {"requests": len(prompts), "new_tokens": len(prompts) * new, "hf_s": t_hf, "engine_s": t_engine,
+                          "speedup_median": rows[-1][4]}
+    cols = ["workload", "requests", "transformers tok/s", "engine tok/s", "speedup", "speedup min-max"]
     family = "" if args.arch == "qwen3_moe" else f"{args.arch}, "
     title = f"engine vs transformers ({family}{num_params / 1e6:.1f}M params, {args.dtype}, {args.device})"
     print_table(title, cols, rows)
@@ -219,7 +227,7 @@ def main() -> None:
         arch = "" if args.arch == "qwen3_moe" else f" --arch {args.arch}"
         cmd = f"python benchmarks/engine_vs_hf.py{arch}" + (" --quick" if args.quick else "") + f" --dtype {args.dtype} --device {args.device} --repeats {args.repeats}"
         targets = ("Targets: >= 1.5x at decode-b1, >= 3x at decode-b16, >= 8x on shared-prefix (time to finish all). "
-                   f"Each side's best of {args.repeats} alternating runs."
+                   f"Medians of {args.repeats} alternating runs per side; min-max: the per-run speedups."
                    + (" Quick mode: hidden 256, 2 layers, 16 new tokens, an 8 x 272-token shared prefix." if args.quick else "")
                    + (f" {args.note}" if args.note else ""))
         section = f"engine_vs_hf_{args.device}" if args.arch == "qwen3_moe" else f"engine_vs_hf_{args.arch}_{args.device}"

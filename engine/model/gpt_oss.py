@@ -20,13 +20,15 @@ from torch import nn
 
 from engine.errors import ModelLoadError
 from engine.kernels.fp4 import FP4Tensor
+from engine.kernels.triton import triton_available
 from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.layers import Attention, DecoderLayer, MoE, Rotary
 from engine.model.paged_attention import attend_window, paged_attention
 from engine.model.qwen3_moe import MoEForCausalLM
+from engine.moe.activation import ClampedGlu
 from engine.moe.quantized import QuantizedExperts
-from engine.moe.routing import group_by_expert
+from engine.moe.reference import moe_experts_glu
 
 
 class SinkAttention(Attention):
@@ -51,15 +53,10 @@ class SinkAttention(Attention):
         return self.o_proj(o.flatten(2))
 
 
-def clamped_swiglu(h: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
-    """h [n, 2I] (gate columns, then up columns) -> [n, I]."""
-    gate, up = h.chunk(2, dim=-1)
-    gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
-    return (up + 1) * gate * torch.sigmoid(gate * alpha)
-
-
 class GptOssMoE(MoE):
-    """Top-k experts with biases and the clamped SwiGLU; dense (w13/w2) or FP4 (`quantized`)."""
+    """Top-k experts with biases and the clamped SwiGLU (engine/moe/activation.py); CPU serving runs
+    them in the C MoE kernels (dense or FP4 panels, `expert_glu`), CUDA in the Triton fused MoE,
+    anything else in the torch twin."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -68,41 +65,24 @@ class GptOssMoE(MoE):
         self.b13 = nn.Parameter(torch.empty(e, 2 * i))
         self.b2 = nn.Parameter(torch.empty(e, h))
         self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
-        self.renormalize = True  # softmax over the top-k logits
-        self.packable = False  # the C expert kernels compute plain SwiGLU without biases
+        self.renormalize = True  # softmax over the top-k logits (= softmax over all, top-k, renormalised)
+
+    def expert_glu(self) -> ClampedGlu:
+        return ClampedGlu(self.b13, self.b2, self.limit, self.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        logits = self.gate(flat).float()
-        top, ids = torch.topk(logits, self.top_k, dim=-1)
-        weights = torch.softmax(top, dim=-1)
-        order, counts = group_by_expert(ids, self.b13.shape[0])
-        token_of_pair = order // self.top_k
-        pair_weights = weights.flatten()[order]
-        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = token_of_pair[start : start + n]
-            h = self._matmul(flat.index_select(0, idx), e, up=True) + self.b13[e].float()
-            y = self._matmul(clamped_swiglu(h, self.limit, self.alpha).to(flat.dtype), e, up=False) + self.b2[e].float()
-            out.index_add_(0, idx, y * pair_weights[start : start + n, None])
-            start += n
-        return out.to(x.dtype).view(x.shape)
-
-    def _matmul(self, x: torch.Tensor, e: int, up: bool) -> torch.Tensor:
-        """x @ W_e^T in fp32 for w13 (`up`) or w2: dense, or straight from the packed FP4 expert
-        (the fused C kernel for few rows, else one dequantised tile)."""
+        weights, ids = self.route(flat)
+        if self.cpu_experts is not None:  # CPU serving: the whole layer in one C call
+            return self.cpu_experts.run(flat, weights, ids).view(x.shape)
         q: QuantizedExperts | None = self.quantized
-        if q is None:
-            return torch.nn.functional.linear(x, (self.w13 if up else self.w2)[e]).float()
-        t = (q.w13 if up else q.w2).select(e)
-        from engine.kernels.cpu import fp4_matmul as cpu_fp4
+        if flat.is_cuda and not torch.is_grad_enabled() and triton_available():  # GPU serving: two grouped GEMMs, GLU in registers
+            from engine.moe.triton_moe import fused_moe
 
-        if x.device.type == "cpu" and x.shape[0] <= cpu_fp4.MAX_ROWS and cpu_fp4.available() and t.packed.is_contiguous():
-            return cpu_fp4.fp4_matmul(x.float(), t, q.row_scales(x.device)[0 if up else 1][e])
-        return torch.nn.functional.linear(x.float(), t.dequantize(torch.float32))
+            return fused_moe(flat, weights, ids, q if q is not None else (self.w13, self.w2), glu=self.expert_glu()).view(x.shape)
+        if q is not None:
+            return moe_experts_glu(flat, weights, ids, self.expert_glu(), lambda e: q.expert(e, torch.float32)).view(x.shape)
+        return moe_experts_glu(flat, weights, ids, self.expert_glu(), lambda e: (self.w13[e], self.w2[e])).view(x.shape)
 
 
 class GptOssDecoderLayer(DecoderLayer):

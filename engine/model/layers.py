@@ -21,6 +21,7 @@ from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
 from engine.model.rope import RopeScaling
+from engine.moe.activation import ClampedGlu
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 
@@ -156,6 +157,9 @@ class MoE(nn.Module):
             return moe_experts_fp4(flat, weights, ids, self.quantized).view(shape)
         return moe_experts(flat, weights, ids, self.w13, self.w2).view(shape)
 
+    def expert_glu(self) -> ClampedGlu | None:
+        """The experts' biases and clamped GLU (gpt-oss), or None for plain SwiGLU experts."""
+        return None
 
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Router: tokens [T, H] -> (weights [T, k] fp32, expert ids [T, k] int64)."""
@@ -223,12 +227,12 @@ def prepare_for_inference(model: nn.Module) -> int:
             if isinstance(module, MoE) and not module.packable:
                 continue
             if isinstance(module, MoE) and module.quantized is not None and cpu_fp4_panels.available():
-                module.cpu_experts = cpu_fp4_panels.FP4PanelExperts(module.quantized)
+                module.cpu_experts = cpu_fp4_panels.FP4PanelExperts(module.quantized, module.expert_glu())
                 module.quantized = None
                 converted += 2
                 continue
             if isinstance(module, MoE) and module.quantized is None and module.w13.numel():
-                module.cpu_experts = cpu_dense.DenseExperts(module.w13, module.w2)
+                module.cpu_experts = cpu_dense.DenseExperts(module.w13, module.w2, module.expert_glu())
             elif isinstance(module, DenseMLP) and module.w13.numel():
                 module.cpu_experts = cpu_dense.DenseExperts(module.w13[None], module.w2[None])
             else:

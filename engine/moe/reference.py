@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from engine.moe.activation import ClampedGlu, expert_glu
 from engine.moe.routing import group_by_expert
 
 
@@ -104,3 +105,24 @@ def moe_grouped(
         out = out.index_add(0, idx, y) if out.requires_grad or y.requires_grad else out.index_add_(0, idx, y)
         start += n
     return out
+
+
+def moe_experts_glu(
+    x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, glu: ClampedGlu,
+    expert_weights: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """`moe_grouped` for gpt-oss's biased clamped-GLU experts (engine/moe/activation.py), in fp32;
+    returns [T, H] in x's dtype. The twin of the C kernels' `ClampedGlu` path."""
+    top_k = expert_ids.shape[1]
+    order, counts = group_by_expert(expert_ids, glu.b13.shape[0])
+    token_of_pair = order // top_k
+    pair_weights = weights.flatten()[order].float()
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            idx = token_of_pair[start : start + n]
+            y = expert_glu(x.index_select(0, idx), e, *expert_weights(e), glu)
+            out.index_add_(0, idx, y * pair_weights[start : start + n, None])
+        start += n
+    return out.to(x.dtype)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from engine.kernels.fp4 import FP4Tensor
+from engine.moe.activation import ClampedGlu, clamped_glu
 from engine.moe.quantized import QuantizedExperts
 from engine.moe.routing import group_by_expert
 
@@ -145,7 +146,7 @@ DenseExperts = tuple[torch.Tensor, torch.Tensor]
 def fused_moe(
     x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, experts: QuantizedExperts | DenseExperts,
     block_n: int = 32, block_k: int = 64, num_warps: int = 4, num_stages: int = 2, swap_ab: bool = False,
-    block_m: int = BLOCK_M, bf16_dequant: bool | None = None, split_k: int | None = None,
+    block_m: int = BLOCK_M, bf16_dequant: bool | None = None, split_k: int | None = None, glu: ClampedGlu | None = None,
 ) -> torch.Tensor:
     """Router-weighted sum of each token's top-k experts in two Triton grouped GEMMs, over packed
     FP4 experts (`QuantizedExperts`, dequantised in registers) or dense ones (a (w13, w2) pair).
@@ -154,7 +155,8 @@ def fused_moe(
     With bf16 activations on a GPU the tile products run on bf16 operands (tensor cores, fp32
     accumulation) and FP4 weights dequantise in bf16 (exact; `bf16_dequant=False` keeps fp32);
     otherwise on fp32 operands at IEEE precision. `split_k`: slices of the reduction dimension
-    per GEMM (None: `split_k_for` on a GPU, 1 elsewhere). Raises ValueError on inconsistent shapes
+    per GEMM (None: `split_k_for` on a GPU, 1 elsewhere). `glu`: gpt-oss's expert biases and
+    clamped GLU (engine/moe/activation.py) instead of SwiGLU. Raises ValueError on inconsistent shapes
     or tile sizes.
     """
     num_tokens, hidden = x.shape
@@ -185,6 +187,8 @@ def fused_moe(
         raise ValueError(f"block_m and block_n must be powers of two >= 16, got {block_m}, {block_n}")
     if split_k is not None and split_k < 1:
         raise ValueError(f"split_k {split_k} must be >= 1")
+    if glu is not None and (glu.b13.shape != (e, two_i) or glu.b2.shape != (e, hidden)):
+        raise ValueError(f"expert biases b13 {tuple(glu.b13.shape)}, b2 {tuple(glu.b2.shape)} do not fit experts {(e, two_i, h)}")
     if num_tokens == 0:
         return torch.zeros_like(x)
     gate_up, down = _kernels()
@@ -194,7 +198,10 @@ def fused_moe(
     max_padded = sorted_ids.numel()
     dot_bf16 = x.is_cuda and x.dtype == torch.bfloat16
     xc = x.contiguous()
-    launch = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "FMT_BLOCK": fmt_block, "WFMT": wfmt,
+    topk_w = weights.reshape(-1).float().contiguous()
+    b13, b2 = (glu.b13.float().contiguous(), glu.b2.float().contiguous()) if glu is not None else (topk_w, topk_w)  # unused without glu
+    limit, alpha = (glu.limit, glu.alpha) if glu is not None else (0.0, 0.0)
+    launch = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "FMT_BLOCK": fmt_block, "WFMT": wfmt, "GLU": glu is not None,
               "DOT_BF16": dot_bf16, "SWAP_AB": swap_ab, "BF16_DEQUANT": dot_bf16 if bf16_dequant is None else bf16_dequant, "num_warps": num_warps, "num_stages": num_stages}
     grid_m = max_padded // block_m
     sms = _sm_count(x.device) if x.is_cuda else 0
@@ -202,23 +209,33 @@ def fused_moe(
     act_dtype = torch.bfloat16 if dot_bf16 else torch.float32
     act = torch.empty(s13_n, max_padded, two_i, dtype=torch.float32, device=x.device) if s13_n > 1 else torch.empty(max_padded, inter, dtype=act_dtype, device=x.device)
     gate_up[(grid_m, -(-inter // block_n), s13_n)](
-        xc, p13, s13, rs13, act, sorted_ids, block_expert, num_padded, num_pairs, hidden, inter, top_k, k13,
+        xc, p13, s13, rs13, act, sorted_ids, block_expert, num_padded, b13, num_pairs, hidden, inter, top_k, k13, limit, alpha,
         xc.stride(0), p13.stride(0), p13.stride(1), k_stride13, s13.stride(0), s13.stride(1), act.stride(0), act.stride(-2),
         SPLIT=s13_n > 1, **launch,
     )
     if s13_n > 1:
-        gate, up = act.sum(0).split(inter, dim=1)
-        act = (torch.nn.functional.silu(gate) * up).to(act_dtype)
+        act = _activate_sums(act.sum(0), sorted_ids, expert_ids, block_m, glu).to(act_dtype)
     k2, s2_n = _k_split(inter, block_k, split_k or split_k_for(grid_m * -(-hidden // block_n), inter, block_k, sms))
     per_pair = torch.empty(s2_n, num_pairs, hidden, dtype=torch.float32, device=x.device)
-    topk_w = weights.reshape(-1).float().contiguous()
     down[(grid_m, -(-hidden // block_n), s2_n)](
-        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, num_padded, topk_w, num_pairs, hidden, inter, k2,
+        act, p2, s2, rs2, per_pair, sorted_ids, block_expert, num_padded, topk_w, b2, num_pairs, hidden, inter, k2,
         act.stride(0), p2.stride(0), p2.stride(1), k_stride2, s2.stride(0), s2.stride(1), per_pair.stride(0), per_pair.stride(1),
         SPLIT=s2_n > 1, **launch,
     )
     per_pair = per_pair.sum(0) if s2_n > 1 else per_pair[0]
     return per_pair.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)
+
+
+def _activate_sums(h: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor, block_m: int,
+                   glu: ClampedGlu | None) -> torch.Tensor:
+    """Split-K's activation on the summed gate/up columns h [max_padded, 2I]: SwiGLU, or with
+    `glu` each row's expert biases and the clamped GLU (padding rows get expert 0's; never read)."""
+    if glu is None:
+        gate, up = h.chunk(2, dim=1)
+        return torch.nn.functional.silu(gate) * up
+    flat = expert_ids.reshape(-1)
+    expert_of_row = flat[sorted_ids.clamp(max=flat.numel() - 1)] * (sorted_ids < flat.numel())
+    return clamped_glu(h + glu.b13.float()[expert_of_row], glu.limit, glu.alpha)
 
 
 def fused_moe_fp4(

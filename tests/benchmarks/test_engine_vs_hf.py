@@ -38,3 +38,10 @@ def test_autotune_ab_reports_both_settings_per_workload(tmp_path: Path) -> None:
     assert [r[:2] for r in rows] == [["decode-b1", 1], ["decode-b2", 2]] and all(r[4] > 0 for r in rows)
     assert len(data["decode-b1"]["defaults_s"]) == len(data["decode-b1"]["tuned_s"]) == 2  # type: ignore[index]
     assert "linear" in data["choices"] and cpu_linear._KERNELS.choice == before  # the tuned split is back in force
+
+
+def test_rows_report_medians_and_the_spread_of_the_per_run_speedups() -> None:
+    from benchmarks.engine_vs_hf import _row
+
+    row = _row("decode-b1", 2, 100, t_hf=[2.0, 4.0, 3.0], t_engine=[1.0, 1.0, 2.0])  # speedups 2, 4, 1.5
+    assert row == ["decode-b1", 2, 100 / 3.0, 100 / 1.0, 2.0, "1.50-4.00"]

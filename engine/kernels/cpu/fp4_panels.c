@@ -107,15 +107,17 @@ int64_t fp4_panels_supported(void) {
 }
 
 /* The MoE layer over FP4 panels (see the module doc); w13: gate/up panels (IP/8 of them),
-   w2: down panels (H/16), IP = I (a multiple of the FP4 block). Returns -1 for a bad expert id, -2 without AVX-512. */
+   w2: down panels (H/16), IP = I (a multiple of the FP4 block); b13 NULL: SwiGLU, else gpt-oss's biased
+   clamped GLU (moe_driver.h, scratch A * 2 IP floats more). Returns -1 for a bad expert id, -2 without AVX-512. */
 int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
                       const uint8_t *c13, const uint8_t *s13, const float *rs13, const uint8_t *c2, const uint8_t *s2,
                       const float *rs2, int64_t B, int64_t E, float *out, float *scratch, int64_t *iscratch,
-                      int64_t threads)
+                      int64_t threads, const float *b13, const float *b2, float limit, float alpha)
 {
 #ifdef __AVX512F__
     const int64_t A = T * topk, P1 = IP / 8, P2 = H / 16, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
-    float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
+    float *xe = scratch, *a = xe + A * H, *ye = a + A * IP, *h = ye + A * H;
+    const glu_params glu = {b13, b2, limit, alpha};
     int64_t nactive;
     const int64_t *order = iscratch, *pos = order + A, *start = pos + A, *active = start + E + 1;
     if (sort_pairs(ids, A, E, iscratch, &nactive) != 0) return -1;
@@ -125,16 +127,20 @@ int64_t fp4_panel_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t 
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q1; item++) {
             const int64_t e = active[item / Q1], q = item % Q1, r0 = start[e];
-            fp4_rows_panels(xe + r0 * H, start[e + 1] - r0, H, c13 + e * P1 * H * 8, s13 + e * P1 * (H / B) * 16, rs13 + e * P1 * 16,
-                            B, H, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 1);
+            const uint8_t *ce = c13 + e * P1 * H * 8, *se = s13 + e * P1 * (H / B) * 16;
+            if (b13) fp4_rows_panels(xe + r0 * H, start[e + 1] - r0, H, ce, se, rs13 + e * P1 * 16, B, H, h + r0 * 2 * IP, 2 * IP,
+                                     2 * q, 2 * q + 1 < P1 ? 2 : 1, 0);
+            else fp4_rows_panels(xe + r0 * H, start[e + 1] - r0, H, ce, se, rs13 + e * P1 * 16, B, H, a + r0 * IP, IP,
+                                 2 * q, 2 * q + 1 < P1 ? 2 : 1, 1);
         }
+        if (b13) clamped_glu_rows(h, A, IP, ids, order, &glu, a);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q2; item++) {
             const int64_t e = active[item / Q2], q = item % Q2, r0 = start[e];
             fp4_rows_panels(a + r0 * IP, start[e + 1] - r0, IP, c2 + e * P2 * IP * 8, s2 + e * P2 * (IP / B) * 16, rs2 + e * P2 * 16,
                             B, IP, ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, 0);
         }
-        combine_pairs(ye, H, topk, topw, pos, T, out);
+        combine_pairs(ye, H, topk, topw, pos, T, b2, ids, out);
     }
     return 0;
 #else

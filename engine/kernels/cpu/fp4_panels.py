@@ -26,11 +26,13 @@ import torch
 
 from engine.errors import KernelUnavailableError
 from engine.kernels.cpu import native
+from engine.kernels.cpu.moe_dense import PanelGlu, glu_args
 from engine.kernels.fp4 import FP4Experts, FP4Tensor
+from engine.moe.activation import ClampedGlu
 
-_P, _I = native.PTR, native.I64
+_P, _I, _F = native.PTR, native.I64, native.F32
 _SIGNATURES = (
-    ("fp4_panel_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),
+    ("fp4_panel_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _F, _F), _I),
     ("fp4_panels_supported", (), _I),
 )
 
@@ -61,9 +63,10 @@ class FP4PanelExperts:
     """A MoE layer's packed FP4 experts (`QuantizedExperts`) re-laid out as panels for the kernel:
     w13 (gate rows then up rows [E, 2I, H]) as I/8 panels of 8 gate + the matching 8 up columns,
     w2 [E, H, I] as H/16 panels. FP4 needs H and I to be multiples of its block (16 or 32), so no
-    panel is partial. Raises ValueError when w13 and w2 do not belong together or are not on the CPU."""
+    panel is partial. `glu`: gpt-oss's biases and clamped GLU (moe_dense.py). Raises ValueError when
+    w13 and w2 (and the biases) do not belong together or are not on the CPU."""
 
-    def __init__(self, experts: FP4Experts) -> None:
+    def __init__(self, experts: FP4Experts, glu: ClampedGlu | None = None) -> None:
         w13, w2 = experts.w13, experts.w2
         e, two_i, h = w13.shape
         inter = two_i // 2
@@ -77,6 +80,9 @@ class FP4PanelExperts:
         self.c2, self.s2, self.rs2 = _panels(w2, torch.arange(h))
         self.fmt, self.block = w13.fmt, w13.block
         self.num_experts, self.hidden, self.inter = e, h, inter
+        if glu is not None and (glu.b13.shape != (e, 2 * inter) or glu.b2.shape != (e, h)):
+            raise ValueError(f"expert biases b13 {tuple(glu.b13.shape)}, b2 {tuple(glu.b2.shape)} do not fit experts {tuple(w13.shape)}")
+        self.glu = PanelGlu(glu, inter) if glu is not None else None
 
     @property
     def nbytes(self) -> int:
@@ -105,13 +111,13 @@ def fp4_panel_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tens
     topw = weights if weights.dtype == torch.float32 and weights.is_contiguous() else weights.float().contiguous()
     e, pairs = experts.num_experts, ids.numel()
     out = torch.empty(num_tokens, hidden, dtype=torch.float32)
-    scratch = torch.empty(pairs * (2 * hidden + experts.inter), dtype=torch.float32)
+    scratch = torch.empty(pairs * (2 * hidden + experts.inter * (3 if experts.glu else 1)), dtype=torch.float32)
     iscratch = torch.empty(2 * pairs + 3 * e + 1, dtype=torch.int64)
     status = lib.fp4_panel_moe(
         xc.data_ptr(), num_tokens, hidden, experts.inter, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
         experts.c13.data_ptr(), experts.s13.data_ptr(), experts.rs13.data_ptr(), experts.c2.data_ptr(), experts.s2.data_ptr(),
         experts.rs2.data_ptr(), experts.block, e, out.data_ptr(), scratch.data_ptr(),
-        iscratch.data_ptr(), torch.get_num_threads())
+        iscratch.data_ptr(), torch.get_num_threads(), *glu_args(experts.glu))
     if status == -1:
         raise ValueError(f"expert ids must be in [0, {e})")
     return out if x.dtype == torch.float32 else out.to(x.dtype)

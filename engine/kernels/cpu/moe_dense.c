@@ -1,27 +1,32 @@
 #include "moe_driver.h"
 /* A MoE layer. x: [T, H]; ids, topw: [T, topk]; w13: per expert ceil(I/8) panels [H, 16] of 8 gate
    then 8 up columns; w2: per expert ceil(H/16) panels [IP, 16]; IP = intermediate size padded to 8.
-   out: [T, H]. scratch: A * (2 H + IP) floats, iscratch: 2 A + 3 E + 1 int64, A = T * topk. */
+   out: [T, H]. b13 NULL: SwiGLU in the gate/up tiles; else gpt-oss's biased clamped GLU (b13, b2,
+   limit, alpha: see glu_params) as a pass over the gate/up sums. scratch: A * (2 H + IP) floats
+   (+ A * 2 IP with b13), iscratch: 2 A + 3 E + 1 int64, A = T * topk. */
 int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk, const int64_t *ids, const float *topw,
                const void *w13, const void *w2, int64_t bf16, int64_t E, float *out, float *scratch, int64_t *iscratch,
-               int64_t threads)
+               int64_t threads, const float *b13, const float *b2, float limit, float alpha)
 {
     const int64_t A = T * topk, esz = bf16 ? 2 : 4;
     const int64_t P1 = IP / 8, P2 = (H + PANEL - 1) / PANEL, Q1 = (P1 + 1) / 2, Q2 = (P2 + 1) / 2;
-    float *xe = scratch, *a = xe + A * H, *ye = a + A * IP;
+    float *xe = scratch, *a = xe + A * H, *ye = a + A * IP, *h = ye + A * H;
+    const glu_params glu = {b13, b2, limit, alpha};
     int64_t nactive;
     const int64_t *start = iscratch + 2 * A, *active = start + E + 1;
     if (sort_pairs(ids, A, E, iscratch, &nactive) != 0) return -1;  /* 1. pairs sorted by expert */
     #pragma omp parallel num_threads(threads) if (A * H * IP >= 16384)
     {
         gather_rows(x, H, topk, iscratch, A, xe);
-        /* 2. gate/up + SwiGLU, per (expert, pair of panels) */
+        /* 2. gate/up + SwiGLU (or the sums, then the clamped GLU), per (expert, pair of panels) */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q1; item++) {
             const int64_t e = active[item / Q1], q = item % Q1, r0 = start[e];
-            rows_panels(xe + r0 * H, start[e + 1] - r0, H, (const char *)w13 + e * P1 * H * PANEL * esz, (int)bf16, H, 0,
-                        a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
+            const char *we = (const char *)w13 + e * P1 * H * PANEL * esz;
+            if (b13) rows_panels(xe + r0 * H, start[e + 1] - r0, H, we, (int)bf16, H, 0, h + r0 * 2 * IP, 2 * IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 0);
+            else rows_panels(xe + r0 * H, start[e + 1] - r0, H, we, (int)bf16, H, 0, a + r0 * IP, IP, 2 * q, 2 * q + 1 < P1 ? 2 : 1, 2 * IP, 1);
         }
+        if (b13) clamped_glu_rows(h, A, IP, ids, iscratch, &glu, a);
         /* 3. down projection, per (expert, pair of panels) */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < nactive * Q2; item++) {
@@ -30,7 +35,7 @@ int64_t dense_moe(const float *x, int64_t T, int64_t H, int64_t IP, int64_t topk
                         ye + r0 * H, H, 2 * q, 2 * q + 1 < P2 ? 2 : 1, H, 0);
         }
         /* 4. weighted sum per token, slots in order */
-        combine_pairs(ye, H, topk, topw, iscratch + A, T, out);
+        combine_pairs(ye, H, topk, topw, iscratch + A, T, b2, ids, out);
     }
     return 0;
 }

@@ -14,7 +14,11 @@ threads, and the sum order is fixed, so a token's output does not depend on the 
 Expert weights are packed once (`DenseExperts`) as panels: bf16 when that is lossless (checkpoints
 shipped in bf16, like the embedded model: half the bytes to stream), else fp32. The intermediate
 size is padded to a multiple of 8 with zero rows/columns, which contribute exactly 0.
-`moe/reference.moe_experts` is the oracle (tests/engine/moe/test_cpu_dense.py). Built on first use
+`moe/reference.moe_experts` is the oracle (tests/engine/moe/test_cpu_dense.py).
+
+gpt-oss's experts (`glu`: engine/moe/activation.py) add biases and a clamped GLU: step 2 then writes
+the plain gate/up sums, a pass over them adds the biases and applies the clamped GLU in registers,
+and step 4 adds each expert's down bias; `moe/reference.moe_experts_glu` is that path's oracle. Built on first use
 by `kernels.cpu.native`; without a C compiler `available()` is False and the torch path runs.
 """
 
@@ -24,11 +28,12 @@ import torch
 
 from engine.kernels.cpu import linear as cpu_linear
 from engine.kernels.cpu import native
+from engine.moe.activation import ClampedGlu
 
 # The MoE driver's shared steps (moe_driver.h; this module's dense layer and fp4_panels' FP4 layer use them).
 
-_P, _I = native.PTR, native.I64
-_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I), _I),)
+_P, _I, _F = native.PTR, native.I64, native.F32
+_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _F, _F), _I),)
 
 
 _KERNELS = native.Kernels("moe_dense", _SIGNATURES)
@@ -39,13 +44,37 @@ def available() -> bool:
     return _KERNELS.available()
 
 
+class PanelGlu:
+    """A `ClampedGlu` in the kernels' layout: b13 as [E, 2 IP] in gate/up panel column order (per
+    panel j: gate biases 8j..8j+7, then the matching up biases; zero padding), b2 [E, H], fp32."""
+
+    def __init__(self, glu: ClampedGlu, padded: int) -> None:
+        e, two_i = glu.b13.shape
+        inter = two_i // 2
+        gate_up = torch.zeros(e, 2, padded)
+        gate_up[:, :, :inter] = glu.b13.detach().float().view(e, 2, inter)
+        self.b13 = gate_up.view(e, 2, padded // 8, 8).transpose(1, 2).reshape(e, 2 * padded).contiguous()
+        self.b2 = glu.b2.detach().float().contiguous()
+        self.limit, self.alpha = glu.limit, glu.alpha
+
+    def args(self) -> tuple[int, int, float, float]:
+        """The kernels' trailing arguments (b13, b2, limit, alpha)."""
+        return self.b13.data_ptr(), self.b2.data_ptr(), self.limit, self.alpha
+
+
+def glu_args(glu: PanelGlu | None) -> tuple[int | None, int | None, float, float]:
+    """The kernels' trailing arguments for `glu`, or for plain SwiGLU (NULL biases)."""
+    return glu.args() if glu is not None else (None, None, 0.0, 0.0)
+
+
 class DenseExperts:
     """Kernel copies of a MoE layer's expert weights (w13 [E, 2I, H]: gate rows then up rows;
     w2 [E, H, I]) packed as panels, bf16 when that is lossless for both, else fp32:
     w13 -> [E, ceil(I/8), H, 16] (8 gate columns, then the same 8 up columns),
-    w2 -> [E, ceil(H/16), IP, 16] with IP = I rounded up to 8 (zero columns)."""
+    w2 -> [E, ceil(H/16), IP, 16] with IP = I rounded up to 8 (zero columns).
+    `glu`: gpt-oss's biases and clamped GLU instead of plain SwiGLU."""
 
-    def __init__(self, w13: torch.Tensor, w2: torch.Tensor) -> None:
+    def __init__(self, w13: torch.Tensor, w2: torch.Tensor, glu: ClampedGlu | None = None) -> None:
         if w13.dim() != 3 or w2.dim() != 3 or w13.shape[0] != w2.shape[0] or w13.shape[1] != 2 * w2.shape[2] or w13.shape[2] != w2.shape[1]:
             raise ValueError(f"expert weights do not belong together: w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
         if w13.device.type != "cpu" or w2.device.type != "cpu":
@@ -63,6 +92,9 @@ class DenseExperts:
         self.w13 = cpu_linear.pack(interleaved, dtype)
         self.w2 = cpu_linear.pack(down, dtype)
         self.num_experts, self.hidden, self.inter, self.inter_padded = e, h, inter, padded
+        if glu is not None and (glu.b13.shape != (e, 2 * inter) or glu.b2.shape != (e, h)):
+            raise ValueError(f"expert biases b13 {tuple(glu.b13.shape)}, b2 {tuple(glu.b2.shape)} do not fit experts {tuple(w13.shape)}")
+        self.glu = PanelGlu(glu, padded) if glu is not None else None
 
     @property
     def bf16(self) -> bool:
@@ -100,11 +132,11 @@ def dense_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, 
     topw = weights if weights.dtype == torch.float32 and weights.is_contiguous() else weights.float().contiguous()
     pairs = ids.numel()
     out = torch.empty(num_tokens, hidden, dtype=torch.float32)
-    scratch = torch.empty(pairs * (2 * hidden + experts.inter_padded), dtype=torch.float32)
+    scratch = torch.empty(pairs * (2 * hidden + experts.inter_padded * (3 if experts.glu else 1)), dtype=torch.float32)
     iscratch = torch.empty(2 * pairs + 3 * e + 1, dtype=torch.int64)
     status = lib.dense_moe(xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
                            experts.w13.data_ptr(), experts.w2.data_ptr(), int(experts.bf16), e, out.data_ptr(), scratch.data_ptr(),
-                           iscratch.data_ptr(), torch.get_num_threads())
+                           iscratch.data_ptr(), torch.get_num_threads(), *glu_args(experts.glu))
     if status != 0:
         raise ValueError(f"expert ids must be in [0, {e})")
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -1,5 +1,6 @@
 /* SIMD helpers shared by the CPU kernels (AVX2 / AVX-512 paths; each kernel keeps a scalar #else). */
 #pragma once
+#include <math.h>
 #ifdef __AVX2__
 #include <immintrin.h>
 /* exp(x) = 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial (~2 ulp), for x already
@@ -49,4 +50,20 @@ static inline __m256 swiglu8(__m256 g, __m256 u) {
     const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
     return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.f), e)), u);
 }
+
+/* gpt-oss's clamped GLU for 8 lanes: g = min(g, limit), u = clamp(u, -limit, limit),
+   (u + 1) * g * sigmoid(alpha * g). min/max take the limit first so a NaN input stays NaN. */
+static inline __m256 clamped_glu8(__m256 g, __m256 u, __m256 limit, __m256 alpha) {
+    g = _mm256_min_ps(limit, g);
+    u = _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), limit), _mm256_min_ps(limit, u));
+    const __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), alpha), g));
+    return _mm256_mul_ps(_mm256_add_ps(u, _mm256_set1_ps(1.f)), _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.f), e)));
+}
 #endif
+
+/* The scalar clamped GLU (the vector form's remainder and the non-AVX2 build). */
+static inline float clamped_glu1(float g, float u, float limit, float alpha) {
+    g = g > limit ? limit : g;
+    u = u > limit ? limit : u < -limit ? -limit : u;
+    return (u + 1.f) * g / (1.f + expf(-alpha * g));
+}

@@ -169,12 +169,26 @@ def _row_scaled(acc, rs_ptr, rows, WFMT: tl.constexpr, SWAP_AB: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
-                    num_pairs, H, INTER, top_k, k_split,
+def _activate(g, u, gb_ptr, ub_ptr, cols, cmask, limit, alpha, GLU: tl.constexpr):
+    """g, u [BLOCK_M, BLOCK_N] gate/up sums -> SwiGLU, or (GLU) gpt-oss's biased clamped GLU:
+    gate = min(g + gb[cols], limit), up = clamp(u + ub[cols], -limit, limit),
+    (up + 1) * gate * sigmoid(alpha * gate)."""
+    if GLU:
+        g = tl.minimum(g + tl.load(gb_ptr + cols, mask=cmask, other=0.0)[None, :], limit)
+        u = u + tl.load(ub_ptr + cols, mask=cmask, other=0.0)[None, :]
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+        return (u + 1.0) * g / (1.0 + tl.exp(-alpha * g))
+    else:
+        return g / (1.0 + tl.exp(-g)) * u
+
+
+@triton.jit
+def _gate_up_kernel(x_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, b13_ptr,
+                    num_pairs, H, INTER, top_k, k_split, limit, alpha,
                     stride_xm, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_os, stride_om,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     FMT_BLOCK: tl.constexpr, WFMT: tl.constexpr, DOT_BF16: tl.constexpr, SWAP_AB: tl.constexpr,
-                    BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr):
+                    BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr, GLU: tl.constexpr):
     if tl.program_id(0) * BLOCK_M >= tl.load(num_padded_ptr):
         return  # past the last padded block: the grid is sized for the worst case, with no host sync
     expert, offs_m, pair, valid = _row_block(sorted_ptr, block_expert_ptr, num_pairs, BLOCK_M)
@@ -193,22 +207,23 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expe
                          _acc_init(BLOCK_M, BLOCK_N, SWAP_AB), BLOCK_N, BLOCK_K, FMT_BLOCK, WFMT, DOT_BF16, SWAP_AB, BF16_DEQUANT)
     acc_g = _row_scaled(acc_g, rs_ptr + expert * 2 * INTER, gate_rows, WFMT, SWAP_AB)
     acc_u = _row_scaled(acc_u, rs_ptr + expert * 2 * INTER, up_rows, WFMT, SWAP_AB)
-    if SPLIT:  # partial gate and up sums of this K slice, [split, row, 2I] fp32; SwiGLU after the sum
+    if SPLIT:  # partial gate and up sums of this K slice, [split, row, 2I] fp32; the activation after the sum
         part = out_ptr + tl.program_id(2) * stride_os + offs_m[:, None] * stride_om + cols[None, :]
         tl.store(part, _acc_rows(acc_g, SWAP_AB), mask=cmask[None, :])
         tl.store(part + INTER, _acc_rows(acc_u, SWAP_AB), mask=cmask[None, :])
     else:
-        act = _acc_rows(acc_g / (1.0 + tl.exp(-acc_g)) * acc_u, SWAP_AB)  # SwiGLU in registers
+        b_e = b13_ptr + expert * 2 * INTER  # GLU only: this expert's gate biases, then its up biases
+        act = _activate(_acc_rows(acc_g, SWAP_AB), _acc_rows(acc_u, SWAP_AB), b_e, b_e + INTER, cols, cmask, limit, alpha, GLU)
         tl.store(out_ptr + offs_m[:, None] * stride_om + cols[None, :], act.to(out_ptr.dtype.element_ty), mask=cmask[None, :])
 
 
 @triton.jit
-def _down_kernel(a_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, topk_w_ptr,
+def _down_kernel(a_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr, topk_w_ptr, b2_ptr,
                  num_pairs, H, INTER, k_split,
                  stride_am, stride_we, stride_wr, stride_wk, stride_se, stride_sr, stride_os, stride_op,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  FMT_BLOCK: tl.constexpr, WFMT: tl.constexpr, DOT_BF16: tl.constexpr, SWAP_AB: tl.constexpr,
-                 BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr):
+                 BF16_DEQUANT: tl.constexpr, SPLIT: tl.constexpr, GLU: tl.constexpr):
     if tl.program_id(0) * BLOCK_M >= tl.load(num_padded_ptr):
         return
     expert, offs_m, pair, valid = _row_block(sorted_ptr, block_expert_ptr, num_pairs, BLOCK_M)
@@ -223,5 +238,9 @@ def _down_kernel(a_ptr, w_ptr, s_ptr, rs_ptr, out_ptr, sorted_ptr, block_expert_
                        _acc_init(BLOCK_M, BLOCK_N, SWAP_AB), BLOCK_N, BLOCK_K, FMT_BLOCK, WFMT, DOT_BF16, SWAP_AB, BF16_DEQUANT)
     acc = _row_scaled(acc, rs_ptr + expert * H, rows, WFMT, SWAP_AB)
     weight = tl.load(topk_w_ptr + tl.where(valid, pair, 0), mask=valid, other=0.0).to(tl.float32)
-    acc = _acc_rows(acc, SWAP_AB) * weight[:, None]
+    acc = _acc_rows(acc, SWAP_AB)
+    if GLU:  # the expert's down bias, added once (by the first K slice)
+        bias = tl.load(b2_ptr + expert * H + cols, mask=cmask, other=0.0)
+        acc = acc + bias[None, :] * (tl.program_id(2) == 0).to(tl.float32)
+    acc = acc * weight[:, None]
     tl.store(out_ptr + tl.program_id(2) * stride_os + tl.where(valid, pair, 0)[:, None] * stride_op + cols[None, :], acc, mask=valid[:, None] & cmask[None, :])
