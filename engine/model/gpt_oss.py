@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.errors import ModelLoadError
+from engine.kernels.activation import ClampedGlu
 from engine.kernels.fp4 import FP4Tensor
 from engine.kernels.triton import triton_available
 from engine.model.attention import AttentionMetadata
@@ -26,7 +27,6 @@ from engine.model.config import ModelConfig
 from engine.model.layers import Attention, DecoderLayer, MoE, Rotary
 from engine.model.paged_attention import attend_window, paged_attention
 from engine.model.qwen3_moe import MoEForCausalLM
-from engine.moe.activation import ClampedGlu
 from engine.moe.quantized import QuantizedExperts
 from engine.moe.reference import moe_experts_glu
 
@@ -54,7 +54,7 @@ class SinkAttention(Attention):
 
 
 class GptOssMoE(MoE):
-    """Top-k experts with biases and the clamped SwiGLU (engine/moe/activation.py); CPU serving runs
+    """Top-k experts with biases and the clamped SwiGLU (engine/kernels/activation.py); CPU serving runs
     them in the C MoE kernels (dense or FP4 panels, `expert_glu`), CUDA in the Triton fused MoE,
     anything else in the torch twin."""
 

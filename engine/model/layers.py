@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.activation import ClampedGlu
 from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
 from engine.kernels.cpu import linear as cpu_linear
 from engine.kernels.cpu import moe_dense as cpu_dense
@@ -21,7 +22,6 @@ from engine.model.attention import AttentionMetadata
 from engine.model.config import ModelConfig
 from engine.model.paged_attention import paged_attention, write_kv
 from engine.model.rope import RopeScaling
-from engine.moe.activation import ClampedGlu
 from engine.moe.reference import moe_experts, swiglu
 from engine.moe.routing import route
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from engine.moe.activation import ClampedGlu, expert_glu
+from engine.kernels.activation import ClampedGlu, expert_glu
 from engine.moe.routing import group_by_expert
 
 
@@ -111,7 +111,7 @@ def moe_experts_glu(
     x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, glu: ClampedGlu,
     expert_weights: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
 ) -> torch.Tensor:
-    """`moe_grouped` for gpt-oss's biased clamped-GLU experts (engine/moe/activation.py), in fp32;
+    """`moe_grouped` for gpt-oss's biased clamped-GLU experts (engine/kernels/activation.py), in fp32;
     returns [T, H] in x's dtype. The twin of the C kernels' `ClampedGlu` path."""
     top_k = expert_ids.shape[1]
     order, counts = group_by_expert(expert_ids, glu.b13.shape[0])

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from engine.kernels.activation import ClampedGlu, clamped_glu
 from engine.kernels.fp4 import FP4Tensor
-from engine.moe.activation import ClampedGlu, clamped_glu
 from engine.moe.quantized import QuantizedExperts
 from engine.moe.routing import group_by_expert
 
@@ -156,7 +156,7 @@ def fused_moe(
     accumulation) and FP4 weights dequantise in bf16 (exact; `bf16_dequant=False` keeps fp32);
     otherwise on fp32 operands at IEEE precision. `split_k`: slices of the reduction dimension
     per GEMM (None: `split_k_for` on a GPU, 1 elsewhere). `glu`: gpt-oss's expert biases and
-    clamped GLU (engine/moe/activation.py) instead of SwiGLU. Raises ValueError on inconsistent shapes
+    clamped GLU (engine/kernels/activation.py) instead of SwiGLU. Raises ValueError on inconsistent shapes
     or tile sizes.
     """
     num_tokens, hidden = x.shape

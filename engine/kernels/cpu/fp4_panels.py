@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 
 from engine.errors import KernelUnavailableError
+from engine.kernels.activation import ClampedGlu
 from engine.kernels.cpu import native
 from engine.kernels.cpu.moe_dense import PanelGlu, glu_args
 from engine.kernels.fp4 import FP4Experts, FP4Tensor
-from engine.moe.activation import ClampedGlu
 
 _P, _I, _F = native.PTR, native.I64, native.F32
 _SIGNATURES = (

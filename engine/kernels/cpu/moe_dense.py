@@ -16,7 +16,7 @@ shipped in bf16, like the embedded model: half the bytes to stream), else fp32. 
 size is padded to a multiple of 8 with zero rows/columns, which contribute exactly 0.
 `moe/reference.moe_experts` is the oracle (tests/engine/moe/test_cpu_dense.py).
 
-gpt-oss's experts (`glu`: engine/moe/activation.py) add biases and a clamped GLU: step 2 then writes
+gpt-oss's experts (`glu`: engine/kernels/activation.py) add biases and a clamped GLU: step 2 then writes
 the plain gate/up sums, a pass over them adds the biases and applies the clamped GLU in registers,
 and step 4 adds each expert's down bias; `moe/reference.moe_experts_glu` is that path's oracle. Built on first use
 by `kernels.cpu.native`; without a C compiler `available()` is False and the torch path runs.
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
+from engine.kernels.activation import ClampedGlu
 from engine.kernels.cpu import linear as cpu_linear
 from engine.kernels.cpu import native
-from engine.moe.activation import ClampedGlu
 
 # The MoE driver's shared steps (moe_driver.h; this module's dense layer and fp4_panels' FP4 layer use them).
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.kernels.activation import ClampedGlu
 from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
 from engine.kernels.cpu import moe_dense as cpu_dense
-from engine.moe.activation import ClampedGlu
 from engine.moe.quantized import QuantizedExperts
 from engine.moe.reference import moe_experts_glu
 from engine.moe.routing import route

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from engine.moe.activation import ClampedGlu  # noqa: E402
+from engine.kernels.activation import ClampedGlu  # noqa: E402
 from engine.moe.quantized import QuantizedExperts  # noqa: E402
 from engine.moe.reference import moe_experts_glu  # noqa: E402
 from engine.moe.routing import route  # noqa: E402
