@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,11 @@ import anyio
 import pytest
 import zmq
 
-from agentrt import Registry, Runtime
+from agentrt import Runtime
 from agentrt import protocol as p
 from agentrt.client import AsyncClient, Client, ClientTimeout, RemoteError
 from agentrt.server import Server, ServerConfig
-
-GRAPHS = Path(__file__).parent / "server_graphs"
-
-
-def registry() -> Registry:
-    reg = Registry()
-    reg.load_path(GRAPHS)
-    return reg
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    srv = Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", max_inflight_per_client=50))
-    async with anyio.create_task_group() as tg:
-        await tg.start(srv.serve)
-        yield srv
-        tg.cancel_scope.cancel()
+from tests.agentrt.servers import GRAPHS, registry
 
 
 async def test_submit_stream_and_fetch_over_loopback(server: Server) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +12,12 @@ import msgspec
 import pytest
 import zmq
 
-from agentrt import Registry, Runtime
+from agentrt import Runtime
 from agentrt import protocol as p
 from agentrt.client import AsyncClient, RemoteError
 from agentrt.journal import Journal
 from agentrt.server import Server, ServerConfig
-
-GRAPHS = Path(__file__).parent / "server_graphs"
-
-
-def registry() -> Registry:
-    reg = Registry()
-    reg.load_path(GRAPHS)
-    return reg
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    srv = Server(Runtime(registry()), ServerConfig(bind="tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", max_inflight_per_client=50))
-    async with anyio.create_task_group() as tg:
-        await tg.start(srv.serve)
-        yield srv
-        tg.cancel_scope.cancel()
+from tests.agentrt.servers import registry
 
 
 def _raw(address: str, frames: list[bytes], replies: int = 1) -> list[dict[str, Any]]:
