@@ -3,33 +3,19 @@ dispatcher equal the torch reference, and the reference equals a dense masked so
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from engine.kernels.cpu import attention as cpu_attention
-from engine.model.attention import AttentionMetadata
 from engine.model.paged_attention import paged_attention, paged_attention_window_torch
+from tests.engine.test_cpu_attention import _case as paged_case
 
 
 def _case(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int, seed: int):
-    num_heads, num_kv_heads, head_dim = heads
-    rng = random.Random(seed)
-    need = sum(-(-c // block_size) for c in ctx_lens)
-    blocks = list(range(need + 2))
-    rng.shuffle(blocks)
-    tables, used = [], 0
-    for c in ctx_lens:
-        n = -(-c // block_size)
-        tables.append(blocks[used : used + n])
-        used += n
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(need + 2, block_size, num_kv_heads, head_dim, generator=g)
-    v = torch.randn(need + 2, block_size, num_kv_heads, head_dim, generator=g)
-    q = torch.randn(sum(query_lens), num_heads, head_dim, generator=g)
-    sinks = torch.randn(num_heads, generator=g) * 2
-    return q, k, v, sinks, AttentionMetadata.build(query_lens, ctx_lens, tables, block_size, "cpu"), tables
+    """test_cpu_attention's scattered-block case plus per-head sink logits (and the block tables)."""
+    q, k, v, meta = paged_case(query_lens, ctx_lens, heads, block_size, seed)
+    sinks = torch.randn(heads[0], generator=torch.Generator().manual_seed(seed + 1)) * 2
+    return q, k, v, sinks, meta, meta.block_table_lists
 
 
 def test_reference_equals_a_dense_masked_softmax_with_sinks() -> None:
