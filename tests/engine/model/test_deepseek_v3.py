@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import cpu_llm, hf_greedy, make_deepseek, random_prompts
+from tiny_models import assert_serving_equals_transformers, cpu_llm, make_deepseek, random_prompts
 
 from engine import SamplingParams
 from engine.model.loader import load_model
@@ -34,17 +34,7 @@ def test_fp32_logits_match_transformers(q_lora_rank: int | None, tmp_path: Path)
 
 
 def test_serving_greedy_equals_transformers_and_the_cache_holds_only_latents(tiny_deepseek: Path) -> None:
-    import transformers
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_deepseek, dtype=torch.float32).eval()
-    shared = random_prompts(1, seed=7, lo=14, hi=15)[0]
-    prompts = [shared + tail for tail in random_prompts(3, seed=3, lo=2, hi=9)] + random_prompts(1, seed=5)
-    refs = [hf_greedy(hf, p, 12) for p in prompts]
-    llm = cpu_llm(tiny_deepseek, max_num_batched_tokens=8)  # chunked prefill
-    first = llm.generate(prompts[:1], GREEDY)
-    rest = llm.generate(prompts[1:], GREEDY)  # batched, shared-prefix hits
-    assert [o.token_ids for o in first + rest] == refs
-    assert sum(o.usage.cached_tokens for o in rest) >= 2 * 12
+    llm = assert_serving_equals_transformers(tiny_deepseek)
     assert llm.core.kv_bytes_per_token == 3 * (20 + 8) * 4  # layers x latent width x fp32
     assert llm.core.runner.kv_cache.v.numel() == 0
 

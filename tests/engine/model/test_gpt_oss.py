@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import cpu_llm, hf_greedy, random_prompts
+from tiny_models import assert_serving_equals_transformers, cpu_llm, hf_greedy, random_prompts
 
 from engine import SamplingParams
 from engine.kernels.fp4 import quantize
@@ -33,17 +33,7 @@ def test_fp32_logits_match_transformers(tiny_gpt_oss: Path) -> None:
 
 
 def test_serving_greedy_equals_transformers_across_batching_chunking_and_prefix_hits(tiny_gpt_oss: Path) -> None:
-    import transformers
-
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_gpt_oss, dtype=torch.float32).eval()
-    shared = random_prompts(1, seed=7, lo=14, hi=15)[0]
-    prompts = [shared + tail for tail in random_prompts(3, seed=3, lo=2, hi=9)] + random_prompts(1, seed=5)
-    refs = [hf_greedy(hf, p, 12) for p in prompts]
-    llm = cpu_llm(tiny_gpt_oss, max_num_batched_tokens=8)  # chunked prefill
-    first = llm.generate(prompts[:1], GREEDY)
-    rest = llm.generate(prompts[1:], GREEDY)  # batched, shared-prefix cache hits
-    assert [o.token_ids for o in first + rest] == refs
-    assert sum(o.usage.cached_tokens for o in rest) >= 2 * 12
+    assert_serving_equals_transformers(tiny_gpt_oss)
 
 
 def _mxfp4_checkpoint(src: Path, dst: Path) -> dict[str, torch.Tensor]:

@@ -126,3 +126,24 @@ def hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
             tokens.append(int(tok))
             out = hf(tok, cache=out.cache, use_cache=True)
     return tokens
+
+
+def assert_serving_equals_transformers(path: Path, new_tokens: int = 12) -> Any:
+    """Greedy outputs equal transformers' for a lone request (chunked prefill) and then a batch of
+    three sharing a 14-token prefix with it plus an unrelated one; the later ones hit the prefix cache.
+    Returns the LLM for further checks."""
+    import transformers
+
+    from engine import SamplingParams
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    shared = random_prompts(1, seed=7, lo=14, hi=15)[0]
+    prompts = [shared + tail for tail in random_prompts(3, seed=3, lo=2, hi=9)] + random_prompts(1, seed=5)
+    refs = [hf_greedy(hf, p, new_tokens) for p in prompts]
+    llm = cpu_llm(path, max_num_batched_tokens=8)  # chunked prefill
+    greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    first = llm.generate(prompts[:1], greedy)
+    rest = llm.generate(prompts[1:], greedy)  # batched, shared-prefix cache hits
+    assert [o.token_ids for o in first + rest] == refs
+    assert sum(o.usage.cached_tokens for o in rest) >= 2 * new_tokens
+    return llm
