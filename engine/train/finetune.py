@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from engine.model.loader import load_model, save_model
 from engine.tokenizer import ChatTokenizer, render_chat
-from engine.train.loop import lr_at, resume, save_checkpoint
+from engine.train.loop import adamw, lr_at, optimizer_step, progress_bar, resume, save_checkpoint
 from engine.train.prefix import encode_prefix, suffix_loss
 
 logger = logging.getLogger(__name__)
@@ -110,16 +109,12 @@ def finetune(init: Path, out: Path, batches: FinetuneBatches, cfg: FinetuneConfi
     torch.set_num_threads(cfg.threads)
     model, _ = load_model(init, dtype=torch.float32)
     model.train()
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
     ckpt = out / "finetune_checkpoint.pt"
     step = resume(ckpt, model, opt, batches)
     log: dict[str, Any] = {}
     start, tokens = time.perf_counter(), 0
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
-    with Progress(*columns) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("fine-tuning", total=cfg.steps, completed=step, info="")
         while step < cfg.steps:
             for group in opt.param_groups:
@@ -133,10 +128,7 @@ def finetune(init: Path, out: Path, batches: FinetuneBatches, cfg: FinetuneConfi
                 base, mtp = suffix_loss(model, encode_prefix(model, batches.data.prefix), ids, mask, cfg.mtp_weight)
                 kind, n = "prefix", int(mask.sum())
             loss = base + cfg.mtp_weight * mtp if mtp is not None else base
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(model, opt, loss)
             step, tokens = step + 1, tokens + n
             rate = tokens / (time.perf_counter() - start)
             log = {"step": step, "kind": kind, "loss": base.item(), "mtp_loss": mtp.item() if mtp is not None else 0.0, "tokens_per_s": rate}

@@ -109,6 +109,28 @@ class HasRng(Protocol):
     rng: random.Random
 
 
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.95) with weight decay on matrices only (not norms or biases)."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Backward, clip the gradient norm to 1.0, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def progress_bar() -> Progress:
+    """The training progress bar: steps, an info field (loss, rate) and the time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+
+
 def lr_at(step: int, cfg: Schedule) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -124,14 +146,11 @@ def train(model_cfg: ModelConfig, batches: Batches, cfg: TrainConfig, out: Path)
     model = MoEForCausalLM(model_cfg)
     init_weights(model, cfg.seed)
     model.to(cfg.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
     step = resume(out / "checkpoint.pt", model, opt, batches)
     log: dict[str, float] = {}
     start, tokens = time.perf_counter(), 0
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
-    with Progress(*columns) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("training", total=cfg.steps, completed=step, info="")
         while step < cfg.steps:
             for group in opt.param_groups:
@@ -140,10 +159,7 @@ def train(model_cfg: ModelConfig, batches: Batches, cfg: TrainConfig, out: Path)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.device.startswith("cuda")):
                 base, mtp = model.loss(ids, mtp_weight=cfg.mtp_weight)
                 loss = base + cfg.mtp_weight * mtp if mtp is not None else base
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(model, opt, loss)
             step += 1
             tokens += ids.numel()
             rate = tokens / (time.perf_counter() - start)
