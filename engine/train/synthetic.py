@@ -109,10 +109,11 @@ def describe_reservation(res: dict[str, Any]) -> str:
             f"({res['nonfree_baggages']} paid) and travel insurance is {'included' if res['insurance'] == 'yes' else 'not included'}.")
 
 
-def describe_user(user: dict[str, Any], user_id: str) -> str:
-    name = f"{user['name']['first_name']} {user['name']['last_name']}"
+def describe_user(user: dict[str, Any], thank: bool = True) -> str:
+    """A grounded reply to a user record: (thanks,) membership and reservation ids, which one?"""
     res = user["reservations"]
-    return (f"Thank you, {name}. I found your profile ({user['membership']} member) with {len(res)} reservation"
+    thanks = f"Thank you, {user['name']['first_name']} {user['name']['last_name']}. " if thank else ""
+    return (f"{thanks}I found your profile ({user['membership']} member) with {len(res)} reservation"
             f"{'s' if len(res) != 1 else ''}: {', '.join(res)}. Which reservation is this about?")
 
 
@@ -189,9 +190,9 @@ class ConversationWriter:
                                 {"role": "user", "content": self.rng.choice(GIVE_USER).format(u=uid)},
                                 _call("get_user_details", user_id=uid), _tool(json.dumps(user))]
         if self.rng.random() < 0.3:
-            return turns + [{"role": "assistant", "content": f"{balances(user)} {describe_user(user, uid).split('. ', 1)[1]}"}]
+            return turns + [{"role": "assistant", "content": f"{balances(user)} {describe_user(user, thank=False)}"}]
         rid = self.rng.choice(user["reservations"])
-        turns += [{"role": "assistant", "content": describe_user(user, uid)}, {"role": "user", "content": self.rng.choice(GIVE_RES).format(r=rid)}]
+        turns += [{"role": "assistant", "content": describe_user(user)}, {"role": "user", "content": self.rng.choice(GIVE_RES).format(r=rid)}]
         return turns + self._lookup_reservation(rid, intent)
 
     def other_conversation(self) -> list[Message]:
