@@ -423,7 +423,12 @@ class JobContext:
         call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
                                                 stop_token_ids=end_ids, json_schema=tool_call_schema(tools),
                                                 priority=priority, program_id=self.job_id), **(stream or {}))
+        # One logical call: `prompt` (the turn's prompt and the tokens generated up to the opening marker)
+        # was already counted, as prompt and generated tokens, by the first request; only the marker's
+        # text is new prompt. The engine work of re-reading it (cache hits, a recomputed last token) stays.
         usage.add(call.usage)
+        usage.prompt_tokens -= len(prompt)
+        usage.cached_tokens -= min(call.usage.cached_tokens, len(prompt))
         return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
 
 

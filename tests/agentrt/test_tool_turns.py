@@ -173,3 +173,45 @@ async def test_gathered_calls_depend_on_what_came_before_not_on_each_other() -> 
     setup, middle, last = tasks[0], tasks[1:-1], tasks[-1]
     assert all(t.deps == (setup.id,) for t in middle)
     assert set(last.deps) == {t.id for t in middle}  # fan-in after the gather
+
+
+class MarkerEngine(FakeEngine):
+    """Opens a tool call at the default model's `<tool_call>` token; the runtime then completes it in a
+    second, schema-constrained request over the same prompt (as the real engine is asked)."""
+
+    OPEN = 7
+
+    def special_id(self, token: str) -> int:
+        return {"<|end|>": 1, "<tool_call>": self.OPEN}.get(token, 4)
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        self.requests.append(request)
+        n = len(request.prompt_ids)
+        if request.json_schema is None:  # the turn: two tokens of text, then the opening marker
+            usage = Usage(prompt_tokens=n, cached_tokens=n - 3, prefill_tokens_computed=3, generated_tokens=3)
+            return LLMResponse(token_ids=[5, 6, self.OPEN], text="", finish_reason="stop", usage=usage)
+        # the call's JSON: everything up to the marker is cached except the last generated token
+        usage = Usage(prompt_tokens=n, cached_tokens=n - 1, prefill_tokens_computed=1, generated_tokens=4)
+        return LLMResponse(token_ids=[8, 9, 10, 11], text="", finish_reason="stop", usage=usage)
+
+
+@graph
+async def one_call(ctx: Any) -> dict[str, int]:
+    gen = await ctx.generate("look it up", max_tokens=8, tools=[slow_echo])
+    return {"prompt": gen.usage.prompt_tokens, "cached": gen.usage.cached_tokens, "computed": gen.usage.prefill_tokens_computed,
+            "generated": gen.usage.generated_tokens, "sent": len(gen.token_ids)}
+
+
+async def test_a_tool_call_completed_in_a_second_request_counts_its_prompt_once() -> None:
+    engine = MarkerEngine()
+    reg = Registry()
+    for obj in (slow_echo, one_call):
+        reg.register(obj)
+    res = await Runtime(reg, engine, limits=PoolLimits(cpu=8, gpu=4)).run_job(JobSpec(graph="one_call", inputs={}))  # type: ignore[arg-type]
+    assert res.status == "succeeded", res.error
+    first, second = engine.requests
+    assert second.prompt_ids[: len(first.prompt_ids) + 3] == first.prompt_ids + [5, 6, MarkerEngine.OPEN]
+    # the default model's marker has no text between it and the JSON: the second request adds no prompt
+    assert res.output["prompt"] == len(first.prompt_ids) == len(second.prompt_ids) - 3
+    assert res.output["cached"] == len(first.prompt_ids) - 3  # the first request's hits; the re-read is not a new prompt
+    assert res.output["computed"] == 3 + 1 and res.output["generated"] == 3 + 4  # engine work of both requests
