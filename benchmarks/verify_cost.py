@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import time
@@ -154,12 +155,14 @@ def main() -> None:
     if args.quick:
         args.repeats, args.no_write = 5, True
     cols = ["rows", "drafts k", "step ms (CPU)", "x plain step", *[f"{p} ms" for p in PARTS], "other ms"]
+    load_before = os.getloadavg()[0]
     rows = measure(args.context, args.repeats)
+    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     print_table(f"verify step cost at {args.context} tokens of context, 1 thread, median of {args.repeats}", cols, rows)
     if not args.no_write:
         body = (markdown_table(cols, rows) + f"\n\nOne request at {args.context} tokens of an eval-split turn (real text); "
                 "rows = the last token + k drafts (the turn's next tokens); LM head = greedy verification's first chunk of "
-                f"<= 4 rows. Medians of per-thread CPU time over {args.repeats} rounds, row counts interleaved, 1 torch thread.")
+                f"<= 4 rows. Medians of per-thread CPU time over {args.repeats} rounds, row counts interleaved, 1 torch thread; {load}.")
         write_section("verify_cost", "Speculative verify step cost (embedded model, CPU)", body,
                       f"python benchmarks/verify_cost.py --context {args.context} --repeats {args.repeats}",
                       {"rows": {str(r[0]): dict(zip(cols[2:], r[2:], strict=True)) for r in rows}})
