@@ -52,7 +52,7 @@ class Clock:
     """Per-component CPU seconds of the current step."""
 
     def __init__(self) -> None:
-        self.parts: collections.Counter[str] = collections.Counter()
+        self.parts: collections.defaultdict[str, float] = collections.defaultdict(float)
 
     def timed(self, part: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -68,12 +68,12 @@ def instrumented(clock: Clock) -> Iterator[None]:
     """Wrap the kernels' entry points for the duration (restored after)."""
     patches = [(cpu_attention, "paged_attention", "attention"), (cpu_ops, "attention_prologue", "prologue"),
                (cpu_ops, "route_topk", "router"), (cpu_ops, "rms_norm", "rmsnorm")]
-    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    saved: list[tuple[Any, str, Any]] = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     saved += [(cpu_linear.PackedLinear, "forward", cpu_linear.PackedLinear.forward), (cpu_dense.DenseExperts, "run", cpu_dense.DenseExperts.run)]
     for mod, name, part in patches:
         setattr(mod, name, clock.timed(part, getattr(mod, name)))
-    cpu_linear.PackedLinear.forward = clock.timed(lambda self, *_: LINEAR_PART.get(getattr(self, "label", ""), "qkv+out proj"),
-                                                  cpu_linear.PackedLinear.forward)  # type: ignore[method-assign]
+    label = lambda self, *_: LINEAR_PART.get(getattr(self, "label", ""), "qkv+out proj")  # noqa: E731
+    cpu_linear.PackedLinear.forward = clock.timed(label, cpu_linear.PackedLinear.forward)  # type: ignore[method-assign]
     cpu_dense.DenseExperts.run = clock.timed("MoE experts", cpu_dense.DenseExperts.run)  # type: ignore[method-assign]
     try:
         yield
