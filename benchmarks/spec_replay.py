@@ -174,6 +174,8 @@ def draft_and_accept(spec: Speculator, seq: Any, rest: list[int], k: int, mode: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--holdout", action="store_true", help="the eval turns of runs 5-16, which the speed benchmark does not replay")
+    ap.add_argument("--costs", default=None, help="step costs as rows:cost pairs, e.g. 1:1,2:1.12,5:1.33,17:2.32 "
+                    "(default: docs/benchmarks/verify_cost.json, else the engine's linear model)")
     ap.add_argument("--quick", action="store_true", help="1 run, 2 turns, no warm rows")
     args = ap.parse_args()
     runs, per_run = (1, 2) if args.quick else (16 if args.holdout else 4, 6)
@@ -181,15 +183,15 @@ def main() -> None:
     if args.holdout:
         cases = cases[len(turns(4, 6, 0, 3000)) :]
     recorded = plain_outputs(cases)
-    costs = step_costs()
+    costs = step_costs() if args.costs is None else {int(a): float(b) for a, b in (p.split(":") for p in args.costs.split(","))}
     warm = None if args.quick else warm_documents()
     rows = []
     for tree_kind in ("cold", "warm") if warm else ("cold",):
         for mode in ("chain", "tree"):
             r = replay(recorded, mode, warm if tree_kind == "warm" else None, costs)
             rows.append([tree_kind, mode + (" (simulated)" if mode == "tree" else ""), r["tokens_per_step"], r["acceptance"], r["modelled_speedup"]])
-    title = f"drafting replayed on {len(recorded)} eval turns ({'holdout' if args.holdout else 'spec_decode workload'}), step costs: " + \
-        ("verify_cost.json" if (JSON_DIR / "verify_cost.json").exists() else "linear model")
+    source = args.costs or ("verify_cost.json" if (JSON_DIR / "verify_cost.json").exists() else "linear model")
+    title = f"drafting replayed on {len(recorded)} eval turns ({'holdout' if args.holdout else 'spec_decode workload'}), step costs: {source}"
     print_table(title, ["suffix tree", "verification", "tokens per step", "acceptance", "modelled speedup"], rows)
 
 
