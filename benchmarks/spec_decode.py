@@ -18,6 +18,11 @@ same repeat, as the median and min-max over repeats; tokens per target step and 
 A configuration of several drafters joined by "+" (e.g. suffix+mtp) enables them all on one engine;
 the engine then picks the drafter and draft length per request and per step (engine/speculative/chooser.py).
 
+--warm-tree adds a row "warm:suffix": a fresh suffix engine whose global tree is first seeded with
+the assistant turns of the TRAIN-split runs (never an eval task), as a server that has already
+served such work holds them (SuffixDecoding's global tree across requests). It is its own row
+beside the cold "suffix" row, whose tree starts empty.
+
     python benchmarks/spec_decode.py [--turns-per-run 6] [--repeats 3] [--max-tokens 96] [--quick]
 """
 
@@ -42,6 +47,7 @@ from engine.tokenizer import ChatTokenizer, render_chat  # noqa: E402
 from engine.train.data import airline_tools, split_runs  # noqa: E402
 
 DRAFT_TOKENS = {"suffix": 16, "ngram": 8, "mtp": 1, "draft": 4}
+WARM = "warm:"  # a configuration whose suffix tree is seeded with train-split assistant turns first
 DEFAULTS = {"runs": 4, "turns_per_run": 6, "seed": 0, "max_prompt": 3000}
 
 
@@ -80,6 +86,28 @@ def turns(num_runs: int, turns_per_run: int, seed: int, max_prompt: int) -> list
                 break
             out.append((run["task_id"], ids))
     return out
+
+
+def warm_runs() -> list[dict[str, Any]]:
+    """The runs whose assistant turns seed a warm tree: the train split only."""
+    return split_runs("train")
+
+
+def warm_documents() -> list[list[int]]:
+    """Token ids of every assistant turn of the train-split runs, each with the 15 tokens before
+    its assistant header (what the suffix drafter indexes of a finished request: its output and
+    the end of its prompt)."""
+    tools = airline_tools()
+    tok = ChatTokenizer(DEFAULT_MODEL_DIR)
+    head, end = tok.special["<|assistant|>"], tok.end_id
+    docs = []
+    for run in warm_runs():
+        ids = tok.encode(render_chat(run["traj"], tools, add_generation_prompt=False))
+        starts = [i for i, t in enumerate(ids) if t == head]
+        for s in starts:
+            stop = next((j for j in range(s, len(ids)) if ids[j] == end), len(ids) - 1)
+            docs.append(ids[max(0, s - 15) : stop + 1])
+    return docs
 
 
 @dataclass(slots=True)
@@ -122,21 +150,25 @@ async def _one(llm: LLM, prompt: list[int], params: SamplingParams, tally: Tally
 
 def draft_tokens(drafter: str) -> int:
     """Draft tokens per step (max) of a configuration: the most of its drafters."""
-    return max(DRAFT_TOKENS[d] for d in drafter.split("+"))
+    return max(DRAFT_TOKENS[d] for d in drafter.removeprefix(WARM).split("+"))
 
 
-def fresh_engine(drafter: str | None, device: str) -> LLM:
-    spec = drafter.replace("+", ",") if drafter else None
+def fresh_engine(drafter: str | None, device: str, warm: list[list[int]] | None = None) -> LLM:
+    spec = drafter.removeprefix(WARM).replace("+", ",") if drafter else None
     llm = LLM(speculative=spec, num_speculative_tokens=draft_tokens(drafter) if drafter else 4, kv_cache_memory_gb=0.25, device=device)
     # Warm-up on a prompt of no eval turn (a bare system line) and a short output: it loads kernels
     # and code paths without putting any eval conversation into the drafter or the prefix cache.
     llm.generate([llm.encode("<|system|>You are a helpful assistant.")], SamplingParams(temperature=0.0, max_tokens=8))
+    if drafter and drafter.startswith(WARM):
+        assert warm is not None, "a warm configuration needs the train-split documents"
+        llm.preload_drafts(warm)
     return llm
 
 
-def one_repeat(prompts: list[list[int]], drafters: list[str | None], params: SamplingParams, device: str) -> dict[str | None, Tally]:
+def one_repeat(prompts: list[list[int]], drafters: list[str | None], params: SamplingParams, device: str,
+               warm: list[list[int]] | None = None) -> dict[str | None, Tally]:
     """Fresh engines for every configuration; turns in order, configurations taking turns per request."""
-    llms = {d: fresh_engine(d, device) for d in drafters}
+    llms = {d: fresh_engine(d, device, warm) for d in drafters}
     tallies = {d: Tally() for d in drafters}
     for p in prompts:
         for d, llm in llms.items():
@@ -169,8 +201,9 @@ def measure(cases: list[tuple[int, list[int]]], drafters: list[str], temperature
     params = SamplingParams(temperature=temperature, max_tokens=args.max_tokens, stop_token_ids=(end,), seed=0)
     prompts, task_ids = [p for _, p in cases], [t for t, _ in cases]
     reps = []
+    warm = warm_documents() if any(d.startswith(WARM) for d in drafters) else None
     for _ in range(args.repeats):
-        tallies = one_repeat(prompts, [None, *drafters], params, args.device)
+        tallies = one_repeat(prompts, [None, *drafters], params, args.device, warm)
         if temperature == 0.0:
             check_lossless(tallies, task_ids)
         reps.append(tallies)
@@ -199,12 +232,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--quick", action="store_true", help="1 run, 2 turns, 24 tokens, 1 repeat, no write")
+    ap.add_argument("--warm-tree", action="store_true",
+                    help="add a row 'warm:suffix': the suffix tree seeded with the train split's assistant turns first")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.turns_per_run, args.max_tokens, args.repeats = 1, 2, 24, 1
     cases = turns(args.runs, args.turns_per_run, args.seed, DEFAULTS["max_prompt"])
     drafters = args.drafters.split(",")
+    if args.warm_tree and f"{WARM}suffix" not in drafters:
+        drafters.append(f"{WARM}suffix")
     rows, data = [], {}
     for temperature in map(float, args.temperatures.split(",")):
         r, d = measure(cases, drafters, temperature, args)
@@ -221,6 +258,7 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
     cmd = (f"python benchmarks/spec_decode.py --runs {args.runs} --turns-per-run {args.turns_per_run} --max-tokens {args.max_tokens} "
            f"--repeats {args.repeats} --temperatures {args.temperatures} --drafters {args.drafters} --seed {args.seed}")
     cmd += f" --device {args.device}" if args.device != "cpu" else ""
+    cmd += " --warm-tree" if args.warm_tree else ""
     section, where = ("spec_decode", "") if args.device == "cpu" else (f"spec_decode_{args.device}", f", {args.device}")
     body = (markdown_table(cols, rows) + f"\n\nData: eval split only ({len(cases)} assistant turns of tasks {tasks}, one run per task, "
             "turns in conversation order; the models never trained on these tasks). A fresh engine per configuration and repeat; "
@@ -229,6 +267,9 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
             "Tokens per step and acceptance: last repeat. Target: >= 2.5x decode speedup at temperature 0 with the best drafter. "
             "Draft tokens per step (max): " + ", ".join(f"{d} {draft_tokens(d)}" for d in args.drafters.split(",")) + "; "
             "a+b: both drafters on one engine, the engine choosing drafter and length per request and step. "
+            + ("warm:suffix: the suffix drafter on an engine whose global tree was first seeded with the assistant turns of "
+               "the train-split runs (a warm server; no eval task), beside the cold suffix row whose tree starts empty. "
+               if args.warm_tree else "") +
             "The machine (2 cores) was shared with other work while this ran: absolute tok/s are low and noisy.")
     write_section(section, f"Speculative decoding (embedded model, batch 1{where})", body, cmd, data | {"tasks": tasks, "turns": len(cases)})
 

@@ -52,6 +52,7 @@ class EngineConfig:
     # A verify step's cost in plain decode steps: 1 + overhead + per_token * drafts. Fitted to the
     # shipped model's CPU steps at 1.5k-2k tokens of context (median process CPU time, 1 thread,
     # relative to a 1-row step): 2 rows 1.12, 3 rows 1.17, 5 rows 1.33, 9 rows 1.48, 17 rows 2.32.
+    # benchmarks/verify_cost.py re-measures the curve and splits it by kernel (docs/benchmarks.md).
     spec_verify_overhead: float = 0.15
     spec_token_cost: float = 0.06
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)

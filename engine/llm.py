@@ -299,6 +299,18 @@ class LLM:
                 logger.exception("engine driver error")
             self.busy_seconds += time.perf_counter() - start
 
+    def preload_drafts(self, documents: Seq[Seq[int]]) -> int:
+        """Seed the suffix drafter's global tree with earlier outputs (token ids, each with a few
+        tokens of its prompt before it), as a server that has already served such requests holds
+        them. Returns how many were indexed. Raises InvalidRequestError when the engine has no
+        "suffix" drafter or a document is not a list of token ids."""
+        docs = [self._token_ids(list(d)) for d in documents]
+        with self._step_lock:  # the step thread owns the tree
+            try:
+                return self.core.speculator.preload(docs)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from exc
+
     # ---- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         """Prefix-cache counters, KV usage and step totals."""

@@ -10,7 +10,7 @@ and the draft model's tokens are filled in by the runner (placeholders reserve t
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
@@ -40,6 +40,13 @@ class Speculator:
         """At admission (prompt) and at finish (prompt + output): feeds the global suffix tree."""
         if self.suffix is not None:
             self.suffix.observe(request_id, token_ids)
+
+    def preload(self, documents: Iterable[Seq[int]]) -> int:
+        """Seed the suffix drafter's global tree with earlier outputs (`SuffixDrafter.preload`);
+        returns how many were indexed. Raises ValueError when the engine has no suffix drafter."""
+        if self.suffix is None:
+            raise ValueError(f"preloading drafts needs the suffix drafter; this engine drafts with {self.drafters or 'none'}")
+        return self.suffix.preload(documents)
 
     def allowed(self, seq: Sequence) -> tuple[str, ...]:
         choice = seq.params.speculative

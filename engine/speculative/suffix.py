@@ -19,7 +19,7 @@ import random
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -277,6 +277,7 @@ class SuffixDrafter:
         self.min_prob, self.min_path_prob, self.max_match = min_prob, min_path_prob, max_match
         self.match_prior, self.prompt_context, self.max_open = match_prior, prompt_context, max_open
         self._prompt_len: OrderedDict[Hashable, int] = OrderedDict()  # admitted, not yet finished
+        self._num_preloaded = 0
 
     def observe(self, request_id: Hashable, token_ids: Sequence[int]) -> None:
         """Call at admission with the prompt and at finish with prompt + output: the first call
@@ -290,6 +291,19 @@ class SuffixDrafter:
                 self._prompt_len.popitem(last=False)
         elif len(token_ids) > start:
             self.tree.add(request_id, token_ids[max(0, start - self.prompt_context) :])
+
+    def preload(self, documents: Iterable[Sequence[int]]) -> int:
+        """Index `documents` (token ids of earlier outputs, each with the few tokens before it) into
+        the global tree as if earlier requests had produced them: a warm server's tree, as
+        SuffixDecoding's production tree holds the outputs of requests served before. They are the
+        oldest documents, so the node budget evicts them first. Returns the number indexed."""
+        num = 0
+        for doc in documents:
+            if len(doc) > 1:
+                self.tree.add(("preload", self._num_preloaded), doc)
+                self._num_preloaded += 1
+                num += 1
+        return num
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
         """The draft of the longer match: the global tree's, or prompt lookup's (ties: the tree)."""

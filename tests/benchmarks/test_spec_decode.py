@@ -46,3 +46,16 @@ def test_quick_mode_completes_with_outputs_equal_to_plain_decoding() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     for name in ("none", "suffix", "ngram", "suffix+mtp"):
         assert name in out.stdout
+
+
+@needs_data
+def test_a_warm_tree_is_seeded_from_training_tasks_only() -> None:
+    from benchmarks.spec_decode import pick_runs, warm_documents, warm_runs
+    from engine.train.data import airline_split
+
+    seeded = {r["task_id"] for r in warm_runs()}
+    assert seeded and seeded <= airline_split().train
+    assert not seeded & {r["task_id"] for r in pick_runs(16, seed=0)}
+    docs = warm_documents()
+    assert len(docs) > len(warm_runs())  # several assistant turns per run
+    assert all(doc[-1] == docs[0][-1] for doc in docs[:50])  # each ends at the turn's end token

@@ -18,7 +18,7 @@ from engine.train.data import airline_split
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-NAMED = ("spec_decode", "agentic", "trace_replay", "agent_serving", "routing")
+NAMED = ("spec_decode", "agentic", "trace_replay", "agent_serving", "routing", "verify_cost", "spec_replay")
 AIRLINE_MARKERS = ("tau-bench-airline", "trajectories", "load_airline", "airline_runs", "split_runs")
 HAS_DATA = (data_dir() / "tau-bench-airline" / "trajectories.json").exists()
 

@@ -211,3 +211,20 @@ def test_shipped_model_greedy_output_with_suffix_speculation_is_token_identical(
         proposed += b.usage.spec_proposed_tokens
         chat += [{"role": "assistant", "content": a.text}, {"role": "user", "content": "My user id is mia_li_1000."}]
     assert proposed > 0
+
+
+def test_preloaded_drafts_are_verified_like_any_other(tiny_qwen: Path) -> None:
+    from engine.errors import InvalidRequestError
+
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=256)
+    prompt = _prompts()[1]
+    plain = LLM(tiny_qwen, **opts).generate([prompt], GREEDY)[0]  # type: ignore[arg-type]
+    warm = LLM(tiny_qwen, speculative="suffix", num_speculative_tokens=4, **opts)  # type: ignore[arg-type]
+    # A warm tree holding this very output (and a wrong variant of it): drafts come from it, and
+    # verification still yields exactly the plain tokens.
+    wrong = [(t + 1) % 128 for t in plain.token_ids]
+    assert warm.preload_drafts([prompt[-4:] + plain.token_ids, prompt[-4:] + wrong]) == 2
+    out = warm.generate([prompt], GREEDY)[0]
+    assert out.token_ids == plain.token_ids and out.usage.spec_accepted_tokens > 0
+    with pytest.raises(InvalidRequestError, match="suffix drafter"):
+        LLM(tiny_qwen, speculative="ngram", **opts).preload_drafts([[1, 2, 3]])  # type: ignore[arg-type]

@@ -158,3 +158,23 @@ def test_only_finished_outputs_enter_the_global_tree_with_their_prompt_tail() ->
     drafter.observe("b", [1, 2, 3])  # admitted, then finished with no output: nothing indexed
     drafter.observe("b", [1, 2, 3])
     assert len(drafter.tree) == 1
+
+
+def test_preloaded_outputs_draft_like_served_ones_and_are_evicted_first() -> None:
+    drafter = SuffixDrafter(min_path_prob=0.0, max_depth=8, max_nodes=40)
+    assert drafter.preload([[5, 6, 7, 8, 9], [1], [30, 31, 32, 33]]) == 2  # a one-token document has no continuation
+    assert drafter.propose([0, 5, 6], k=3) == [7, 8, 9]
+    assert drafter.propose([0, 30], k=2) == [31, 32]
+    drafter.observe("r", [50])
+    drafter.observe("r", [50, *range(60, 75)])  # a served request's output: the budget evicts the preloads first
+    assert drafter.propose([0, 5, 6], k=3) == []
+    assert drafter.propose([60, 61], k=2) == [62, 63]
+
+
+def test_preloading_needs_the_suffix_drafter() -> None:
+    from engine.speculative.chooser import VerifyCost
+    from engine.speculative.speculator import Speculator
+
+    assert Speculator(("suffix",), VerifyCost()).preload([[1, 2, 3]]) == 1
+    with pytest.raises(ValueError, match="suffix drafter"):
+        Speculator(("ngram",), VerifyCost()).preload([[1, 2, 3]])
