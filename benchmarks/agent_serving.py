@@ -22,7 +22,7 @@ by a time-bounded ladder of (a)-only runs, benchmarks/serving_load.py; the rate 
 table says so when the ladder ran out of time first). Throughput at equal p50: the rate at which the
 full stack's p50 equals (a)'s p50 at the saturating rate (a second short ladder, interpolated).
 
-    python benchmarks/agent_serving.py [--jobs 40] [--rate R] [--repeats 2] [--quick]
+    python benchmarks/agent_serving.py [--jobs 32] [--rate R] [--repeats 2] [--quick]
 """
 
 from __future__ import annotations
@@ -310,10 +310,11 @@ def p50_at(name: str, kv_blocks: Any) -> Any:
 
 def calibrate(unloaded: float, engine_s: float, mean_context: float, shared: int, budget_s: float) -> tuple[float | None, list[Rung]]:
     """(a)'s saturating rate (p50 >= 3x unloaded), None if the budget ran out first. The ladder starts
-    at the engine's serial capacity (one job per `engine_s` busy seconds): batching lets it serve more,
-    so queueing builds past there; it climbs or descends by 1.6x from it."""
+    at half the engine's serial capacity (one job per `engine_s` busy seconds), where the engine is
+    about half busy on any machine, and climbs (or descends) by 1.6x from there: batching lets the
+    engine serve more than its serial capacity, so the knee lies near or above it."""
     ladder = Ladder(p50_at("vllm-like", lambda r: kv_budget(r, unloaded, mean_context, shared)), budget_s)
-    return saturating_rate(ladder, 1.0 / max(engine_s, 1e-3), 3 * unloaded), ladder.rungs
+    return saturating_rate(ladder, 0.5 / max(engine_s, 1e-3), 3 * unloaded), ladder.rungs
 
 
 COLUMNS = ["config", "JCT mean s", "mean min..max", "p50 s", "p99 s", "jobs/min", "TTFT p50", "TTFT p99", "hit",
@@ -329,7 +330,7 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=40, help="jobs per run: enough that queueing builds at the saturating rate")
+    ap.add_argument("--jobs", type=int, default=32, help="jobs per run: enough that queueing builds at the saturating rate")
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
     ap.add_argument("--max-turns", type=int, default=6, help="replay at most this many turns of each run")
@@ -339,8 +340,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
     ap.add_argument("--unloaded-jobs", type=int, default=8, help="jobs run one after another for the unloaded p50")
-    ap.add_argument("--calibration-budget", type=float, default=180.0, help="seconds for the saturating-rate ladder")
-    ap.add_argument("--equal-p50-budget", type=float, default=120.0, help="seconds for the full stack's equal-p50 ladder (0 = skip)")
+    ap.add_argument("--calibration-budget", type=float, default=200.0, help="seconds for the saturating-rate ladder")
+    ap.add_argument("--equal-p50-budget", type=float, default=100.0, help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
     ap.add_argument("--no-write", action="store_true")
     return ap.parse_args()

@@ -154,6 +154,26 @@ async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(en
     assert second.priority == las_level(res.output["service"])
 
 
+async def test_without_engine_priority_requests_name_no_program(engine: EmbeddedEngine) -> None:
+    # The "vllm-like" baseline: the engine sees anonymous requests, first come first served per request.
+    from agentrt.engine_client import LLMRequest, LLMResponse
+    from agentrt.scheduler import ServingPolicy
+
+    seen: list[LLMRequest] = []
+
+    class Recording(EmbeddedEngine):
+        async def generate(self, request: LLMRequest) -> LLMResponse:
+            seen.append(request)
+            return await super().generate(request)
+
+    reg = Registry()
+    reg.register(service_probe)
+    rt = Runtime(reg, Recording(engine.llm), serving=ServingPolicy(engine_priority=False))
+    res = await rt.run_job(JobSpec(graph="service_probe", job_id="anon-job"))
+    assert res.status == "succeeded", res.error
+    assert [(r.priority, r.program_id) for r in seen] == [(0, None), (0, None)]
+
+
 @graph
 async def ask_between_turns(ctx: Any) -> list[str]:
     first = await ctx.generate("Say hello to the customer.", max_tokens=8)
