@@ -340,7 +340,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
     ap.add_argument("--unloaded-jobs", type=int, default=8, help="jobs run one after another for the unloaded p50")
-    ap.add_argument("--calibration-budget", type=float, default=200.0, help="seconds for the saturating-rate ladder")
+    ap.add_argument("--calibration-budget", type=float, default=300.0, help="seconds for the saturating-rate ladder")
     ap.add_argument("--equal-p50-budget", type=float, default=100.0, help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
     ap.add_argument("--no-write", action="store_true")
