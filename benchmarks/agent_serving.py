@@ -328,6 +328,9 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
              s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], base / s["jct_mean_s"]] for name, s in summary.items()]
 
 
+DEFAULTS = {"unloaded_jobs": 8, "calibration_budget": 300.0, "equal_p50_budget": 100.0}
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=32, help="jobs per run: enough that queueing builds at the saturating rate")
@@ -339,9 +342,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
-    ap.add_argument("--unloaded-jobs", type=int, default=8, help="jobs run one after another for the unloaded p50")
-    ap.add_argument("--calibration-budget", type=float, default=300.0, help="seconds for the saturating-rate ladder")
-    ap.add_argument("--equal-p50-budget", type=float, default=100.0, help="seconds for the full stack's equal-p50 ladder (0 = skip)")
+    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50")
+    ap.add_argument("--calibration-budget", type=float, default=DEFAULTS["calibration_budget"], help="seconds for the saturating-rate ladder")
+    ap.add_argument("--equal-p50-budget", type=float, default=DEFAULTS["equal_p50_budget"], help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
     ap.add_argument("--no-write", action="store_true")
     return ap.parse_args()
@@ -408,7 +411,9 @@ def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int,
     full, base = summary["agentrt"], summary["vllm-like"]
     cmd = (f"python benchmarks/agent_serving.py --jobs {jobs} --max-turns {args.max_turns} --max-output {args.max_output} "
            f"--tool-latency {args.tool_latency} --seed {args.seed} --repeats {args.repeats}"
-           + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else ""))
+           + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else "")
+           + "".join(f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag in ("unloaded_jobs", "calibration_budget", "equal_p50_budget")
+                     if getattr(args, flag) != DEFAULTS[flag]))
     ladder = "; ".join(r.describe(unloaded) for r in rungs) or "rate given"
     eq = (f"{equal:.3g}/s vs {rate:.3g}/s = {equal / rate:.2f}x" if equal is not None else "not found within its time budget")
     body = (markdown_table(COLUMNS, table_rows(summary)) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
