@@ -384,17 +384,19 @@ class JobContext:
         tag = call_grammar(fmt, tools) if tools and marker is None and json_schema is None and not ignore_eos else None
         start = time.perf_counter()
         # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
+        # Without it the engine sees anonymous requests, served first come first served per request.
         prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
+        program = self.job_id if self.runtime.serving.engine_priority else None
         stream = self._token_stream(task)
         out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
                                                stop_token_ids=stops, json_schema=json_schema, structural_tag=tag,
                                                ignore_eos=ignore_eos,
-                                               priority=prio, program_id=self.job_id), **stream)
+                                               priority=prio, program_id=program), **stream)
         usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
         if json_schema is not None and reason == "length":
             raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
         if marker and tools and ids and ids[-1] == open_id:
-            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio, stream)
+            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio, program, stream)
             reason = "tool_calls"
         elif not ids or ids[-1] not in end_ids:
             ids.append(end_ids[0])  # close a turn cut by max_tokens, so the next turn renders after it
@@ -414,7 +416,7 @@ class JobContext:
 
     async def _tool_call(self, prompt: list[int], marker: tuple[str, str, str], end_ids: list[int], max_tokens: int,
                          temperature: float, tools: list[Tool], usage: Usage, priority: int = 0,
-                         stream: dict[str, Any] | None = None) -> list[int]:
+                         program: str | None = None, stream: dict[str, Any] | None = None) -> list[int]:
         """The rest of a tool call the model opened: `{"name", "arguments"}` under the tools' grammar,
         then the family's closing text and the end-of-turn token."""
         engine = self.runtime.engine
@@ -422,7 +424,7 @@ class JobContext:
         head = engine.encode(marker[1]) if marker[1] else []
         call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
                                                 stop_token_ids=end_ids, json_schema=tool_call_schema(tools),
-                                                priority=priority, program_id=self.job_id), **(stream or {}))
+                                                priority=priority, program_id=program), **(stream or {}))
         # One logical call: `prompt` (the turn's prompt and the tokens generated up to the opening marker)
         # was already counted, as prompt and generated tokens, by the first request; only the marker's
         # text is new prompt. The engine work of re-reading it (cache hits, a recomputed last token) stays.

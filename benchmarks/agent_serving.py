@@ -18,9 +18,11 @@ of 4x that below it, in every configuration.
     (e) agentrt     + the turn's tool calls run concurrently (the full stack)
 
 The arrival rate defaults to the one at which (a)'s p50 job time is >= 3x its unloaded time (found
-by a short ladder of (a)-only runs; the rate is reported).
+by a time-bounded ladder of (a)-only runs, benchmarks/serving_load.py; the rate is reported, and the
+table says so when the ladder ran out of time first). Throughput at equal p50: the rate at which the
+full stack's p50 equals (a)'s p50 at the saturating rate (a second short ladder, interpolated).
 
-    python benchmarks/agent_serving.py [--jobs 16] [--rate R] [--repeats 2] [--quick]
+    python benchmarks/agent_serving.py [--jobs 32] [--rate R] [--repeats 2] [--quick]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from agentrt import EmbeddedEngine, JobSpec, PoolLimits, Registry, Runtime, grap
 from agentrt.scheduler import ServingPolicy  # noqa: E402
 from agentrt.sessions import Session  # noqa: E402
 from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
+from benchmarks.serving_load import Ladder, Rung, rate_at_p50, saturating_rate  # noqa: E402
 from engine import LLM  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.core import EngineCore  # noqa: E402
@@ -89,6 +92,7 @@ class Result:
     pins_paused: int = 0
     bytes_to_host: int = 0
     bytes_from_host: int = 0
+    device_seconds: float = 0.0  # the engine's busy time (its own accounting)
 
 
 class LatencyModel:
@@ -237,6 +241,7 @@ async def run_config(name: str, rate: float, kv_blocks: int, one_at_a_time: bool
     core = llm.core
     block_bytes = int(core.kv_bytes_per_token * BLOCK)
     res.preemptions = core.scheduler.num_preemptions
+    res.device_seconds = core.stats.device_seconds
     res.pins_released = core.num_pins_released
     res.pins_paused = core.pin_table.num_paused if core.pin_table is not None else 0
     if core.host_tier is not None:
@@ -282,47 +287,53 @@ def shared_prefix_len(jobs: list[Job]) -> int:
     return next((i for i in range(n) if len({p[i] for p in firsts}) > 1), n)
 
 
-def unloaded_job_time() -> float:
-    """Median job time with the jobs run one after another on (a) with ample KV (the shared
-    system prompt stays cached, as it does under load)."""
+def unloaded_job_time(num_jobs: int) -> tuple[float, float]:
+    """Median job time and mean engine busy seconds per job, with the first `num_jobs` jobs run one
+    after another on (a) with ample KV (the shared system prompt stays cached, as it does under load)."""
     saved = JOBS[:]
     try:
-        JOBS[:] = [Job(j.turns, 0.0) for j in saved]
-        return statistics.median(asyncio.run(run_config("vllm-like", 1.0, CONTEXT // BLOCK * 8, one_at_a_time=True)).jct)
+        JOBS[:] = [Job(j.turns, 0.0) for j in saved[:num_jobs]]
+        res = asyncio.run(run_config("vllm-like", 1.0, CONTEXT // BLOCK * 8, one_at_a_time=True))
+        return statistics.median(res.jct), res.device_seconds / len(JOBS)
     finally:
         JOBS[:] = saved
 
 
-def calibrate(unloaded: float, mean_context: float, shared: int, steps: int) -> tuple[float, list[str]]:
-    """The first rate on a ladder (x1.6 from 1.5 jobs per unloaded job time) at which (a)'s p50 job
-    time is >= 3x the unloaded one; the last rate tried when none is within `steps`."""
-    log, rate = [], 1.5 / unloaded
-    for step in range(steps):
-        if step:
-            rate *= 1.6
-        res = asyncio.run(run_config("vllm-like", rate, kv_budget(rate, unloaded, mean_context, shared)))
-        p50 = pct(res.jct, 0.5)
-        log.append(f"{rate:.3g}/s: p50 {p50:.2f} s = {p50 / unloaded:.2f}x unloaded")
-        print("calibration:", log[-1], flush=True)
-        if p50 >= 3 * unloaded:
-            break
-    return rate, log
+def p50_at(name: str, kv_blocks: Any) -> Any:
+    """measure(rate) for the ladders: one run of config `name`; `kv_blocks(rate)` sizes its KV."""
+    def measure(rate: float) -> float:
+        p50 = pct(asyncio.run(run_config(name, rate, kv_blocks(rate))).jct, 0.5)
+        print(f"ladder {name}: {rate:.3g}/s p50 {p50:.2f} s", flush=True)
+        return p50
+    return measure
+
+
+def calibrate(unloaded: float, engine_s: float, mean_context: float, shared: int, budget_s: float) -> tuple[float | None, list[Rung]]:
+    """(a)'s saturating rate (p50 >= 3x unloaded), None if the budget ran out first. The ladder starts
+    at half the engine's serial capacity (one job per `engine_s` busy seconds), where the engine is
+    about half busy on any machine, and climbs (or descends) by 1.6x from there: batching lets the
+    engine serve more than its serial capacity, so the knee lies near or above it."""
+    ladder = Ladder(p50_at("vllm-like", lambda r: kv_budget(r, unloaded, mean_context, shared)), budget_s)
+    return saturating_rate(ladder, 0.5 / max(engine_s, 1e-3), 3 * unloaded), ladder.rungs
 
 
 COLUMNS = ["config", "JCT mean s", "mean min..max", "p50 s", "p99 s", "jobs/min", "TTFT p50", "TTFT p99", "hit",
-           "preempt", "recomp tok", "pins rel", "MB to host", "MB from host", "x mean (a)"]
+           "preempt", "recomp tok", "pins rel", "paused", "MB to host", "MB from host", "x mean (a)"]
 
 
 def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
     base = summary["vllm-like"]["jct_mean_s"]
     return [[name, s["jct_mean_s"], f"{s['jct_mean_min_s']:.2f}..{s['jct_mean_max_s']:.2f}", s["jct_p50_s"], s["jct_p99_s"],
              s["jobs_per_min"], s["ttft_p50_s"], s["ttft_p99_s"], s["hit_rate"], s["preemptions"], s["recomputed_tokens"],
-             s["pins_released"], s["mb_to_host"], s["mb_from_host"], base / s["jct_mean_s"]] for name, s in summary.items()]
+             s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], base / s["jct_mean_s"]] for name, s in summary.items()]
+
+
+DEFAULTS = {"unloaded_jobs": 8, "calibration_budget": 300.0, "equal_p50_budget": 100.0}
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=32, help="jobs per run: enough that queueing builds at the saturating rate")
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
     ap.add_argument("--max-turns", type=int, default=6, help="replay at most this many turns of each run")
@@ -331,29 +342,46 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
-    ap.add_argument("--calibration-steps", type=int, default=3)
+    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50")
+    ap.add_argument("--calibration-budget", type=float, default=DEFAULTS["calibration_budget"], help="seconds for the saturating-rate ladder")
+    ap.add_argument("--equal-p50-budget", type=float, default=DEFAULTS["equal_p50_budget"], help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
     ap.add_argument("--no-write", action="store_true")
     return ap.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def equal_p50_rate(rate: float, kv_blocks: int, summary: dict[str, dict[str, float]], budget_s: float) -> float | None:
+    """The rate at which the full stack's p50 equals (a)'s at `rate` (same KV), None if not found in time."""
+    ladder = Ladder(p50_at("agentrt", lambda r: kv_blocks), budget_s)
+    known = [Rung(rate, summary["agentrt"]["jct_p50_s"], 0.0)]
+    return rate_at_p50(ladder, known, summary["vllm-like"]["jct_p50_s"])
+
+
+def setup(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]], float, int]:
     median, p99 = (float(x) for x in args.tool_latency.split(","))
     latency = LatencyModel(median / 10, p99 / 10) if args.quick else LatencyModel(median, p99)
     runs = select_replay_runs(args.trajectories)
     jobs = 3 if args.quick else args.jobs
     JOBS[:] = build_jobs(runs, jobs, args.seed, 2 if args.quick else args.max_turns, 4 if args.quick else args.max_output,
                          latency, system=not args.quick)
-    mean_context = statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns)
-    shared = shared_prefix_len(JOBS)
-    log: list[str] = []
+    return jobs, runs, statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns), shared_prefix_len(JOBS)
+
+
+def main() -> None:
+    args = parse_args()
+    jobs, runs, mean_context, shared = setup(args)
+    rungs: list[Rung] = []
+    saturated: float | None = None
     if args.quick:
         rate, unloaded = args.rate or 2.0, float("nan")
     else:
-        unloaded = unloaded_job_time()
-        print(f"unloaded p50 job time {unloaded:.2f} s", flush=True)
-        rate, log = (args.rate, []) if args.rate else calibrate(unloaded, mean_context, shared, args.calibration_steps)
+        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs))
+        print(f"unloaded p50 job time {unloaded:.2f} s, engine {engine_s:.2f} s per job", flush=True)
+        if args.rate:
+            rate = args.rate
+        else:
+            saturated, rungs = calibrate(unloaded, engine_s, mean_context, shared, args.calibration_budget)
+            rate = saturated or max(r.rate for r in rungs)  # not saturated: the highest rate tried, and said so
     kv_blocks = args.kv_blocks or kv_budget(rate, unloaded if not args.quick else 1.0, mean_context, shared)
     results: dict[str, list[Result]] = {name: [] for name in CONFIGS}
     for _ in range(1 if args.quick else max(1, args.repeats)):  # interleaved: machine noise hits every config alike
@@ -361,28 +389,45 @@ def main() -> None:
             results[name].append(asyncio.run(run_config(name, rate, kv_blocks)))
             print(f"{name}: mean JCT {statistics.fmean(results[name][-1].jct):.2f} s", flush=True)
     summary = {name: summarise(rs, jobs) for name, rs in results.items()}
+    equal = None if args.quick or not args.equal_p50_budget else equal_p50_rate(rate, kv_blocks, summary, args.equal_p50_budget)
     rows = table_rows(summary)
     turns = sum(len(j.turns) for j in JOBS)
     calls = sum(len(t.calls) for j in JOBS for t in j.turns)
-    print_table(f"agent serving: {jobs} jobs ({turns} LLM turns, {calls} tool calls) at {rate:.3g}/s, {kv_blocks} KV blocks", COLUMNS, rows)
-    print(json.dumps({"rate": rate, "unloaded_s": unloaded, "kv_blocks": kv_blocks, "configs": summary}))
-    if args.quick or args.no_write:
-        return
+    state = "" if args.quick or args.rate or saturated else " (NOT saturated: the ladder ran out of time)"
+    print_table(f"agent serving: {jobs} jobs ({turns} LLM turns, {calls} tool calls) at {rate:.3g}/s{state}, {kv_blocks} KV blocks", COLUMNS, rows)
+    known = not (args.quick or args.rate)  # a given rate was not checked against the 3x line
+    extra = {"rate": rate, "saturated": (saturated is not None) if known else None, "unloaded_s": unloaded, "kv_blocks": kv_blocks,
+             "rate_at_equal_p50": {"vllm-like": rate, "agentrt": equal}}
+    print(json.dumps({**extra, "configs": summary}))
+    if equal is not None:
+        print(f"throughput at equal p50 ({summary['vllm-like']['jct_p50_s']:.2f} s): agentrt {equal:.3g}/s vs vllm-like {rate:.3g}/s = {equal / rate:.2f}x")
+    if not (args.quick or args.no_write):
+        write_docs(args, jobs, runs, turns, calls, rate, state, unloaded, shared, kv_blocks, rungs, summary, equal, extra)
+
+
+def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int, calls: int, rate: float, state: str,
+               unloaded: float, shared: int, kv_blocks: int, rungs: list[Rung], summary: dict[str, dict[str, float]],
+               equal: float | None, extra: dict[str, Any]) -> None:
     full, base = summary["agentrt"], summary["vllm-like"]
     cmd = (f"python benchmarks/agent_serving.py --jobs {jobs} --max-turns {args.max_turns} --max-output {args.max_output} "
            f"--tool-latency {args.tool_latency} --seed {args.seed} --repeats {args.repeats}"
-           + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else ""))
-    body = (markdown_table(COLUMNS, rows) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
+           + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else "")
+           + "".join(f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag in ("unloaded_jobs", "calibration_budget", "equal_p50_budget")
+                     if getattr(args, flag) != DEFAULTS[flag]))
+    ladder = "; ".join(r.describe(unloaded) for r in rungs) or "rate given"
+    eq = (f"{equal:.3g}/s vs {rate:.3g}/s = {equal / rate:.2f}x" if equal is not None else "not found within its time budget")
+    body = (markdown_table(COLUMNS, table_rows(summary)) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
             f"({turns} LLM turns, {calls} tool calls; at most {args.max_turns} turns and {args.max_output} output tokens each), "
-            f"Poisson arrivals at {rate:.3g}/s; unloaded p50 job time {unloaded:.2f} s (every job run alone, one after another, on a warm engine). "
-            f"Rate ladder for (a): {'; '.join(log) or 'rate given'}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
+            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs)} jobs "
+            f"run alone, one after another, on a warm engine). Rate ladder for (a): {ladder}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
             f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
-            f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. Machine shared with "
-            f"other jobs. Full stack vs vllm-like: mean JCT {base['jct_mean_s'] / full['jct_mean_s']:.2f}x lower, p99 "
-            f"{base['jct_p99_s'] / full['jct_p99_s']:.2f}x lower, throughput {full['jobs_per_min'] / base['jobs_per_min']:.2f}x "
-            "(jobs/min at the same arrival rate). Targets: >= 2x lower mean JCT, p99 no worse, >= 2x throughput at equal p50.")
-    write_section("agent_serving", "Agent serving under load (program-aware scheduling)", body, cmd, {"configs": summary})
+            f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. "
+            f"Full stack vs vllm-like: mean JCT {base['jct_mean_s'] / full['jct_mean_s']:.2f}x lower, p99 "
+            f"{base['jct_p99_s'] / full['jct_p99_s']:.2f}x lower, jobs/min {full['jobs_per_min'] / base['jobs_per_min']:.2f}x at the same "
+            f"arrival rate; throughput at equal p50 ({base['jct_p50_s']:.2f} s, vllm-like's at the saturating rate): {eq}. "
+            "Targets: >= 2x lower mean JCT, p99 no worse, >= 2x throughput at equal p50.")
+    write_section("agent_serving", "Agent serving under load (program-aware scheduling)", body, cmd, {**extra, "configs": summary})
 
 
 if __name__ == "__main__":

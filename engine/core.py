@@ -230,10 +230,18 @@ class EngineCore:
         return len(used)
 
     def _resume_seconds_per_token(self) -> float:
-        """What bringing back a released prefix costs per token: a host-tier copy at its measured
-        rate, else (no host tier, or no restore measured yet) recomputing it at the engine's."""
-        if self.host_tier is not None and self.host_tier.restore_seconds > 0:
-            return self.host_tier.restore_seconds / self.host_tier.num_restored / self.config.block_size
+        """What bringing back a released prefix costs per token: with a host tier, a host-tier copy
+        at its measured rate (restores; before the first restore, offloads: the same copy the other
+        way), else (no host tier, or no copy measured yet) recomputing it at the engine's rate.
+
+        Before offloads were timed, a host tier with no restore yet priced a release at the
+        recompute rate, so pins were kept, nothing was ever released or restored, and requests
+        waited out the pins' TTLs while the engine idled (agent serving, "+pins")."""
+        host, bs = self.host_tier, self.config.block_size
+        if host is not None and host.num_restored and host.restore_seconds > 0:
+            return host.restore_seconds / host.num_restored / bs
+        if host is not None and host.num_offloaded and host.offload_seconds > 0:
+            return host.offload_seconds / host.num_offloaded / bs
         return self.stats.device_seconds / self.stats.num_tokens if self.stats.num_tokens else 0.0
 
     def has_unfinished(self) -> bool:

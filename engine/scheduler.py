@@ -6,9 +6,16 @@ chunked prefills), then waiting sequences by (priority, arrival) while the token
 slots and the KV blocks allow. Lower priority values are more urgent (as in vLLM); equal priorities
 are first come, first served. When a running sequence needs a block and none is free, unlocked
 prefix-cache entries are evicted first, then the least urgent running sequence (highest priority
-value, latest arrival among equals) is preempted: its blocks are freed and it is recomputed later,
-which leaves its output unchanged. A waiting sequence more urgent than the least urgent running one
-also preempts it when it cannot otherwise be admitted (no batch slot or no KV blocks).
+value, latest program and arrival among equals) is preempted: its blocks are freed and it is
+recomputed later, which leaves its output unchanged. A waiting sequence of a strictly more urgent
+priority than the least urgent running one also preempts it when it cannot otherwise be admitted (no batch slot or no KV blocks).
+
+Requests that name a program (`SamplingParams.program_id`, an agent job) are ordered among equal
+priorities by the program's first arrival, then their own: an agent's next turn, arriving after a
+tool call, queues where its program stands instead of behind every request that came meanwhile
+(per-request FCFS turns a queue of agents into round robin, and every job finishes late). The rank
+only orders admission and picks block-shortage victims; preempting a running request for a waiting
+one needs a strictly more urgent priority, so ranks and arrival cause no preemptions.
 
 The waiting queue is a binary heap with lazy invalidation: changing a waiting sequence's priority
 pushes a fresh entry and marks the old one stale, so add, pop and reprioritise are O(log n).
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +34,8 @@ from engine.errors import OutOfKVCacheError
 from engine.kv.block_pool import BlockPool
 from engine.kv.radix import RadixCache
 from engine.sequence import FinishReason, Sequence, SequenceStatus
+
+MAX_PROGRAMS = 1 << 16  # programs whose first arrival is remembered (a forgotten one ranks anew)
 
 
 @dataclass(slots=True)
@@ -54,13 +64,14 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
 
 
 class WaitingQueue:
-    """Waiting sequences ordered by (priority, arrival order); O(log n) push, pop and reprioritise.
+    """Waiting sequences ordered by (priority, program rank, arrival order); O(log n) push, pop and
+    reprioritise.
 
-    A heap entry is (priority, order, version, seq_id, seq); it is live while the sequence is queued and
+    A heap entry is (priority, rank, order, version, seq_id, seq); it is live while the sequence is queued and
     its `queue_version` still equals the entry's. Stale entries are dropped when they surface."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, int, int, Sequence]] = []
+        self._heap: list[tuple[int, int, int, int, int, Sequence]] = []
         self._queued: set[int] = set()  # seq_ids currently waiting
 
     def __len__(self) -> int:
@@ -71,18 +82,18 @@ class WaitingQueue:
 
     def __iter__(self) -> Iterator[Sequence]:
         """Live sequences, in no particular order."""
-        return (e[4] for e in self._heap if e[4].seq_id in self._queued and e[2] == e[4].queue_version)
+        return (e[5] for e in self._heap if e[5].seq_id in self._queued and e[3] == e[5].queue_version)
 
     def push(self, seq: Sequence) -> None:
         seq.queue_version += 1
         self._queued.add(seq.seq_id)
-        heapq.heappush(self._heap, (seq.priority, seq.order, seq.queue_version, seq.seq_id, seq))
+        heapq.heappush(self._heap, (seq.priority, seq.rank, seq.order, seq.queue_version, seq.seq_id, seq))
 
     def peek(self) -> Sequence | None:
         """The most urgent waiting sequence (None when empty); drops stale entries on the way."""
         heap = self._heap
         while heap:
-            _, _, version, seq_id, seq = heap[0]
+            _, _, _, version, seq_id, seq = heap[0]
             if seq_id in self._queued and version == seq.queue_version:
                 return seq
             heapq.heappop(heap)
@@ -118,6 +129,8 @@ class Scheduler:
         self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
         self._arrivals = itertools.count()
+        # program_id -> rank of its first request; least recently seen dropped past MAX_PROGRAMS.
+        self._programs: OrderedDict[str, int] = OrderedDict()
         self.num_preemptions = 0
         # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
         # (bytes restored from host, bytes restored from disk).
@@ -137,7 +150,18 @@ class Scheduler:
             )
         seq.status = SequenceStatus.WAITING
         seq.order = next(self._arrivals)
+        seq.rank = self._program_rank(seq.params.program_id, seq.order)
         self.waiting.push(seq)
+
+    def _program_rank(self, program_id: str | None, order: int) -> int:
+        """The arrival rank of the program's first request still remembered (`order` if none)."""
+        if program_id is None:
+            return order
+        rank = self._programs.setdefault(program_id, order)
+        self._programs.move_to_end(program_id)
+        if len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
+        return rank
 
     def set_priority(self, seq: Sequence, priority: int) -> None:
         """Change the priority of a waiting or running sequence (O(log n)); lower is more urgent."""
@@ -163,7 +187,7 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
         # Least urgent last: a block shortage preempts from the end, never a sequence already batched.
-        self.running.sort(key=lambda r: (r.priority, r.order))
+        self.running.sort(key=lambda r: (r.priority, r.rank, r.order))
         self._preempt_for_urgent(batch)
         urgent = batch.num_preempted
         budget = self._schedule_running(batch, budget)
@@ -192,11 +216,13 @@ class Scheduler:
         return budget
 
     def _preempt_for_urgent(self, batch: ScheduledBatch) -> None:
-        """Preempt the least urgent running sequences while the most urgent waiting one is strictly
-        more urgent and cannot be admitted for want of a batch slot or KV blocks."""
+        """Preempt the least urgent running sequences while the most urgent waiting one has a strictly
+        more urgent priority and cannot be admitted for want of a batch slot or KV blocks. Arrival and
+        program rank never preempt: a request preempted at equal priority could otherwise take its
+        place back at once (and the two would trade places every step)."""
         while self.running:
             head, worst = self.waiting.peek(), self.running[-1]
-            if head is None or (head.priority, head.order) >= (worst.priority, worst.order) or self._admissible(head):
+            if head is None or head.priority >= worst.priority or self._admissible(head):
                 return
             self._preempt(worst)
             batch.num_preempted += 1

@@ -43,7 +43,9 @@ class SamplingParams:
     speculative: bool | str = True
     # Scheduling: lower `priority` is more urgent (as in vLLM); the engine serves waiting requests
     # by (priority, arrival) and preempts the least urgent running one first. `program_id` names the
-    # agent program (job) the request belongs to, for accounting; it does not change the output.
+    # agent program (job) the request belongs to: among equal priorities the engine then serves
+    # programs in the order they first arrived, not requests (engine/scheduler.py). It never
+    # changes the output.
     priority: int = 0
     program_id: str | None = None
 
@@ -140,6 +142,7 @@ class Sequence:
     mtp_draft: int | None = None  # the MTP module's guess for the token after the last one
     priority: int = 0  # the scheduling priority now (starts at params.priority; lower = more urgent)
     order: int = 0  # arrival rank in the scheduler (ties between equal priorities: first come first)
+    rank: int = 0  # its program's first arrival rank (== order without a program_id); orders before `order`
     queue_version: int = 0  # bumped whenever the waiting-queue entry for this sequence goes stale
 
     def __post_init__(self) -> None:

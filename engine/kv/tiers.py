@@ -202,6 +202,7 @@ class HostKVTier:
         self.num_write_refused = self.num_prefetched = 0
         self.bytes_moved = 0
         self.restore_seconds = 0.0  # time spent copying restored blocks (the resume cost of a paused agent)
+        self.offload_seconds = 0.0  # time spent copying blocks to the host (a same-size copy the other way)
         self._prefetching: set[bytes] = set()
         self._fetched: deque[tuple[bytes, int]] = deque()
         self._copied: dict[int, torch.cuda.Event] = {}  # slot -> its device-to-host copy (CUDA only)
@@ -235,8 +236,10 @@ class HostKVTier:
         with self._lock:
             slot = self.buffers.acquire(k, v, pin)
         hk, hv = self.buffers.kv(slot)
+        start = time.perf_counter()
         hk.copy_(k, non_blocking=pin)
         hv.copy_(v, non_blocking=pin)
+        self.offload_seconds += time.perf_counter() - start  # on CUDA the copy's launch only: a lower bound
         if pin:  # a worker thread reading this slot waits for the copy first
             event = torch.cuda.Event()
             event.record()

@@ -132,9 +132,9 @@ async def service_probe(ctx: Any) -> dict[str, float]:
     return {"service": service, "work": gen.usage.prefill_tokens_computed + gen.usage.generated_tokens}
 
 
-async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(engine: EmbeddedEngine) -> None:
+def recording_runtime(engine: EmbeddedEngine, **kwargs: Any) -> tuple[Runtime, list[Any]]:
+    """A runtime running `service_probe` whose engine client records every LLMRequest it sends."""
     from agentrt.engine_client import LLMRequest, LLMResponse
-    from agentrt.scheduler import las_level
 
     seen: list[LLMRequest] = []
 
@@ -145,13 +145,29 @@ async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(en
 
     reg = Registry()
     reg.register(service_probe)
-    rt = Runtime(reg, Recording(engine.llm))
+    return Runtime(reg, Recording(engine.llm), **kwargs), seen
+
+
+async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(engine: EmbeddedEngine) -> None:
+    from agentrt.scheduler import las_level
+
+    rt, seen = recording_runtime(engine)
     res = await rt.run_job(JobSpec(graph="service_probe", job_id="prio-job"))
     assert res.status == "succeeded", res.error
     first, second = seen
     assert first.priority == 0 and first.program_id == second.program_id == "prio-job"
     assert res.output["service"] == res.output["work"] > 0  # engine work (tokens), not seconds
     assert second.priority == las_level(res.output["service"])
+
+
+async def test_without_engine_priority_requests_name_no_program(engine: EmbeddedEngine) -> None:
+    # The "vllm-like" baseline: the engine sees anonymous requests, first come first served per request.
+    from agentrt.scheduler import ServingPolicy
+
+    rt, seen = recording_runtime(engine, serving=ServingPolicy(engine_priority=False))
+    res = await rt.run_job(JobSpec(graph="service_probe", job_id="anon-job"))
+    assert res.status == "succeeded", res.error
+    assert [(r.priority, r.program_id) for r in seen] == [(0, None), (0, None)]
 
 
 @graph

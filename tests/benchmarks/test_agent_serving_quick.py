@@ -22,7 +22,7 @@ def test_agent_serving_quick_mode_prints_every_configuration_and_column() -> Non
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     header = next(line for line in lines if "JCT mean s" in line)
-    for col in ("p50 s", "p99 s", "jobs/min", "TTFT p50", "TTFT p99", "hit", "preempt", "recomp tok", "MB to host", "MB from host"):
+    for col in ("p50 s", "p99 s", "jobs/min", "TTFT p50", "TTFT p99", "hit", "preempt", "recomp tok", "pins rel", "paused", "MB to host", "MB from host"):
         assert col in header
     rows = {name: [line for line in lines if line.startswith(f"│ {name} ")] for name in ("vllm-like", "+LAS", "+pins", "+graph", "agentrt")}
     assert all(len(r) == 1 for r in rows.values()), rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.config import EngineConfig
 from engine.scheduler import Scheduler, WaitingQueue
 from engine.sequence import FinishReason, SamplingParams, Sequence
@@ -93,3 +95,57 @@ def test_waiting_queue_drops_stale_entries_and_counts_live_ones() -> None:
     assert len(q) == 2 and seqs[1] not in q
     assert [q.pop(), q.pop()] == [seqs[0], seqs[2]]
     assert q.peek() is None and len(q) == 0
+
+
+def prog(rid: str, program: str | None, start: int, priority: int = 0) -> Sequence:
+    params = SamplingParams(max_tokens=2, priority=priority, program_id=program)
+    return Sequence(list(range(start, start + 4)), params, request_id=rid)
+
+
+def test_a_programs_later_turn_queues_where_its_program_stands() -> None:
+    # Program "old" arrived first; its second turn (after a tool call) arrives after the first turns
+    # of "new1" and "new2". One batch slot: it goes before them, not behind (program-level FCFS).
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=1, enable_prefix_caching=False), num_blocks=64)
+    sched.add(prog("old-1", "old", 10))
+    assert run(sched) == ["old-1"]
+    sched.add(prog("busy", None, 90))
+    sched.schedule()  # "busy" holds the only slot while the others queue
+    for rid, program, start in (("new1-1", "new1", 20), ("new2-1", "new2", 30), ("old-2", "old", 40)):
+        sched.add(prog(rid, program, start))
+    assert run(sched) == ["busy", "old-2", "new1-1", "new2-1"]
+    assert sched.num_preemptions == 0  # the rank orders admission; it never preempts
+
+
+def test_requests_without_a_program_stay_first_come_first_served() -> None:
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=1, enable_prefix_caching=False), num_blocks=64)
+    sched.add(prog("x-1", "x", 10))
+    assert run(sched) == ["x-1"]
+    sched.add(prog("busy", None, 90))
+    sched.schedule()
+    for rid, start in (("a", 20), ("b", 30), ("c", 40)):
+        sched.add(prog(rid, None, start))
+    assert run(sched) == ["busy", "a", "b", "c"]
+
+
+def test_priority_outranks_the_program_rank() -> None:
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=1, enable_prefix_caching=False), num_blocks=64)
+    sched.add(prog("old-1", "old", 10, priority=1))
+    assert run(sched) == ["old-1"]
+    sched.add(prog("busy", None, 90))
+    sched.schedule()
+    sched.add(prog("new-1", "new", 20, priority=0))
+    sched.add(prog("old-2", "old", 30, priority=1))
+    assert run(sched)[1:] == ["new-1", "old-2"]
+
+
+def test_forgotten_programs_rank_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "MAX_PROGRAMS", 2)
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=1, enable_prefix_caching=False), num_blocks=64)
+    for i, program in enumerate(("p", "q", "r")):
+        sched.add(prog(f"{program}-1", program, 10 * (i + 1)))
+    assert run(sched) == ["p-1", "q-1", "r-1"]
+    assert list(sched._programs) == ["q", "r"]  # "p" was the least recently seen
+    sched.add(prog("p-2", "p", 50))
+    assert sched._programs["p"] == 3  # ranked as a new arrival

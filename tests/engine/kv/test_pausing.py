@@ -84,3 +84,21 @@ def test_continuum_releases_a_pin_only_when_the_wait_it_saves_exceeds_the_resume
     assert len(out.token_ids) == 8
     table = llm.core.pin_table
     assert table is not None and table.num_released == 0 and table.num_kept >= 1 and "agent" not in llm.core.pins
+
+
+def test_with_a_host_tier_a_release_is_priced_as_a_copy_before_the_first_restore(tiny_qwen: Path) -> None:
+    # No restore has happened yet, but evictions copied blocks to the host: resuming a released pin
+    # costs such a copy, not a recompute, so the pin goes to the host and the request runs at once.
+    agent, big, filler = tokens(1, 40), tokens(2, 64), tokens(3, 20)
+    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=96, kv_pause_fraction=None, **OPTS)  # type: ignore[arg-type]
+    llm.generate([filler], GREEDY)
+    llm.generate([agent + [1]], GREEDY)
+    llm.core.stats.device_seconds, llm.core.stats.num_tokens = 1e4, 1  # recomputing looks very slow
+    llm.core.pin("agent", agent, ttl=60.0)
+    llm.core.step()
+    out = llm.generate([big], GREEDY)[0]  # evicts the filler (copied to the host), then needs the pin's blocks
+    host, table = llm.core.host_tier, llm.core.pin_table
+    assert host is not None and table is not None and len(out.token_ids) == 8
+    assert host.num_offloaded > 0 and host.offload_seconds > 0
+    assert table.num_released == 1 and "agent" in table.paused  # released to the host, not waited out
+    assert llm.core._resume_seconds_per_token() < 1.0
