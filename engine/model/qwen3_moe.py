@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.cpu import decoder as cpu_decoder
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
 from engine.model.layers import DecoderLayer, RMSNorm, Rotary
@@ -43,6 +44,8 @@ class MoEForCausalLM(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.rotary = Rotary(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)
         self.mtp = MTPModule(cfg, self.layer_cls) if cfg.mtp_num_layers else None
+        # CPU serving of an all-dense decoder: every layer in one C call (set by prepare_for_inference)
+        self.cpu_stack: cpu_decoder.DecoderStack | None = None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
@@ -56,6 +59,8 @@ class MoEForCausalLM(nn.Module):
         """Like `forward`, returning the last layer's output before the final norm [T, H]."""
         x = self.embed(input_ids)  # [T, H]
         cos_sin = self.rotary.tables(positions)
+        if self.cpu_stack is not None and self.cpu_stack.supports(x, kv_cache.k, kv_cache.v, meta):
+            return self.cpu_stack.run(x, *cos_sin, kv_cache.k, kv_cache.v, meta, meta.slot_mapping)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos_sin, (kv_cache.k[i], kv_cache.v[i]), meta)
         return x
