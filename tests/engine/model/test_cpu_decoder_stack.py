@@ -73,3 +73,18 @@ def test_a_slot_outside_the_cache_raises(tiny_qwen3: Path) -> None:
     cos, sin = model.rotary.tables(torch.tensor([0]))
     with pytest.raises(ValueError, match="KV slots"):
         model.cpu_stack.run(x, cos, sin, kv.k, kv.v, meta, torch.tensor([99]))
+
+
+def test_shedding_threads_under_load_changes_no_token(tiny_qwen3: Path) -> None:
+    from tiny_models import cpu_llm, random_prompts
+
+    from engine import SamplingParams
+    from engine.kernels.cpu.busy import ThreadShedder
+
+    prompts = random_prompts(4, seed=2)
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    quiet = cpu_llm(tiny_qwen3, adaptive_cpu_threads=False, num_threads=2)
+    busy = cpu_llm(tiny_qwen3, num_threads=2)
+    busy.core.runner.shedder = ThreadShedder(2, cpus=2, read=lambda: 50)  # a machine full of other work
+    assert [o.token_ids for o in busy.generate(prompts, greedy)] == [o.token_ids for o in quiet.generate(prompts, greedy)]
+    assert busy.core.runner._threads == 1 and torch.get_num_threads() == 2  # ran on one, restored after
