@@ -14,7 +14,7 @@ from torch import nn
 from engine.kernels.cpu import decoder as cpu_decoder
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
-from engine.model.layers import DecoderLayer, RMSNorm, Rotary
+from engine.model.layers import DecoderLayer, DenseMLP, MoE, RMSNorm, Rotary
 
 
 class MTPModule(nn.Module):
@@ -32,6 +32,7 @@ class MoEForCausalLM(nn.Module):
     other layers subclass it with their `layer_cls` (engine/model/gpt_oss.py)."""
 
     layer_cls: type[nn.Module] = DecoderLayer
+    attention_in_torch = False  # DeepSeek-V3's latent attention: torch einsums around the kernel
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -46,6 +47,14 @@ class MoEForCausalLM(nn.Module):
         self.mtp = MTPModule(cfg, self.layer_cls) if cfg.mtp_num_layers else None
         # CPU serving of an all-dense decoder: every layer in one C call (set by prepare_for_inference)
         self.cpu_stack: cpu_decoder.DecoderStack | None = None
+
+    @property
+    def cpu_thread_invariant(self) -> bool:
+        """Whether, prepared for CPU serving, its steps of <= 32 rows per sequence run on the C
+        kernels only (every MLP packed for them, attention not in torch), whose results do not depend
+        on the thread count: then the runner may shed threads on a busy CPU (kernels/cpu/busy.py)."""
+        mlps = [m for m in self.modules() if isinstance(m, (MoE, DenseMLP))]
+        return not self.attention_in_torch and all(m.cpu_experts is not None for m in mlps)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata

@@ -88,3 +88,11 @@ def test_shedding_threads_under_load_changes_no_token(tiny_qwen3: Path) -> None:
     busy.core.runner.shedder = ThreadShedder(2, cpus=2, read=lambda: 50)  # a machine full of other work
     assert [o.token_ids for o in busy.generate(prompts, greedy)] == [o.token_ids for o in quiet.generate(prompts, greedy)]
     assert busy.core.runner._threads == 1 and torch.get_num_threads() == 2  # ran on one, restored after
+
+
+def test_only_models_on_the_c_kernels_alone_shed_threads(tiny_qwen3: Path, tiny_deepseek: Path) -> None:
+    from tiny_models import cpu_llm
+
+    assert cpu_llm(tiny_qwen3).core.runner.shedder is not None
+    assert cpu_llm(tiny_qwen3, adaptive_cpu_threads=False).core.runner.shedder is None
+    assert cpu_llm(tiny_deepseek).core.runner.shedder is None  # latent attention runs torch einsums
