@@ -57,10 +57,16 @@ class EngineConfig:
     spec_token_cost: float = 0.06
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
     cuda_graphs: bool = True  # on CUDA, replay captured graphs for pure decode steps (engine/cuda_graphs.py)
+    # On CPU, run a step's kernels on fewer threads while other processes keep cores busy
+    # (engine/kernels/cpu/busy.py). None: on, unless OMP_WAIT_POLICY=passive is set (its sleeping
+    # barrier waiters already give a stalled thread its core back).
+    adaptive_cpu_threads: bool | None = None
 
     def __post_init__(self) -> None:
         if self.model is None and os.environ.get("AGENTRT_MODEL"):
             self.model = os.environ["AGENTRT_MODEL"]
+        if self.adaptive_cpu_threads is None:
+            self.adaptive_cpu_threads = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):

@@ -11,6 +11,9 @@ import torch
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.errors import ModelLoadError
+from engine.kernels.cpu import attention as cpu_attention
+from engine.kernels.cpu import linear as cpu_linear
+from engine.kernels.cpu.busy import ThreadShedder
 from engine.kernels.triton.attention import decode_kernel_supports
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
@@ -78,6 +81,13 @@ class ModelRunner:
             v_dim=model_config.kv_dims[1],
         )
         logger.info("KV cache: %d blocks of %d tokens on %s", num_blocks, config.block_size, self.device)
+        # CPU: fewer kernel threads for a step while other processes keep cores busy (busy.py); only
+        # for models whose fp32 steps of <= MAX_QUERY_LEN rows per sequence run on the C kernels,
+        # whose sums do not depend on the thread count (torch's ops make no such promise)
+        shed = (self.device.type == "cpu" and config.adaptive_cpu_threads and self.dtype == torch.float32
+                and getattr(model, "cpu_thread_invariant", False) and cpu_linear.available())
+        self.shedder = ThreadShedder(torch.get_num_threads()) if shed else None
+        self._threads = torch.get_num_threads()  # what the previous step ran with
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
             max_len = config.max_model_len or model_config.max_position_embeddings
@@ -104,10 +114,23 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)  # [num_tokens]
         return input_ids, pos, meta
 
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[list[list[int]], list[int], float]:
         """Run the batch. Returns, per sequence, the tokens to append (empty when it did not reach
         its end), how many of its drafts were accepted, and the step's device seconds."""
+        if self.shedder is None or max(batch.num_new_tokens, default=0) > cpu_attention.MAX_QUERY_LEN:
+            return self._execute(batch)
+        before = torch.get_num_threads()
+        self._threads = self.shedder.threads(self._threads)
+        if self._threads == before:
+            return self._execute(batch)
+        torch.set_num_threads(self._threads)  # the kernels read it; their sums do not depend on it
+        try:
+            return self._execute(batch)
+        finally:
+            torch.set_num_threads(before)
+
+    @torch.inference_mode()
+    def _execute(self, batch: ScheduledBatch) -> tuple[list[list[int]], list[int], float]:
         start = time.perf_counter()
         num_filled = self._fill_drafts(batch) if self.draft is not None else 0
         input_ids, positions, meta = self.prepare(batch)

@@ -144,6 +144,7 @@ class DeepseekDecoderLayer(DecoderLayer):
 
 class DeepseekV3ForCausalLM(MoEForCausalLM):
     layer_cls = DeepseekDecoderLayer
+    attention_in_torch = True  # the absorbed latent projections are torch einsums
 
 
 def _layer_targets(p: str, layer: Any, cfg: ModelConfig, sparse: bool, skip_experts: bool) -> dict[str, torch.Tensor]:

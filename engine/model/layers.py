@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.kernels.activation import ClampedGlu
+from engine.kernels.cpu import decoder as cpu_decoder
 from engine.kernels.cpu import fp4_panels as cpu_fp4_panels
 from engine.kernels.cpu import linear as cpu_linear
 from engine.kernels.cpu import moe_dense as cpu_dense
@@ -205,6 +206,50 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_norm(h))
 
 
+def dense_stack(layers: nn.ModuleList) -> cpu_decoder.DecoderStack | None:
+    """The C kernels' one-call form of `layers` (see kernels/cpu/decoder.py) when every layer is a
+    plain dense `DecoderLayer` packed for CPU serving (PackedLinear projections, a DenseMLP packed as
+    one expert, fp32 norms) and all share one shape, else None: the layers then run one by one."""
+    if not len(layers) or not cpu_decoder.available():
+        return None
+    weights: list[cpu_decoder.LayerWeights] = []
+    shapes = set()
+    for layer in layers:
+        found = _dense_layer(layer)
+        if found is None:
+            return None
+        weights.append(found[0])
+        shapes.add(found[1])
+    if len(shapes) != 1:
+        return None
+    try:
+        return cpu_decoder.DecoderStack(weights, *shapes.pop())
+    except ValueError:  # a layout the one-call kernel does not take (e.g. non-contiguous norm weights)
+        return None
+
+
+def _dense_layer(layer: nn.Module) -> tuple[cpu_decoder.LayerWeights, tuple[int, int, int, int, int, float, float, float]] | None:
+    """A packed dense layer's weights and its shape (hidden, heads, KV heads, head dim, padded
+    intermediate size, norm eps, head-norm eps, attention scale), or None."""
+    if type(layer) is not DecoderLayer or type(layer.attn) is not Attention or type(layer.mlp) is not DenseMLP:
+        return None
+    attn, experts = layer.attn, layer.mlp.cpu_experts
+    if not (isinstance(attn.qkv_proj, cpu_linear.PackedLinear) and isinstance(attn.o_proj, cpu_linear.PackedLinear)
+            and isinstance(experts, cpu_dense.DenseExperts) and experts.glu is None and experts.num_experts == 1
+            and layer.input_norm.eps == layer.post_norm.eps):
+        return None
+    norms = [layer.input_norm.weight, layer.post_norm.weight] + [n.weight for n in (attn.q_norm, attn.k_norm) if n is not None]
+    if any(w.dtype != torch.float32 for w in norms):
+        return None
+    q_w = None if attn.q_norm is None else attn.q_norm.weight.detach()
+    k_w = None if attn.k_norm is None else attn.k_norm.weight.detach()
+    weights = cpu_decoder.LayerWeights(layer.input_norm.weight.detach(), attn.qkv_proj.panels, attn.qkv_proj.bias, q_w, k_w,
+                                       attn.o_proj.panels, attn.o_proj.bias, layer.post_norm.weight.detach(), experts.w13, experts.w2)
+    head_eps = attn.q_norm.eps if attn.q_norm is not None else 0.0
+    return weights, (experts.hidden, attn.num_heads, attn.num_kv_heads, attn.head_dim, experts.inter_padded,
+                     layer.input_norm.eps, head_eps, attn.scale)
+
+
 def prepare_for_inference(model: nn.Module) -> int:
     """CPU serving layout; inference only afterwards (no autograd through the packed weights).
 
@@ -213,7 +258,8 @@ def prepare_for_inference(model: nn.Module) -> int:
     panels (bf16 when lossless, else fp32) and the original tensors freed, so each weight exists
     once. FP4 experts become `cpu_fp4_panels.FP4PanelExperts` where that kernel runs (AVX-512; the
     packed `quantized` tensors are freed), else they keep `quantized` and its kernels. Embeddings
-    keep their rows (a tied LM head gets its own panels). Without a compiler the
+    keep their rows (a tied LM head gets its own panels). A model with a `cpu_stack` attribute whose
+    `layers` are all dense gets them as one `dense_stack` call per step. Without a compiler the
     matmul weights are stored column-major instead: the same logical tensors, transposed in memory,
     so `F.linear`/`bmm` run as plain (NN) products, which this CPU BLAS does faster at decode-sized
     batches. Returns the number of weights converted."""
@@ -240,6 +286,9 @@ def prepare_for_inference(model: nn.Module) -> int:
             module.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
             module.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
             converted += 2
+        layers = getattr(model, "layers", None)
+        if isinstance(layers, nn.ModuleList) and hasattr(model, "cpu_stack"):
+            model.cpu_stack = dense_stack(layers)  # type: ignore[assignment]
         return converted
     for module in model.modules():
         names: tuple[str, ...]

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.cpu import decoder as cpu_decoder
 from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
-from engine.model.layers import DecoderLayer, RMSNorm, Rotary
+from engine.model.layers import DecoderLayer, DenseMLP, MoE, RMSNorm, Rotary
 
 
 class MTPModule(nn.Module):
@@ -31,6 +32,7 @@ class MoEForCausalLM(nn.Module):
     other layers subclass it with their `layer_cls` (engine/model/gpt_oss.py)."""
 
     layer_cls: type[nn.Module] = DecoderLayer
+    attention_in_torch = False  # DeepSeek-V3's latent attention: torch einsums around the kernel
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -43,6 +45,16 @@ class MoEForCausalLM(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.rotary = Rotary(cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope)
         self.mtp = MTPModule(cfg, self.layer_cls) if cfg.mtp_num_layers else None
+        # CPU serving of an all-dense decoder: every layer in one C call (set by prepare_for_inference)
+        self.cpu_stack: cpu_decoder.DecoderStack | None = None
+
+    @property
+    def cpu_thread_invariant(self) -> bool:
+        """Whether, prepared for CPU serving, its steps of <= 32 rows per sequence run on the C
+        kernels only (every MLP packed for them, attention not in torch), whose results do not depend
+        on the thread count: then the runner may shed threads on a busy CPU (kernels/cpu/busy.py)."""
+        mlps = [m for m in self.modules() if isinstance(m, (MoE, DenseMLP))]
+        return not self.attention_in_torch and all(m.cpu_experts is not None for m in mlps)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
@@ -56,6 +68,8 @@ class MoEForCausalLM(nn.Module):
         """Like `forward`, returning the last layer's output before the final norm [T, H]."""
         x = self.embed(input_ids)  # [T, H]
         cos_sin = self.rotary.tables(positions)
+        if self.cpu_stack is not None and self.cpu_stack.supports(x, kv_cache.k, kv_cache.v, meta):
+            return self.cpu_stack.run(x, *cos_sin, kv_cache.k, kv_cache.v, meta, meta.slot_mapping)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos_sin, (kv_cache.k[i], kv_cache.v[i]), meta)
         return x

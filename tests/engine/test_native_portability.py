@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or
 
 
 def test_every_kernel_family_is_a_c_file() -> None:
-    assert FAMILIES == ["attention", "fp4_matmul", "fp4_panels", "linear", "moe_dense", "ops"]
+    assert FAMILIES == ["attention", "decoder", "fp4_matmul", "fp4_panels", "linear", "moe_dense", "ops"]
 
 
 @pytest.mark.parametrize("target", [("-mno-avx512f",), ("-mno-avx512f", "-mno-avx2", "-mno-fma")])
