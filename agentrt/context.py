@@ -179,6 +179,8 @@ class JobContext:
             try:
                 result = _revive_held(await self.runtime.run_task(
                     self.job, task, deps, lambda: self._replayed(task, fp, lambda: self._run_tool(t, validated, task)), t.retry))
+                if isinstance(result, HeldResult):
+                    self.job.held.append(result)  # released when the job ends (Runtime._close_job)
             finally:
                 if task.started is not None:
                     self.runtime.tool_latency.observe(t.name, task.duration)

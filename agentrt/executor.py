@@ -188,6 +188,10 @@ class Runtime:
             if self.engine is not None:
                 self.engine.unhint(key)
         job.hints.clear()
+        if not keep_pins:  # an interrupted job's resume replays its held handles from the journal: keep them
+            for held in job.held:
+                self.tools.release(held)
+            job.held.clear()
         self.scheduler.finish_job(job.spec.job_id)
         for task in job.dag.tasks.values():
             if task.state in (TaskState.PENDING, TaskState.RUNNING):

@@ -18,7 +18,7 @@ from agentrt.engine_client import EngineClient
 from agentrt.pools import ToolExecutor
 from agentrt.scheduler import Scheduler, ServingPolicy
 from agentrt.sessions import ToolLatencies
-from agentrt.types import JobSpec, RetryPolicy, Task, Usage
+from agentrt.types import HeldResult, JobSpec, RetryPolicy, Task, Usage
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -32,6 +32,7 @@ class JobRun:
     usage: Usage = field(default_factory=Usage)
     sessions: list[Any] = field(default_factory=list)
     hints: set[str] = field(default_factory=set)  # next-turn hints still announced to the engine
+    held: list[HeldResult] = field(default_factory=list)  # HeldResults of this job's tool calls, released when it ends
     task_group: Any = None
     replay: Any = None  # agentrt.durable.Replay: recorded task results of this job
 

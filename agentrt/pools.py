@@ -30,6 +30,11 @@ class ToolExecutor(Protocol):
         """The value behind a HeldResult this executor returned; any other value as is."""
         ...
 
+    def release(self, value: Any) -> None:
+        """Let go of a HeldResult this executor returned (the job that made it ended); later
+        `resolve`s of it raise HeldResultError. Any other value: no-op."""
+        ...
+
 
 class LocalToolExecutor:
     """Args: num_threads (sync tools at once); num_processes (cpu_bound tools at once);
@@ -77,6 +82,9 @@ class LocalToolExecutor:
         if isinstance(value, HeldResult):
             raise HeldResultError(f"held result {value.object_id} of tool {value.tool!r} was made by another tool executor")
         return value
+
+    def release(self, value: Any) -> None:
+        """Nothing is held here."""
 
     def close(self) -> None:
         """End the idle tool threads now (busy ones end after their call; idle ones also end by

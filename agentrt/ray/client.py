@@ -36,6 +36,7 @@ class RoutingStats:
     num_retries: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens the serving replica found in its cache
+    num_moved: int = 0  # requests continuing a pinned conversation sent to a replica other than the pin's
     tokens_by_replica: dict[str, int] = field(default_factory=dict)  # tokens computed (prefill + generated)
 
     @property
@@ -84,6 +85,8 @@ class RayEngineClient(LocalTokenizer):
         """Route, call `method` on the chosen replica, feed its block events to the index."""
         decision = pool.router.route(hashes, session)
         name, handle = decision.replica, pool.handles[decision.replica]
+        if pool is self.pool and session is not None and self._pins.get(session, (name,))[0] != name:
+            self.stats.num_moved += 1
         pool.router.index.apply(name, stored=hashes)  # optimistic: the prompt's blocks land there
         pool.router.begin(name, hashes)
         try:

@@ -22,8 +22,9 @@ class RayConfig:
     `tool_resources` maps tool names to "cpu", "storage" (the custom `storage` resource), "gpu" or
     "local" (in the driver: for tools bound to job state, such as a per-job database in a context
     variable); tools not named get `default_tool_resource`. A remote tool's result whose JSON is
-    larger than `large_result_bytes` stays in Ray's object store and reaches the job as a HeldResult
-    (None: every result comes back to the driver; see agentrt.ray.tools). Raises RouterError (a ValueError) naming a bad value.
+    larger than `large_result_bytes` stays in Ray's object store and reaches the job as a HeldResult,
+    released when the job ends (None: every result comes back to the driver; see agentrt.ray.tools).
+    Raises RouterError (a ValueError) naming a bad value.
     """
 
     address: str = "local"

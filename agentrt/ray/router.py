@@ -7,12 +7,15 @@ request's cached prefix on a replica is the longest run of its hashes, from the 
 replica holds. Replicas feed the index with block events (stored / removed hashes).
 
 Policies:
-- `kv-aware`: Ray Serve LLM's prefix-aware rule with Dynamo's cost inside it. While the busiest
-  replica has at most `affinity_slack` more requests in flight than the idlest, only the replicas
-  holding the longest prefix of the request compete (all of them when none holds any); otherwise
+- `kv-aware`: Ray Serve LLM's prefix-aware rule with Dynamo's cost inside it. The replicas
+  holding the longest prefix of the request compete while they have at most `affinity_slack`
+  more requests in flight than the idlest replica; when none is that idle, or when every replica
+  holds that prefix (a new conversation on a shared system prompt, or a prompt nobody holds),
   the replicas with the fewest requests in flight compete. Among those that compete, cost(r) =
   overlap_weight * blocks r must prefill + blocks active on r after admission (Dynamo's KV-router
-  cost) picks. `affinity_slack=None` leaves the cost alone to decide: then one in-flight request's
+  cost) picks. (Ray Serve LLM checks the slack on the busiest replica instead of on the holder;
+  that moved conversations off replicas that were not the busy one, and let new conversations
+  go by active blocks to replicas with more requests: benchmarks/routing.py, docs/benchmarks.md.) `affinity_slack=None` leaves the cost alone to decide: then one in-flight request's
   blocks outweigh a whole cached conversation and new jobs pile on the replicas holding a shared
   system prompt (benchmarks/routing.py, docs/benchmarks.md).
 - `round-robin`: the next live replica in turn.
@@ -180,16 +183,21 @@ class Router:
         return Decision(name, overlap.get(name, 0))
 
     def _affine(self, names: list[str], overlap: dict[str, int]) -> list[str]:
-        """Who competes under kv-aware: the holders of the longest prefix while the requests in
-        flight are balanced within `affinity_slack`, else the least busy replicas."""
+        """Who competes under kv-aware: the holders of the longest prefix that have at most
+        `affinity_slack` more requests in flight than the least busy replica; when none has, or
+        when every replica holds that prefix (a new conversation: it has nothing of its own to
+        keep), the least busy replicas. The slack is judged on the holder, not on the busiest
+        replica: a conversation leaves its replica only when that replica is the busy one."""
         if self.affinity_slack is None:
             return names
         in_flight = {r: self.loads[r].num_requests for r in names}
         fewest = min(in_flight.values())
-        if max(in_flight.values()) - fewest > self.affinity_slack:
-            return [r for r in names if in_flight[r] == fewest]
+        least_busy = [r for r in names if in_flight[r] == fewest]
         best = max(overlap.values(), default=0)
-        return [r for r in names if overlap.get(r, 0) == best] if best else names
+        holders = [r for r in names if overlap.get(r, 0) == best]
+        if len(holders) == len(names):
+            return least_busy
+        return [r for r in holders if in_flight[r] - fewest <= self.affinity_slack] or least_busy
 
     def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]

@@ -11,7 +11,8 @@ larger comes back to the job as a HeldResult: the task returns it as its second 
 driver owns (so it outlives the worker, unlike a worker's `ray.put`) but never fetches. Passed to
 another tool, its reference goes as a top-level task argument, so Ray hands the value to that
 tool's worker from the store (across nodes, not through the driver); `resolve` fetches it into the
-driver only when asked (a model's tool turn asks: the conversation needs the text).
+driver only when asked (a model's tool turn asks: the conversation needs the text). The driver
+drops its reference when the job that made the result ends, so the store frees it then.
 """
 
 from __future__ import annotations
@@ -120,9 +121,16 @@ class RayToolExecutor:
         return await self._ref(value)
 
     def release(self, value: Any) -> None:
-        """Let the store free a held result (later uses raise HeldResultError); other values: no-op."""
+        """Let the store free a held result (later uses raise HeldResultError); other values: no-op.
+        The runtime releases a job's held results when the job ends (not when it stops at an
+        interrupt: its resume replays them)."""
         if isinstance(value, HeldResult):
             self._held.pop(value.object_id, None)
+
+    @property
+    def num_held(self) -> int:
+        """Results held in the object store for this driver now."""
+        return len(self._held)
 
     def close(self) -> None:
         """Release the held results and the local pools (Ray owns its workers)."""

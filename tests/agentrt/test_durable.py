@@ -168,6 +168,7 @@ class _HoldingExecutor:
 
         self.local = LocalToolExecutor()
         self.held: dict[str, Any] = {}
+        self.released: list[str] = []
 
     async def run(self, t: Any, args: dict[str, Any]) -> tuple[Any, float]:
         from agentrt import HeldResult
@@ -178,9 +179,17 @@ class _HoldingExecutor:
         return handle, cpu
 
     async def resolve(self, value: Any) -> Any:
-        from agentrt import HeldResult
+        from agentrt import HeldResult, HeldResultError
 
-        return self.held[value.object_id] if isinstance(value, HeldResult) else value
+        if not isinstance(value, HeldResult):
+            return value
+        if value.object_id not in self.held:
+            raise HeldResultError(f"{value.object_id} was released")
+        return self.held[value.object_id]
+
+    def release(self, value: Any) -> None:
+        self.held.pop(value.object_id, None)
+        self.released.append(value.object_id)
 
 
 @tool
@@ -201,9 +210,36 @@ async def test_a_held_tool_result_replayed_from_the_journal_is_a_handle_again() 
     reg = Registry()
     for obj in (report, held_then_asks):
         reg.register(obj)
-    rt = Runtime(reg, None, tools=_HoldingExecutor(), store=MemoryStore())  # type: ignore[arg-type]
+    tools = _HoldingExecutor()
+    rt = Runtime(reg, None, tools=tools, store=MemoryStore())  # type: ignore[arg-type]
     res = await rt.run_job(JobSpec(graph="held_then_asks"))
     assert res.status == "interrupted"
+    assert tools.released == []  # the resume needs it
     done = await rt.resume(res.job_id, "yes")
     assert done.status == "succeeded" and done.output == ["a long report", "yes"], done.error
     assert side["calls"] == 1  # replayed (as a handle that still resolves), not run again
+    assert tools.released == ["obj0"] and tools.held == {}  # the job ended: its held result went with it
+
+
+@graph
+async def holds_twice(ctx: Any, fail: bool) -> Any:
+    first, second = await ctx.call("report"), await ctx.call("report")
+    if fail:
+        raise ValueError("the job fails after holding two results")
+    return [first, second]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_job_releases_its_held_tool_results_when_it_ends(fail: bool) -> None:
+    from agentrt import HeldResultError
+
+    reg = Registry()
+    for obj in (report, holds_twice):
+        reg.register(obj)
+    tools = _HoldingExecutor()
+    res = await Runtime(reg, None, tools=tools).run_job(JobSpec(graph="holds_twice", inputs={"fail": fail}))  # type: ignore[arg-type]
+    assert res.status == ("failed" if fail else "succeeded"), res.error
+    assert sorted(tools.released) == ["obj0", "obj1"] and tools.held == {}
+    if not fail:
+        with pytest.raises(HeldResultError, match="obj0"):
+            await tools.resolve(res.output[0])

@@ -222,6 +222,7 @@ async def test_a_large_tool_result_goes_to_the_next_tool_through_the_object_stor
     result = await runtime.run_job(JobSpec(graph="pass_report_along", inputs={"size": size, "log": log}))
     assert result.status == "succeeded", result.error
     assert result.output == {"held": True, "length": size}
+    assert tools.num_held == 0  # released when the job ended: the store can free the 4 MiB
     assert {p.node_id for p in tools.placements if p.tool == "report_length"} == {nodes["storage"]}
     readers = Path(log).read_text().split()
     assert readers and str(os.getpid()) not in readers  # the consumer's worker read it; the driver never did
@@ -229,4 +230,5 @@ async def test_a_large_tool_result_goes_to_the_next_tool_through_the_object_stor
     turn = await runtime.run_job(JobSpec(graph="report_in_a_tool_turn", inputs={"size": 100_000, "log": log}))
     assert turn.status == "succeeded" and turn.output == 100_000, turn.error
     assert str(os.getpid()) in Path(log).read_text().split()
+    assert tools.num_held == 0
     tools.close()

@@ -171,3 +171,39 @@ def test_kv_aware_sends_work_to_the_least_busy_replica_once_the_load_is_out_of_b
     new_job = [*system, "job3"]
     assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(new_job).replica == "r0"
     assert router.route(new_job).replica == "r1"
+
+
+def test_a_conversation_stays_on_its_replica_when_another_replica_is_the_busy_one() -> None:
+    """The slack is judged on the holder: r2 having two more requests than r1 does not move a
+    conversation off r0, whose load is within the slack (the busiest-replica rule moved it)."""
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1", "r2"):
+        router.add_replica(r)
+    conversation = ["sys", *[f"c{i}" for i in range(10)]]
+    router.index.apply("r0", stored=conversation)
+    for r in ("r1", "r2"):
+        router.index.apply(r, stored=["sys"])
+    router.begin("r0", ["sys", "other"])
+    router.begin("r2", ["sys", "x"])
+    router.begin("r2", ["sys", "y"])
+    assert router.route([*conversation, "turn"]).replica == "r0"
+    router.begin("r0", ["sys", "z"])  # now r0 itself is 2 above the idlest: the conversation leaves
+    assert router.route([*conversation, "turn"]).replica == "r1"
+
+
+def test_a_new_conversation_goes_to_the_replica_with_the_fewest_requests_in_flight() -> None:
+    """Every replica holds the shared system prompt, so nothing ties a new conversation to one: it
+    goes by requests in flight, not by active blocks (the cost would pick r1, with one short
+    request more than r0's one long one)."""
+    router = Router("kv-aware", affinity_slack=1)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    system = [f"sys{i}" for i in range(4)]
+    for r in ("r0", "r1"):
+        router.index.apply(r, stored=system)
+    router.begin("r0", [*system, *[f"long{i}" for i in range(40)]])
+    router.begin("r1", [*system, "a"])
+    router.begin("r1", [*system, "b"])
+    new_job = [*system, "new"]
+    assert router.route(new_job).replica == "r0"
+    assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(new_job).replica == "r1"

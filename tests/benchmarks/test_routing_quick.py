@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.routing import Job, hit_rate_bound
 from benchmarks.routing_sim import SimRequest, simulate
 from engine.config import data_dir
 
@@ -44,3 +45,17 @@ def test_routing_quick_mode_simulates_every_policy() -> None:
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"sim": ["8"]}
     for policy in ("kv-aware", "round-robin", "least-loaded"):
         assert policy in out.stdout
+
+
+def test_the_hit_rate_bound_is_the_shared_share_and_the_never_evicting_cache() -> None:
+    """Two 2-turn jobs on a 32-token shared prefix, 16-token blocks: prompts 48 then 64 tokens.
+    Shared: 4 x 32 of 224 prompt tokens; a never-evicting cache holds 32 then 48 of each job."""
+    shared = [7] * 32
+    jobs = []
+    for j in (1, 2):
+        own1, own2 = [100 * j + i for i in range(16)], [200 * j + i for i in range(16)]
+        jobs.append(Job([(shared + own1, 4), (shared + own1 + own2, 4)]))
+    b = hit_rate_bound(jobs, 16)
+    assert b["turns"] == 4 and b["mean_prompt_tokens"] == 56
+    assert b["shared_share"] == 128 / 224 and b["ideal_hit_rate"] == 160 / 224
+    assert b["max_ratio_vs_round_robin"] == 160 / 128
