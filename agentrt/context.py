@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from agentrt.durable import INTERRUPT, MISSING, fingerprint
 from agentrt.engine_client import LLMRequest
 from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
+from agentrt.schemas import call_grammar, json_schema_of, tool_call_schema
 from agentrt.sessions import Session
 from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
 from agentrt.types import (
@@ -380,7 +380,7 @@ class JobContext:
         marker = CALL_MARKERS.get(fmt.family) if tools else None
         open_id = engine.special_id(marker[0]) if marker else None
         stops = [] if ignore_eos else end_ids + ([open_id] if open_id is not None else [])
-        json_schema = _json_schema(schema)
+        json_schema = json_schema_of(schema)
         # Families whose calls are not split at an opening token (gpt-oss, DeepSeek-V3) are constrained
         # in one pass by their structural tag.
         tag = call_grammar(fmt, tools) if tools and marker is None and json_schema is None and not ignore_eos else None
@@ -474,59 +474,6 @@ async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def call_grammar(fmt: Any, tools: list[Tool]) -> dict[str, Any] | None:
-    """The chat format's tool-call structural tag over `tools` (schemas bounded as in tool_call_schema);
-    None for a format without one."""
-    described = [{"type": "function", "function": {"name": t.name, "parameters": bound_schema(t.parameters)}} for t in tools]
-    tag: dict[str, Any] | None = fmt.structural_tag(described)
-    return tag
-
-
-def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
-    """JSON schema of `{"name": <tool>, "arguments": <its parameters>}` over the given tools."""
-    variants = [
-        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-         "required": ["name", "arguments"], "additionalProperties": False}
-        for t in tools
-    ]
-    return bound_schema(variants[0] if len(variants) == 1 else {"anyOf": variants})
-
-
-MAX_STRING_CHARS = 64
-MAX_ARRAY_ITEMS = 16
-MAX_INTEGER = 10**9
-
-
-def bound_schema(node: Any) -> Any:
-    """Give unbounded strings/arrays a maximum length (and integers a range), so a grammar-constrained output always
-    closes within a few hundred tokens (a small model can otherwise ramble inside a string)."""
-    if isinstance(node, list):
-        return [bound_schema(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: bound_schema(v) for k, v in node.items()}
-    if out.get("type") == "string" and "maxLength" not in out and "enum" not in out:
-        out["maxLength"] = MAX_STRING_CHARS
-    if out.get("type") == "array" and "maxItems" not in out:
-        out["maxItems"] = MAX_ARRAY_ITEMS
-    if out.get("type") == "integer" and "maximum" not in out and "exclusiveMaximum" not in out:
-        out["maximum"] = MAX_INTEGER  # without it a sampled integer can run on digit after digit
-        out.setdefault("minimum", -MAX_INTEGER)
-    return out
-
-
-def _json_schema(schema: Any) -> dict[str, Any] | None:
-    if schema is None:
-        return None
-    if isinstance(schema, dict):
-        return bound_schema(schema)
-    if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
-        from agentrt.api import _schema_of
-
-        return bound_schema(_schema_of(schema))
-    raise SchemaError(f"schema must be a msgspec Struct type or a JSON schema dict, got {schema!r}")
-
-
 def _trim(text: str, stop: list[str] | None) -> str:
     for s in stop or ():
         if s in text:
@@ -544,10 +491,3 @@ def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
     sp.set_attribute("agentrt.spec.proposed_tokens", u.spec_proposed_tokens)
     sp.set_attribute("agentrt.spec.accepted_tokens", u.spec_accepted_tokens)
     sp.set_attribute("agentrt.cost.usd", u.cost_usd)
-
-
-def parse_json_output(gen: Generation, schema: Any) -> Any:
-    """Decode a schema-constrained generation (into the Struct type when one was given)."""
-    if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
-        return msgspec.json.decode(gen.text, type=schema)
-    return json.loads(gen.text)

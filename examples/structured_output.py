@@ -11,7 +11,7 @@ import anyio
 import msgspec
 
 from agentrt import EmbeddedEngine, JobSpec, Registry, Runtime, graph
-from agentrt.context import parse_json_output
+from agentrt.schemas import parse_json_output
 
 
 class Booking(msgspec.Struct):

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from agentrt import EmbeddedEngine, JobSpec, Registry, Runtime, graph
-from agentrt.context import parse_json_output
+from agentrt.schemas import parse_json_output
 from engine import LLM
 
 
