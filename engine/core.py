@@ -117,6 +117,9 @@ class EngineCore:
         bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"token id {bad!r} is outside the vocabulary [0, {vocab})")
+        bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"stop token id {bad} is outside the vocabulary [0, {vocab})")
         if params.constrained and self.grammars is None:
             raise InvalidRequestError("structured output needs a tokenizer; this engine has none")
         if params.stop and self.detokenize is None:

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from engine.chat.session import chat_params, select_tools, to_chat_output
 from engine.errors import InvalidRequestError
@@ -21,6 +23,7 @@ from engine.sequence import RequestOutput
 from engine.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    check_messages,
     response_schema,
     sampling_params,
 )
@@ -36,7 +39,25 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
 
     @app.exception_handler(InvalidRequestError)
     async def invalid(_: Request, exc: InvalidRequestError) -> JSONResponse:
-        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "code": 400}}, status_code=400)
+        return _error(str(exc), 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """A body that is not JSON or does not fit the request's shape: a 400 in OpenAI's error
+        shape naming the first bad field (FastAPI's default is a 422 in its own shape)."""
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error(f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}", 400)
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(f"{where or 'body'}: {first.get('msg', 'invalid request')}", 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(str(exc.detail), exc.status_code)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != model_name:
+            raise HTTPException(404, f"the model {name!r} does not exist; this server serves {model_name!r}")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -48,6 +69,7 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
+        check_model(req.model)
         params = sampling_params(req, DEFAULT_MAX_TOKENS, response_schema(req.response_format))
         ids = llm.encode(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
         llm.core.validate(ids, params)
@@ -63,6 +85,8 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        check_model(req.model)
+        check_messages(req.messages, req.chat_template_kwargs)
         fmt = llm.chat_format
         tools, choice = select_tools(req.tools, req.tool_choice)
         prompt = fmt.render(req.messages, req.tools if choice != "none" else None, add_generation_prompt=True,
@@ -91,6 +115,11 @@ async def _final(llm: Any, ids: list[int], params: Any, rid: str, request: Reque
             break
     assert last is not None
     return last
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 def usage(out: RequestOutput) -> dict[str, Any]:

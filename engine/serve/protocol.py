@@ -46,10 +46,59 @@ class CompletionRequest(_Request):
     response_format: dict[str, Any] | None = None
 
 
+# OpenAI fields the engine does not implement, with the value that asks for nothing: a request that
+# sets one to anything else gets a 400 naming it rather than an answer that silently ignored it.
+UNSUPPORTED_FIELDS: dict[str, Any] = {"logprobs": False, "top_logprobs": None, "logit_bias": None, "presence_penalty": 0,
+                                      "frequency_penalty": 0, "best_of": 1, "echo": False, "suffix": None}
+# Names `ChatFormat.render` binds itself; a chat_template_kwargs entry may not override them.
+RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "add_generation_prompt"})
+CONTENT_ROLES = frozenset({"system", "developer", "user", "tool"})  # roles whose content is required
+
+
+def check_unsupported(req: _Request) -> None:
+    """Raise InvalidRequestError for an OpenAI field set to a value this server would ignore."""
+    extra = req.model_extra or {}
+    for name, inert in UNSUPPORTED_FIELDS.items():
+        value = extra.get(name, inert)
+        if value != inert and not (inert is None and value in ({}, [])):
+            raise InvalidRequestError(f"{name}={value!r} is not supported by this server (leave it unset)")
+
+
+def check_messages(messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> None:
+    """Raise InvalidRequestError for a conversation the model cannot read: none at all, a message
+    without a role, required content missing, or a content part that is not text (the models served
+    here read text only)."""
+    if not messages:
+        raise InvalidRequestError("messages must hold at least one message")
+    clash = sorted(RESERVED_TEMPLATE_KWARGS & set(template_kwargs))
+    if clash:
+        raise InvalidRequestError(f"chat_template_kwargs may not set {clash}: the server sets them")
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise InvalidRequestError(f"messages[{i}] needs a string 'role', got {role!r}")
+        content = msg.get("content")
+        if content is None:
+            if role in CONTENT_ROLES:
+                raise InvalidRequestError(f"messages[{i}] ({role}) needs 'content'")
+            continue
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise InvalidRequestError(f"messages[{i}].content must be a string or a list of parts, got {type(content).__name__}")
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequestError(f"messages[{i}].content[{j}] of type {kind!r} is not supported: this model reads "
+                                          "text parts ({'type': 'text', 'text': ...}) only")
+
+
 def sampling_params(req: _Request, default_max_tokens: int, json_schema: dict[str, Any] | None = None) -> SamplingParams:
-    """Raises InvalidRequestError for values the engine does not accept (n > 1 included)."""
+    """Raises InvalidRequestError for values the engine does not accept (n > 1 and the OpenAI fields
+    it does not implement included)."""
     if req.n != 1:
         raise InvalidRequestError(f"n must be 1, got {req.n}")
+    check_unsupported(req)
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     grammars = _structured_outputs(req.structured_outputs)

@@ -81,3 +81,11 @@ async def test_generate_beside_streams_loses_no_stream_output(llm: LLM) -> None:
     for _ in range(3):  # generate steps on this thread too, concurrently with the driver
         await asyncio.to_thread(llm.generate, [[40, 41]], GREEDY)
     assert await asyncio.wait_for(asyncio.gather(*streams), 60) == expected
+
+
+
+def test_a_stop_token_outside_the_vocabulary_is_rejected_by_name(llm: LLM) -> None:
+    vocab = llm.model_config.vocab_size
+    with pytest.raises(InvalidRequestError, match=f"stop token id {vocab} is outside the vocabulary"):
+        llm.generate([[1, 2]], SamplingParams(max_tokens=4, stop_token_ids=(5, vocab)))
+    assert llm.generate([[1, 2]], SamplingParams(max_tokens=2, temperature=0))[0].token_ids  # and it still serves

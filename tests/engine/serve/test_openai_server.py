@@ -83,6 +83,44 @@ def test_bad_requests_get_a_400_naming_the_value(served: Served) -> None:
                                                tool_choice={"type": "function", "function": {"name": "nope"}})
 
 
+HOSTILE = [  # (path, body, status, words the error message must hold)
+    ("chat/completions", {"messages": []}, 400, "at least one message"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "image_url"),
+    ("chat/completions", {"messages": [{"role": "user"}]}, 400, "needs 'content'"),
+    ("chat/completions", {"messages": [{"content": "hi"}]}, 400, "role"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"add_generation_prompt": False}},
+     400, "add_generation_prompt"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 100}}, 400, "logit_bias"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1.5}, 400, "presence_penalty"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}, 404, "gpt-4"),
+    ("chat/completions", {"messages": "hi"}, 400, "messages"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "seed": 1e300}, 400, "seed"),
+    ("completions", {"prompt": "hi", "stop_token_ids": [99999999]}, 400, "99999999"),
+    ("completions", {"prompt": [10**9]}, 400, "vocabulary"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), HOSTILE, ids=[f"{p}-{w}" for p, _, _, w in HOSTILE])
+def test_hostile_requests_get_an_openai_error_naming_the_field(served: Served, path: str, body: dict, status: int, words: str) -> None:
+    with httpx.Client(timeout=60) as http:
+        resp = http.post(f"{served.url}/v1/{path}", json={"max_tokens": 3, **body})
+        assert resp.status_code == status, resp.text
+        err = resp.json()["error"]
+        assert words in err["message"] and err["code"] == status
+        # the inert values clients send by default are accepted, and the server still serves
+        ok = http.post(f"{served.url}/v1/chat/completions", json={
+            "model": "agentrt-default", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 2,
+            "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_body_that_is_not_json_gets_a_400(served: Served) -> None:
+    with httpx.Client(timeout=60) as http:
+        resp = http.post(f"{served.url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]["message"]
+
+
 def test_client_disconnect_aborts_the_request(served: Served) -> None:
     body = {"model": "agentrt-default", "prompt": "<|user|>Tell me everything.<|end|><|assistant|>", "max_tokens": 3000,
             "temperature": 1.0, "stream": True, "ignore_eos": True}  # would run for thousands of steps
