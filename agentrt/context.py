@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,14 +20,12 @@ import msgspec
 
 from agentrt import telemetry
 from agentrt.api import Agent, Tool
-from agentrt.backends.select import chat_format_of
 from agentrt.durable import INTERRUPT, MISSING, fingerprint
-from agentrt.engine_client import LLMRequest
-from agentrt.errors import AgentrtError, JobInterrupted, SchemaError, ToolError
+from agentrt.errors import AgentrtError, JobInterrupted, ToolError
 from agentrt.jobs import JobRun, TaskRunner, set_rollup
-from agentrt.schemas import call_grammar, json_schema_of, tool_call_schema
+from agentrt.llm_turns import run_llm_turn
 from agentrt.sessions import Session
-from agentrt.tool_turns import pin_for_tool, pin_session, run_tool_turn
+from agentrt.tool_turns import pin_for_tool, run_tool_turn
 from agentrt.types import (
     FailurePolicy,
     Generation,
@@ -40,11 +37,6 @@ from agentrt.types import (
     ToolCall,
     Usage,
 )
-
-# Families whose tool calls the runtime constrains: (the token opening a call, the text between it and
-# the {"name", "arguments"} JSON, the text closing the call). The others (gpt-oss, DeepSeek-V3) are
-# constrained in one pass by their chat format's structural tag (call_grammar).
-CALL_MARKERS = {"agentrt": ("<tool_call>", "", "</tool_call>"), "hermes": ("<tool_call>", "\n", "\n</tool_call>")}
 
 
 class Handle:
@@ -315,7 +307,7 @@ class JobContext:
         sess.inflight += 1
         sess.fork_point = (len(sess.token_ids), len(sess.messages), len(sess.text))
         try:
-            return await self._generate_on(sess, messages, max_tokens, temperature, stop, schema, tools, name, ignore_eos)
+            return await run_llm_turn(self, sess, messages, max_tokens, temperature, stop, schema, tools, name, ignore_eos)
         finally:
             sess.inflight -= 1
 
@@ -328,166 +320,8 @@ class JobContext:
         self.job.sessions.append(fork)
         return fork
 
-    async def _generate_on(self, sess: Session, messages: list[dict[str, Any]] | None, max_tokens: int, temperature: float,
-                           stop: list[str] | None, schema: Any, tools: list[Tool] | None, name: str, ignore_eos: bool) -> Generation:
-        engine = self.runtime.engine
-        assert engine is not None
-        fmt = chat_format_of(engine)
-        sess.extend(list(messages or []), [t.schema() for t in tools] if tools else None, engine.encode, fmt)
-        opener = sess.generation_prompt(fmt)
-        prompt, prompt_text = sess.token_ids + engine.encode(opener), sess.text + opener
-        task, deps = self._task(name, TaskKind.LLM, Pool.GPU, est_tokens=len(prompt) + max_tokens)
-        provider = getattr(engine, "provider_name", telemetry.PROVIDER_NAME)
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name,
-                 "gen_ai.conversation.id": sess.id, "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": temperature,
-                 "agentrt.task.name": name, "agentrt.task.id": task.id, "agentrt.job.id": self.job_id}
-        history = list(sess.messages) if telemetry.capture_content() else None
-        self._last_session = sess
-        if self._next_hint is not None:
-            engine.unhint(self._next_hint)
-            self.job.hints.discard(self._next_hint)
-            self._next_hint = None
-        hinted = self.runtime.serving.graph_hints
-        if hinted:
-            # Steps-to-execution (KVFlow): while this call waits behind others for the GPU pool, its
-            # prefix is the last to be evicted and, with a host tier, is prefetched when it is next.
-            engine.hint(task.id, prompt, self.runtime.scheduler.num_queued_in(Pool.GPU))
-            self.runtime.prefix_hints[task.id] = prompt
-        try:
-            labels = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": engine.model_name}
-            with telemetry.span(f"chat {engine.model_name}", attrs) as sp, telemetry.timed_operation(labels):
-                gen = await self.runtime.run_task(
-                    self.job, task, deps, lambda: self._replayed(
-                        task, fingerprint("llm", name, prompt),
-                        lambda: self._generate(prompt, prompt_text, max_tokens, temperature, stop, schema, tools, task, sess, ignore_eos),
-                        Generation, lambda g: self._commit(sess, prompt, prompt_text, list(g.token_ids), task.id, fmt)),
-                    RetryPolicy())
-                _llm_span_attributes(sp, gen, task)
-                telemetry.chat_attributes(sp, gen, engine.model_name, provider, history)
-        finally:
-            if hinted:
-                self.runtime.prefix_hints.pop(task.id, None)
-                engine.unhint(task.id)
-        self._consumed(task)
-        return gen
-
-    async def _generate(self, prompt: list[int], prompt_text: str, max_tokens: int, temperature: float, stop: list[str] | None,
-                        schema: Any, tools: list[Tool] | None, task: Task, sess: Session, ignore_eos: bool) -> Generation:
-        engine = self.runtime.engine
-        assert engine is not None
-        fmt = chat_format_of(engine)
-        end_ids = [engine.special_id(t) for t in fmt.end_tokens]
-        marker = CALL_MARKERS.get(fmt.family) if tools else None
-        open_id = engine.special_id(marker[0]) if marker else None
-        stops = [] if ignore_eos else end_ids + ([open_id] if open_id is not None else [])
-        json_schema = json_schema_of(schema)
-        # Families whose calls are not split at an opening token (gpt-oss, DeepSeek-V3) are constrained
-        # in one pass by their structural tag.
-        tag = call_grammar(fmt, tools) if tools and marker is None and json_schema is None and not ignore_eos else None
-        start = time.perf_counter()
-        # Program-level LAS reaches the engine: the request is as urgent as its job's attained service.
-        # Without it the engine sees anonymous requests, served first come first served per request.
-        prio = self.runtime.scheduler.engine_priority(self.job_id) if self.runtime.serving.engine_priority else 0
-        program = self.job_id if self.runtime.serving.engine_priority else None
-        stream = self._token_stream(task)
-        out = await engine.generate(LLMRequest(prompt_ids=prompt, max_tokens=max_tokens, temperature=temperature,
-                                               stop_token_ids=stops, json_schema=json_schema, structural_tag=tag,
-                                               ignore_eos=ignore_eos,
-                                               priority=prio, program_id=program), **stream)
-        usage, ids, reason = out.usage, list(out.token_ids), out.finish_reason
-        if json_schema is not None and reason == "length":
-            raise SchemaError(f"structured output was cut off at max_tokens={max_tokens} before the JSON closed; raise max_tokens or bound the schema")
-        if marker and tools and ids and ids[-1] == open_id:
-            ids += await self._tool_call(prompt + ids, marker, end_ids, max_tokens, temperature, tools, usage, prio, program, stream)
-            reason = "tool_calls"
-        elif not ids or ids[-1] not in end_ids:
-            ids.append(end_ids[0])  # close a turn cut by max_tokens, so the next turn renders after it
-        raw, parsed, calls = self._commit(sess, prompt, prompt_text, ids, task.id, fmt)
-        if self.runtime.serving.tool_pins:
-            sess.pin_deadline = 0.0  # provisional: a tool call re-pins it for that tool's latency
-            pin_session(self, sess, sess.ttl)
-        usage.cost_usd = self.runtime.cost.llm_call(usage.device_seconds)
-        task.usage = usage
-        self._account(usage)
-        known = set(self.runtime.registry.tools)
-        errors = parsed.errors + [f"unknown tool {c.name!r}; known tools: {sorted(known)}" for c in calls if c.name not in known]
-        self.job.emit("llm_output", task, text=raw, seconds=time.perf_counter() - start, ttft=out.ttft,
-                      prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens)
-        return Generation(text=_trim(parsed.content, stop), token_ids=ids, tool_calls=[c for c in calls if c.name in known],
-                          finish_reason=reason, usage=usage, tool_call_errors=errors)
-
-    async def _tool_call(self, prompt: list[int], marker: tuple[str, str, str], end_ids: list[int], max_tokens: int,
-                         temperature: float, tools: list[Tool], usage: Usage, priority: int = 0,
-                         program: str | None = None, stream: dict[str, Any] | None = None) -> list[int]:
-        """The rest of a tool call the model opened: `{"name", "arguments"}` under the tools' grammar,
-        then the family's closing text and the end-of-turn token."""
-        engine = self.runtime.engine
-        assert engine is not None
-        head = engine.encode(marker[1]) if marker[1] else []
-        call = await engine.generate(LLMRequest(prompt_ids=prompt + head, max_tokens=max(64, max_tokens), temperature=temperature,
-                                                stop_token_ids=end_ids, json_schema=tool_call_schema(tools),
-                                                priority=priority, program_id=program), **(stream or {}))
-        # One logical call: `prompt` (the turn's prompt and the tokens generated up to the opening marker)
-        # was already counted, as prompt and generated tokens, by the first request; only the marker's
-        # text is new prompt. The engine work of re-reading it (cache hits, a recomputed last token) stays.
-        usage.add(call.usage)
-        usage.prompt_tokens -= len(prompt)
-        usage.cached_tokens -= min(call.usage.cached_tokens, len(prompt))
-        return head + [i for i in call.token_ids if i not in end_ids] + engine.encode(marker[2]) + [end_ids[0]]
-
-
-    def _commit(self, sess: Session, prompt: list[int], prompt_text: str, ids: list[int], task_id: str,
-                fmt: Any) -> tuple[str, Any, list[ToolCall]]:
-        """Record the generated turn in `sess` (also when a replay returns a recorded Generation):
-        (raw text, parsed output, tool calls)."""
-        engine = self.runtime.engine
-        assert engine is not None
-        raw = engine.decode(ids)
-        parsed = fmt.parse(raw)
-        calls = [ToolCall(f"{task_id}-{i}", c.name, c.arguments) for i, c in enumerate(parsed.tool_calls)]
-        plain = {"role": "assistant", "content": raw.removesuffix(engine.decode(ids[-1:]))}
-        sess.commit_turn(prompt, ids, prompt_text, raw, _assistant_message(parsed, calls), fmt, plain)
-        return raw, parsed, calls
-
-    def _token_stream(self, task: Task) -> dict[str, Any]:
-        """generate()'s `on_tokens` when someone listens to the job's events and the engine streams:
-        one `llm_token` event per engine step with that step's new text."""
-        if self.job.on_event is None or not getattr(self.runtime.engine, "streams_tokens", False):
-            return {}
-        return {"on_tokens": lambda ids, text: self.job.emit("llm_token", task, text=text, tokens=len(ids))}
-
-
-def _assistant_message(parsed: Any, calls: list[ToolCall]) -> dict[str, Any]:
-    """The assistant turn as later renderings of the conversation see it."""
-    message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
-    if calls:
-        message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                                 for c in calls]
-    if parsed.reasoning is not None:
-        message["reasoning_content"] = parsed.reasoning
-    return message
-
 
 async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _trim(text: str, stop: list[str] | None) -> str:
-    for s in stop or ():
-        if s in text:
-            text = text[: text.index(s)]
-    return text
-
-
-def _llm_span_attributes(sp: Any, gen: Generation, task: Task) -> None:
-    u = gen.usage
-    sp.set_attribute("agentrt.prefill_tokens_computed", u.prefill_tokens_computed)
-    sp.set_attribute("agentrt.device_seconds", u.device_seconds)
-    sp.set_attribute("agentrt.kv.device.byte_seconds", u.kv_byte_seconds)
-    sp.set_attribute("agentrt.kv.host.restored_bytes", u.kv_restored_bytes_host)
-    sp.set_attribute("agentrt.kv.disk.restored_bytes", u.kv_restored_bytes_disk)
-    sp.set_attribute("agentrt.spec.proposed_tokens", u.spec_proposed_tokens)
-    sp.set_attribute("agentrt.spec.accepted_tokens", u.spec_accepted_tokens)
-    sp.set_attribute("agentrt.cost.usd", u.cost_usd)
