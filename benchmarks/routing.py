@@ -1,36 +1,48 @@
 """Routing benchmark: the KV-aware router against round-robin and least-loaded, side by side.
 
 Two workloads: tau-bench airline agent runs (each run a job, replayed whole: every recorded
-assistant turn an LLM call whose prompt is the conversation so far, until the model's 4096-token
-context; the context grows to 2-4k tokens) and the Mooncake trace (each request a job; each
-512-token hash id becomes `--model-block-tokens` seeded tokens, first `--model-blocks` ids;
-requests of the trace's 8 most shared prefix groups). Measured on engine replicas on a local Ray
-cluster, per policy on fresh replicas, plus one replica alone (the hit-rate ceiling): prefix hit
-rate (cached / prompt tokens, as the engines report it), the hit rate on the tokens past the
-prefix all agent runs share (system prompt + tool schemas: the conversation's own tokens), mean
-and p99 job completion time, per-replica load (tokens computed; imbalance = max / mean - 1),
-conversation turns the router moved off their pinned replica, engine preemptions. Tool calls of
-the agent runs are not executed (LLM calls only).
+assistant turn an LLM call whose prompt is the conversation so far; the context grows to 2-7k
+tokens) and the Mooncake trace (each request a job; each 512-token hash id becomes
+`--model-block-tokens` seeded tokens, first `--model-blocks` ids; requests of the trace's 8 most
+shared prefix groups). Measured on engine replicas on a local Ray cluster, per policy on fresh
+replicas, plus one replica alone (the hit-rate ceiling): prefix hit rate (cached / prompt tokens,
+as the engines report it), the hit rate on the tokens past the prefix all agent runs share
+(system prompt + tool schemas: the conversation's own tokens), mean and p99 job completion time,
+per-replica load (tokens computed; imbalance = max / mean - 1), conversation turns the router
+moved off their pinned replica, engine preemptions. Tool calls of the agent runs are not executed
+(LLM calls only).
+
+The model (`--model`): by default a tiny random Qwen3-MoE built here (seeded, nothing downloaded)
+with the shipped model's tokenizer (the same token ids) and a context that fits the longest run,
+so whole runs are replayed (16 eval runs: 184 turns, 3000 prompt tokens on average, up to 6941).
+`--model default` serves the shipped model, whose 4096-token context cuts 7 of the runs (153 turns,
+2591 on average). Routing, caching and load are counted in tokens; the weights only set how long
+a token takes.
 
 What any router can reach on the agent replay, by arithmetic (`hit_rate_bound`, printed and in
 the JSON as `agent_bound`): every prompt opens with the same 1751-token system prompt + tool
 schemas, which every replica keeps cached, so no policy's hit rate on all prompt tokens falls
-below that prefix's share of them, and none beats a cache that never evicts. On the 16 eval runs
-whole (153 turns, 2591 prompt tokens on average) the shared share is 0.676 and the never-evicting
-hit rate 0.939, so kv-aware / round-robin on all tokens is at most 0.939 / 0.676 = 1.39x (at the
-first 6 turns of each run, as measured before: 0.825 shared, at most 1.13x): the issue's 1.5x is out of reach for any router on
-this workload at this context; it is read on the conversation's own tokens (conv. hit rate), where
-the bound is 1 / (round-robin's conv. hit rate).
+below that prefix's share of them, and none beats a cache that never evicts. Whole runs: the
+shared share is 0.584 and the never-evicting hit rate 0.942, so kv-aware / round-robin on all
+tokens is at most 1.61x (cut at 4096 tokens: 0.676 and 0.939, at most 1.39x). Per replica count,
+`round_robin_unbounded` is round-robin's expected hit rate with a cache that never evicts (each
+turn on a random replica): the ratio kv-aware can show without memory pressure (1.05x at 2
+replicas, 1.14x at 4, whole runs). Between that and the ceiling, the ratio is set by how much of
+the conversations round-robin's caches lose, i.e. by the KV budget.
 
-The regime is memory pressure, where one machine is not enough: `--concurrency` jobs in flight, and
-each replica's KV cache (the same for every policy) holds the shared prefix plus its share
-(`concurrency / replicas`) of the live conversations at their mean final length, times
-`--kv-headroom`. A policy that scatters a conversation over replicas then evicts and recomputes
-it. The one-replica ceiling gets the pooled budget (replicas x per-replica). The Mooncake replay's
-working set is far below that budget (no pressure there). `--sim` adds the no-model simulator
+The KV budget (`kv_blocks_per_replica`, the same for every policy) is the regime routing exists
+for: the live conversations do not fit one replica's cache, and do fit the cluster's when each
+replica keeps its own share. `--concurrency` jobs in flight; the live working set is the shared
+prefix plus that many conversations, each at its own tokens' mean over all turns (what a
+conversation in flight holds at a random moment); per replica: `--kv-headroom` x (the shared
+prefix + `concurrency / replicas` conversations), and at least the longest single call. The
+one-replica row gets replicas x that (the same total cache). With affinity each replica holds its
+share; round-robin sends every conversation to every replica, which would need `replicas` times
+the conversations' share on each, so it evicts and recomputes. The Mooncake replay's working set
+is far below that budget (no pressure there). `--sim` adds the no-model simulator
 (benchmarks/routing_sim.py) on the full Mooncake trace at 8-64 replicas.
 
-    python benchmarks/routing.py [--replicas 2 4] [--jobs 16] [--max-turns N] [--context 4096] [--concurrency 8]
+    python benchmarks/routing.py [--replicas 2 4] [--model tiny|default] [--jobs 16] [--max-turns N] [--context N] [--concurrency 8]
         [--kv-headroom 1.25] [--workloads agent mooncake] [--trajectories FILE] [--sim] [--quick]
 """
 
@@ -42,6 +54,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +67,8 @@ from benchmarks.routing_sim import SimRequest, simulate  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
 
-CONTEXT = 4096  # the model's context (max_position_embeddings): a run ends at its first turn past it
+CONTEXT = 4096  # the shipped model's context (max_position_embeddings): a run ends at its first turn past it
+TINY_SEED = 0
 POLICIES = ("kv-aware", "round-robin", "least-loaded")
 MOONCAKE_BLOCK = 512
 BLOCK = 16  # engine KV block size (tokens)
@@ -84,9 +98,9 @@ def workload_task_ids() -> set[int]:
 
 
 def agent_jobs(runs: list[list[dict[str, Any]]], tools: list[dict[str, Any]], max_turns: int | None, max_out: int,
-               context: int = CONTEXT) -> list[Job]:
+               context: int | None = CONTEXT) -> list[Job]:
     """One job per run: every recorded assistant turn (the first `max_turns`, None: all) whose
-    prompt and output fit in `context` tokens."""
+    prompt and output fit in `context` tokens (None: every turn, the run whole)."""
     tok = ChatTokenizer(DEFAULT_MODEL_DIR)
     jobs = []
     for traj in runs:
@@ -96,7 +110,7 @@ def agent_jobs(runs: list[list[dict[str, Any]]], tools: list[dict[str, Any]], ma
                 continue
             prompt = tok.encode(render_chat(traj[:i], tools, add_generation_prompt=True))
             out = min(max_out, max(1, len(tok.encode(render_message(m)))))
-            if len(prompt) + out >= context or (max_turns is not None and len(turns) >= max_turns):
+            if (context is not None and len(prompt) + out >= context) or (max_turns is not None and len(turns) >= max_turns):
                 break
             turns.append((prompt, out))
         jobs.append(Job(turns))
@@ -126,6 +140,28 @@ def mooncake_jobs(reqs: list[dict[str, Any]], blocks: int, block_tokens: int) ->
         return [rng.randrange(16, 8000) for _ in range(block_tokens)]
 
     return [Job([([t for h in r["hash_ids"][:blocks] for t in tokens(h)], 4)]) for r in reqs]
+
+
+# ---- the model the replicas serve -------------------------------------------------------------
+def tiny_context(jobs: list[Job]) -> int:
+    """A context that fits every call of `jobs` (prompt + output), rounded up to 1024 tokens."""
+    longest = max((len(p) + out for job in jobs for p, out in job.turns), default=1)
+    return -(-(longest + 1) // 1024) * 1024
+
+
+def build_model(kind: str, context: int, out: Path) -> tuple[str | None, str]:
+    """The engine's `model` option and a description of it. "default": the shipped model (its
+    context is 4096 tokens). "tiny": a tiny random Qwen3-MoE (hidden 32, 1 layer, 2 experts; seeded,
+    built here with transformers, nothing downloaded) with the shipped model's tokenizer, so the
+    token ids are the same, and `context` tokens of context: whole runs fit. Routing, caching and
+    load are about tokens, not weights; the tiny model only makes every token cheaper to compute."""
+    if kind == "default":
+        return None, f"the shipped default model ({CONTEXT}-token context)"
+    from engine.chat.fixtures import tiny_model
+
+    path = tiny_model("qwen3", out, TINY_SEED, tokenizer=DEFAULT_MODEL_DIR, max_position_embeddings=context)
+    return str(path), (f"a tiny random Qwen3-MoE (hidden 32, 1 layer, 2 experts, seed {TINY_SEED}; the shipped model's "
+                       f"tokenizer) with a {context}-token context")
 
 
 # ---- measured: replicas on Ray ----------------------------------------------------------------
@@ -161,6 +197,33 @@ def shared_prefix_len(jobs: list[Job]) -> int:
     return next((i for i in range(n) if len({p[i] for p in prompts}) > 1), n)
 
 
+def _common(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def round_robin_unbounded(jobs: list[Job], replicas: int, block_size: int) -> float:
+    """Round-robin's expected hit rate with a cache that never evicts, each turn on a random one of
+    `replicas` (the turns of concurrent jobs interleave, so a conversation's next replica is as
+    good as random): a turn finds the shared prefix, or the prompt of the conversation's latest
+    earlier turn on its replica (k turns back with probability (1/n)(1 - 1/n)^(k-1)), to the
+    last whole block in common. What round-robin reaches without memory pressure; under pressure
+    it falls toward the shared share. One replica: the never-evicting cache's hit rate."""
+    shared = shared_prefix_len(jobs)
+    stay = 1.0 / replicas
+    total = cached = 0.0
+    for job in jobs:
+        prompts = [p for p, _ in job.turns]
+        for t, prompt in enumerate(prompts):
+            hit = 0.0
+            for k in range(1, t + 1):
+                same = max(_common(prompts[t - k], prompt), shared) // block_size * block_size
+                hit += stay * (1 - stay) ** (k - 1) * same
+            hit += (1 - stay) ** t * (shared // block_size * block_size)
+            cached += hit
+            total += len(prompt)
+    return cached / total if total else 0.0
+
+
 def hit_rate_bound(jobs: list[Job], block_size: int) -> dict[str, float]:
     """What any router can reach on `jobs`, by arithmetic. Every replica keeps the shared prefix (it
     opens every prompt), so no policy's hit rate falls below its share of the prompt tokens
@@ -174,8 +237,7 @@ def hit_rate_bound(jobs: list[Job], block_size: int) -> dict[str, float]:
     for job in jobs:
         prev: list[int] = []
         for prompt, _ in job.turns:
-            same = next((i for i, (a, b) in enumerate(zip(prev, prompt, strict=False)) if a != b), min(len(prev), len(prompt)))
-            cached += max(same, shared) // block_size * block_size
+            cached += max(_common(prev, prompt), shared) // block_size * block_size
             total += len(prompt)
             prev = prompt
     turns = sum(len(job.turns) for job in jobs)
@@ -192,14 +254,25 @@ def conversation_hit_rate(calls: list[tuple[int, int]], shared: int) -> float:
     return sum(max(0, c - shared) for _, c in calls) / total if total else 0.0
 
 
-def kv_blocks_per_replica(jobs: list[Job], replicas: int, concurrency: int, headroom: float, block_size: int) -> int:
-    """The memory-pressure budget: room for the shared prefix plus this replica's share of the live
-    conversations (`concurrency / replicas` of them, each at its mean final length past the shared
-    prefix, output included), times `headroom`. The same for every policy."""
+KV_RULE = ("per-replica KV = max({factor} x (shared prefix + concurrency / replicas x the mean live conversation), "
+           "the longest call); the 1-replica row gets replicas x that")
+
+
+def kv_blocks_per_replica(jobs: list[Job], replicas: int, concurrency: int, factor: float, block_size: int) -> int:
+    """The regime routing exists for: the live conversations' working set does not fit one replica
+    but does fit the cluster when each replica keeps its own share. Live working set = the shared
+    prefix + `concurrency` conversations, each holding its own tokens (past the shared prefix, the
+    call's output included) at the mean over all turns (what a conversation in flight holds at a
+    random moment; its final length would overstate it). Per replica: the shared prefix + its
+    `1 / replicas` share of the conversations, times `factor` (room for turns longer than the mean),
+    and never less than the longest single call. The same for every policy; round-robin, which
+    sends every conversation to every replica, then needs `replicas` times the conversations'
+    share per replica and evicts."""
     shared = shared_prefix_len(jobs)
-    own = statistics.fmean(len(j.turns[-1][0]) + j.turns[-1][1] - shared for j in jobs if j.turns)
-    tokens = headroom * (shared + concurrency / replicas * own)
-    return -(-int(tokens) // block_size)
+    calls = [len(p) + out for job in jobs for p, out in job.turns]
+    live = statistics.fmean(c - shared for c in calls)
+    tokens = factor * (shared + concurrency / replicas * live)
+    return max(-(-int(tokens) // block_size), -(-max(calls) // block_size))
 
 
 def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work: dict[str, int], replicas: int) -> dict[str, Any]:
@@ -213,10 +286,12 @@ def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work:
 
 
 def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int, overlap_weight: float,
-            num_kv_blocks: int, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
+            num_kv_blocks: int, affinity_slack: int | None = 1, model: str | None = None) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
-    options = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
+    options: dict[str, Any] = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
+    if model is not None:
+        options["model"] = model
     config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
                        affinity_slack=affinity_slack, num_cpus_per_replica=0.5, engine_options=options)
     out = {}
@@ -310,10 +385,17 @@ def bound_note(data: dict[str, Any]) -> str:
     b = data.get("agent_bound")
     if not b:
         return ""
-    return (f"Agent replay: {b['turns']} turns, {b['mean_prompt_tokens']:.0f} prompt tokens on average; the shared prefix is "
-            f"{b['shared_share']:.3f} of the prompt tokens and a never-evicting cache would hit {b['ideal_hit_rate']:.3f}, so "
-            f"kv-aware / round-robin on all tokens is at most {b['max_ratio_vs_round_robin']:.2f}x for any router "
-            "(benchmarks/routing.py docstring).\n\n")
+    return (f"Agent replay ({data.get('model', '')}): {b['turns']} turns, {b['mean_prompt_tokens']:.0f} prompt tokens on "
+            f"average; the shared prefix is {b['shared_share']:.3f} of the prompt tokens and a never-evicting cache would hit "
+            f"{b['ideal_hit_rate']:.3f}, so kv-aware / round-robin on all tokens is at most "
+            f"{b['max_ratio_vs_round_robin']:.2f}x for any router (benchmarks/routing.py docstring).\n\n")
+
+
+def replica_bound_note(bound: dict[str, Any], rr_free: float, n: int) -> str:
+    """The per-replica-count reading: round-robin without memory pressure, and the ceiling."""
+    return (f"Bound at {n} replicas: round-robin with a never-evicting cache (each turn on a random replica) would hit "
+            f"{rr_free:.3f}, so kv-aware / round-robin is {bound['ideal_hit_rate'] / rr_free:.2f}x without memory pressure "
+            f"and at most {bound['max_ratio_vs_round_robin']:.2f}x when round-robin keeps only the shared prefix.")
 
 
 def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]) -> None:
@@ -321,7 +403,17 @@ def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]
     policy on fresh replicas with the per-replica budget. The first count's agent figures are
     `policies` in the JSON; every count is under `by_replicas`."""
     runs, tools = eval_runs(args.trajectories)
-    agent = agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out, args.context)
+    context = args.context if args.context is not None else (CONTEXT if args.model == "default" else None)
+    agent = agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out, context)
+    with tempfile.TemporaryDirectory(prefix="routing-model-") as tmp:
+        model, data["model"] = build_model(args.model, context or tiny_context(agent), Path(tmp) / "model")
+        data["context"] = context  # None: runs replayed whole
+        print(f"model: {data['model']}; runs {'whole' if context is None else f'cut at {context} tokens'}")
+        measure_counts(args, agent, model, data, sections)
+
+
+def measure_counts(args: argparse.Namespace, agent: list[Job], model: str | None, data: dict[str, Any],
+                   sections: list[str]) -> None:
     workloads = {"agent": agent}
     if "mooncake" in args.workloads:
         workloads["mooncake"] = mooncake_jobs(shared_prefix_requests(mooncake(), 8, args.mooncake_requests),
@@ -329,22 +421,29 @@ def measured(args: argparse.Namespace, data: dict[str, Any], sections: list[str]
     if "agent" not in args.workloads:
         del workloads["agent"]
     data["by_replicas"] = {}
-    data["concurrency"], data["kv_headroom"], data["context"] = args.concurrency, args.kv_headroom, args.context
+    data["concurrency"], data["kv_headroom"] = args.concurrency, args.kv_headroom
+    data["kv_rule"] = KV_RULE.format(factor=args.kv_headroom)
     data["overlap_weight"], data["affinity_slack"] = args.overlap_weight, args.affinity_slack
     data["agent_shared_prefix_tokens"] = shared_prefix_len(agent)
     data["agent_bound"] = hit_rate_bound(agent, BLOCK)
     print(bound_note(data).strip())
     for n in args.replicas:
         blocks = kv_blocks_per_replica(agent, n, args.concurrency, args.kv_headroom, BLOCK)
-        single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight, n * blocks)
-        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack)
+        single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight, n * blocks, model=model)
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack, model)
                 for p in POLICIES}
-        data["by_replicas"][str(n)] = {"kv_blocks_per_replica": blocks, "block_size": BLOCK}
+        rr_free = round_robin_unbounded(agent, n, BLOCK)
+        data["by_replicas"][str(n)] = {"kv_blocks_per_replica": blocks, "block_size": BLOCK,
+                                       "round_robin_never_evicting_hit_rate": rr_free}
         for name in workloads:
             pol = {p: pols[p][name] for p in POLICIES}
-            title = f"{name} replay, {n} replicas on local Ray, {blocks} KV blocks of {BLOCK} tokens each"
+            title = (f"{name} replay, {n} replicas on local Ray, {blocks} KV blocks of {BLOCK} tokens each "
+                     f"(1 replica: {n * blocks})")
+            note = replica_bound_note(data["agent_bound"], rr_free, n) if name == "agent" else ""
             print_table(title, COLUMNS, rows_of(single[name], pol))
-            sections.append(f"**{title}**\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}")
+            if note:
+                print(note)
+            sections.append(f"**{title}**\n\n{markdown_table(COLUMNS, rows_of(single[name], pol))}" + (f"\n\n{note}" if note else ""))
             entry = {"policies": pol, "single_replica": single[name], "targets": targets(single[name], pol)}
             data["by_replicas"][str(n)][name] = entry
             if n == args.replicas[0]:
@@ -358,8 +457,10 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, nargs="+", default=[2], help="engine replica counts to measure (2-4)")
     ap.add_argument("--jobs", type=int, default=16, help="agent runs to replay (eval split: 16 runs)")
     ap.add_argument("--max-turns", type=int, default=None, help="assistant turns replayed per run, at most (default: all)")
-    ap.add_argument("--context", type=int, default=CONTEXT,
-                    help="context cap in tokens, at most the model's: a run ends at its first turn that does not fit")
+    ap.add_argument("--model", choices=("tiny", "default"), default="tiny",
+                    help="tiny: a tiny random model whose context fits whole runs; default: the shipped model (4096-token context)")
+    ap.add_argument("--context", type=int, default=None,
+                    help="context cap in tokens (default: none for tiny, 4096 for default): a run ends at its first turn that does not fit")
     ap.add_argument("--workloads", nargs="+", choices=("agent", "mooncake"), default=["agent", "mooncake"])
     ap.add_argument("--max-out", type=int, default=8, help="output tokens per LLM call, at most")
     ap.add_argument("--mooncake-requests", type=int, default=64, help="from the 8 most shared prefix groups")
@@ -367,7 +468,7 @@ def main() -> None:
     ap.add_argument("--model-block-tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8, help="jobs in flight")
     ap.add_argument("--kv-headroom", type=float, default=1.25,
-                    help="per-replica KV budget = headroom x (shared prefix + its share of the live conversations)")
+                    help="per-replica KV budget = headroom x (shared prefix + its share of the live conversations at their mean length)")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format (default: eval split)")
     ap.add_argument("--sim", action="store_true", help="also simulate the full Mooncake trace at 8-64 replicas")
     ap.add_argument("--sim-replicas", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -403,10 +504,12 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     body = ("The machine was shared with other jobs while measuring; JCTs are noisy (one run per policy). "
             "Targets (agent replay): kv-aware hit rate within 5% of one replica's and >= 1.5x round-robin's, "
-            "imbalance <= 0.2. Regime: memory pressure (see the module docstring of benchmarks/routing.py): "
-            f"{args.concurrency} jobs in flight, each replica's KV budget = {args.kv_headroom} x (the "
-            f"{data.get('agent_shared_prefix_tokens', 0)}-token shared prefix + its share of the live conversations); "
-            "the 1-replica row has the pooled budget. conv. hit rate = hit rate on the tokens past the shared prefix; "
+            f"imbalance <= 0.2. Model: {data.get('model', '-')}; agent runs "
+            f"{'replayed whole' if data.get('context') is None else 'cut at ' + str(data['context']) + ' tokens'}. "
+            "Regime: memory pressure (see the module docstring of benchmarks/routing.py): "
+            f"{args.concurrency} jobs in flight; {data.get('kv_rule', '-')} (the "
+            f"{data.get('agent_shared_prefix_tokens', 0)}-token shared prefix; a conversation's own tokens at their mean "
+            "over all turns). conv. hit rate = hit rate on the tokens past the shared prefix; "
             "moved = conversation turns routed off their pinned replica; preempt = engine preemptions. "
             f"kv-aware: overlap weight {args.overlap_weight}, affinity slack {args.affinity_slack}.\n\n"
             + bound_note(data)

@@ -76,22 +76,25 @@ def _unpack(tgz: Path, dest: Path) -> None:
             (dest / f).write_bytes(member.read())
 
 
-def tiny_model(name: str, out: Path, seed: int = 0) -> Path:
+def tiny_model(name: str, out: Path, seed: int = 0, *, tokenizer: Path | None = None,
+               max_position_embeddings: int = 2048) -> Path:
     """A tiny random model of `name`'s architecture (transformers) with its real tokenizer, saved to
-    `out`: Qwen3-MoE for "qwen3", DeepSeek-V3 for "deepseek_v3", gpt-oss for "gptoss"."""
+    `out`: Qwen3-MoE for "qwen3", DeepSeek-V3 for "deepseek_v3", gpt-oss for "gptoss". `tokenizer`:
+    a directory with tokenizer.json and tokenizer_config.json to use instead of `name`'s fixture
+    (e.g. the shipped model's, so token ids match it); `max_position_embeddings`: its context."""
     import torch
     import transformers
 
     from engine.chat.template import read_tokenizer_config
 
-    src = tokenizer_dir(name)
+    src = tokenizer if tokenizer is not None else tokenizer_dir(name)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
     eos = read_tokenizer_config(src).get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
     common: dict[str, object] = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     max_position_embeddings=2048, tie_word_embeddings=True,
+                                     max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
                                      eos_token_id=tok.token_to_id(eos) if eos else None)
     torch.manual_seed(seed)
     model = _TINY[name](transformers, common)

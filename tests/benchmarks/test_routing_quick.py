@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.routing import Job, hit_rate_bound
+from benchmarks.routing import (
+    Job,
+    build_model,
+    hit_rate_bound,
+    kv_blocks_per_replica,
+    round_robin_unbounded,
+    tiny_context,
+)
 from benchmarks.routing_sim import SimRequest, simulate
 from engine.config import data_dir
 
@@ -47,15 +54,56 @@ def test_routing_quick_mode_simulates_every_policy() -> None:
         assert policy in out.stdout
 
 
-def test_the_hit_rate_bound_is_the_shared_share_and_the_never_evicting_cache() -> None:
-    """Two 2-turn jobs on a 32-token shared prefix, 16-token blocks: prompts 48 then 64 tokens.
-    Shared: 4 x 32 of 224 prompt tokens; a never-evicting cache holds 32 then 48 of each job."""
+def _two_jobs() -> list[Job]:
+    """Two 2-turn jobs on a 32-token shared prefix: prompts 48 then 64 tokens, 4 output tokens."""
     shared = [7] * 32
     jobs = []
     for j in (1, 2):
         own1, own2 = [100 * j + i for i in range(16)], [200 * j + i for i in range(16)]
         jobs.append(Job([(shared + own1, 4), (shared + own1 + own2, 4)]))
-    b = hit_rate_bound(jobs, 16)
+    return jobs
+
+
+def test_the_hit_rate_bound_is_the_shared_share_and_the_never_evicting_cache() -> None:
+    """16-token blocks. Shared: 4 x 32 of 224 prompt tokens; a never-evicting cache holds 32 then
+    48 of each job."""
+    b = hit_rate_bound(_two_jobs(), 16)
     assert b["turns"] == 4 and b["mean_prompt_tokens"] == 56
     assert b["shared_share"] == 128 / 224 and b["ideal_hit_rate"] == 160 / 224
     assert b["max_ratio_vs_round_robin"] == 160 / 128
+
+
+def test_round_robin_without_pressure_finds_the_last_turn_on_its_replica_one_time_in_n() -> None:
+    """The second turn lands on the first turn's replica with probability 1/n (48 tokens cached),
+    else finds the shared 32; the first turn finds the shared 32. One replica: the never-evicting cache."""
+    jobs = _two_jobs()
+    assert round_robin_unbounded(jobs, 1, 16) == hit_rate_bound(jobs, 16)["ideal_hit_rate"]
+    assert round_robin_unbounded(jobs, 2, 16) == 2 * (32 + 0.5 * 48 + 0.5 * 32) / 224
+    assert round_robin_unbounded(jobs, 4, 16) == 2 * (32 + 0.25 * 48 + 0.75 * 32) / 224
+
+
+def test_the_kv_budget_is_a_share_of_the_live_conversations_and_fits_the_longest_call() -> None:
+    """Calls of 52 and 68 tokens (prompt + output) past a 32-token shared prefix: a conversation
+    holds 28 own tokens on average. 8 in flight on 2 replicas, factor 1.25: 1.25 x (32 + 4 x 28) =
+    180 tokens = 12 blocks; 2 in flight, factor 1: 60 tokens, below the longest call's 5 blocks."""
+    jobs = _two_jobs()
+    assert kv_blocks_per_replica(jobs, 2, 8, 1.25, 16) == 12
+    assert kv_blocks_per_replica(jobs, 4, 8, 1.25, 16) == 7  # 1.25 x (32 + 2 x 28) = 110 tokens
+    assert kv_blocks_per_replica(jobs, 2, 2, 1.0, 16) == 5
+
+
+def test_the_tiny_model_takes_whole_runs(tmp_path: Path) -> None:
+    """The tiny model's context fits the longest call; the engine serves a prompt past the shipped
+    model's 4096 tokens on it."""
+    from engine import LLM, SamplingParams
+
+    jobs = [Job([([5] * 4500, 8)])]
+    context = tiny_context(jobs)
+    assert context == 5120
+    path, desc = build_model("tiny", context, tmp_path / "m")
+    assert path is not None and "5120-token context" in desc
+    assert json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"] == 5120
+    llm = LLM(path, device="cpu", dtype="float32", num_kv_blocks=320, num_threads=1)
+    out = llm.generate([jobs[0].turns[0][0]], SamplingParams(max_tokens=2, ignore_eos=True))
+    assert len(out[0].token_ids) == 2
+    assert build_model("default", 4096, tmp_path / "d") == (None, "the shipped default model (4096-token context)")
