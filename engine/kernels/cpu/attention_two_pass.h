@@ -152,15 +152,18 @@ AI void attend_two_pass(const float *q, int64_t q_row0, int64_t q_len, int64_t c
         inv[r] = softmax_row8(sc + r * ld, pos[r] + 1);
         for (int64_t d = 0; d < D; d++) acc[r * D + d] = 0.f;
     }
-    /* pass 3: the weighted V rows, block by block; up to three rows that see the same keys of a block together */
+    /* pass 3: the weighted V rows, block by block; two or three rows that see the same keys of a block together */
     for (int64_t b = 0; b < nblocks; b++) {
         const int64_t key0 = b * block_size;
         const float *vb = v_cache + (table[b] * block_size * Hkv + h) * D;
         for (int64_t r = 0; r < nrows;) {
-            const int64_t n = pos[r] + 1 - key0 < block_size ? pos[r] + 1 - key0 : block_size;
+#define SEEN(i) (pos[i] + 1 - key0 < block_size ? pos[i] + 1 - key0 : block_size)  /* keys of the block row i sees */
+            const int64_t n = SEEN(r);
             if (n <= 0) { r++; continue; }
-            int R = 1;
-            while (R < 3 && r + R < nrows && (pos[r + R] + 1 - key0 < block_size ? pos[r + R] + 1 - key0 : block_size) == n) R++;
+            int R = 1;  /* rows r .. r + R - 1 see the same n keys; groups of 3, but 2 + 2 rather than 3 + 1 */
+            while (R < 4 && r + R < nrows && SEEN(r + R) == n) R++;
+            if (R == 4) R = r + 4 < nrows && SEEN(r + 4) == n ? 3 : 2;
+#undef SEEN
             const float *p[3] = {sc + r * ld + key0, sc + (r + R / 2) * ld + key0, sc + (r + R - 1) * ld + key0};
             float *a[3] = {acc + r * D, acc + (r + R / 2) * D, acc + (r + R - 1) * D};
             if (R == 3) weigh_chunk(p, vb, stride, n, a, 3, D);
