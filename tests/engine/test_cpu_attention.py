@@ -82,8 +82,8 @@ def test_unsupported_steps_are_refused() -> None:
     ],
 )
 def test_tiled_path_equals_row_path(query_lens: list[int], ctx_lens: list[int], heads: tuple[int, int, int], block_size: int) -> None:
-    """The multi-row (AVX-512) path and the row-at-a-time path agree with each other and with torch;
-    on machines without AVX-512 both calls take the row path."""
+    """The multi-row path (AVX-512: tiled; AVX2: two-pass) and the row-at-a-time path (its reference
+    twin) agree with each other and with torch; on other machines both calls take the row path."""
     q, k, v, meta = _case(query_lens, ctx_lens, heads, block_size, seed=len(query_lens) + ctx_lens[0])
     scale = heads[2] ** -0.5
     ref = paged_attention_torch(q, k, v, meta, scale)
@@ -93,8 +93,8 @@ def test_tiled_path_equals_row_path(query_lens: list[int], ctx_lens: list[int], 
     torch.testing.assert_close(rows, ref, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not cpu_attention.tiled_supported(64), reason="the tiled path needs AVX-512")
-def test_tiled_path_propagates_nan() -> None:
+@pytest.mark.skipif(not cpu_attention.multi_row_supported(64), reason="no multi-row path on this CPU")
+def test_multi_row_path_propagates_nan() -> None:
     q, k, v, meta = _case([6], [50], (4, 2, 64), 16, seed=3)
     q[2, 1, 5] = float("nan")  # token 2, query head 1
     out = cpu_attention.paged_attention(q, k, v, meta, 0.125, tiled_min_rows=1)
@@ -121,7 +121,7 @@ def test_prefill_chunks_run_on_the_tiled_path(query_lens: list[int], ctx_lens: l
         cpu_attention.paged_attention(q, k, v, meta, scale, tiled_min_rows=10**9)
 
 
-@pytest.mark.parametrize("heads", [(4, 2, 64), (6, 3, 24)])  # the tiled path (where AVX-512 runs it) and the row path
+@pytest.mark.parametrize("heads", [(4, 2, 64), (6, 3, 24), (4, 1, 40)])  # multi-row paths where they run, and the row path
 def test_a_row_does_not_depend_on_the_rows_computed_with_it(heads: tuple[int, int, int]) -> None:
     """Token t of a 17-row verification step equals, bitwise, the same token decoded alone: greedy
     speculative decoding then reproduces plain decoding exactly."""
@@ -131,3 +131,35 @@ def test_a_row_does_not_depend_on_the_rows_computed_with_it(heads: tuple[int, in
     for t in (0, 5, 16):
         alone = AttentionMetadata.build([1], [300 - 16 + t], meta.block_table_lists, 16, "cpu")
         assert torch.equal(paged_attention(q[t : t + 1], k, v, alone, scale)[0], full[t]), t
+
+
+@pytest.mark.parametrize("block_size", [16, 12])  # 12: the keys past a block's last multiple of 8
+def test_a_row_does_not_depend_on_the_context_after_it(block_size: int) -> None:
+    """A decode row with garbage (even NaN) in the unwritten slots of its last block, and the same
+    row verified with drafts after it, equal each other bitwise (the multi-row paths compute a key's
+    score by the key's place in its block, never by the context length)."""
+    q, k, v, meta = _case([9], [300], (4, 2, 64), block_size, seed=4)
+    scale = 0.125
+    full = paged_attention(q, k, v, meta, scale)
+    for t in (0, 3, 8):
+        alone = AttentionMetadata.build([1], [300 - 8 + t], meta.block_table_lists, block_size, "cpu")
+        k2, v2 = k.clone(), v.clone()
+        last = meta.block_table_lists[0][(300 - 8 + t - 1) // block_size]
+        k2[last, (300 - 8 + t) % block_size or block_size:] = float("nan")
+        v2[last, (300 - 8 + t) % block_size or block_size:] = float("nan")
+        assert torch.equal(paged_attention(q[t : t + 1], k2, v2, alone, scale)[0], full[t]), t
+
+
+@pytest.mark.skipif(not cpu_attention.multi_row_supported(16), reason="no multi-row path on this CPU")
+def test_greedy_tokens_of_the_multi_row_path_equal_the_row_paths(tiny_qwen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multi-row path rounds differently from its reference twin (the row path) but decodes the
+    same greedy tokens."""
+    from engine import LLM, SamplingParams
+
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(2, 90, (n,), generator=g).tolist() for n in (5, 40, 90)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    opts = dict(device="cpu", dtype="float32", block_size=8, num_kv_blocks=128)
+    fast = [o.token_ids for o in LLM(tiny_qwen, **opts).generate(prompts, params)]  # type: ignore[arg-type]
+    monkeypatch.setattr(cpu_attention, "TILED_MIN_ROWS", 10**9)
+    assert [o.token_ids for o in LLM(tiny_qwen, **opts).generate(prompts, params)] == fast  # type: ignore[arg-type]

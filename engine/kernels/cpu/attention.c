@@ -73,6 +73,7 @@ static inline void row_block(const float *qr, const float *kb, const float *vb, 
 }
 
 #include "attention_tiled.h"
+#include "attention_two_pass.h"
 #include <omp.h>
 
 /* How paged_attention splits its work between threads (see autotune.py); none of it changes a sum,
@@ -154,7 +155,11 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                         int64_t tiled_min_rows, int64_t window, const float *sinks, const int64_t *tune)
 {
     const int64_t *t = tune ? tune : ATTENTION_DEFAULTS;
-    const int64_t tile_rows = t[0] >= 1 && t[0] <= TILE_ROWS ? t[0] : TILE_ROWS;
+    const int64_t two_pass = two_pass_supported(D) && window <= 0 && !sinks;
+    /* rows per multi-row item: tuned for the tiled path; the two-pass path's work split is fixed (one item
+       per (sequence, KV head) up to TWO_PASS_ROWS rows: splitting it would read the context once more) */
+    const int64_t tile_rows = two_pass ? TWO_PASS_ROWS : t[0] >= 1 && t[0] <= TILE_ROWS ? t[0] : TILE_ROWS;
+    /* the multi-row path of this build: tiled (AVX-512) or two-pass (AVX2); either takes r0 >= 0 items */
     const int64_t G = Hq / Hkv, tiled = tiled_supported(D) && window <= 0 && !sinks;
     int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0, work = 0;
     for (int64_t s = 0; s < num_seqs; s++) {
@@ -164,13 +169,14 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     /* item -> (sequence, head, first row; -1 = the row path) */
     int64_t *items = (int64_t *)malloc((size_t)(3 * bound + 1) * sizeof(int64_t));
     for (int64_t s = 0; s < num_seqs; s++) {
-        const int64_t q_len = cu_q[s + 1] - cu_q[s], rows = q_len * G, use_tiled = tiled && rows >= tiled_min_rows;
+        const int64_t q_len = cu_q[s + 1] - cu_q[s], rows = q_len * G;
+        const int64_t use_tiled = (tiled || (two_pass && q_len <= 32)) && rows >= tiled_min_rows;
         if (rows <= 0) continue;
         if (!use_tiled && q_len > 32) {
             free(items);
             return -1;
         }
-        if (use_tiled && ctx_lens[s] + 32 > max_ld) max_ld = ctx_lens[s] + 32;
+        if (use_tiled && ctx_lens[s] + 32 + block_size > max_ld) max_ld = ctx_lens[s] + 32 + block_size;
         any_tiled |= use_tiled;
         for (int64_t h = 0; h < Hkv; h++)
             for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += tile_rows) {
@@ -183,9 +189,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     #pragma omp parallel num_threads(threads) if (work >= t[2])
     {
         float *scratch = 0;
-#ifdef __AVX512F__
-        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((TILE_ROWS * max_ld + 32 * D) * sizeof(float) + 63) / 64 * 64);
-#endif
+        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((tile_rows * max_ld + tile_rows * D) * sizeof(float) + 63) / 64 * 64);
         #pragma omp for schedule(runtime)
         for (int64_t i = 0; i < num_items; i++) {
             const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
@@ -195,6 +199,20 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                 const int64_t rows = q_len * G, nrows = rows - r0 < tile_rows ? rows - r0 : tile_rows;
                 attend_tiled(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv, D,
                              scale, out, scratch);
+                continue;
+            }
+#elif defined(__AVX2__)
+            if (r0 >= 0) {
+                const int64_t rows = q_len * G, nrows = rows - r0 < tile_rows ? rows - r0 : tile_rows;
+                if (D == 64)  /* constant head sizes keep the accumulators in registers */
+                    attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
+                                    64, scale, out, scratch);
+                else if (D == 128)
+                    attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
+                                    128, scale, out, scratch);
+                else
+                    attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
+                                    D, scale, out, scratch);
                 continue;
             }
 #endif

@@ -12,7 +12,12 @@ with `ctx` tokens sees keys 0 .. ctx - q_len + t.
 Verification steps and prefill chunks put many rows on one (sequence, KV head): with AVX-512,
 work items of up to 32 rows (decode rows too, see TILED_MIN_ROWS) share every K and V load instead
 (attention_tiled.h): 1.9x the row path at 17 tokens x 2 query heads over 2,000 keys, and any
-number of new tokens per sequence (the row path takes at most MAX_QUERY_LEN).
+number of new tokens per sequence (the row path takes at most MAX_QUERY_LEN). On AVX2 without
+AVX-512 the two-pass path (attention_two_pass.h) takes those rows instead (up to MAX_QUERY_LEN new
+tokens): scores of the item's rows block by block, one softmax per row, then the weighted V rows,
+with K and V loads shared by two or three rows; it replaces the row path's per-block online
+softmax (scalar max, expf and rescale per 16 keys). Both multi-row paths round differently from
+the row path, which stays their reference twin (tests force it with `tiled_min_rows`).
 
 The torch path (`paged_attention.paged_attention_torch`) is the oracle (tests/engine/test_cpu_attention.py).
 Built on first use by `kernels.cpu.native`; without a C compiler `available()` is False.
@@ -30,8 +35,8 @@ from engine.kernels.cpu import autotune, native
 
 MAX_QUERY_LEN = 32  # new tokens per sequence up to which a step uses the kernel (larger: torch SDPA)
 # Query rows (new tokens x query heads per KV head) of one (sequence, KV head) from which the
-# AVX-512 tiled path runs; below it, and without AVX-512, the row-at-a-time path. 1: every row
-# takes the tiled path, so a token's attention is bitwise the same decoded alone or verified among
+# multi-row path runs (AVX-512: tiled; AVX2: two-pass); below it, and on other CPUs, the
+# row-at-a-time path. 1: every row takes the multi-row path, so a token's attention is bitwise the same decoded alone or verified among
 # drafts (the paths round differently) and greedy speculation reproduces plain decoding exactly;
 # the row path would decode a lone token ~7% faster. For the same reason it is not autotuned per
 # CPU: only the work split below is (KNOBS), which never changes a sum.
@@ -59,7 +64,7 @@ class PagedBatch(Protocol):
 
 _P, _I = native.PTR, native.I64
 _SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P, _P), _I),
-               ("tiled_supported", (_I,), _I))
+               ("tiled_supported", (_I,), _I), ("two_pass_supported", (_I,), _I))
 
 # The work split (attention.c's tune array), chosen per CPU by autotune.py among numerically identical
 # candidates: query rows per tiled work item, the items' OpenMP schedule (0: dynamic, 1: static) and
@@ -115,6 +120,15 @@ def tiled_supported(head_dim: int) -> bool:
     then any number of new tokens per sequence is supported (prefill chunks too)."""
     lib = _KERNELS.get()
     return lib is not None and bool(lib.tiled_supported(head_dim))
+
+
+@functools.cache
+def multi_row_supported(head_dim: int) -> bool:
+    """Whether this build has a path that shares each K and V block between a (sequence, KV head)'s
+    rows here for this head size: the tiled path (AVX-512) or the two-pass path (AVX2 without
+    AVX-512, head_dim % 8 == 0; at most MAX_QUERY_LEN new tokens per sequence)."""
+    lib = _KERNELS.get()
+    return lib is not None and bool(lib.tiled_supported(head_dim) or lib.two_pass_supported(head_dim))
 
 
 def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch, variant: bool = False) -> bool:
