@@ -137,16 +137,19 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t l
 #define KB_LD (2 * PANEL)
 static inline __attribute__((always_inline)) void tile_block(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
                                                              int64_t k0, int64_t k1, float *acc, const int mr, const int np,
-                                                             const int64_t pf) {
+                                                             const char *pf, int64_t every) {
 #define KDECL(r) v16 d##r##0 = v16_zero(), d##r##1 = v16_zero(); \
                  if (mr > r && k0) { d##r##0 = v16_load(acc + r * KB_LD, 0, 0); if (np == 2) d##r##1 = v16_load(acc + r * KB_LD, 0, PANEL); }
     ROWS(KDECL)
-    const char *second = (const char *)panel + K * PANEL * (bf16 ? 2 : 4);
-    const int64_t esz = bf16 ? 2 : 4;
+    const int64_t esz = bf16 ? 2 : 4, pstride = K * PANEL * esz;
+    const char *second = (const char *)panel + pstride;
+    int64_t wait = every;
     for (int64_t k = k0; k < k1; k++) {
-        if (pf) {  /* the first tile fetches the next block while the others still use this one */
-            _mm_prefetch((const char *)panel + (k + pf) * PANEL * esz, _MM_HINT_T0);
-            if (np == 2) _mm_prefetch(second + (k + pf) * PANEL * esz, _MM_HINT_T0);
+        if (pf && --wait == 0) {  /* this tile's share of the next block, one k row every `every` steps */
+            wait = every;
+            _mm_prefetch(pf, _MM_HINT_T0);
+            if (np == 2) _mm_prefetch(pf + pstride, _MM_HINT_T0);
+            pf += PANEL * esz;
         }
         const v16 w0 = v16_load(panel, bf16, k * PANEL);
         const v16 w1 = np == 2 ? v16_load(second, bf16, k * PANEL) : v16_zero();
@@ -157,20 +160,22 @@ static inline __attribute__((always_inline)) void tile_block(const float *x, int
 }
 
 /* One k-block of a tile of mr rows against panel p (np = 1) or p and p + 1, with compile-time
-   shapes (as tile_panels), sums in acc (row stride KB_LD; panel p + 1's from column PANEL). */
+   shapes (as tile_panels), sums in acc (row stride KB_LD; panel p + 1's from column PANEL).
+   pf: where this tile's share of the next block starts in panel p (NULL: no prefetch; the same
+   offset in p + 1 too), one k row every `every` steps. */
 static void block_panels(const float *x, int64_t ldx, const void *w, int bf16, int64_t K, int64_t k0, int64_t k1, float *acc,
-                         int64_t p, int np, int mr, int64_t pf) {
+                         int64_t p, int np, int mr, const char *pf, int64_t every) {
     const int64_t esz = bf16 ? 2 : 4;
 #if PAIR_MAX_ROWS < MR
     if (np == 2 && mr > PAIR_MAX_ROWS) {
-        block_panels(x, ldx, w, bf16, K, k0, k1, acc, p, 1, mr, pf);
-        block_panels(x, ldx, w, bf16, K, k0, k1, acc + PANEL, p + 1, 1, mr, pf);
+        block_panels(x, ldx, w, bf16, K, k0, k1, acc, p, 1, mr, pf, every);
+        block_panels(x, ldx, w, bf16, K, k0, k1, acc + PANEL, p + 1, 1, mr, pf ? pf + K * PANEL * esz : 0, every);
         return;
     }
 #endif
     const void *panel = (const char *)w + p * K * PANEL * esz;
-#define KCASE(r, n) case r + 1: bf16 ? tile_block(x, ldx, panel, 1, K, k0, k1, acc, r + 1, n, pf) \
-                                     : tile_block(x, ldx, panel, 0, K, k0, k1, acc, r + 1, n, pf); return;
+#define KCASE(r, n) case r + 1: bf16 ? tile_block(x, ldx, panel, 1, K, k0, k1, acc, r + 1, n, pf, every) \
+                                     : tile_block(x, ldx, panel, 0, K, k0, k1, acc, r + 1, n, pf, every); return;
 #define KCASE1(r) KCASE(r, 1)
 #define KCASE2(r) KCASE(r, 2)
     if (np == 2) { switch (mr) { PAIR_ROWS(KCASE2) } }
@@ -178,15 +183,22 @@ static void block_panels(const float *x, int64_t ldx, const void *w, int bf16, i
 }
 
 /* rows_panels (below) k-blocked: all M rows in tiles of mr against panels p0 (and p0 + 1, np = 2)
-   -> y, as tile_panels writes them. */
+   -> y, as tile_panels writes them. While a block is computed its tiles prefetch the next one (the
+   next panels' first block after the last), each tile an equal share spread over its steps, so the
+   memory stream runs through all of the arithmetic instead of in bursts. */
 static void rows_panels_kblocked(const float *x, int64_t M, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
                                  float *y, int64_t ldy, int64_t p0, int np, int64_t N, int swiglu, int mr, int64_t kb) {
     float acc[KB_MAX_ROWS * KB_LD];
+    const int64_t esz = bf16 ? 2 : 4, tiles = (M + mr - 1) / mr, share = (kb + tiles - 1) / tiles;
+    const int64_t panels = swiglu ? N / PANEL : (N + PANEL - 1) / PANEL;
+    const char *base = (const char *)w + p0 * K * PANEL * esz;
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
         const int64_t k1 = K - k0 < kb ? K : k0 + kb;
-        for (int64_t m0 = 0; m0 < M; m0 += mr)
+        /* the next block: rows [k1, k1 + kb) of these panels, or the first kb rows of the next ones */
+        const char *next = k1 < K ? base + k1 * PANEL * esz : p0 + np < panels ? base + np * K * PANEL * esz : 0;
+        for (int64_t m0 = 0, t = 0; m0 < M; m0 += mr, t++)
             block_panels(x + m0 * ldx, ldx, w, bf16, K, k0, k1, acc + m0 * KB_LD, p0, np, (int)(M - m0 < mr ? M - m0 : mr),
-                         m0 ? 0 : kb);
+                         next ? next + t * share * PANEL * esz : 0, (k1 - k0) / share > 1 ? (k1 - k0) / share : 1);
     }
     const int64_t width = swiglu ? 8 : PANEL, n0 = p0 * PANEL;
     const int64_t c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
