@@ -129,10 +129,8 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t l
    per call (not once per row tile, the later tiles re-reading it from L2), and the memory stream is
    spread over all the tiles' arithmetic instead of stalling the first one. The sums wait between
    blocks in acc [M, 2 PANEL] (an fp32 store and reload is exact), so each is still one FMA chain over
-   k in order: bitwise `tile`'s (tests/engine/test_cpu_linear.py checks both schedules agree). The
-   first row tile prefetches the next block (pf: how many k rows ahead; 0: none) while the later
-   tiles compute from L1, which keeps memory busy through the whole block (measured on a Zen 3 AVX2
-   core, b16 decode shapes: k-blocking alone ~3% faster, with the prefetch ~13%). */
+   k in order: bitwise `tile`'s (tests/engine/test_cpu_linear.py and tests/engine/moe/test_cpu_dense.py
+   check both schedules agree). The tiles of a block prefetch the next one (see rows_panels_kblocked). */
 #define KB_MAX_ROWS 32
 #define KB_LD (2 * PANEL)
 static inline __attribute__((always_inline)) void tile_block(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
