@@ -72,3 +72,33 @@ def test_bad_inputs_raise() -> None:
         cpu_linear.packed_linear(torch.randn(2, 32), torch.randn(2, 32, 8), 20)
     with pytest.raises(ValueError, match="fp32 or bf16"):
         cpu_linear.pack(torch.randn(4, 4), torch.float16)
+
+
+def _schedule(**knobs: int) -> tuple[int, ...]:
+    """linear.c's tune array: the defaults with some knobs changed."""
+    return tuple(knobs.get(name, value) for name, value in zip(cpu_linear.KNOBS, cpu_linear.DEFAULT, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "n", "k"), [(7, 100, 300), (13, 40, 129), (16, 768, 512), (16, 33, 257), (32, 48, 200), (33, 20, 300)])
+def test_k_blocked_tiles_equal_whole_k_tiles_bitwise(dtype: torch.dtype, rows: int, n: int, k: int) -> None:
+    """The k-blocked schedule (panel.h rows_panels_kblocked, AVX2 builds) is the whole-K one's fast
+    twin: every sum is the same FMA chain, so the outputs agree bit for bit, bias, partial panels,
+    a row stride, block tails and row counts past its limit (33: the whole-K path) included."""
+    import ctypes
+
+    g = torch.Generator().manual_seed(rows * 7 + n + k)
+    panels = cpu_linear.pack(torch.randn(n, k, generator=g).to(dtype), dtype)
+    x, bias = torch.randn(rows, k + 5, generator=g)[:, 3:k + 3], torch.randn(n, generator=g)
+    lib = cpu_linear._KERNELS.require()
+
+    def run(**knobs: int) -> torch.Tensor:
+        arr = (ctypes.c_int64 * len(cpu_linear.KNOBS))(*_schedule(**knobs))
+        return cpu_linear._run(lib, x, panels, n, bias, ctypes.addressof(arr))
+
+    ref = run(k_block=0)
+    torch.testing.assert_close(ref, F.linear(x, cpu_linear.unpack(panels, n), bias), atol=1e-4, rtol=1e-4)
+    for kb in (1, 64, 128, k - 1):
+        for mr in (3, 4, 6):
+            for grain in (1, 2, 4):
+                assert torch.equal(run(k_block=kb, rows_per_tile=mr, panels_per_item=grain), ref), (kb, mr, grain)

@@ -44,7 +44,7 @@ int64_t decoder_layers(const float *x, int64_t T, int64_t H, int64_t L, const in
         for (int64_t i = 0; i < T * H; i++) h[i] = in[i] + tmp[i];
         rms_norm(h, T, H, (const float *)p[P_POST_NORM], eps, normed, threads);
         dense_moe(normed, T, H, IP, 1, zeros, ones, (const void *)p[P_W13], (const void *)p[P_W2], b[2], 1, tmp, mlp_scratch,
-                  iscratch, threads, 0, 0, 0.f, 0.f);
+                  iscratch, threads, 0, 0, 0.f, 0.f, tune_linear);
         float *dst = l == L - 1 ? out : cur;
         for (int64_t i = 0; i < T * H; i++) dst[i] = h[i] + tmp[i];
         in = dst;

@@ -37,10 +37,14 @@ _SIGNATURES = (("packed_linear", (_P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I, _P
 
 # The work split (linear.c's tune array), chosen per CPU by autotune.py among numerically identical
 # candidates: panels per work item, rows per tile, item order (0: panel-major, 1: row-major) and the
-# work (M x K x panels) below which one thread runs the call.
-KNOBS = ("panels_per_item", "rows_per_tile", "row_major", "min_parallel_work")
-DEFAULT = (2, 6, 0, 8192)
-CANDIDATES = tuple(itertools.product((1, 2, 4), (3, 4, 6), (0, 1), (8192, 65536)))
+# work (M x K x panels) below which one thread runs the call, and the k-block of the k-blocked tiles
+# (AVX2 builds, 7-32 rows; the MoE and decoder kernels read it from this array too). k_block = 0, each
+# tile walking K whole, is their reference schedule (tests), not a candidate: the tuning workloads'
+# weights stay in cache, where blocking gains nothing, while a decode step streams every weight
+# from memory, where it measured 20% faster (linear.c).
+KNOBS = ("panels_per_item", "rows_per_tile", "row_major", "min_parallel_work", "k_block")
+DEFAULT = (2, 6, 0, 8192, 128)
+CANDIDATES = tuple(itertools.product((1, 2, 4), (3, 4, 6), (0, 1), (8192, 65536), (128,)))
 TUNE_SHAPE = (1024, 1024)  # K, N of the tuning workloads (a small model's projection)
 
 

@@ -33,7 +33,7 @@ from engine.kernels.cpu import native
 # The MoE driver's shared steps (moe_driver.h; this module's dense layer and fp4_panels' FP4 layer use them).
 
 _P, _I, _F = native.PTR, native.I64, native.F32
-_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _F, _F), _I),)
+_SIGNATURES = (("dense_moe", (_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _I, _P, _P, _F, _F, _P), _I),)
 
 
 _KERNELS = native.Kernels("moe_dense", _SIGNATURES)
@@ -136,7 +136,7 @@ def dense_moe(x: torch.Tensor, weights: torch.Tensor, expert_ids: torch.Tensor, 
     iscratch = torch.empty(2 * pairs + 3 * e + 1, dtype=torch.int64)
     status = lib.dense_moe(xc.data_ptr(), num_tokens, hidden, experts.inter_padded, ids.shape[1], ids.data_ptr(), topw.data_ptr(),
                            experts.w13.data_ptr(), experts.w2.data_ptr(), int(experts.bf16), e, out.data_ptr(), scratch.data_ptr(),
-                           iscratch.data_ptr(), torch.get_num_threads(), *glu_args(experts.glu))
+                           iscratch.data_ptr(), torch.get_num_threads(), *glu_args(experts.glu), cpu_linear._KERNELS.tune or None)
     if status != 0:
         raise ValueError(f"expert ids must be in [0, {e})")
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -26,6 +26,7 @@ typedef __m512 v16b;  /* one activation value broadcast to every lane */
 static inline __attribute__((always_inline)) v16 v16_zero(void) { return _mm512_setzero_ps(); }
 static inline __attribute__((always_inline)) v16b v16_bcast(const float *x) { return _mm512_set1_ps(*x); }
 static inline __attribute__((always_inline)) v16 v16_fma(v16b x, v16 w, v16 acc) { return _mm512_fmadd_ps(x, w, acc); }
+static inline __attribute__((always_inline)) void v16_store(float *p, v16 a) { _mm512_storeu_ps(p, a); }
 
 static inline __attribute__((always_inline)) v16 v16_load(const void *p, const int bf16, int64_t off) {
     if (!bf16) return _mm512_loadu_ps((const float *)p + off);
@@ -60,6 +61,7 @@ static inline __attribute__((always_inline)) v16b v16_bcast(const float *x) { re
 static inline __attribute__((always_inline)) v16 v16_fma(v16b x, v16 w, v16 acc) {
     return (v16){_mm256_fmadd_ps(x, w.lo, acc.lo), _mm256_fmadd_ps(x, w.hi, acc.hi)};
 }
+static inline __attribute__((always_inline)) void v16_store(float *p, v16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
 
 static inline __attribute__((always_inline)) v16 v16_load(const void *p, const int bf16, int64_t off) {
     if (!bf16) return (v16){_mm256_loadu_ps((const float *)p + off), _mm256_loadu_ps((const float *)p + off + 8)};
@@ -121,7 +123,97 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t l
                                if (np == 2) v16_emit(y + r * ldy + width, d##r##1, bf16, bias ? bias + PANEL : 0, ncols1, swiglu); }
     ROWS(STORE)
 }
+
+/* k-blocked tiles: rows [0, M) (M <= KB_MAX_ROWS) against np adjacent panels walk K in blocks of kb
+   rows, every row tile consuming a block while it is in L1: each weight byte comes from memory once
+   per call (not once per row tile, the later tiles re-reading it from L2), and the memory stream is
+   spread over all the tiles' arithmetic instead of stalling the first one. The sums wait between
+   blocks in acc [M, 2 PANEL] (an fp32 store and reload is exact), so each is still one FMA chain over
+   k in order: bitwise `tile`'s (tests/engine/test_cpu_linear.py and tests/engine/moe/test_cpu_dense.py
+   check both schedules agree). The tiles of a block prefetch the next one (see rows_panels_kblocked). */
+#define KB_MAX_ROWS 32
+#define KB_LD (2 * PANEL)
+static inline __attribute__((always_inline)) void tile_block(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
+                                                             int64_t k0, int64_t k1, float *acc, const int mr, const int np,
+                                                             const char *pf, int64_t every) {
+#define KDECL(r) v16 d##r##0 = v16_zero(), d##r##1 = v16_zero(); \
+                 if (mr > r && k0) { d##r##0 = v16_load(acc + r * KB_LD, 0, 0); if (np == 2) d##r##1 = v16_load(acc + r * KB_LD, 0, PANEL); }
+    ROWS(KDECL)
+    const int64_t esz = bf16 ? 2 : 4, pstride = K * PANEL * esz;
+    const char *second = (const char *)panel + pstride;
+    int64_t wait = every;
+    for (int64_t k = k0; k < k1; k++) {
+        if (pf && --wait == 0) {  /* this tile's share of the next block, one k row every `every` steps */
+            wait = every;
+            _mm_prefetch(pf, _MM_HINT_T0);
+            if (np == 2) _mm_prefetch(pf + pstride, _MM_HINT_T0);
+            pf += PANEL * esz;
+        }
+        const v16 w0 = v16_load(panel, bf16, k * PANEL);
+        const v16 w1 = np == 2 ? v16_load(second, bf16, k * PANEL) : v16_zero();
+        ROWS(STEP)
+    }
+#define KSAVE(r) if (mr > r) { v16_store(acc + r * KB_LD, d##r##0); if (np == 2) v16_store(acc + r * KB_LD + PANEL, d##r##1); }
+    ROWS(KSAVE)
+}
+
+/* One k-block of a tile of mr rows against panel p (np = 1) or p and p + 1, with compile-time
+   shapes (as tile_panels), sums in acc (row stride KB_LD; panel p + 1's from column PANEL).
+   pf: where this tile's share of the next block starts in panel p (NULL: no prefetch; the same
+   offset in p + 1 too), one k row every `every` steps. */
+static void block_panels(const float *x, int64_t ldx, const void *w, int bf16, int64_t K, int64_t k0, int64_t k1, float *acc,
+                         int64_t p, int np, int mr, const char *pf, int64_t every) {
+    const int64_t esz = bf16 ? 2 : 4;
+#if PAIR_MAX_ROWS < MR
+    if (np == 2 && mr > PAIR_MAX_ROWS) {
+        block_panels(x, ldx, w, bf16, K, k0, k1, acc, p, 1, mr, pf, every);
+        block_panels(x, ldx, w, bf16, K, k0, k1, acc + PANEL, p + 1, 1, mr, pf ? pf + K * PANEL * esz : 0, every);
+        return;
+    }
 #endif
+    const void *panel = (const char *)w + p * K * PANEL * esz;
+#define KCASE(r, n) case r + 1: bf16 ? tile_block(x, ldx, panel, 1, K, k0, k1, acc, r + 1, n, pf, every) \
+                                     : tile_block(x, ldx, panel, 0, K, k0, k1, acc, r + 1, n, pf, every); return;
+#define KCASE1(r) KCASE(r, 1)
+#define KCASE2(r) KCASE(r, 2)
+    if (np == 2) { switch (mr) { PAIR_ROWS(KCASE2) } }
+    else { switch (mr) { ROWS(KCASE1) } }
+}
+
+/* rows_panels (below) k-blocked: all M rows in tiles of mr against panels p0 (and p0 + 1, np = 2)
+   -> y, as tile_panels writes them. While a block is computed its tiles prefetch the next one (the
+   next panels' first block after the last), each tile an equal share spread over its steps, so the
+   memory stream runs through all of the arithmetic instead of in bursts. */
+static void rows_panels_kblocked(const float *x, int64_t M, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
+                                 float *y, int64_t ldy, int64_t p0, int np, int64_t N, int swiglu, int mr, int64_t kb) {
+    float acc[KB_MAX_ROWS * KB_LD];
+    const int64_t esz = bf16 ? 2 : 4, tiles = (M + mr - 1) / mr, share = (kb + tiles - 1) / tiles;
+    const int64_t panels = swiglu ? N / PANEL : (N + PANEL - 1) / PANEL;
+    const char *base = (const char *)w + p0 * K * PANEL * esz;
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+        const int64_t k1 = K - k0 < kb ? K : k0 + kb;
+        /* the next block: rows [k1, k1 + kb) of these panels, or the first kb rows of the next ones */
+        const char *next = k1 < K ? base + k1 * PANEL * esz : p0 + np < panels ? base + np * K * PANEL * esz : 0;
+        for (int64_t m0 = 0, t = 0; m0 < M; m0 += mr, t++)
+            block_panels(x + m0 * ldx, ldx, w, bf16, K, k0, k1, acc + m0 * KB_LD, p0, np, (int)(M - m0 < mr ? M - m0 : mr),
+                         next ? next + t * share * PANEL * esz : 0, (k1 - k0) / share > 1 ? (k1 - k0) / share : 1);
+    }
+    const int64_t width = swiglu ? 8 : PANEL, n0 = p0 * PANEL;
+    const int64_t c0 = N - n0 < PANEL ? N - n0 : PANEL, c1 = N - n0 - PANEL < PANEL ? N - n0 - PANEL : PANEL;
+    const float *b = bias && !swiglu ? bias + n0 : 0;
+    float *yp = y + p0 * width;
+    for (int64_t m = 0; m < M; m++)
+        for (int q = 0; q < np; q++) {
+            const v16 a = v16_load(acc + m * KB_LD + q * PANEL, 0, 0);
+            if (swiglu) v16_emit(yp + m * ldy + q * width, a, bf16, 0, 8, 1);
+            else v16_emit(yp + m * ldy + q * width, a, bf16, b ? b + q * PANEL : 0, q ? c1 : c0, 0);
+        }
+}
+#endif
+
+/* The k-block of `tune` (linear.c's tune array, NULL: the defaults): 0 walks K whole per tile. */
+#define KBLOCK_DEFAULT 128
+static inline int64_t tune_kblock(const int64_t *tune) { return tune ? tune[4] : KBLOCK_DEFAULT; }
 
 
 /* Rows x[0:mr, :K] (mr <= 6) times panels p (and p + 1 when np = 2) of the panel array w -> y, whose
@@ -175,9 +267,17 @@ static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, in
 }
 
 /* All rows [0, M) in tiles of MR against panels [p0, p0 + count): the work of one item of a
-   panel-pair loop. */
+   panel-pair loop; kb > 0: k-blocked (rows_panels_kblocked) where that applies (several tiles). */
 static inline void rows_panels(const float *x, int64_t M, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
-                               float *y, int64_t ldy, int64_t p0, int64_t count, int64_t N, int swiglu) {
+                               float *y, int64_t ldy, int64_t p0, int64_t count, int64_t N, int swiglu, int64_t kb) {
+#ifdef __AVX2__
+    if (kb > 0 && kb < K && M > MR && M <= KB_MAX_ROWS) {
+        rows_panels_kblocked(x, M, ldx, w, bf16, K, bias, y, ldy, p0, (int)count, N, swiglu, MR, kb);
+        return;
+    }
+#else
+    (void)kb;
+#endif
     for (int64_t m0 = 0; m0 < M; m0 += MR)
         tile_panels(x + m0 * ldx, ldx, w, bf16, K, bias, y + m0 * ldy, ldy, p0, count, N, (int)(M - m0 < MR ? M - m0 : MR), swiglu);
 }

@@ -108,3 +108,39 @@ def test_mlp_layers_use_the_kernel_when_prepared_and_agree(kind: type[torch.nn.M
         torch.testing.assert_close(layer(x), ref, atol=2e-5, rtol=1e-5)
     if kind is MoE:
         assert isinstance(layer.gate, cpu_linear.PackedLinear)  # the router's linear is packed too
+
+
+@pytest.mark.parametrize("glu", [False, True])
+@pytest.mark.parametrize("bf16_exact", [False, True])
+def test_k_blocked_expert_tiles_equal_whole_k_tiles_bitwise(glu: bool, bf16_exact: bool) -> None:
+    """A decode batch on one always-routed expert (the dense decoder's MLP) and a routed batch, with
+    the linear tune's k-block on (panel.h rows_panels_kblocked) and off: bitwise the same layer."""
+    from engine.kernels.activation import ClampedGlu
+    from engine.kernels.cpu import autotune
+
+    kernels = cpu_linear._KERNELS
+    kernels.available()  # settles the family's choice first, so applying ours below sticks
+    saved = kernels.choice
+    h, i = 136, 300
+    results: dict[int, list[torch.Tensor]] = {}
+    try:
+        for kb in (0, 64, 128):
+            kernels.apply(autotune.Choice(tuple(kb if name == "k_block" else v for name, v in zip(cpu_linear.KNOBS, cpu_linear.DEFAULT, strict=True)), "default"))
+            outs = []
+            for tokens, e, k in ((16, 1, 1), (24, 3, 2), (31, 1, 1)):
+                w13, w2 = _experts(e, h, i, bf16_exact, seed=tokens + e)
+                g = torch.Generator().manual_seed(tokens)
+                gl = ClampedGlu(torch.randn(e, 2 * i, generator=g), torch.randn(e, h, generator=g), limit=1.5, alpha=1.702) if glu else None
+                experts = cpu_dense.DenseExperts(w13, w2, gl)
+                x = torch.randn(tokens, h, generator=g)
+                if e == 1:
+                    weights, ids = torch.ones(tokens, 1), torch.zeros(tokens, 1, dtype=torch.int64)
+                else:
+                    weights, ids = route(torch.randn(tokens, e, generator=g), k, renormalize=True)
+                outs.append(cpu_dense.dense_moe(x, weights, ids, experts))
+            results[kb] = outs
+    finally:
+        if saved is not None:
+            kernels.apply(saved)
+    for kb, outs in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(outs, results[0], strict=True)), kb
