@@ -189,7 +189,10 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     #pragma omp parallel num_threads(threads) if (work >= t[2])
     {
         float *scratch = 0;
-        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((tile_rows * max_ld + tile_rows * D) * sizeof(float) + 63) / 64 * 64);
+        /* per item: a score row per query row, then the two-pass path's per-row accumulators or the tiled
+           path's two transposed 16-key K tiles (32 x D whatever rows_per_item is tuned to) */
+        const int64_t tail = two_pass ? tile_rows * D : 32 * D;
+        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((tile_rows * max_ld + tail) * sizeof(float) + 63) / 64 * 64);
         #pragma omp for schedule(runtime)
         for (int64_t i = 0; i < num_items; i++) {
             const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
