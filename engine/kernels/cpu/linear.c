@@ -23,7 +23,7 @@ void packed_linear(const float *x, int64_t M, int64_t ldx, int64_t K, const void
     const int64_t panels = (N + PANEL - 1) / PANEL, groups = (panels + grain - 1) / grain, tiles = (M + mr - 1) / mr;
 #ifdef __AVX2__
     const int64_t kb = t[4];
-    if (kb > 0 && kb < K && M > mr && M <= KB_MAX_ROWS) {
+    if (kblocked(kb, K, M, mr)) {
         #pragma omp parallel for schedule(static) num_threads(threads) if (panels * M * K >= t[3])
         for (int64_t q = 0; q < groups; q++) {
             const int64_t end = (q + 1) * grain < panels ? (q + 1) * grain : panels;

@@ -132,6 +132,9 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t l
    k in order: bitwise `tile`'s (tests/engine/test_cpu_linear.py and tests/engine/moe/test_cpu_dense.py
    check both schedules agree). The tiles of a block prefetch the next one (see rows_panels_kblocked). */
 #define KB_MAX_ROWS 32
+/* Whether rows_panels_kblocked takes M rows in tiles of mr with k-block kb (more than one tile, at most
+   KB_MAX_ROWS rows, a block shorter than K): packed_linear and rows_panels ask the same question. */
+static inline int kblocked(int64_t kb, int64_t K, int64_t M, int64_t mr) { return kb > 0 && kb < K && M > mr && M <= KB_MAX_ROWS; }
 #define KB_LD (2 * PANEL)
 static inline __attribute__((always_inline)) void tile_block(const float *x, int64_t ldx, const void *panel, const int bf16, int64_t K,
                                                              int64_t k0, int64_t k1, float *acc, const int mr, const int np,
@@ -271,7 +274,7 @@ static void tile_panels(const float *x, int64_t ldx, const void *w, int bf16, in
 static inline void rows_panels(const float *x, int64_t M, int64_t ldx, const void *w, int bf16, int64_t K, const float *bias,
                                float *y, int64_t ldy, int64_t p0, int64_t count, int64_t N, int swiglu, int64_t kb) {
 #ifdef __AVX2__
-    if (kb > 0 && kb < K && M > MR && M <= KB_MAX_ROWS) {
+    if (kblocked(kb, K, M, MR)) {
         rows_panels_kblocked(x, M, ldx, w, bf16, K, bias, y, ldy, p0, (int)count, N, swiglu, MR, kb);
         return;
     }
