@@ -40,7 +40,7 @@ one-replica row gets replicas x that (the same total cache). With affinity each 
 share; round-robin sends every conversation to every replica, which would need `replicas` times
 the conversations' share on each, so it evicts and recomputes. The Mooncake replay's working set
 is far below that budget (no pressure there). `--sim` adds the no-model simulator
-(benchmarks/routing_sim.py) on the full Mooncake trace at 8-64 replicas.
+(benchmarks/routing_sim.py) on the full Mooncake trace at 8-64 replicas. The arithmetic (bounds, KV budget) is in benchmarks/routing_bounds.py.
 
     python benchmarks/routing.py [--replicas 2 4] [--model tiny|default] [--jobs 16] [--max-turns N] [--context N] [--concurrency 8]
         [--kv-headroom 1.25] [--workloads agent mooncake] [--trajectories FILE] [--sim] [--quick]
@@ -56,13 +56,21 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
+from benchmarks.routing_bounds import (  # noqa: E402
+    KV_RULE,
+    Job,
+    conversation_hit_rate,
+    hit_rate_bound,
+    kv_blocks_per_replica,
+    round_robin_unbounded,
+    shared_prefix_len,
+)
 from benchmarks.routing_sim import SimRequest, simulate  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
@@ -72,11 +80,6 @@ TINY_SEED = 0
 POLICIES = ("kv-aware", "round-robin", "least-loaded")
 MOONCAKE_BLOCK = 512
 BLOCK = 16  # engine KV block size (tokens)
-
-
-@dataclass(slots=True)
-class Job:
-    turns: list[tuple[list[int], int]]  # (prompt ids, output tokens) per LLM call
 
 
 def eval_runs(trajectories: Path | None) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -188,91 +191,6 @@ async def replay(engine: Any, jobs: list[Job], concurrency: int) -> tuple[list[f
 
     await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
     return jct, calls
-
-
-def shared_prefix_len(jobs: list[Job]) -> int:
-    """Tokens every job's prompts start with (the agent's system prompt and tool schemas)."""
-    prompts = [job.turns[0][0] for job in jobs if job.turns]
-    n = min((len(p) for p in prompts), default=0)
-    return next((i for i in range(n) if len({p[i] for p in prompts}) > 1), n)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
-def round_robin_unbounded(jobs: list[Job], replicas: int, block_size: int) -> float:
-    """Round-robin's expected hit rate with a cache that never evicts, each turn on a random one of
-    `replicas` (the turns of concurrent jobs interleave, so a conversation's next replica is as
-    good as random): a turn finds the shared prefix, or the prompt of the conversation's latest
-    earlier turn on its replica (k turns back with probability (1/n)(1 - 1/n)^(k-1)), to the
-    last whole block in common. What round-robin reaches without memory pressure; under pressure
-    it falls toward the shared share. One replica: the never-evicting cache's hit rate."""
-    shared = shared_prefix_len(jobs)
-    stay = 1.0 / replicas
-    total = cached = 0.0
-    for job in jobs:
-        prompts = [p for p, _ in job.turns]
-        for t, prompt in enumerate(prompts):
-            hit = 0.0
-            for k in range(1, t + 1):
-                same = max(_common(prompts[t - k], prompt), shared) // block_size * block_size
-                hit += stay * (1 - stay) ** (k - 1) * same
-            hit += (1 - stay) ** t * (shared // block_size * block_size)
-            cached += hit
-            total += len(prompt)
-    return cached / total if total else 0.0
-
-
-def hit_rate_bound(jobs: list[Job], block_size: int) -> dict[str, float]:
-    """What any router can reach on `jobs`, by arithmetic. Every replica keeps the shared prefix (it
-    opens every prompt), so no policy's hit rate falls below its share of the prompt tokens
-    (`shared_share`); no policy beats a cache that never evicts, which holds each turn's prompt
-    up to its last whole block shared with the previous turn's prompt (`ideal_hit_rate`; the
-    generated tokens are not replayed, the recorded message is). So kv-aware / round-robin on
-    all prompt tokens is at most ideal / shared (`max_ratio_vs_round_robin`), reached only if
-    round-robin found none of a conversation's own tokens."""
-    shared = shared_prefix_len(jobs)
-    total = cached = 0
-    for job in jobs:
-        prev: list[int] = []
-        for prompt, _ in job.turns:
-            cached += max(_common(prev, prompt), shared) // block_size * block_size
-            total += len(prompt)
-            prev = prompt
-    turns = sum(len(job.turns) for job in jobs)
-    share = shared * turns / total if total else 0.0
-    ideal = cached / total if total else 0.0
-    return {"turns": turns, "mean_prompt_tokens": total / max(1, turns), "shared_share": share, "ideal_hit_rate": ideal,
-            "max_ratio_vs_round_robin": ideal / share if share else float("nan")}
-
-
-def conversation_hit_rate(calls: list[tuple[int, int]], shared: int) -> float:
-    """Hit rate on the tokens past the shared prefix (a cached span is a prefix, so its tokens past
-    `shared` are the conversation's own)."""
-    total = sum(max(0, p - shared) for p, _ in calls)
-    return sum(max(0, c - shared) for _, c in calls) / total if total else 0.0
-
-
-KV_RULE = ("per-replica KV = max({factor} x (shared prefix + concurrency / replicas x the mean live conversation), "
-           "the longest call); the 1-replica row gets replicas x that")
-
-
-def kv_blocks_per_replica(jobs: list[Job], replicas: int, concurrency: int, factor: float, block_size: int) -> int:
-    """The regime routing exists for: the live conversations' working set does not fit one replica
-    but does fit the cluster when each replica keeps its own share. Live working set = the shared
-    prefix + `concurrency` conversations, each holding its own tokens (past the shared prefix, the
-    call's output included) at the mean over all turns (what a conversation in flight holds at a
-    random moment; its final length would overstate it). Per replica: the shared prefix + its
-    `1 / replicas` share of the conversations, times `factor` (room for turns longer than the mean),
-    and never less than the longest single call. The same for every policy; round-robin, which
-    sends every conversation to every replica, then needs `replicas` times the conversations'
-    share per replica and evicts."""
-    shared = shared_prefix_len(jobs)
-    calls = [len(p) + out for job in jobs for p, out in job.turns]
-    live = statistics.fmean(c - shared for c in calls)
-    tokens = factor * (shared + concurrency / replicas * live)
-    return max(-(-int(tokens) // block_size), -(-max(calls) // block_size))
 
 
 def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work: dict[str, int], replicas: int) -> dict[str, Any]:
@@ -502,7 +420,7 @@ def main() -> None:
         print(json.dumps({k: list(v) if isinstance(v, dict) else v for k, v in data.items()}))
         return
     command = "python " + " ".join(sys.argv)
-    body = ("The machine was shared with other jobs while measuring; JCTs are noisy (one run per policy). "
+    body = ("One run per policy, so JCTs carry run-to-run noise. "
             "Targets (agent replay): kv-aware hit rate within 5% of one replica's and >= 1.5x round-robin's, "
             f"imbalance <= 0.2. Model: {data.get('model', '-')}; agent runs "
             f"{'replayed whole' if data.get('context') is None else 'cut at ' + str(data['context']) + ' tokens'}. "

@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.routing import (
-    Job,
-    build_model,
-    hit_rate_bound,
-    kv_blocks_per_replica,
-    round_robin_unbounded,
-    tiny_context,
-)
+from benchmarks.routing import build_model, tiny_context
+from benchmarks.routing_bounds import Job, hit_rate_bound, kv_blocks_per_replica, round_robin_unbounded
 from benchmarks.routing_sim import SimRequest, simulate
 from engine.config import data_dir
 
