@@ -23,7 +23,7 @@ from engine.sequence import RequestOutput
 from engine.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    check_messages,
+    check_chat_request,
     response_schema,
     sampling_params,
 )
@@ -86,7 +86,7 @@ def create_app(llm: Any, model_name: str = "agentrt-default") -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         check_model(req.model)
-        check_messages(req.messages, req.chat_template_kwargs)
+        check_chat_request(req.messages, req.chat_template_kwargs)
         fmt = llm.chat_format
         tools, choice = select_tools(req.tools, req.tool_choice)
         prompt = fmt.render(req.messages, req.tools if choice != "none" else None, add_generation_prompt=True,

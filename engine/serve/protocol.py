@@ -64,10 +64,11 @@ def check_unsupported(req: _Request) -> None:
             raise InvalidRequestError(f"{name}={value!r} is not supported by this server (leave it unset)")
 
 
-def check_messages(messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> None:
-    """Raise InvalidRequestError for a conversation the model cannot read: none at all, a message
-    without a role, required content missing, or a content part that is not text (the models served
-    here read text only)."""
+def check_chat_request(messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> None:
+    """Raise InvalidRequestError for a chat request the model cannot read: no messages, a message
+    without a role, required content missing, a content part that is not text (the models served
+    here read text only), or template kwargs that would collide with the arguments the server
+    passes to `ChatFormat.render` itself (Python rejects those at the call, as a TypeError)."""
     if not messages:
         raise InvalidRequestError("messages must hold at least one message")
     clash = sorted(RESERVED_TEMPLATE_KWARGS & set(template_kwargs))
