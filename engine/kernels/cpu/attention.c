@@ -161,7 +161,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     const int64_t tile_rows = two_pass ? TWO_PASS_ROWS : t[0] >= 1 && t[0] <= TILE_ROWS ? t[0] : TILE_ROWS;
     /* the multi-row path of this build: tiled (AVX-512) or two-pass (AVX2); either takes r0 >= 0 items */
     const int64_t G = Hq / Hkv, tiled = tiled_supported(D) && window <= 0 && !sinks;
-    int64_t bound = 0, max_ld = 32, n = 0, any_tiled = 0, work = 0;
+    int64_t bound = 0, max_ld = 32, n = 0, any_multi = 0, work = 0;
     for (int64_t s = 0; s < num_seqs; s++) {
         bound += Hkv * ((cu_q[s + 1] - cu_q[s]) * G / tile_rows + 1);
         work += (cu_q[s + 1] - cu_q[s]) * G * Hkv * ctx_lens[s] * D;
@@ -170,17 +170,17 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
     int64_t *items = (int64_t *)malloc((size_t)(3 * bound + 1) * sizeof(int64_t));
     for (int64_t s = 0; s < num_seqs; s++) {
         const int64_t q_len = cu_q[s + 1] - cu_q[s], rows = q_len * G;
-        const int64_t use_tiled = (tiled || (two_pass && q_len <= 32)) && rows >= tiled_min_rows;
+        const int64_t multi = (tiled || (two_pass && q_len <= 32)) && rows >= tiled_min_rows;
         if (rows <= 0) continue;
-        if (!use_tiled && q_len > 32) {
+        if (!multi && q_len > 32) {
             free(items);
             return -1;
         }
-        if (use_tiled && ctx_lens[s] + 32 + block_size > max_ld) max_ld = ctx_lens[s] + 32 + block_size;
-        any_tiled |= use_tiled;
+        if (multi && ctx_lens[s] + 32 + block_size > max_ld) max_ld = ctx_lens[s] + 32 + block_size;
+        any_multi |= multi;
         for (int64_t h = 0; h < Hkv; h++)
-            for (int64_t r0 = 0; r0 < (use_tiled ? rows : 1); r0 += tile_rows) {
-                items[3 * n] = s; items[3 * n + 1] = h; items[3 * n + 2] = use_tiled ? r0 : -1;
+            for (int64_t r0 = 0; r0 < (multi ? rows : 1); r0 += tile_rows) {
+                items[3 * n] = s; items[3 * n + 1] = h; items[3 * n + 2] = multi ? r0 : -1;
                 n++;
             }
     }
@@ -192,7 +192,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
         /* per item: a score row per query row, then the two-pass path's per-row accumulators or the tiled
            path's two transposed 16-key K tiles (32 x D whatever rows_per_item is tuned to) */
         const int64_t tail = two_pass ? tile_rows * D : 32 * D;
-        if (any_tiled) scratch = (float *)aligned_alloc(64, (size_t)((tile_rows * max_ld + tail) * sizeof(float) + 63) / 64 * 64);
+        if (any_multi) scratch = (float *)aligned_alloc(64, (size_t)((tile_rows * max_ld + tail) * sizeof(float) + 63) / 64 * 64);
         #pragma omp for schedule(runtime)
         for (int64_t i = 0; i < num_items; i++) {
             const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
