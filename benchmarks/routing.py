@@ -71,7 +71,7 @@ from benchmarks.routing_bounds import (  # noqa: E402
     round_robin_unbounded,
     shared_prefix_len,
 )
-from benchmarks.routing_sim import SimRequest, simulate  # noqa: E402
+from benchmarks.routing_sim import SimRequest, budget_sweep, simulate  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
 
@@ -204,14 +204,16 @@ def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work:
 
 
 def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int, overlap_weight: float,
-            num_kv_blocks: int, affinity_slack: int | None = 1, model: str | None = None) -> dict[str, dict[str, Any]]:
+            num_kv_blocks: int, affinity_slack: int | None = 1, model: str | None = None,
+            balance_slack: float | None = 0.15) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
     options: dict[str, Any] = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
     if model is not None:
         options["model"] = model
     config = RayConfig(address="local", num_replicas=replicas, router=policy, overlap_weight=overlap_weight,
-                       affinity_slack=affinity_slack, num_cpus_per_replica=0.5, engine_options=options)
+                       affinity_slack=affinity_slack, balance_slack=balance_slack, num_cpus_per_replica=0.5,
+                       engine_options=options)
     out = {}
     with RayCluster(config) as cluster:
         engine = cluster.engine
@@ -243,7 +245,8 @@ def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]
 
 
 def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
-            load: float, overlap_weight: float, affinity_slack: int | None = 1) -> dict[str, dict[str, Any]]:
+            load: float, overlap_weight: float, affinity_slack: int | None = 1,
+            balance_slack: float | None = 0.15) -> dict[str, dict[str, Any]]:
     """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
     times the replicas' capacity."""
     duration = max(r["timestamp"] for r in reqs) / 1000
@@ -256,7 +259,7 @@ def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: floa
         single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
         out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
         for policy in POLICIES:
-            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack)
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack, balance_slack)
             loads = list(res.work_s.values())
             ordered = sorted(res.jct_s)
             out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
@@ -342,14 +345,15 @@ def measure_counts(args: argparse.Namespace, agent: list[Job], model: str | None
     data["concurrency"], data["kv_headroom"] = args.concurrency, args.kv_headroom
     data["kv_rule"] = KV_RULE.format(factor=args.kv_headroom)
     data["overlap_weight"], data["affinity_slack"] = args.overlap_weight, args.affinity_slack
+    data["balance_slack"] = args.balance_slack
     data["agent_shared_prefix_tokens"] = shared_prefix_len(agent)
     data["agent_bound"] = hit_rate_bound(agent, BLOCK)
     print(bound_note(data).strip())
     for n in args.replicas:
         blocks = kv_blocks_per_replica(agent, n, args.concurrency, args.kv_headroom, BLOCK)
         single = measure(workloads, 1, "kv-aware", args.concurrency, args.overlap_weight, n * blocks, model=model)
-        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack, model)
-                for p in POLICIES}
+        pols = {p: measure(workloads, n, p, args.concurrency, args.overlap_weight, blocks, args.affinity_slack, model,
+                           args.balance_slack) for p in POLICIES}
         rr_free = round_robin_unbounded(agent, n, BLOCK)
         data["by_replicas"][str(n)] = {"kv_blocks_per_replica": blocks, "block_size": BLOCK,
                                        "round_robin_never_evicting_hit_rate": rr_free}
@@ -370,6 +374,26 @@ def measure_counts(args: argparse.Namespace, agent: list[Job], model: str | None
                 data["kv_blocks_per_replica"] = blocks
 
 
+SWEEP_COLUMNS = ["jobs in flight", "headroom", "replicas", "KV blocks / replica", "1 replica", "kv-aware", "round-robin",
+                 "kv vs 1 replica", "kv vs RR", "kv imbalance"]
+
+
+def sweep_section(args: argparse.Namespace, data: dict[str, Any], sections: list[str]) -> None:
+    """The agent replay in the simulator over KV budgets: how far kv-aware / round-robin can go on
+    this data at any budget that serves the longest call (routing_sim.budget_sweep)."""
+    runs, tools = eval_runs(args.trajectories)
+    jobs = agent_jobs(runs[: args.jobs], tools, args.max_turns, args.max_out,
+                      args.context if args.context is not None else (CONTEXT if args.model == "default" else None))
+    rows = budget_sweep(jobs, BLOCK, [2, 4] if not args.quick else [2], [8, 16] if not args.quick else [2],
+                        [1.0, 1.25, 1.5] if not args.quick else [1.25], balance_slack=args.balance_slack)
+    data["agent_budget_sweep"] = rows
+    table = [[r["concurrency"], r["headroom"], r["replicas"], r["kv_blocks_per_replica"], r["single"], r["kv-aware"],
+              r["round-robin"], r["kv_vs_single"], r["kv_vs_round_robin"], r["imbalance"]] for r in rows]
+    title = "simulated agent replay over KV budgets (hit rates; budget rule as above, floored at the longest call)"
+    print_table(title, SWEEP_COLUMNS, table)
+    sections.append(f"**{title}**\n\n{markdown_table(SWEEP_COLUMNS, table)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicas", type=int, nargs="+", default=[2], help="engine replica counts to measure (2-4)")
@@ -388,7 +412,8 @@ def main() -> None:
     ap.add_argument("--kv-headroom", type=float, default=1.25,
                     help="per-replica KV budget = headroom x (shared prefix + its share of the live conversations at their mean length)")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format (default: eval split)")
-    ap.add_argument("--sim", action="store_true", help="also simulate the full Mooncake trace at 8-64 replicas")
+    ap.add_argument("--sim", action="store_true",
+                    help="also simulate the full Mooncake trace at 8-64 replicas and the agent replay over KV budgets")
     ap.add_argument("--sim-replicas", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--sim-capacity-tokens", type=float, default=5e5, help="KV capacity per simulated replica")
     ap.add_argument("--sim-prefill-s", type=float, default=1e-4, help="simulated seconds per prefilled token")
@@ -397,6 +422,8 @@ def main() -> None:
     ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
     ap.add_argument("--affinity-slack", type=lambda v: None if v == "none" else int(v), default=1,
                     help="kv-aware: prefix affinity while in-flight requests differ by at most this ('none': cost only)")
+    ap.add_argument("--balance-slack", type=lambda v: None if v == "none" else float(v), default=0.15,
+                    help="kv-aware: a conversation leaves replicas past (1 + this) x the mean recent work ('none': off)")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()
@@ -409,13 +436,14 @@ def main() -> None:
     if args.sim or args.quick:
         reqs = mooncake(None if not args.quick else 200)
         sim = run_sim(reqs, args.sim_replicas, args.sim_capacity_tokens, args.sim_prefill_s, args.sim_decode_s, args.sim_load,
-                      args.overlap_weight, args.affinity_slack)
+                      args.overlap_weight, args.affinity_slack, args.balance_slack)
         data["sim"] = sim
         for n, res in sim.items():
             single = {"hit_rate": res["single_replica_hit_rate"], "jct_mean_s": float("nan"), "jct_p99_s": float("nan")}
             title = f"simulated Mooncake trace, {n} replicas (simulated seconds)"
             print_table(title, COLUMNS, rows_of(single, {p: res[p] for p in POLICIES}))
             sections.append(f"**{title}**\n\n{markdown_table(COLUMNS, rows_of(single, {p: res[p] for p in POLICIES}))}")
+        sweep_section(args, data, sections)
     if args.quick:
         print(json.dumps({k: list(v) if isinstance(v, dict) else v for k, v in data.items()}))
         return
@@ -429,7 +457,8 @@ def main() -> None:
             f"{data.get('agent_shared_prefix_tokens', 0)}-token shared prefix; a conversation's own tokens at their mean "
             "over all turns). conv. hit rate = hit rate on the tokens past the shared prefix; "
             "moved = conversation turns routed off their pinned replica; preempt = engine preemptions. "
-            f"kv-aware: overlap weight {args.overlap_weight}, affinity slack {args.affinity_slack}.\n\n"
+            f"kv-aware: overlap weight {args.overlap_weight}, affinity slack {args.affinity_slack}, "
+            f"balance slack {args.balance_slack}.\n\n"
             + bound_note(data)
             + "\n\n".join(sections))
     write_section("routing", "Routing: KV-aware vs round-robin vs least-loaded (agentrt[ray])", body, command, data)

@@ -73,18 +73,23 @@ def _serve(rep: SimReplica, req: SimRequest) -> int:
 
 
 def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
-             prefill_s: float, decode_s: float, overlap_weight: float = 1.0, affinity_slack: int | None = 1) -> SimResult:
+             prefill_s: float, decode_s: float, overlap_weight: float = 1.0, affinity_slack: int | None = 1,
+             balance_slack: float | None = 0.15, concurrency: int | None = None) -> SimResult:
     """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
     in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
-    after the previous one finished."""
-    router = Router(policy, overlap_weight, affinity_slack)
+    after the previous one finished. With `concurrency`, at most that many jobs are in flight (in
+    order of arrival; a job waiting for a slot starts when one frees)."""
+    router = Router(policy, overlap_weight, affinity_slack, balance_slack)
     reps = {f"r{i}": _replica(capacity_blocks) for i in range(num_replicas)}
     for name in reps:
         router.add_replica(name)
     jobs: dict[int, list[SimRequest]] = {}
     for r in requests:
         jobs.setdefault(r.job, []).append(r)
-    queue = [(turns[0].arrival, job, 0) for job, turns in jobs.items()]
+    order = sorted(jobs, key=lambda j: (jobs[j][0].arrival, j))
+    first = order if concurrency is None else order[:concurrency]
+    waiting = [] if concurrency is None else order[concurrency:]
+    queue = [(jobs[job][0].arrival, job, 0) for job in first]
     heapq.heapify(queue)
     end: dict[int, float] = {}
     seq = itertools.count()  # tie-break for the in-flight heaps
@@ -95,7 +100,8 @@ def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacit
         for name, rep in reps.items():  # requests finished by now leave the router's load
             while rep.inflight and rep.inflight[0][0] <= now:
                 router.end(name, heapq.heappop(rep.inflight)[2])
-        name = router.route(req.blocks, req.session).replica
+        decision = router.route(req.blocks, req.session)
+        name = decision.replica
         rep = reps[name]
         cached = _serve(rep, req)
         stored = rep.cache.cached_prefix_len(req.blocks)
@@ -108,10 +114,53 @@ def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacit
         rep.free_at = max(now, rep.free_at) + service
         rep.work_s += service
         heapq.heappush(rep.inflight, (rep.free_at, next(seq), req.blocks))
-        router.begin(name, req.blocks)
+        router.begin(name, req.blocks, cached_blocks=decision.overlap_blocks)
         if k + 1 < len(jobs[job]):
             heapq.heappush(queue, (rep.free_at + jobs[job][k + 1].arrival, job, k + 1))
         else:
             end[job] = rep.free_at
+            if waiting:
+                nxt = waiting.pop(0)
+                heapq.heappush(queue, (max(rep.free_at, jobs[nxt][0].arrival), nxt, 0))
     jct = [end[j] - jobs[j][0].arrival for j in jobs]
     return SimResult(hit / total if total else 0.0, jct, {n: r.work_s for n, r in reps.items()})
+
+
+def agent_requests(jobs: list[Any], block_size: int) -> list[SimRequest]:
+    """The agent replay's calls as simulator requests: each prompt's whole blocks, named by chained
+    hashes (a block's name covers every token up to its end), one job per run, no tool time."""
+    out = []
+    for j, job in enumerate(jobs):
+        for prompt, num_out in job.turns:
+            names, h = [], 0
+            for i in range(len(prompt) // block_size):
+                h = hash((h, tuple(prompt[i * block_size:(i + 1) * block_size])))
+                names.append(h)
+            out.append(SimRequest(0.0, names, [block_size] * len(names), num_out, session=f"job{j}", job=j))
+    return out
+
+
+def budget_sweep(jobs: list[Any], block_size: int, counts: list[int], concurrencies: list[int], headrooms: list[float],
+                 prefill_s: float = 2e-5, decode_s: float = 5e-3, balance_slack: float | None = 0.15) -> list[dict[str, Any]]:
+    """kv-aware and round-robin hit rates on the agent replay over KV budgets (benchmarks/routing_bounds.py's
+    rule at each concurrency and headroom; the budget never falls below the longest call, which a
+    replica must hold to serve it) and replica counts, against one replica with the pooled budget:
+    how far the ratio kv-aware / round-robin can go on this data, whatever the budget."""
+    from benchmarks.routing_bounds import kv_blocks_per_replica
+
+    requests = agent_requests(jobs, block_size)
+    rows = []
+    for conc in concurrencies:
+        for headroom in headrooms:
+            for n in counts:
+                per = kv_blocks_per_replica(jobs, n, conc, headroom, block_size)
+                single = simulate(requests, 1, "kv-aware", per * n, prefill_s, decode_s, concurrency=conc).hit_rate
+                kv = simulate(requests, n, "kv-aware", per, prefill_s, decode_s, balance_slack=balance_slack,
+                              concurrency=conc)
+                rr = simulate(requests, n, "round-robin", per, prefill_s, decode_s, concurrency=conc).hit_rate
+                loads = list(kv.work_s.values())
+                rows.append({"concurrency": conc, "headroom": headroom, "replicas": n, "kv_blocks_per_replica": per,
+                             "single": single, "kv-aware": kv.hit_rate, "round-robin": rr,
+                             "kv_vs_single": kv.hit_rate / single, "kv_vs_round_robin": kv.hit_rate / rr,
+                             "imbalance": max(loads) / (sum(loads) / len(loads)) - 1})
+    return rows

@@ -88,7 +88,7 @@ class RayEngineClient(LocalTokenizer):
         if pool is self.pool and session is not None and self._pins.get(session, (name,))[0] != name:
             self.stats.num_moved += 1
         pool.router.index.apply(name, stored=hashes)  # optimistic: the prompt's blocks land there
-        pool.router.begin(name, hashes)
+        pool.router.begin(name, hashes, cached_blocks=decision.overlap_blocks)
         try:
             refs = getattr(handle, method).options(num_returns=num_returns).remote(*args)
             reply: ReplicaReply = await (refs[-1] if num_returns > 1 else refs)

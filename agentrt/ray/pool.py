@@ -28,7 +28,7 @@ class ReplicaPool:
         self.role = role
         self.config = config
         self.names = [f"{role}-{i}" for i in range(num)]
-        self.router = Router(config.router, config.overlap_weight, config.affinity_slack)
+        self.router = Router(config.router, config.overlap_weight, config.affinity_slack, config.balance_slack)
         self.handles: dict[str, Any] = {}
         self.info: ReplicaInfo | None = None
         self.num_replacements = 0

@@ -18,6 +18,14 @@ Policies:
   go by active blocks to replicas with more requests: benchmarks/routing.py, docs/benchmarks.md.) `affinity_slack=None` leaves the cost alone to decide: then one in-flight request's
   blocks outweigh a whole cached conversation and new jobs pile on the replicas holding a shared
   system prompt (benchmarks/routing.py, docs/benchmarks.md).
+  Balance (`balance_slack`, kv-aware only): every replica's recent work (blocks it was sent to
+  compute, prompt misses plus the output budget, decayed by half every `work_half_life` routed
+  requests) is tracked; a new conversation goes to the least busy replica with the least of it,
+  and a continuing one leaves its holders when every holder within the request slack has done
+  more than (1 + `balance_slack`) x the mean and more than twice what the move costs (the blocks
+  of the conversation it then re-prefills on the least-worked replica). Affinity places a conversation when it starts, before its length is known; without
+  this, a few long conversations that start on one replica leave it with 1.4x the mean work
+  (benchmarks/routing.py at 4 replicas). `balance_slack=None` turns it off.
 - `round-robin`: the next live replica in turn.
 - `least-loaded`: the fewest requests in flight (then the fewest active blocks).
 
@@ -31,6 +39,7 @@ block snapshots (`KVIndex.apply` with everything a replica holds).
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -100,6 +109,7 @@ class Load:
     num_requests: int = 0  # requests in flight
     active: dict[Hashable, int] = field(default_factory=dict)  # prompt block hash -> in-flight requests on it
     num_private: int = 0  # blocks budgeted for the in-flight requests' outputs (shared by none)
+    work: float = 0.0  # blocks sent here to compute (prompt misses + output budget), decayed (Router.work_half_life)
 
     @property
     def num_blocks(self) -> int:
@@ -141,6 +151,9 @@ class Router:
     # Dynamo's default weight (blocks to prefill count as much as active blocks).
     overlap_weight: float = 1.0
     affinity_slack: int | None = 1  # None: the cost alone decides
+    balance_slack: float | None = 0.15  # kv-aware: leave holders past (1 + this) x the mean work; None: off
+    work_half_life: float = 1024.0  # routed requests over which a replica's recorded work halves
+    move_cost_factor: float = 2.0  # a holder leaves only past this x the blocks the move re-prefills
     index: KVIndex = field(default_factory=KVIndex)
     loads: dict[str, Load] = field(default_factory=dict)
     _turn: int = 0
@@ -152,13 +165,21 @@ class Router:
             raise RouterError(f"overlap_weight must be >= 0, got {self.overlap_weight}")
         if self.affinity_slack is not None and self.affinity_slack < 0:
             raise RouterError(f"affinity_slack must be None or >= 0, got {self.affinity_slack}")
+        if self.balance_slack is not None and self.balance_slack < 0:
+            raise RouterError(f"balance_slack must be None or >= 0, got {self.balance_slack}")
+        if self.work_half_life <= 0:
+            raise RouterError(f"work_half_life must be > 0, got {self.work_half_life}")
 
     @property
     def replicas(self) -> list[str]:
         return sorted(self.loads)
 
     def add_replica(self, name: str) -> None:
-        self.loads.setdefault(name, Load())
+        """Route to `name` too. A replica that joins a running cluster starts at the others' mean
+        work, so it is not handed every new conversation until it catches up."""
+        if name not in self.loads:
+            works = [load.work for load in self.loads.values()]
+            self.loads[name] = Load(work=statistics.fmean(works) if works else 0.0)
 
     def remove_replica(self, name: str) -> None:
         """Stop routing to `name` and forget its blocks (its in-flight requests are the caller's)."""
@@ -187,7 +208,11 @@ class Router:
         `affinity_slack` more requests in flight than the least busy replica; when none has, or
         when every replica holds that prefix (a new conversation: it has nothing of its own to
         keep), the least busy replicas. The slack is judged on the holder, not on the busiest
-        replica: a conversation leaves its replica only when that replica is the busy one."""
+        replica: a conversation leaves its replica only when that replica is the busy one. With
+        `balance_slack`, the least busy replica that has done the least work takes a new
+        conversation, and a conversation whose holders have all done more than (1 + balance_slack)
+        x the mean work moves there (least busy first: piling conversations on one replica, however
+        little it has done, overflows its KV cache)."""
         if self.affinity_slack is None:
             return names
         in_flight = {r: self.loads[r].num_requests for r in names}
@@ -195,6 +220,22 @@ class Router:
         least_busy = [r for r in names if in_flight[r] == fewest]
         best = max(overlap.values(), default=0)
         holders = [r for r in names if overlap.get(r, 0) == best]
+        if self.balance_slack is not None:
+            work = {r: self.loads[r].work for r in names}
+            idle = [r for r in names if in_flight[r] - fewest <= self.affinity_slack]
+            least = min(work[r] for r in idle)
+            least_worked = [r for r in idle if work[r] == least]
+            if len(holders) == len(names):
+                return least_worked
+            keep = [r for r in holders if in_flight[r] - fewest <= self.affinity_slack]
+            mean = statistics.fmean(work.values())
+            # Leave only past the slack, and when the holder did more than twice what the move costs
+            # (the blocks the conversation re-prefills there): a replica busy mostly with this very
+            # conversation would only hand its imbalance on (one early conversation is no imbalance).
+            cost = best - max(overlap.get(r, 0) for r in least_worked)
+            if keep and all(work[r] > max((1 + self.balance_slack) * mean, self.move_cost_factor * cost) for r in keep):
+                return least_worked
+            return keep or least_busy
         if len(holders) == len(names):
             return least_busy
         return [r for r in holders if in_flight[r] - fewest <= self.affinity_slack] or least_busy
@@ -208,11 +249,17 @@ class Router:
         joined = load.num_blocks + len(hashes) - load.num_active_prefix(hashes) + OUTPUT_BLOCKS
         return (self.overlap_weight * (len(hashes) - overlap) + joined,)
 
-    def begin(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS) -> None:
-        """A request with prompt blocks `hashes` was sent to `replica`."""
+    def begin(self, replica: str, hashes: Sequence[Hashable], num_output_blocks: int = OUTPUT_BLOCKS,
+              cached_blocks: int = 0) -> None:
+        """A request with prompt blocks `hashes` was sent to `replica`, which holds its first
+        `cached_blocks` (`Decision.overlap_blocks`): the rest and the output are its work."""
         load = self.loads.get(replica)
         if load is None:
             return
+        keep = 0.5 ** (1.0 / self.work_half_life)
+        for other in self.loads.values():
+            other.work *= keep
+        load.work += len(hashes) - min(cached_blocks, len(hashes)) + num_output_blocks
         load.num_requests += 1
         load.num_private += num_output_blocks
         for h in hashes:

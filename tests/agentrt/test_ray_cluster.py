@@ -191,10 +191,11 @@ async def test_a_router_rebuilt_from_replica_snapshots_keeps_the_conversation_on
 
     turn2 = block_keys(turn1 + [1, 2, 3, 4, 5, 6, 7, 8], 4)
     before = pool.router.route(turn2).replica
+    (holder,) = [r for r, n in pool.router.index.overlap(turn2).items() if n == len(turn1) // 4]
     pool.router.index.__init__()  # type: ignore[misc]  # the router restarts with an empty index
     await pool.resync()
-    assert pool.router.route(turn2).replica == before
-    assert pool.router.index.overlap(turn2)[before] == len(turn1) // 4
+    assert pool.router.route(turn2).replica == before  # the same decision (the holder, unless its work is out of balance)
+    assert pool.router.index.overlap(turn2)[holder] == len(turn1) // 4
 
 
 async def test_disaggregated_prefill_decode_matches_a_single_replica(nodes: dict[str, str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentrt.ray.config import RayConfig
-from agentrt.ray.router import KVIndex, Router, RouterError, rendezvous
+from agentrt.ray.router import Decision, KVIndex, Router, RouterError, rendezvous
 
 
 def test_index_overlap_counts_leading_blocks_per_replica() -> None:
@@ -45,7 +45,7 @@ def test_kv_aware_leaves_a_busy_replica_when_the_load_outweighs_the_overlap() ->
 
 
 def test_kv_aware_keeps_a_conversation_on_its_replica_while_the_load_is_balanced() -> None:
-    router = Router("kv-aware", affinity_slack=1)
+    router = Router("kv-aware", affinity_slack=1, balance_slack=None)  # requests in flight only (work: below)
     for r in ("r0", "r1"):
         router.add_replica(r)
     conversation = ["sys", *[f"c{i}" for i in range(20)]]
@@ -194,8 +194,8 @@ def test_a_conversation_stays_on_its_replica_when_another_replica_is_the_busy_on
 def test_a_new_conversation_goes_to_the_replica_with_the_fewest_requests_in_flight() -> None:
     """Every replica holds the shared system prompt, so nothing ties a new conversation to one: it
     goes by requests in flight, not by active blocks (the cost would pick r1, with one short
-    request more than r0's one long one)."""
-    router = Router("kv-aware", affinity_slack=1)
+    request more than r0's one long one). Without the work balance (below), which would go by work."""
+    router = Router("kv-aware", affinity_slack=1, balance_slack=None)
     for r in ("r0", "r1"):
         router.add_replica(r)
     system = [f"sys{i}" for i in range(4)]
@@ -207,3 +207,76 @@ def test_a_new_conversation_goes_to_the_replica_with_the_fewest_requests_in_flig
     new_job = [*system, "new"]
     assert router.route(new_job).replica == "r0"
     assert Router("kv-aware", affinity_slack=None, index=router.index, loads=router.loads).route(new_job).replica == "r1"
+
+
+def _worked(router: Router, replica: str, blocks: int) -> None:
+    """`replica` computed `blocks` blocks (a finished request that held none of its prompt)."""
+    hashes = [f"{replica}-w{router.loads[replica].work}-{i}" for i in range(blocks - 1)]
+    router.begin(replica, hashes)
+    router.end(replica, hashes)
+
+
+def test_a_new_conversation_goes_to_the_least_worked_replica() -> None:
+    """Requests in flight tie, so the work each replica was sent decides: a few long conversations
+    that started on r0 do not make it the home of the next one too."""
+    router = Router("kv-aware", affinity_slack=1, balance_slack=0.15)
+    for r in ("r0", "r1", "r2"):
+        router.add_replica(r)
+    system = [f"sys{i}" for i in range(4)]
+    for r in ("r0", "r1", "r2"):
+        router.index.apply(r, stored=system)
+    _worked(router, "r0", 300)
+    _worked(router, "r1", 100)
+    _worked(router, "r2", 200)
+    assert router.route([*system, "new"]).replica == "r1"
+
+
+def test_a_conversation_leaves_its_replica_only_past_the_balance_slack() -> None:
+    """The holder keeps its conversation while its work is within (1 + slack) x the mean; past it
+    the conversation re-prefills on the least-worked replica, and with the balance off it stays."""
+    router = Router("kv-aware", affinity_slack=1, balance_slack=0.15)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    conversation = ["sys", *[f"c{i}" for i in range(20)]]
+    router.index.apply("r0", stored=conversation)
+    router.index.apply("r1", stored=["sys"])
+    _worked(router, "r0", 110)
+    _worked(router, "r1", 100)  # r0 at 1.05x the mean: within the slack
+    turn = [*conversation, "turn"]
+    assert router.route(turn) == Decision("r0", len(conversation))
+    _worked(router, "r0", 60)  # r0 now 170 vs 100: 1.26x the mean
+    assert router.route(turn) == Decision("r1", 1)
+    off = Router("kv-aware", affinity_slack=1, balance_slack=None, index=router.index, loads=router.loads)
+    assert off.route(turn).replica == "r0"
+
+
+def test_a_replica_busy_with_the_conversation_itself_keeps_it() -> None:
+    """Right after start the replica that served a conversation's first turn has done all the work
+    there is, but moving the conversation would only hand that imbalance on: it leaves only when
+    its holder did more than twice what the move would re-prefill."""
+    router = Router("kv-aware", affinity_slack=1, balance_slack=0.15)
+    for r in ("r0", "r1"):
+        router.add_replica(r)
+    turn1 = [f"t{i}" for i in range(15)]
+    router.begin("r0", turn1)  # 15 prompt blocks + 1 output: r0 16, r1 0
+    router.end("r0", turn1)
+    router.index.apply("r0", stored=turn1)
+    assert router.route([*turn1, "turn2"]).replica == "r0"
+    _worked(router, "r0", 20)  # r0 36 > 2 x 15 and > 1.15 x the mean 18: now it leaves
+    assert router.route([*turn1, "turn2"]).replica == "r1"
+
+
+def test_recorded_work_counts_prompt_misses_and_output_and_decays() -> None:
+    router = Router("kv-aware", work_half_life=2.0)
+    router.add_replica("r0")
+    router.begin("r0", list(range(10)), num_output_blocks=2, cached_blocks=7)  # 3 misses + 2 output
+    assert router.loads["r0"].work == pytest.approx(5.0)
+    router.begin("r0", list(range(10)), num_output_blocks=0, cached_blocks=10)
+    router.begin("r0", list(range(10)), num_output_blocks=0, cached_blocks=10)
+    assert router.loads["r0"].work == pytest.approx(2.5)  # two requests later: halved
+    router.add_replica("r1")  # a replacement joins at the mean, not at zero
+    assert router.loads["r1"].work == pytest.approx(2.5)
+    with pytest.raises(RouterError, match="balance_slack.*-0.5"):
+        Router(balance_slack=-0.5)
+    with pytest.raises(RouterError, match="work_half_life"):
+        Router(work_half_life=0)

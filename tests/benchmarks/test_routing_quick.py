@@ -43,7 +43,10 @@ def test_routing_quick_mode_simulates_every_policy() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "routing.py"), "--quick", "--no-cluster"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"sim": ["8"]}
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["sim"] == ["8"]
+    (row,) = data["agent_budget_sweep"]  # the agent replay over KV budgets, at quick sizes one budget
+    assert 0 < row["round-robin"] <= row["single"] + 1e-9 and row["kv_vs_round_robin"] == row["kv-aware"] / row["round-robin"]
     for policy in ("kv-aware", "round-robin", "least-loaded"):
         assert policy in out.stdout
 
