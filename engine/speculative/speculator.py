@@ -14,7 +14,7 @@ from collections.abc import Hashable, Iterable
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
-from engine.speculative.chooser import Proposal, SpecState, VerifyCost, choose
+from engine.speculative.chooser import Proposal, SpecState, VerifyCost, choose, choose_tree
 from engine.speculative.draft_model import PLACEHOLDER
 from engine.speculative.ngram import NgramDrafter
 from engine.speculative.suffix import SuffixDrafter
@@ -84,12 +84,31 @@ class Speculator:
         state = seq.spec if seq.spec is not None else SpecState()
         seq.spec = state
         choice = choose(self.proposals(seq, k), state.stats, self.cost)
+        seq.draft_parents = None
         if choice is None:
             seq.draft_ids = []
             state.drafter, state.predicted = None, 0.0
             return
         seq.draft_ids = choice.tokens
         state.drafter, state.predicted = choice.drafter, choice.predicted
+
+    def tree_ok(self, seq: Sequence) -> bool:
+        """Whether `seq` may get a draft tree: greedy, and drafted by the suffix drafter alone."""
+        return seq.params.greedy and self.suffix is not None and self.allowed(seq) == ("suffix",)
+
+    def draft_tree(self, seq: Sequence, k: int, max_nodes: int) -> None:
+        """Set `seq.draft_ids` / `seq.draft_parents` to a draft tree of at most `max_nodes` nodes and
+        depth `k` (none: a plain step): the suffix drafter's candidate branches (global tree and
+        prompt lookup, `SuffixDrafter.tree_candidates`), cut by `chooser.choose_tree` to the most
+        expected tokens per verify cost. Every node is one verify row, so the cost is `VerifyCost.of`
+        the node count (the request's acceptance history is not applied; the estimates are the drafter's)."""
+        assert self.suffix is not None
+        state = seq.spec if seq.spec is not None else SpecState()
+        seq.spec = state
+        state.drafter, state.predicted = None, 0.0
+        tree = choose_tree(self.suffix.tree_candidates(seq.token_ids, k), self.cost.of, max_nodes)
+        seq.draft_ids = tree.tokens if tree else []
+        seq.draft_parents = tree.parents if tree else None
 
     @staticmethod
     def record(seq: Sequence, accepted: int) -> None:
