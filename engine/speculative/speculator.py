@@ -10,7 +10,7 @@ and the draft model's tokens are filled in by the runner (placeholders reserve t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
@@ -96,17 +96,18 @@ class Speculator:
         """Whether `seq` may get a draft tree: greedy, and drafted by the suffix drafter alone."""
         return seq.params.greedy and self.suffix is not None and self.allowed(seq) == ("suffix",)
 
-    def draft_tree(self, seq: Sequence, k: int, max_nodes: int) -> None:
+    def draft_tree(self, seq: Sequence, k: int, max_nodes: int, cost: Callable[[int], float] | None = None) -> None:
         """Set `seq.draft_ids` / `seq.draft_parents` to a draft tree of at most `max_nodes` nodes and
         depth `k` (none: a plain step): the suffix drafter's candidate branches (global tree and
         prompt lookup, `SuffixDrafter.tree_candidates`), cut by `chooser.choose_tree` to the most
         expected tokens per verify cost. Every node is one verify row, so the cost is `VerifyCost.of`
-        the node count (the request's acceptance history is not applied; the estimates are the drafter's)."""
+        the node count, or `cost(nodes)` when given (the request's acceptance history is not applied;
+        the estimates are the drafter's)."""
         assert self.suffix is not None
         state = seq.spec if seq.spec is not None else SpecState()
         seq.spec = state
         state.drafter, state.predicted = None, 0.0
-        tree = choose_tree(self.suffix.tree_candidates(seq.token_ids, k), self.cost.of, max_nodes)
+        tree = choose_tree(self.suffix.tree_candidates(seq.token_ids, k), cost or self.cost.of, max_nodes)
         seq.draft_ids = tree.tokens if tree else []
         seq.draft_parents = tree.parents if tree else None
 
