@@ -68,11 +68,14 @@ def step_costs() -> dict[int, float]:
 
 
 def cost_of(rows: int, costs: dict[int, float]) -> float:
-    """Cost of a step of `rows` rows, linear between measured row counts (flat past the last)."""
+    """Cost of a step of `rows` rows, linear between measured row counts and past the last two."""
     ns = sorted(costs)
     for a, b in zip(ns, ns[1:], strict=False):
         if a <= rows <= b:
             return costs[a] + (costs[b] - costs[a]) * (rows - a) / (b - a)
+    if rows > ns[-1] and len(ns) > 1:  # a tree of up to 32 rows: the last slope goes on
+        a, b = ns[-2], ns[-1]
+        return costs[b] + (costs[b] - costs[a]) * (rows - b) / (b - a)
     return costs[ns[-1]] if rows > ns[-1] else costs[ns[0]]
 
 
@@ -112,7 +115,8 @@ def replay(turns_: list[Turn], mode: str, warm: list[list[int]] | None, costs: d
             pos, steps, tokens, cost = pos + emit, steps + 1, tokens + emit, cost + cost_of(rows + 1, costs)
             proposed, accepted = proposed + rows, accepted + acc
         spec.observe(n, turn.prompt + turn.output)
-    return {"tokens_per_step": tokens / steps, "acceptance": accepted / max(1, proposed), "modelled_speedup": tokens / cost}
+    return {"tokens_per_step": tokens / steps, "acceptance": accepted / max(1, proposed), "modelled_speedup": tokens / cost,
+            "rows_per_step": (steps + proposed) / steps}
 
 
 def draft_and_accept(spec: Speculator, seq: Any, rest: list[int], k: int, mode: str, costs: dict[int, float]) -> tuple[int, int]:
@@ -134,6 +138,7 @@ def draft_and_accept(spec: Speculator, seq: Any, rest: list[int], k: int, mode: 
     acc, node = 0, -1
     while acc < len(rest) and (node := kids.get((node, rest[acc]), -2)) != -2:
         acc += 1
+    Speculator.record(seq, acc)
     rows, seq.draft_ids, seq.draft_parents = len(seq.draft_ids), [], None
     return rows, acc
 
@@ -156,10 +161,10 @@ def main() -> None:
     for tree_kind in ("cold", "warm") if warm else ("cold",):
         for mode in ("chain", "tree", "tree:measured"):
             r = replay(recorded, mode, warm if tree_kind == "warm" else None, costs)
-            rows.append([tree_kind, mode, r["tokens_per_step"], r["acceptance"], r["modelled_speedup"]])
+            rows.append([tree_kind, mode, r["tokens_per_step"], r["rows_per_step"], r["acceptance"], r["modelled_speedup"]])
     source = args.costs or ("verify_cost.json" if (JSON_DIR / "verify_cost.json").exists() else "linear model")
     title = f"drafting replayed on {len(recorded)} eval turns ({'holdout' if args.holdout else 'spec_decode workload'}), step costs: {source}"
-    print_table(title, ["suffix tree", "verification", "tokens per step", "acceptance", "modelled speedup"], rows)
+    print_table(title, ["suffix tree", "verification", "tokens per step", "rows per step", "acceptance", "modelled speedup"], rows)
 
 
 if __name__ == "__main__":

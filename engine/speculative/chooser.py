@@ -145,6 +145,7 @@ class TreeDraft:
     tokens: list[int]
     parents: list[int]
     expected: float
+    paths: list[tuple[int, ...]]  # each node's tokens from the root
 
 
 def choose_tree(candidates: dict[tuple[int, ...], float], cost: Callable[[int], float], max_nodes: int) -> TreeDraft | None:
@@ -169,7 +170,7 @@ def choose_tree(candidates: dict[tuple[int, ...], float], cost: Callable[[int], 
     if not best_n:
         return None
     nodes = chosen[:best_n]
-    return TreeDraft([p[-1] for p in nodes], [index[p[:-1]] if len(p) > 1 else -1 for p in nodes], best_expected)
+    return TreeDraft([p[-1] for p in nodes], [index[p[:-1]] if len(p) > 1 else -1 for p in nodes], best_expected, nodes)
 
 
 def accept_tree_greedy(parents: list[int], tokens: list[int], argmax: list[int]) -> tuple[list[int], int]:

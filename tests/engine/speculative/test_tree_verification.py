@@ -137,3 +137,35 @@ def test_sampled_requests_and_other_drafters_draft_chains(tiny_qwen: Path) -> No
     assert spec.tree_ok(seq)
     assert not spec.tree_ok(Sequence([1, 2, 3], SamplingParams(temperature=0.7, speculative="suffix")))
     assert not spec.tree_ok(Sequence([1, 2, 3], SamplingParams(temperature=0.0)))  # suffix and ngram: the chooser's pick
+
+
+def test_suffix_branches_are_every_child_best_first() -> None:
+    from engine.speculative.suffix import SuffixTree
+
+    trie = SuffixTree(max_depth=8)
+    for i, doc in enumerate([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 6, 7]]):
+        trie.add(i, doc)
+    got = trie.branches([9, 1, 2], k=2, budget=10, match_prior=0.0)  # after "1 2": 3 (2 of 3), 6 (1 of 3)
+    assert got == pytest.approx({(3,): 2 / 3, (3, 4): 1 / 3, (3, 5): 1 / 3, (6,): 1 / 3, (6, 7): 1 / 3})
+    assert next(iter(got)) == (3,)
+    assert trie.branches([9, 1, 2], k=2, budget=3) == pytest.approx({(3,): 2 / 3, (3, 4): 1 / 3, (3, 5): 1 / 3})
+    assert trie.branches([9, 1, 2], k=2, budget=10, min_prob=0.5) == pytest.approx({(3,): 2 / 3})
+
+
+def test_draft_tree_calibrates_by_the_requests_tree_history() -> None:
+    from engine.sequence import Sequence
+    from engine.speculative.speculator import TREE_SOURCE, Speculator
+
+    spec = Speculator(("suffix",), VerifyCost(0.15, 0.06))
+    spec.preload([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 9, 9, 9, 9, 9]])
+    seq = Sequence([7, 1, 2, 3], SamplingParams(temperature=0.0))
+    spec.draft_tree(seq, 4, 31)
+    assert seq.draft_ids and seq.draft_parents is not None and seq.spec is not None
+    assert sorted(seq.draft_ids[:2]) == [4, 9] and seq.draft_parents[:2] == [-1, -1]  # both branches
+    assert seq.spec.drafter == TREE_SOURCE and seq.spec.predicted > 0
+    big = len(seq.draft_ids)
+    for _ in range(30):  # nothing this request drafted was ever accepted: its trees shrink to none
+        Speculator.record(seq, 0)
+        spec.draft_tree(seq, 4, 31)
+        assert len(seq.draft_ids) <= big
+    assert seq.draft_ids == [] and seq.draft_parents is None
