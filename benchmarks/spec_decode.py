@@ -21,7 +21,9 @@ the engine then picks the drafter and draft length per request and per step (eng
 --warm-tree adds a row "warm:suffix": a fresh suffix engine whose global tree is first seeded with
 the assistant turns of the TRAIN-split runs (never an eval task), as a server that has already
 served such work holds them (SuffixDecoding's global tree across requests). It is its own row
-beside the cold "suffix" row, whose tree starts empty.
+beside the cold "suffix" row, whose tree starts empty. --tree adds "suffix-tree" (and
+"warm:suffix-tree"): the same engines with tree verification (EngineConfig.spec_tree: one verify
+step checks a token tree, greedy, lossless; CPU AVX2 two-pass kernel only, the run stops elsewhere).
 
     python benchmarks/spec_decode.py [--turns-per-run 6] [--repeats 3] [--max-tokens 96] [--quick]
 """
@@ -48,6 +50,7 @@ from engine.train.data import airline_tools, split_runs  # noqa: E402
 
 DRAFT_TOKENS = {"suffix": 16, "ngram": 8, "mtp": 1, "draft": 4}
 WARM = "warm:"  # a configuration whose suffix tree is seeded with train-split assistant turns first
+TREE = "-tree"  # a configuration verifying draft trees (EngineConfig.spec_tree) instead of chains
 DEFAULTS = {"runs": 4, "turns_per_run": 6, "seed": 0, "max_prompt": 3000}
 
 
@@ -150,12 +153,16 @@ async def _one(llm: LLM, prompt: list[int], params: SamplingParams, tally: Tally
 
 def draft_tokens(drafter: str) -> int:
     """Draft tokens per step (max) of a configuration: the most of its drafters."""
-    return max(DRAFT_TOKENS[d] for d in drafter.removeprefix(WARM).split("+"))
+    return max(DRAFT_TOKENS[d] for d in drafter.removeprefix(WARM).removesuffix(TREE).split("+"))
 
 
 def fresh_engine(drafter: str | None, device: str, warm: list[list[int]] | None = None) -> LLM:
-    spec = drafter.removeprefix(WARM).replace("+", ",") if drafter else None
-    llm = LLM(speculative=spec, num_speculative_tokens=draft_tokens(drafter) if drafter else 4, kv_cache_memory_gb=0.25, device=device)
+    spec = drafter.removeprefix(WARM).removesuffix(TREE).replace("+", ",") if drafter else None
+    tree = bool(drafter and drafter.endswith(TREE))
+    llm = LLM(speculative=spec, num_speculative_tokens=draft_tokens(drafter) if drafter else 4, kv_cache_memory_gb=0.25, device=device,
+              spec_tree=tree)
+    if tree and not llm.core.runner.tree_verification:
+        raise SystemExit(f"{drafter}: tree verification does not run on this machine (see ModelRunner._trees_supported)")
     # Warm-up on a prompt of no eval turn (a bare system line) and a short output: it loads kernels
     # and code paths without putting any eval conversation into the drafter or the prefix cache.
     llm.generate([llm.encode("<|system|>You are a helpful assistant.")], SamplingParams(temperature=0.0, max_tokens=8))
@@ -234,6 +241,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 run, 2 turns, 24 tokens, 1 repeat, no write")
     ap.add_argument("--warm-tree", action="store_true",
                     help="add a row 'warm:suffix': the suffix tree seeded with the train split's assistant turns first")
+    ap.add_argument("--tree", action="store_true",
+                    help="add rows 'suffix-tree' (and 'warm:suffix-tree' with --warm-tree): tree verification (spec_tree)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -242,6 +251,8 @@ def main() -> None:
     drafters = args.drafters.split(",")
     if args.warm_tree and f"{WARM}suffix" not in drafters:
         drafters.append(f"{WARM}suffix")
+    if args.tree:
+        drafters += [f"{d}{TREE}" for d in ("suffix", f"{WARM}suffix") if d in drafters and f"{d}{TREE}" not in drafters]
     rows, data = [], {}
     for temperature in map(float, args.temperatures.split(",")):
         r, d = measure(cases, drafters, temperature, args)
@@ -259,6 +270,7 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
            f"--repeats {args.repeats} --temperatures {args.temperatures} --drafters {args.drafters} --seed {args.seed}")
     cmd += f" --device {args.device}" if args.device != "cpu" else ""
     cmd += " --warm-tree" if args.warm_tree else ""
+    cmd += " --tree" if args.tree else ""
     section, where = ("spec_decode", "") if args.device == "cpu" else (f"spec_decode_{args.device}", f", {args.device}")
     body = (markdown_table(cols, rows) + f"\n\nData: eval split only ({len(cases)} assistant turns of tasks {tasks}, one run per task, "
             "turns in conversation order; the models never trained on these tasks). A fresh engine per configuration and repeat; "
@@ -270,6 +282,8 @@ def write_doc(args: argparse.Namespace, cols: list[str], rows: list[list[Any]], 
             + ("warm:suffix: the suffix drafter on an engine whose global tree was first seeded with the assistant turns of "
                "the train-split runs (a warm server; no eval task), beside the cold suffix row whose tree starts empty. "
                if args.warm_tree else "") +
+            ("-tree: the same drafter verifying a draft tree per step (its global tree's branches and the prompt-lookup chain; "
+             "EngineConfig.spec_tree) instead of one chain. " if args.tree else "") +
             "The machine (2 cores) was shared with other work while this ran: absolute tok/s are low and noisy.")
     write_section(section, f"Speculative decoding (embedded model, batch 1{where})", body, cmd, data | {"tasks": tasks, "turns": len(cases)})
 

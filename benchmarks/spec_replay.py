@@ -8,10 +8,12 @@ speedup is then modelled: emitted tokens over the summed cost of the steps, a ve
 drafts costing what `benchmarks/verify_cost.py` measured for k + 1 rows (its JSON; the engine's
 linear cost model when absent).
 
-Rows: `chain` is what the engine does (one draft per step); `tree` is a simulation only (the engine
-cannot verify trees): a best-first tree over the suffix trie's branches and the prompt-lookup chain,
-as many nodes as maximise expected tokens per cost, accepted along the longest path the output
-follows; its cost is that of as many rows. `warm` seeds the tree first with the train-split
+Rows: `chain` is what the engine does by default (one draft per step); `tree` is tree verification
+(`EngineConfig.spec_tree`): the engine's own draft tree (`Speculator.draft_tree`: a best-first tree
+over the suffix trie's branches and the prompt-lookup chain, as many nodes as maximise expected
+tokens per cost under the engine's linear cost model), accepted along the longest path the output
+follows; its modelled cost is that of as many rows. `tree:measured` sizes the same trees by the
+measured step costs instead of the linear model (to check the engine's cost model). `warm` seeds the tree first with the train-split
 assistant turns (spec_decode.warm_documents). `--holdout` replays the eval turns the speed benchmark
 does not (for checking settings on turns that are not the benchmark's).
 
@@ -21,7 +23,6 @@ does not (for checking settings on turns that are not the benchmark's).
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import sys
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ from benchmarks.report import JSON_DIR, print_table  # noqa: E402
 from benchmarks.spec_decode import turns, warm_documents  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, EngineConfig  # noqa: E402
+from engine.runner import MAX_TREE_NODES  # noqa: E402
 from engine.speculative.chooser import VerifyCost  # noqa: E402
 from engine.speculative.speculator import Speculator  # noqa: E402
-from engine.speculative.suffix import SuffixTree  # noqa: E402
 from engine.tokenizer import ChatTokenizer  # noqa: E402
 
 MAX_DRAFT = 16  # as spec_decode's suffix row
@@ -67,11 +68,14 @@ def step_costs() -> dict[int, float]:
 
 
 def cost_of(rows: int, costs: dict[int, float]) -> float:
-    """Cost of a step of `rows` rows, linear between measured row counts (flat past the last)."""
+    """Cost of a step of `rows` rows, linear between measured row counts and past the last two."""
     ns = sorted(costs)
     for a, b in zip(ns, ns[1:], strict=False):
         if a <= rows <= b:
             return costs[a] + (costs[b] - costs[a]) * (rows - a) / (b - a)
+    if rows > ns[-1] and len(ns) > 1:  # a tree of up to 32 rows: the last slope goes on
+        a, b = ns[-2], ns[-1]
+        return costs[b] + (costs[b] - costs[a]) * (rows - b) / (b - a)
     return costs[ns[-1]] if rows > ns[-1] else costs[ns[0]]
 
 
@@ -91,39 +95,6 @@ def accepted_chain(draft: list[int], rest: list[int]) -> int:
     return a
 
 
-def tree_paths(trie: SuffixTree, context: list[int], budget: int, match_prior: float, max_match: int) -> dict[tuple[int, ...], float]:
-    """Up to `budget` trie paths after the longest match, best first: {path: estimated chance}."""
-    length, node = trie.match(context, max_match)
-    if node < 0:
-        return {}
-    conf, out = length / (length + match_prior), dict[tuple[int, ...], float]()
-    heap: list[tuple[float, tuple[int, ...], int]] = [(-1.0, (), node)]
-    while heap and len(out) < budget:
-        neg, path, nd = heapq.heappop(heap)
-        if path:
-            out[path] = -neg
-        if len(path) < min(budget, trie.max_depth - length):
-            for tok, child in trie.children(nd).items():
-                heapq.heappush(heap, (neg * trie.count(child) / trie.count(nd) * conf, (*path, tok), child))
-    return out
-
-
-def choose_tree(cands: dict[tuple[int, ...], float], costs: dict[int, float]) -> set[tuple[int, ...]]:
-    """The prefix-closed set of candidate paths (best first) with the most expected tokens per cost."""
-    chosen: list[tuple[int, ...]] = []
-    kept: set[tuple[int, ...]] = set()
-    best, best_n, expected = 1.0, 0, 1.0
-    for path, p in sorted(cands.items(), key=lambda kv: -kv[1]):
-        if len(path) > 1 and path[:-1] not in kept:
-            continue
-        chosen.append(path)
-        kept.add(path)
-        expected += p
-        if expected / cost_of(len(chosen) + 1, costs) > best:
-            best, best_n = expected / cost_of(len(chosen) + 1, costs), len(chosen)
-    return set(chosen[:best_n])
-
-
 def replay(turns_: list[Turn], mode: str, warm: list[list[int]] | None, costs: dict[int, float]) -> dict[str, float]:
     """Replay every turn in order through one Speculator; returns tokens per step, acceptance, modelled speedup."""
     spec = Speculator(("suffix",), VerifyCost(EngineConfig().spec_verify_overhead, EngineConfig().spec_token_cost))
@@ -134,7 +105,7 @@ def replay(turns_: list[Turn], mode: str, warm: list[list[int]] | None, costs: d
     for n, turn in enumerate(turns_):
         spec.observe(n, turn.prompt)
         seq = SimpleNamespace(token_ids=[*turn.prompt, turn.output[0]], params=SamplingParams(temperature=0.0), spec=None,
-                              mtp_draft=None, draft_ids=[], usage=SimpleNamespace(spec_proposed_tokens=0, spec_accepted_tokens=0))
+                              mtp_draft=None, draft_ids=[], draft_parents=None, usage=SimpleNamespace(spec_proposed_tokens=0, spec_accepted_tokens=0))
         pos = 1  # the prefill step sampled the first token
         while pos < len(turn.output):
             k = min(MAX_DRAFT, MAX_TOKENS - pos - 1)
@@ -144,7 +115,8 @@ def replay(turns_: list[Turn], mode: str, warm: list[list[int]] | None, costs: d
             pos, steps, tokens, cost = pos + emit, steps + 1, tokens + emit, cost + cost_of(rows + 1, costs)
             proposed, accepted = proposed + rows, accepted + acc
         spec.observe(n, turn.prompt + turn.output)
-    return {"tokens_per_step": tokens / steps, "acceptance": accepted / max(1, proposed), "modelled_speedup": tokens / cost}
+    return {"tokens_per_step": tokens / steps, "acceptance": accepted / max(1, proposed), "modelled_speedup": tokens / cost,
+            "rows_per_step": (steps + proposed) / steps}
 
 
 def draft_and_accept(spec: Speculator, seq: Any, rest: list[int], k: int, mode: str, costs: dict[int, float]) -> tuple[int, int]:
@@ -158,17 +130,17 @@ def draft_and_accept(spec: Speculator, seq: Any, rest: list[int], k: int, mode: 
             Speculator.record(seq, acc)
         rows, seq.draft_ids = len(seq.draft_ids), []
         return rows, acc
-    assert spec.suffix is not None
-    sd = spec.suffix
-    cands = {p: c for p, c in tree_paths(sd.tree, seq.token_ids, 64, sd.match_prior, sd.max_match).items() if len(p) <= k}
-    _, local, probs = sd.prompt_draft(seq.token_ids, k)
-    for i in range(len(local)):
-        cands[tuple(local[: i + 1])] = max(cands.get(tuple(local[: i + 1]), 0.0), probs[i])
-    tree = choose_tree(cands, costs)
-    acc = 0
-    while acc < len(rest) and tuple(rest[: acc + 1]) in tree:
+    # what the engine verifies with spec_tree=True ("tree"), or the tree chosen by the measured step costs
+    spec.draft_tree(seq, k, MAX_TREE_NODES, (lambda n: cost_of(n + 1, costs)) if mode == "tree:measured" else None)
+    if not seq.draft_ids:
+        return 0, 0
+    kids = {(p, tok): i for i, (p, tok) in enumerate(zip(seq.draft_parents, seq.draft_ids, strict=True))}
+    acc, node = 0, -1
+    while acc < len(rest) and (node := kids.get((node, rest[acc]), -2)) != -2:
         acc += 1
-    return len(tree), acc
+    Speculator.record(seq, acc)
+    rows, seq.draft_ids, seq.draft_parents = len(seq.draft_ids), [], None
+    return rows, acc
 
 
 def main() -> None:
@@ -187,12 +159,12 @@ def main() -> None:
     warm = None if args.quick else warm_documents()
     rows = []
     for tree_kind in ("cold", "warm") if warm else ("cold",):
-        for mode in ("chain", "tree"):
+        for mode in ("chain", "tree", "tree:measured"):
             r = replay(recorded, mode, warm if tree_kind == "warm" else None, costs)
-            rows.append([tree_kind, mode + (" (simulated)" if mode == "tree" else ""), r["tokens_per_step"], r["acceptance"], r["modelled_speedup"]])
+            rows.append([tree_kind, mode, r["tokens_per_step"], r["rows_per_step"], r["acceptance"], r["modelled_speedup"]])
     source = args.costs or ("verify_cost.json" if (JSON_DIR / "verify_cost.json").exists() else "linear model")
     title = f"drafting replayed on {len(recorded)} eval turns ({'holdout' if args.holdout else 'spec_decode workload'}), step costs: {source}"
-    print_table(title, ["suffix tree", "verification", "tokens per step", "acceptance", "modelled speedup"], rows)
+    print_table(title, ["suffix tree", "verification", "tokens per step", "rows per step", "acceptance", "modelled speedup"], rows)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class EngineConfig:
     # benchmarks/verify_cost.py re-measures the curve and splits it by kernel (docs/benchmarks.md).
     spec_verify_overhead: float = 0.15
     spec_token_cost: float = 0.06
+    # Tree verification: a greedy request drafted by the suffix drafter alone verifies a token tree
+    # (its global tree's branches and the prompt-lookup chain) in one step instead of one chain, where
+    # the runner supports token-tree attention (CPU fp32 on the AVX2 two-pass kernel, a model with plain
+    # GQA, no MTP or draft model); elsewhere it drafts chains (runner.ModelRunner.tree_verification).
+    spec_tree: bool = False
     draft_model: str | Path | None = None  # the "draft" drafter's model (None = the shipped one)
     cuda_graphs: bool = True  # on CUDA, replay captured graphs for pure decode steps (engine/cuda_graphs.py)
     # On CPU, run a step's kernels on fewer threads while other processes keep cores busy

@@ -24,7 +24,7 @@ from engine.kv.radix import RadixNode
 from engine.kv.storage import StorageWorker
 from engine.kv.tiers import DiskKVTier, HostKVTier
 from engine.model.config import ModelConfig
-from engine.runner import ModelRunner, kv_bytes_per_block
+from engine.runner import MAX_TREE_NODES, ModelRunner, kv_bytes_per_block
 from engine.scheduler import Scheduler, blocks_needed
 from engine.sequence import FinishReason, SamplingParams, Sequence
 from engine.speculative.chooser import VerifyCost
@@ -270,7 +270,7 @@ class EngineCore:
             rejected = len(seq.draft_ids) - acc
             if seq.draft_ids:
                 self.speculator.record(seq, acc)
-            seq.draft_ids = []
+            seq.draft_ids, seq.draft_parents = [], None
             old_len = len(seq)
             seq.token_ids.extend(new)
             self.scheduler.advance(seq, num_new - rejected)  # KV of the accepted tokens is now valid
@@ -299,7 +299,9 @@ class EngineCore:
                 continue
             room = min(seq.params.max_tokens - seq.num_output_tokens - 1, self.max_model_len - len(seq) - 1)
             k = min(k_max, room)
-            if k > 0:
+            if k > 0 and self.runner.tree_verification and self.speculator.tree_ok(seq):
+                self.speculator.draft_tree(seq, k, MAX_TREE_NODES)
+            elif k > 0:
                 self.speculator.draft(seq, k)
 
     def _drain(self) -> list[StepOutput]:

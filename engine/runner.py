@@ -19,6 +19,7 @@ from engine.model.attention import AttentionMetadata, KVCache
 from engine.model.config import ModelConfig
 from engine.sampler import probabilities, sample
 from engine.scheduler import ScheduledBatch
+from engine.speculative.chooser import accept_tree_greedy
 from engine.speculative.draft_model import PLACEHOLDER, DraftModel
 from engine.speculative.rejection import accept
 from engine.structured import mask_logits
@@ -32,6 +33,7 @@ def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.
 
 
 GREEDY_VERIFY_CHUNK = 4
+MAX_TREE_NODES = cpu_attention.MAX_QUERY_LEN - 1  # draft tree nodes per request: with its last token, one kernel call's rows
 
 
 def verify_greedy(compute_logits: Any, hidden: torch.Tensor, drafts: list[int]) -> tuple[int, int]:
@@ -46,6 +48,21 @@ def verify_greedy(compute_logits: Any, hidden: torch.Tensor, drafts: list[int]) 
             if j == k or tok != drafts[j]:
                 return j, tok
     raise AssertionError("unreachable: row k always ends the loop")
+
+
+def compact_kv(kv_cache: KVCache, block_table: list[int], moves: list[tuple[int, int]]) -> None:
+    """Copy every layer's K and V of position src to position dst for each (src, dst) in `moves`
+    (positions of one sequence, in its block table). A tree's accepted path has src >= dst, and no
+    dst is another move's src, so the order of the copies does not matter."""
+    moves = [(src, dst) for src, dst in moves if src != dst]
+    if not moves:
+        return
+    bs = kv_cache.block_size
+    src = torch.tensor([block_table[p // bs] * bs + p % bs for p, _ in moves], device=kv_cache.k.device)
+    dst = torch.tensor([block_table[p // bs] * bs + p % bs for _, p in moves], device=kv_cache.k.device)
+    for cache in (kv_cache.k, kv_cache.v):
+        flat = cache.view(cache.shape[0], -1, *cache.shape[3:])  # [layers, slots, Hkv, D]
+        flat[:, dst] = flat[:, src]
 
 
 class ModelRunner:
@@ -92,17 +109,41 @@ class ModelRunner:
         if use_graphs:
             max_len = config.max_model_len or model_config.max_position_embeddings
             self.graphs = DecodeGraphs(model, self.kv_cache, num_blocks, -(-max_len // config.block_size), config.max_num_seqs)
+        self.tree_verification = config.spec_tree and self._trees_supported()
+        if config.spec_tree and not self.tree_verification:
+            logger.info("tree verification is not supported here (see ModelRunner._trees_supported): chain drafts")
+
+    def _trees_supported(self) -> bool:
+        """Whether verify steps can run token trees: fp32 on the CPU with the C two-pass attention
+        kernel (AVX2 without AVX-512: the tiled AVX-512 path takes no tree), a model whose attention
+        takes trees (plain GQA; no window, sinks or latent attention), and neither the MTP module nor
+        a draft model (both read the verified rows as a chain). Elsewhere (CUDA / Triton, bf16, the
+        torch fallback) the engine drafts chains."""
+        return (self.device.type == "cpu" and self.dtype == torch.float32 and cpu_attention.available()
+                and cpu_attention.tree_supported(self.model_config.head_dim) and bool(getattr(self.model, "tree_attention", False))
+                and not self.mtp and self.draft is None and self.graphs is None)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         token_ids: list[int] = []
         positions: list[int] = []
         context_lens: list[int] = []
+        trees: list[list[int] | None] = []
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start = seq.num_computed_tokens
             tokens = seq.token_ids + seq.draft_ids if seq.draft_ids else seq.token_ids
             token_ids.extend(tokens[start : start + num_new])
-            positions.extend(range(start, start + num_new))
             context_lens.append(start + num_new)
+            if seq.draft_parents is None:
+                positions.extend(range(start, start + num_new))
+                trees.append(None)
+                continue
+            # a draft tree: row 0 the last token, row i + 1 draft i; RoPE position = start + depth
+            parents = [-1] + [p + 1 for p in seq.draft_parents]
+            depth: list[int] = []
+            for p in parents:
+                depth.append(depth[p] + 1 if p >= 0 else 0)
+            positions.extend(start + d for d in depth)
+            trees.append(parents)
         meta = AttentionMetadata.build(
             batch.num_new_tokens,
             context_lens,
@@ -110,6 +151,8 @@ class ModelRunner:
             self.config.block_size,
             self.device,
         )
+        if any(t is not None for t in trees):
+            meta.with_trees(trees)
         input_ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)  # [num_tokens]
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)  # [num_tokens]
         return input_ids, pos, meta
@@ -177,6 +220,8 @@ class ModelRunner:
         """Score the last token and k drafts in one pass; accept losslessly (engine/speculative/rejection.py)."""
         k = len(seq.draft_ids)
         end = meta.cu_query_lens[i + 1]
+        if seq.draft_parents is not None:
+            return self._verify_tree(hidden[end - k - 1 : end], seq)
         if seq.params.greedy:
             a, nxt = verify_greedy(self.model.compute_logits, hidden[end - k - 1 : end], seq.draft_ids)
             return a, seq.draft_ids[:a] + [nxt]
@@ -186,6 +231,17 @@ class ModelRunner:
         num, bonus = accept(probs.cpu(), drafts.cpu(), None, generator=seq.generator)
         accepted = int(num[0])
         return accepted, seq.draft_ids[:accepted] + [int(bonus[0])]
+
+    def _verify_tree(self, hidden: torch.Tensor, seq: Any) -> tuple[int, list[int]]:
+        """Greedy verification of a draft tree (hidden [nodes + 1, H]: the last token's, then each
+        node's): walk the tree along the argmax (`chooser.accept_tree_greedy`), then move the accepted
+        nodes' KV to the positions after the context (`compact_kv`) so the cache holds the path as
+        plain decoding would have written it."""
+        argmax = self.model.compute_logits(hidden).argmax(-1).tolist()
+        path, nxt = accept_tree_greedy(seq.draft_parents, seq.draft_ids, argmax)
+        start = seq.num_computed_tokens  # the last token's position
+        compact_kv(self.kv_cache, seq.block_table, [(start + 1 + node, start + 1 + j) for j, node in enumerate(path)])
+        return len(path), [seq.draft_ids[node] for node in path] + [nxt]
 
     def _fill_drafts(self, batch: ScheduledBatch) -> int:
         """Replace the core's placeholder drafts by the draft model's proposals; returns how many

@@ -199,8 +199,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            if seq.draft_ids:  # drafts that do not fit the token budget are dropped
+            if seq.draft_ids:  # drafts that do not fit the token budget are dropped (a tree's nodes come parents first)
                 seq.draft_ids = seq.draft_ids[: max(0, budget - seq.num_uncomputed_tokens)]
+                if seq.draft_parents is not None:
+                    seq.draft_parents = seq.draft_parents[: len(seq.draft_ids)] or None
             num_new = min(seq.num_uncomputed_tokens + len(seq.draft_ids), budget)
             if not self._reserve(seq, seq.num_computed_tokens + num_new):
                 victim = self.running[-1]
@@ -320,7 +322,7 @@ class Scheduler:
         return True
 
     def _preempt(self, seq: Sequence) -> None:
-        seq.draft_ids = []
+        seq.draft_ids, seq.draft_parents = [], None
         self.running.remove(seq)
         self._cache_prefix(seq)
         self._release(seq)

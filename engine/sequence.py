@@ -136,6 +136,9 @@ class Sequence:
     stop_text: str = ""  # decoded text, kept only when stop strings are set
     matcher: object | None = None  # xgrammar GrammarMatcher for structured output
     draft_ids: list[int] = field(default_factory=list)  # speculative tokens proposed for this step
+    # A draft tree (speculative/chooser.py TreeDraft): draft i's parent among the drafts, -1 for the last
+    # token; None: the drafts are a chain.
+    draft_parents: list[int] | None = None
     # engine.speculative.chooser.SpecState, set by the Speculator: per-drafter acceptance history and the
     # current draft's source (typed Any: engine.speculative imports this module, not the other way)
     spec: Any = None

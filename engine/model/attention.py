@@ -59,6 +59,11 @@ class AttentionMetadata:
     block_size: int = 0  # tokens per KV block (0: unknown)
     block_table_lists: list[list[int]] = field(default_factory=list)  # host copies of the tables
     cu_query_lens_t: torch.Tensor | None = None  # [num_seqs + 1] int64 copy of cu_query_lens on the step's device (C and Triton kernels)
+    # Token trees (speculative tree verification; `with_trees`): per sequence its new tokens' parents among
+    # its earlier new tokens (-1: the last cached token), None for causal rows; and all of them as one
+    # CPU int64 tensor [num_tokens] (causal rows as chains). None: no tree this step.
+    tree_parent_lists: list[list[int] | None] | None = None
+    tree_parents: torch.Tensor | None = None
     # Derived once per step from query_lens (every attention layer asks):
     max_query_len: int = field(init=False)  # the most new tokens of one sequence (0 for an empty step)
     is_decode: bool = field(init=False)  # every sequence adds exactly one token (pure decode step)
@@ -70,6 +75,22 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return len(self.query_lens)
+
+    def with_trees(self, parents: list[list[int] | None]) -> None:
+        """Mark sequences whose new tokens form a tree (`parents[i]`: sequence i's, None: causal).
+        A tree token at depth d sits at position ctx - q_len + d (the runner gives RoPE that position)
+        but its KV slot is that of position ctx - q_len + its index, as `slot_mapping` says.
+        Raises ValueError unless each parent precedes its child."""
+        flat: list[int] = []
+        for q, par in zip(self.query_lens, parents, strict=True):
+            if par is None:
+                flat.extend(range(-1, q - 1))
+                continue
+            if len(par) != q or any(not -1 <= p < t for t, p in enumerate(par)):
+                raise ValueError(f"tree parents must precede their children, got {par} for {q} tokens")
+            flat.extend(par)
+        self.tree_parent_lists = list(parents)
+        self.tree_parents = torch.tensor(flat, dtype=torch.int64)
 
     @classmethod
     def build(

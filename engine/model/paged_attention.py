@@ -94,6 +94,8 @@ def paged_attention(
     `window` > 0 limits each token to its last `window` keys; `sinks` [Hq] adds per-head sink logits
     to the softmax (gpt-oss); see `paged_attention_window_torch`."""
     if window or sinks is not None:
+        if meta.tree_parents is not None:
+            raise ValueError("token trees are not supported with a sliding window or sinks")
         if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):
             from engine.kernels.triton.attention import paged_decode_attention
 
@@ -104,6 +106,10 @@ def paged_attention(
         if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta, variant=True):
             return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, window=window, sinks=sinks)
         return paged_attention_window_torch(q, k_cache, v_cache, meta, scale, window, sinks)
+    if meta.tree_parents is not None:  # token trees: the two-pass C path, else the masked torch twin
+        if q.device.type == "cpu" and cpu_attention.supports(q, k_cache, meta) and cpu_attention.tree_supported(q.shape[-1]):
+            return cpu_attention.paged_attention(q, k_cache, v_cache, meta, scale, parents=meta.tree_parents)
+        return paged_tree_attention_torch(q, k_cache, v_cache, meta, scale)
     if meta.is_decode and q.is_cuda and decode_kernel_supports(q.shape[-1]):  # sync-free (and CUDA-graph safe) decode
         from engine.kernels.triton.attention import paged_decode_attention
 
@@ -148,19 +154,58 @@ def paged_attention_torch(
     return out
 
 
-def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
-    """q [q_len, Hq, D] at absolute positions offset.. attends to k/v [ctx, Hkv, D] causally."""
+def tree_mask(parents: list[int], prefix: int) -> torch.Tensor:
+    """[q_len, prefix + q_len] bool: new token t sees the `prefix` cached keys, itself and its
+    ancestors (new token j's key at index prefix + j)."""
+    q_len = len(parents)
+    mask = torch.zeros(q_len, prefix + q_len, dtype=torch.bool)
+    mask[:, :prefix] = True
+    for t in range(q_len):
+        j = t
+        while j >= 0:
+            mask[t, prefix + j] = True
+            j = parents[j]
+    return mask
+
+
+def paged_tree_attention_torch(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """`paged_attention` with token trees (`AttentionMetadata.with_trees`) in torch ops: masked SDPA
+    per tree sequence (the C two-pass path's reference twin); causal sequences as usual."""
+    assert meta.tree_parent_lists is not None
+    out = torch.empty_like(q)
+    for i, (q_len, ctx) in enumerate(zip(meta.query_lens, meta.context_lens, strict=True)):
+        lo, hi = meta.cu_query_lens[i], meta.cu_query_lens[i + 1]
+        k = gather_context(k_cache, meta.block_tables[i], ctx)  # [ctx, Hkv, D]
+        v = gather_context(v_cache, meta.block_tables[i], ctx)
+        parents = meta.tree_parent_lists[i]
+        if parents is None:
+            out[lo:hi] = _causal(q[lo:hi], k, v, scale, ctx - q_len)
+        else:
+            out[lo:hi] = _masked(q[lo:hi], k, v, scale, tree_mask(parents, ctx - q_len).to(q.device))
+    return out
+
+
+def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor) -> torch.Tensor:
+    """q [q_len, Hq, D] attends to k/v [ctx, Hkv, D] where mask [q_len, ctx] is True."""
     group = q.shape[1] // k.shape[1]
     qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
     kh = k.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)  # [1, Hq, ctx, D]
     vh = v.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)[0].transpose(0, 1)
+
+
+def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
+    """q [q_len, Hq, D] at absolute positions offset.. attends to k/v [ctx, Hkv, D] causally."""
     if offset == 0:
-        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
-    else:
-        q_pos = torch.arange(offset, offset + q.shape[0], device=q.device)
-        mask = torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None]  # [q_len, ctx]
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
-    return o[0].transpose(0, 1)
+        group = q.shape[1] // k.shape[1]
+        qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
+        kh = k.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)  # [1, Hq, ctx, D]
+        vh = v.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)[0].transpose(0, 1)
+    q_pos = torch.arange(offset, offset + q.shape[0], device=q.device)
+    return _masked(q, k, v, scale, torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None])
 
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -56,6 +56,13 @@ class MoEForCausalLM(nn.Module):
         mlps = [m for m in self.modules() if isinstance(m, (MoE, DenseMLP))]
         return not self.attention_in_torch and all(m.cpu_experts is not None for m in mlps)
 
+    @property
+    def tree_attention(self) -> bool:
+        """Whether every layer's attention takes token trees (`AttentionMetadata.with_trees`, speculative
+        tree verification): plain GQA through `paged_attention` (no window, sinks or latent attention),
+        not the all-dense decoder's one C call per step."""
+        return self.layer_cls is DecoderLayer and not self.attention_in_torch and self.cpu_stack is None
+
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:

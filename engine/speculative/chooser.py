@@ -21,6 +21,7 @@ every step it offers a draft but is passed over, its sums decay toward the prior
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -134,3 +135,52 @@ class SpecState:
         if self.drafter is not None:
             self.stats.setdefault(self.drafter, DrafterStats()).record(self.predicted, accepted)
         self.drafter, self.predicted = None, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDraft:
+    """A draft tree: node i is `tokens[i]` with parent `parents[i]` (an earlier node, or -1: the
+    request's last token); `expected`: the expected tokens one verify step of it emits."""
+
+    tokens: list[int]
+    parents: list[int]
+    expected: float
+    paths: list[tuple[int, ...]]  # each node's tokens from the root
+
+
+def choose_tree(candidates: dict[tuple[int, ...], float], cost: Callable[[int], float], max_nodes: int) -> TreeDraft | None:
+    """The draft tree with the most expected tokens per unit of cost among the best-first prefixes of
+    `candidates` ({path: estimated chance the output follows it}; a path is taken only after its
+    parent): expected tokens 1 + the sum of the taken paths' chances, cost `cost(number of nodes)`
+    in plain steps. None when no tree beats a plain step. Nodes come parents first."""
+    chosen: list[tuple[int, ...]] = []
+    index: dict[tuple[int, ...], int] = {}
+    best, best_n, expected, best_expected = 1.0, 0, 1.0, 1.0
+    for path, p in sorted(candidates.items(), key=lambda kv: -kv[1]):
+        if len(chosen) == max_nodes:
+            break
+        if len(path) > 1 and path[:-1] not in index:
+            continue
+        index[path] = len(chosen)
+        chosen.append(path)
+        expected += p
+        gain = expected / cost(len(chosen))
+        if gain > best:
+            best, best_n, best_expected = gain, len(chosen), expected
+    if not best_n:
+        return None
+    nodes = chosen[:best_n]
+    return TreeDraft([p[-1] for p in nodes], [index[p[:-1]] if len(p) > 1 else -1 for p in nodes], best_expected, nodes)
+
+
+def accept_tree_greedy(parents: list[int], tokens: list[int], argmax: list[int]) -> tuple[list[int], int]:
+    """Temperature 0 over a draft tree: `argmax[0]` is the target's token after the last token and
+    `argmax[i + 1]` after node i. From the root, follow the child whose token is the argmax of its
+    parent; returns (the accepted nodes in order, the token after the last of them)."""
+    kids = {(parent, tok): i for i, (parent, tok) in enumerate(zip(parents, tokens, strict=True))}
+    path: list[int] = []
+    node = -1
+    while (nxt := kids.get((node, argmax[node + 1]))) is not None:
+        path.append(nxt)
+        node = nxt
+    return path, argmax[node + 1]

@@ -10,16 +10,17 @@ and the draft model's tokens are filled in by the runner (placeholders reserve t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from collections.abc import Sequence as Seq
 
 from engine.sequence import Sequence
-from engine.speculative.chooser import Proposal, SpecState, VerifyCost, choose
+from engine.speculative.chooser import DrafterStats, Proposal, SpecState, VerifyCost, choose, choose_tree
 from engine.speculative.draft_model import PLACEHOLDER
 from engine.speculative.ngram import NgramDrafter
 from engine.speculative.suffix import SuffixDrafter
 
 PROMPT_SOURCE = "suffix:prompt"  # the suffix drafter's prompt lookup, tracked apart from its tree
+TREE_SOURCE = "suffix:tree"  # the suffix drafter's draft trees (tree verification)
 # Prior chance that one MTP / draft-model token is accepted before a request has a history; the
 # request's calibration corrects them (the shipped MTP module: ~0.76 on eval turns).
 MTP_PRIOR = 0.75
@@ -84,12 +85,38 @@ class Speculator:
         state = seq.spec if seq.spec is not None else SpecState()
         seq.spec = state
         choice = choose(self.proposals(seq, k), state.stats, self.cost)
+        seq.draft_parents = None
         if choice is None:
             seq.draft_ids = []
             state.drafter, state.predicted = None, 0.0
             return
         seq.draft_ids = choice.tokens
         state.drafter, state.predicted = choice.drafter, choice.predicted
+
+    def tree_ok(self, seq: Sequence) -> bool:
+        """Whether `seq` may get a draft tree: greedy, and drafted by the suffix drafter alone."""
+        return seq.params.greedy and self.suffix is not None and self.allowed(seq) == ("suffix",)
+
+    def draft_tree(self, seq: Sequence, k: int, max_nodes: int, cost: Callable[[int], float] | None = None) -> None:
+        """Set `seq.draft_ids` / `seq.draft_parents` to a draft tree of at most `max_nodes` nodes and
+        depth `k` (none: a plain step): the suffix drafter's candidate branches (global tree and
+        prompt lookup, `SuffixDrafter.tree_candidates`), their chances scaled by the request's
+        calibration of its trees (`TREE_SOURCE`: accepted over predicted nodes, as for chains), cut by
+        `chooser.choose_tree` to the most expected tokens per verify cost. Every node is one verify
+        row, so the cost is `VerifyCost.of` the node count, or `cost(nodes)` when given."""
+        assert self.suffix is not None
+        state = seq.spec if seq.spec is not None else SpecState()
+        seq.spec = state
+        c = state.stats.setdefault(TREE_SOURCE, DrafterStats()).calibration
+        # a node whose chance is below the cost of a row never raises expected tokens per cost
+        raw = self.suffix.tree_candidates(seq.token_ids, k, min_prob=self.cost.per_token / c)
+        tree = choose_tree({path: min(1.0, c * p) for path, p in raw.items()}, cost or self.cost.of, max_nodes)
+        if tree is None:
+            seq.draft_ids, seq.draft_parents = [], None
+            state.drafter, state.predicted = None, 0.0
+            return
+        seq.draft_ids, seq.draft_parents = tree.tokens, tree.parents
+        state.drafter, state.predicted = TREE_SOURCE, sum(raw[path] for path in tree.paths)
 
     @staticmethod
     def record(seq: Sequence, accepted: int) -> None:

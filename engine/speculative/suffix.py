@@ -14,6 +14,7 @@ document holds them too).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from array import array
@@ -188,6 +189,33 @@ class SuffixTree:
             node = best
         return length, draft, probs
 
+    def branches(
+        self, context: Sequence[int], k: int, budget: int, max_match: int = 24, match_prior: float = 0.0,
+        min_prob: float = 0.0,
+    ) -> dict[tuple[int, ...], float]:
+        """Up to `budget` paths of at most `k` tokens after the longest matching suffix, best first
+        (every branch, not only the most frequent): {path: estimated chance that the output follows
+        it}, each token's chance its share of its parent's count times L / (L + match_prior); paths
+        whose chance is below `min_prob` are left out (with their subtrees: chances only fall)."""
+        length, node = self.match(context, max_match)
+        if node == _NO:
+            return {}
+        conf = length / (length + match_prior)
+        depth = min(k, self.max_depth - length)
+        out: dict[tuple[int, ...], float] = {}
+        kids, count = self._kids, self._count
+        heap: list[tuple[float, tuple[int, ...], int]] = [(-1.0, (), node)]
+        while heap and len(out) < budget:
+            neg, path, nd = heapq.heappop(heap)
+            if path:
+                out[path] = -neg
+            if len(path) < depth:
+                scale = -neg * conf / count[nd]
+                for tok, child in kids[nd].items():
+                    if count[child] * scale >= min_prob:
+                        heapq.heappush(heap, (-count[child] * scale, (*path, tok), child))
+        return out
+
     # ---- internals -------------------------------------------------------------------------
     def _insert(self, window: tuple[int, ...]) -> None:
         kids, count = self._kids, self._count
@@ -324,6 +352,17 @@ class SuffixDrafter:
         confidence = n / (n + self.match_prior)
         local = local[: self._affordable(n, len(local))]
         return n, local, [confidence ** (i + 1) for i in range(len(local))]
+
+    def tree_candidates(self, token_ids: Sequence[int], k: int, budget: int = 64, min_prob: float = 0.0) -> dict[tuple[int, ...], float]:
+        """Candidate nodes of a draft tree: the global tree's best `budget` branches (chance at least
+        `min_prob`) and the prompt lookup chain, {path of at most k tokens: estimated chance the
+        output follows it} (a path both offer: the larger chance)."""
+        cands = self.tree.branches(token_ids, k, budget, self.max_match, self.match_prior, min_prob)
+        _, local, probs = self.prompt_draft(token_ids, k)
+        for i, p in enumerate(probs):
+            path = tuple(local[: i + 1])
+            cands[path] = max(cands.get(path, 0.0), p)
+        return cands
 
     def _affordable(self, n: int, k: int) -> int:
         """How many of a prompt-lookup draft's k tokens keep (n / (n + prior))^i >= min_path_prob."""

@@ -41,10 +41,14 @@ def test_runs_cover_every_eval_task_before_repeating_one() -> None:
 
 @needs_data
 def test_quick_mode_completes_with_outputs_equal_to_plain_decoding() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spec_decode.py"), "--quick", "--drafters", "suffix,ngram,suffix+mtp"],
+    from engine.kernels.cpu import attention as cpu_attention
+
+    trees = cpu_attention.tree_supported(64)  # the default model's head size; tree rows only where trees run
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spec_decode.py"), "--quick", "--drafters", "suffix,ngram,suffix+mtp",
+                          *(["--tree"] if trees else [])],
                          capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("none", "suffix", "ngram", "suffix+mtp"):
+    for name in ("none", "suffix", "ngram", "suffix+mtp", *(["suffix-tree"] if trees else [])):
         assert name in out.stdout
 
 

@@ -148,11 +148,15 @@ int64_t tiled_supported(int64_t D) {
    (sequence, KV head) with at least tiled_min_rows rows when the tiled path exists here (any
    number of new tokens; the row path is for at most 32). A sliding window or sinks (see
    attend_rows) take the row path. Returns -1 when a sequence needs the tiled path and it is not
-   available. tune (0: the defaults): see ATTENTION_DEFAULTS. */
+   available. tune (0: the defaults): see ATTENTION_DEFAULTS. parents (NULL: causal rows): a token tree
+   per sequence, the parent of each new token among the sequence's earlier new tokens (-1: the last
+   cached token); only the two-pass path takes trees (attention_two_pass.h): -2 when a sequence of
+   a tree step would take another path. */
 int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, const int64_t *ctx_lens,
                         const int64_t *block_tables, int64_t max_blocks, const float *k_cache, const float *v_cache,
                         int64_t block_size, int64_t Hq, int64_t Hkv, int64_t D, float scale, float *out, int64_t threads,
-                        int64_t tiled_min_rows, int64_t window, const float *sinks, const int64_t *tune)
+                        int64_t tiled_min_rows, int64_t window, const float *sinks, const int64_t *tune,
+                        const int64_t *parents)
 {
     const int64_t *t = tune ? tune : ATTENTION_DEFAULTS;
     const int64_t two_pass = two_pass_supported(D) && window <= 0 && !sinks;
@@ -172,9 +176,9 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
         const int64_t q_len = cu_q[s + 1] - cu_q[s], rows = q_len * G;
         const int64_t multi = (tiled || (two_pass && q_len <= 32)) && rows >= tiled_min_rows;
         if (rows <= 0) continue;
-        if (!multi && q_len > 32) {
+        if ((!multi && q_len > 32) || (parents && (!two_pass || !multi))) {
             free(items);
-            return -1;
+            return parents ? -2 : -1;
         }
         if (multi && ctx_lens[s] + 32 + block_size > max_ld) max_ld = ctx_lens[s] + 32 + block_size;
         any_multi |= multi;
@@ -209,13 +213,13 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
                 const int64_t rows = q_len * G, nrows = rows - r0 < tile_rows ? rows - r0 : tile_rows;
                 if (D == 64)  /* constant head sizes keep the accumulators in registers */
                     attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
-                                    64, scale, out, scratch);
+                                    64, scale, out, scratch, parents ? parents + cu_q[s] : 0);
                 else if (D == 128)
                     attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
-                                    128, scale, out, scratch);
+                                    128, scale, out, scratch, parents ? parents + cu_q[s] : 0);
                 else
                     attend_two_pass(q, cu_q[s], q_len, ctx_lens[s], G, Hq, h, r0, nrows, table, k_cache, v_cache, block_size, Hkv,
-                                    D, scale, out, scratch);
+                                    D, scale, out, scratch, parents ? parents + cu_q[s] : 0);
                 continue;
             }
 #endif

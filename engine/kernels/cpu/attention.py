@@ -63,7 +63,7 @@ class PagedBatch(Protocol):
 
 
 _P, _I = native.PTR, native.I64
-_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P, _P), _I),
+_SIGNATURES = (("paged_attention", (_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, native.F32, _P, _I, _I, _I, _P, _P, _P), _I),
                ("tiled_supported", (_I,), _I), ("two_pass_supported", (_I,), _I))
 
 # The work split (attention.c's tune array), chosen per CPU by autotune.py among numerically identical
@@ -94,7 +94,7 @@ def _tune_case(query_lens: list[int], ctx_lens: list[int], seed: int) -> autotun
         out = torch.empty_like(q)
         lib.paged_attention(q.data_ptr(), len(ctx_lens), cu.data_ptr(), ctx.data_ptr(), tables.data_ptr(), tables.shape[1],
                             k.data_ptr(), v.data_ptr(), block, hq, hkv, d, d ** -0.5, out.data_ptr(), torch.get_num_threads(),
-                            TILED_MIN_ROWS, 0, None, tune)
+                            TILED_MIN_ROWS, 0, None, tune, None)
         return out
     return call
 
@@ -131,6 +131,15 @@ def multi_row_supported(head_dim: int) -> bool:
     return lib is not None and bool(lib.tiled_supported(head_dim) or lib.two_pass_supported(head_dim))
 
 
+@functools.cache
+def tree_supported(head_dim: int) -> bool:
+    """Whether token trees (speculative tree verification: each row sees the cached context and its
+    ancestors among the new tokens) run here for this head size: the two-pass path only (AVX2
+    without AVX-512). The tiled AVX-512 path shares key tiles between rows and takes no tree."""
+    lib = _KERNELS.get()
+    return lib is not None and bool(lib.two_pass_supported(head_dim)) and not lib.tiled_supported(head_dim)
+
+
 def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch, variant: bool = False) -> bool:
     """Whether this step's attention can run in the kernel: fp32 CPU tensors, contiguous caches,
     blocks of at most 64 tokens, and at most MAX_QUERY_LEN new tokens per sequence unless the
@@ -145,6 +154,7 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, meta: PagedBatch, variant: 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: PagedBatch, scale: float,
     tiled_min_rows: int | None = None, window: int = 0, sinks: torch.Tensor | None = None, tune: int | None = None,
+    parents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of every new token over its sequence's cached context (its own K/V
     already written): q [num_tokens, Hq, D] -> [num_tokens, Hq, D]. `window` > 0: a token sees its
@@ -153,7 +163,11 @@ def paged_attention(
     TILED_MIN_ROWS (tests force either path with it); `tune` the address of another work split
     than the one in force (tests compare the candidates with it). Raises ValueError when `supports` does not
     hold, the caches are not contiguous, or a sequence has more than MAX_QUERY_LEN new tokens
-    and the override keeps it off the tiled path."""
+    and the override keeps it off the tiled path. `parents` [num_tokens] int64 (CPU): token trees
+    (`tree_supported`), each new token's parent among its sequence's earlier new tokens (-1: the
+    last cached token); a token at depth d then sits at position ctx - q_len + d and sees the
+    context and its ancestors only, each score and sum in the order plain decoding of that path
+    takes (bitwise equal; tests/engine/test_tree_attention.py). ValueError where trees do not run."""
     lib = _KERNELS.require()
     variant = window > 0 or sinks is not None
     if not supports(q, k_cache, meta, variant) or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
@@ -172,11 +186,21 @@ def paged_attention(
     sink = None if sinks is None else sinks.detach().float().contiguous()
     if sink is not None and sink.shape != (num_heads,):
         raise ValueError(f"sinks must be [{num_heads}], got {tuple(sink.shape)}")
+    par = None
+    if parents is not None:
+        if window > 0 or sinks is not None or not tree_supported(head_dim):
+            raise ValueError("token trees need the two-pass path (AVX2 without AVX-512, no window or sinks)")
+        par = parents.to(torch.int64).contiguous()
+        if par.shape != (num_tokens,):
+            raise ValueError(f"parents must be [{num_tokens}], got {tuple(par.shape)}")
     status = lib.paged_attention(qc.data_ptr(), meta.num_seqs, cu.data_ptr(), meta.context_lens_t.data_ptr(), tables.data_ptr(),
                                  tables.shape[1], k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1], num_heads, num_kv_heads,
                                  head_dim, scale, out.data_ptr(), torch.get_num_threads(),
                                  TILED_MIN_ROWS if tiled_min_rows is None else tiled_min_rows, window,
-                                 None if sink is None else sink.data_ptr(), _KERNELS.tune if tune is None else tune)
+                                 None if sink is None else sink.data_ptr(), _KERNELS.tune if tune is None else tune,
+                                 None if par is None else par.data_ptr())
+    if status == -2:
+        raise ValueError(f"token trees need the two-pass path for every sequence (<= {MAX_QUERY_LEN} new tokens, tiled_min_rows={tiled_min_rows})")
     if status != 0:
         raise ValueError(f"more than {MAX_QUERY_LEN} new tokens per sequence need the tiled path (tiled_min_rows={tiled_min_rows})")
     return out

@@ -116,26 +116,35 @@ AI void weigh_chunk(const float *const *p, const float *vb, int64_t stride, int6
    floats, ld = round8(blocks of the context * block_size). */
 AI void attend_two_pass(const float *q, int64_t q_row0, int64_t q_len, int64_t ctx, int64_t G, int64_t Hq, int64_t h,
                         int64_t r0, int64_t nrows, const int64_t *table, const float *k_cache, const float *v_cache,
-                        int64_t block_size, int64_t Hkv, const int64_t D, float scale, float *out, float *sc)
+                        int64_t block_size, int64_t Hkv, const int64_t D, float scale, float *out, float *sc,
+                        const int64_t *par)
 {
-    const int64_t stride = Hkv * D, last = ctx - q_len + (r0 + nrows - 1) / G;  /* the last row's position */
-    const int64_t nblocks = last / block_size + 1, ld = (nblocks * block_size + 7) / 8 * 8, full = block_size / 8 * 8;
-    float *acc = sc + nrows * ld;
-    int64_t pos[TWO_PASS_ROWS];
+    const int64_t stride = Hkv * D, prefix = ctx - q_len;
+    int64_t pos[TWO_PASS_ROWS], lim[TWO_PASS_ROWS], depth[32], last = 0;
     const float *qr[TWO_PASS_ROWS + 1];
+    /* A tree (par: the parent of each new token among the earlier ones, -1: the prefix's last token) puts
+       new token t at position prefix + depth(t); it sees the prefix through the block table and its
+       ancestors (new tokens at positions prefix + their index) in their depth order: the tail pass below.
+       Without a tree, depth(t) = t and a row reads all its keys in block order. */
+    for (int64_t t = 0; t < q_len; t++) depth[t] = par ? (par[t] < 0 ? 0 : depth[par[t]] + 1) : t;
     for (int64_t r = 0; r < nrows; r++) {
         const int64_t t = (r0 + r) / G, g = (r0 + r) % G;
-        pos[r] = ctx - q_len + t;
+        pos[r] = prefix + depth[t];
+        lim[r] = par ? prefix - 1 : pos[r];  /* the last key read in block order */
+        if (pos[r] > last) last = pos[r];
         qr[r] = q + ((q_row0 + t) * Hq + h * G + g) * D;
     }
     qr[nrows] = qr[nrows - 1];
+    const int64_t nblocks = par ? (prefix + block_size - 1) / block_size : last / block_size + 1, ld = ((last / block_size + 1) * block_size + 7) / 8 * 8;
+    const int64_t full = block_size / 8 * 8;
+    float *acc = sc + nrows * ld;
     /* pass 1: scores, block by block; rows (in order of position) that see a key of an 8-key chunk, two at a time */
     for (int64_t b = 0; b < nblocks; b++) {
         const int64_t key0 = b * block_size;
         const float *kb = k_cache + (table[b] * block_size * Hkv + h) * D;
         for (int64_t j0 = 0; j0 < full; j0 += 8) {
             int64_t r = 0;
-            while (r < nrows && pos[r] < key0 + j0) r++;
+            while (r < nrows && lim[r] < key0 + j0) r++;
             for (; r < nrows; r += 2) {
                 float *dst[2] = {sc + r * ld + key0 + j0, sc + (r + 1) * ld + key0 + j0};
                 if (r + 1 < nrows) score_chunk(qr + r, kb + j0 * stride, stride, 2, D, scale, dst);
@@ -144,8 +153,17 @@ AI void attend_two_pass(const float *q, int64_t q_row0, int64_t q_len, int64_t c
         }
         for (int64_t j = full; j < block_size; j++)
             for (int64_t r = 0; r < nrows; r++)
-                if (pos[r] >= key0 + j) sc[r * ld + key0 + j] = score_one(qr[r], kb + j * stride, D, scale);
+                if (lim[r] >= key0 + j) sc[r * ld + key0 + j] = score_one(qr[r], kb + j * stride, D, scale);
     }
+    int64_t anc[TWO_PASS_ROWS][32];  /* tree rows: the new token at each depth of their path */
+    if (par)  /* the tail: each ancestor's score at its depth's index, computed as plain decoding computes it */
+        for (int64_t r = 0; r < nrows; r++)
+            for (int64_t t = (r0 + r) / G, i = depth[t]; i >= 0; t = par[t], i--) {
+                const int64_t key = prefix + t;
+                anc[r][i] = key;
+                sc[r * ld + prefix + i] = score_one(qr[r], k_cache + ((table[key / block_size] * block_size + key % block_size) * Hkv + h) * D,
+                                                    D, scale);
+            }
     /* pass 2: each row's softmax over its own keys */
     float inv[TWO_PASS_ROWS];
     for (int64_t r = 0; r < nrows; r++) {
@@ -157,7 +175,7 @@ AI void attend_two_pass(const float *q, int64_t q_row0, int64_t q_len, int64_t c
         const int64_t key0 = b * block_size;
         const float *vb = v_cache + (table[b] * block_size * Hkv + h) * D;
         for (int64_t r = 0; r < nrows;) {
-#define SEEN(i) (pos[i] + 1 - key0 < block_size ? pos[i] + 1 - key0 : block_size)  /* keys of the block row i sees */
+#define SEEN(i) (lim[i] + 1 - key0 < block_size ? lim[i] + 1 - key0 : block_size)  /* keys of the block row i sees */
             const int64_t n = SEEN(r);
             if (n <= 0) { r++; continue; }
             int R = 1;  /* rows r .. r + R - 1 see the same n keys; groups of 3, but 2 + 2 rather than 3 + 1 */
@@ -172,6 +190,14 @@ AI void attend_two_pass(const float *q, int64_t q_row0, int64_t q_len, int64_t c
             r += R;
         }
     }
+    if (par)  /* the tail's V rows after the prefix's, in depth order: each element's sum in plain decoding's order */
+        for (int64_t r = 0; r < nrows; r++)
+            for (int64_t i = 0; i <= pos[r] - prefix; i++) {
+                const int64_t key = anc[r][i];
+                const float *p[1] = {sc + r * ld + prefix + i};
+                float *a[1] = {acc + r * D};
+                weigh_chunk(p, v_cache + ((table[key / block_size] * block_size + key % block_size) * Hkv + h) * D, stride, 1, a, 1, D);
+            }
     for (int64_t r = 0; r < nrows; r++) {
         const int64_t t = (r0 + r) / G, g = (r0 + r) % G;
         float *o = out + ((q_row0 + t) * Hq + h * G + g) * D;

@@ -38,7 +38,7 @@ int64_t decoder_layers(const float *x, int64_t T, int64_t H, int64_t L, const in
                                head_eps, kc, vc, slots, capacity, q, threads))
             return -1;
         if (paged_attention(q, num_seqs, cu_q, ctx_lens, block_tables, max_blocks, kc, vc, block_size, Hq, Hkv, D, scale, att,
-                            threads, tiled_min_rows, 0, 0, tune_attention))
+                            threads, tiled_min_rows, 0, 0, tune_attention, 0))
             return -2;
         packed_linear(att, T, QD, QD, (const void *)p[P_O], b[1], H, (const float *)p[P_O_BIAS], tmp, H, threads, tune_linear);
         for (int64_t i = 0; i < T * H; i++) h[i] = in[i] + tmp[i];
