@@ -205,7 +205,7 @@ def summarise(jct: list[float], calls: list[tuple[int, int]], shared: int, work:
 
 def measure(workloads: dict[str, list[Job]], replicas: int, policy: str, concurrency: int, overlap_weight: float,
             num_kv_blocks: int, affinity_slack: int | None = 1, model: str | None = None,
-            balance_slack: float | None = 0.15) -> dict[str, dict[str, Any]]:
+            balance_slack: float | None = None) -> dict[str, dict[str, Any]]:
     from agentrt.ray import RayCluster, RayConfig
 
     options: dict[str, Any] = {"num_threads": 1, "num_kv_blocks": num_kv_blocks, "block_size": BLOCK}
@@ -246,7 +246,7 @@ def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]
 
 def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
             load: float, overlap_weight: float, affinity_slack: int | None = 1,
-            balance_slack: float | None = 0.15) -> dict[str, dict[str, Any]]:
+            balance_slack: float | None = None) -> dict[str, dict[str, Any]]:
     """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
     times the replicas' capacity."""
     duration = max(r["timestamp"] for r in reqs) / 1000
@@ -422,8 +422,8 @@ def main() -> None:
     ap.add_argument("--overlap-weight", type=float, default=1.0, help="kv-aware: weight of blocks to prefill vs active blocks")
     ap.add_argument("--affinity-slack", type=lambda v: None if v == "none" else int(v), default=1,
                     help="kv-aware: prefix affinity while in-flight requests differ by at most this ('none': cost only)")
-    ap.add_argument("--balance-slack", type=lambda v: None if v == "none" else float(v), default=0.15,
-                    help="kv-aware: a conversation leaves replicas past (1 + this) x the mean recent work ('none': off)")
+    ap.add_argument("--balance-slack", type=lambda v: None if v == "none" else float(v), default=None,
+                    help="kv-aware: rebalance conversations past (1 + this) x the mean recent work (default: off; 0.15 for agent replays)")
     ap.add_argument("--no-cluster", action="store_true", help="skip the measured (Ray) part")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes no docs")
     args = ap.parse_args()

@@ -74,7 +74,7 @@ def _serve(rep: SimReplica, req: SimRequest) -> int:
 
 def simulate(requests: list[SimRequest], num_replicas: int, policy: str, capacity_blocks: int,
              prefill_s: float, decode_s: float, overlap_weight: float = 1.0, affinity_slack: int | None = 1,
-             balance_slack: float | None = 0.15, concurrency: int | None = None) -> SimResult:
+             balance_slack: float | None = None, concurrency: int | None = None) -> SimResult:
     """Route `requests` over `num_replicas` replicas with `policy`. A job's requests are consecutive
     in `requests`; its first arrives at `arrival`, each later one `arrival` seconds (its tool time)
     after the previous one finished. With `concurrency`, at most that many jobs are in flight (in
@@ -141,7 +141,7 @@ def agent_requests(jobs: list[Any], block_size: int) -> list[SimRequest]:
 
 
 def budget_sweep(jobs: list[Any], block_size: int, counts: list[int], concurrencies: list[int], headrooms: list[float],
-                 prefill_s: float = 2e-5, decode_s: float = 5e-3, balance_slack: float | None = 0.15) -> list[dict[str, Any]]:
+                 prefill_s: float = 2e-5, decode_s: float = 5e-3, balance_slack: float | None = None) -> list[dict[str, Any]]:
     """kv-aware and round-robin hit rates on the agent replay over KV budgets (benchmarks/routing_bounds.py's
     rule at each concurrency and headroom; the budget never falls below the longest call, which a
     replica must hold to serve it) and replica counts, against one replica with the pooled budget:

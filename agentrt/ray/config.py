@@ -34,7 +34,7 @@ class RayConfig:
     router: str = "kv-aware"
     overlap_weight: float = 1.0  # kv-aware cost: weight of blocks to prefill against active blocks
     affinity_slack: int | None = 1  # kv-aware: prefix affinity while in-flight requests differ by at most this
-    balance_slack: float | None = 0.15  # kv-aware: a conversation leaves replicas past (1 + this) x the mean work
+    balance_slack: float | None = None  # kv-aware: rebalance past (1 + this) x the mean work (0.15 for agent replays)
     num_cpus_per_replica: float = 1.0
     num_gpus_per_replica: float = 0.0
     engine_options: dict[str, Any] = field(default_factory=dict)
