@@ -2,8 +2,13 @@
 five serving stacks on the same engine, interleaved in one run.
 
 Each job replays one recorded run the default model was not trained on (the held-out tasks of
-engine/train/data.py's split): every assistant turn is an LLM call whose prompt is the recorded
-conversation so far and whose output length is the recorded turn's (stop tokens ignored); each of
+engine/train/data.py's split), whole: every assistant turn is an LLM call whose prompt is the recorded
+conversation so far and whose output length is the recorded turn's (stop tokens ignored; 5-21 turns
+and 266-2,201 output tokens per job, contexts up to ~7k tokens). The model (`--model`): by default
+the tiny random Qwen3-MoE of benchmarks/routing.py (the shipped model's tokenizer, a context that
+fits the longest run; built here, nothing downloaded); `--model default` serves the shipped model,
+whose 4096-token context cuts the longer runs (`--context`, `--max-turns`, `--max-output` cut
+further). Scheduling and KV are counted in tokens; the weights only set what a token costs. Each of
 the turn's recorded tool calls sleeps a seeded latency drawn per tool (lognormal; every tool has its
 own median, spread around the default 400 ms, and the default p99/median ratio of 10). The first
 user message is tagged with the job number, so jobs replaying the same run share only the system
@@ -22,7 +27,7 @@ by a time-bounded ladder of (a)-only runs, benchmarks/serving_load.py; the rate 
 table says so when the ladder ran out of time first). Throughput at equal p50: the rate at which the
 full stack's p50 equals (a)'s p50 at the saturating rate (a second short ladder, interpolated).
 
-    python benchmarks/agent_serving.py [--jobs 32] [--rate R] [--repeats 2] [--quick]
+    python benchmarks/agent_serving.py [--model tiny|default] [--jobs 24] [--rate R] [--repeats 2] [--quick]
 """
 
 from __future__ import annotations
@@ -344,12 +349,12 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
              s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], s["engine_s"], s["step_s"], base / s["jct_mean_s"]] for name, s in summary.items()]
 
 
-DEFAULTS = {"unloaded_jobs": 8, "calibration_budget": 300.0, "equal_p50_budget": 100.0}
+DEFAULTS = {"unloaded_jobs": 0, "calibration_budget": 180.0, "equal_p50_budget": 60.0}
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=32, help="jobs per run: enough that queueing builds at the saturating rate")
+    ap.add_argument("--jobs", type=int, default=24, help="jobs per run: enough that queueing builds at the saturating rate")
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
     ap.add_argument("--model", choices=("tiny", "default"), default="tiny",
@@ -362,7 +367,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
-    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50")
+    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50 (0 = all: whole runs differ in size, so a subset's p50 is not the workload's)")
     ap.add_argument("--calibration-budget", type=float, default=DEFAULTS["calibration_budget"], help="seconds for the saturating-rate ladder")
     ap.add_argument("--equal-p50-budget", type=float, default=DEFAULTS["equal_p50_budget"], help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
@@ -411,7 +416,7 @@ def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mea
     if args.quick:
         rate, unloaded = args.rate or 2.0, float("nan")
     else:
-        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs))
+        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs or jobs))
         print(f"unloaded p50 job time {unloaded:.2f} s, engine {engine_s:.2f} s per job", flush=True)
         if args.rate:
             rate = args.rate
@@ -459,9 +464,9 @@ def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int,
     eq = (f"{equal:.3g}/s vs {rate:.3g}/s = {equal / rate:.2f}x" if equal is not None else "not found within its time budget")
     body = (markdown_table(COLUMNS, table_rows(summary)) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
             f"({turns} LLM turns, {calls} tool calls; {replayed}) on {described}, "
-            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs)} jobs "
+            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs or jobs)} jobs "
             f"run alone, one after another, on a warm engine). Rate ladder for (a): {ladder}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
-            f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once), host tier 4x that, in every config. Tool latencies lognormal per tool "
+            f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once, and never below the longest call plus 32 blocks), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
             f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. "
             f"Full stack vs vllm-like: mean JCT {base['jct_mean_s'] / full['jct_mean_s']:.2f}x lower, p99 "
