@@ -294,9 +294,10 @@ def longest_call() -> int:
 
 def kv_budget(rate: float, unloaded: float, mean_context: float, shared: int) -> int:
     """Blocks for ~1/3 of the live jobs' contexts at 3x-unloaded job times (Little's law: live jobs
-    = rate x job time), the prefix every job shares (system prompt, tool list) counted once; never
-    below the longest call plus slack."""
-    live = rate * 3 * unloaded
+    = rate x job time, at most every job of the run), the prefix every job shares (system prompt,
+    tool list) counted once; never below the longest call plus slack. Without the cap the budget
+    grew with the rate past the run's jobs (90 live of 24 at 6/s), so no rate ever saturated."""
+    live = min(len(JOBS), rate * 3 * unloaded)
     footprint = shared + live * (mean_context - shared)
     return max(-(-longest_call() // BLOCK) + 32, math.ceil(footprint / 3 / BLOCK))
 
