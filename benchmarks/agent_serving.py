@@ -2,8 +2,13 @@
 five serving stacks on the same engine, interleaved in one run.
 
 Each job replays one recorded run the default model was not trained on (the held-out tasks of
-engine/train/data.py's split): every assistant turn is an LLM call whose prompt is the recorded
-conversation so far and whose output length is the recorded turn's (stop tokens ignored); each of
+engine/train/data.py's split), whole: every assistant turn is an LLM call whose prompt is the recorded
+conversation so far and whose output length is the recorded turn's (stop tokens ignored; 5-21 turns
+and 266-2,201 output tokens per job, contexts up to ~7k tokens). The model (`--model`): by default
+the tiny random Qwen3-MoE of benchmarks/routing.py (the shipped model's tokenizer, a context that
+fits the longest run; built here, nothing downloaded); `--model default` serves the shipped model,
+whose 4096-token context cuts the longer runs (`--context`, `--max-turns`, `--max-output` cut
+further). Scheduling and KV are counted in tokens; the weights only set what a token costs. Each of
 the turn's recorded tool calls sleeps a seeded latency drawn per tool (lognormal; every tool has its
 own median, spread around the default 400 ms, and the default p99/median ratio of 10). The first
 user message is tagged with the job number, so jobs replaying the same run share only the system
@@ -22,7 +27,7 @@ by a time-bounded ladder of (a)-only runs, benchmarks/serving_load.py; the rate 
 table says so when the ladder ran out of time first). Throughput at equal p50: the rate at which the
 full stack's p50 equals (a)'s p50 at the saturating rate (a second short ladder, interpolated).
 
-    python benchmarks/agent_serving.py [--jobs 32] [--rate R] [--repeats 2] [--quick]
+    python benchmarks/agent_serving.py [--model tiny|default] [--jobs 24] [--rate R] [--repeats 2] [--quick]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +53,15 @@ from agentrt import EmbeddedEngine, JobSpec, PoolLimits, Registry, Runtime, grap
 from agentrt.scheduler import ServingPolicy  # noqa: E402
 from agentrt.sessions import Session  # noqa: E402
 from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
+from benchmarks.routing import build_model, tiny_context  # noqa: E402
+from benchmarks.routing_bounds import Job as CallsJob  # noqa: E402
 from benchmarks.serving_load import Ladder, Rung, rate_at_p50, saturating_rate  # noqa: E402
 from engine import LLM  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.core import EngineCore  # noqa: E402
 from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
 
-CONTEXT = 4096
+CONTEXT = 4096  # the shipped model's context; the tiny model's fits the longest run (MODEL below)
 BLOCK = 16
 Z99 = 2.3263  # the standard normal's 99th percentile
 
@@ -92,7 +100,8 @@ class Result:
     pins_paused: int = 0
     bytes_to_host: int = 0
     bytes_from_host: int = 0
-    device_seconds: float = 0.0  # the engine's busy time (its own accounting)
+    device_seconds: float = 0.0  # the engine's busy time (its own accounting: the model's forward passes)
+    step_seconds: float = 0.0  # the engine thread's busy time: forwards plus scheduling, KV moves, pins, hints
 
 
 class LatencyModel:
@@ -127,9 +136,11 @@ def workload_task_ids() -> set[int]:
     return {r["task_id"] for r in select_replay_runs(None)}
 
 
-def build_jobs(runs: list[dict[str, Any]], num_jobs: int, seed: int, max_turns: int | None, max_out: int,
-               latency: LatencyModel, system: bool = True) -> list[Job]:
-    """`system=False` (--quick) drops the system prompt and the tool list: short prompts."""
+def build_jobs(runs: list[dict[str, Any]], num_jobs: int, seed: int, max_turns: int | None, max_out: int | None,
+               latency: LatencyModel, system: bool = True, context: int | None = CONTEXT) -> list[Job]:
+    """`system=False` (--quick) drops the system prompt and the tool list: short prompts. A run ends
+    at its first turn that does not fit `context` (None: replayed whole) or past `max_turns`; each
+    turn's output is the recorded message's length (capped at `max_out` if given)."""
     tools = json.loads(data_file("tau-bench-airline", "tools.json").read_text()) if system else None
     tok = ChatTokenizer(DEFAULT_MODEL_DIR)
     rng = random.Random(seed)
@@ -143,8 +154,9 @@ def build_jobs(runs: list[dict[str, Any]], num_jobs: int, seed: int, max_turns: 
             if m["role"] != "assistant":
                 continue
             prompt = tok.encode(render_chat(traj[:i], tools, add_generation_prompt=False))
-            out_len = min(max_out, max(1, len(tok.encode(render_message(m))) - 1))
-            if len(prompt) + 1 + out_len > CONTEXT or (max_turns is not None and len(turns) >= max_turns):
+            out_len = max(1, len(tok.encode(render_message(m))) - 1)
+            out_len = out_len if max_out is None else min(max_out, out_len)
+            if (context is not None and len(prompt) + 1 + out_len > context) or (max_turns is not None and len(turns) >= max_turns):
                 break
             calls = [(c["function"]["name"], latency.draw(c["function"]["name"], rng)) for c in m.get("tool_calls") or ()]
             turns.append(Turn(prompt, out_len, calls))
@@ -183,6 +195,7 @@ def make_registry() -> Registry:
 
 
 _LLM: list[LLM] = []
+MODEL: list[str | None] = [None]  # the engine's model directory (None: the shipped model); set by main()
 
 
 PAUSING = {"+graph", "agentrt"}  # configs with ThunderAgent pausing (engine.kv.pins); the others only release pins
@@ -191,7 +204,7 @@ PAUSING = {"+graph", "agentrt"}  # configs with ThunderAgent pausing (engine.kv.
 def fresh_engine(kv_blocks: int, pause: bool = True) -> LLM:
     """The shared model (loaded once) behind a new engine core: empty caches, zeroed counters."""
     if not _LLM:
-        _LLM.append(LLM(num_kv_blocks=kv_blocks, host_kv_blocks=4 * kv_blocks, block_size=BLOCK))
+        _LLM.append(LLM(MODEL[0], num_kv_blocks=kv_blocks, host_kv_blocks=4 * kv_blocks, block_size=BLOCK))
     llm = _LLM[0]
     llm.close()
     if llm._driver is not None:
@@ -200,7 +213,7 @@ def fresh_engine(kv_blocks: int, pause: bool = True) -> LLM:
                                  kv_pause_fraction=0.95 if pause else None)
     llm.config = config
     llm.core = EngineCore(llm.model, llm.model_config, config, detokenize=llm.decode, grammars=llm.core.grammars)
-    llm._closed, llm._driver = False, None
+    llm._closed, llm._driver, llm.busy_seconds = False, None, 0.0
     return llm
 
 
@@ -242,6 +255,7 @@ async def run_config(name: str, rate: float, kv_blocks: int, one_at_a_time: bool
     block_bytes = int(core.kv_bytes_per_token * BLOCK)
     res.preemptions = core.scheduler.num_preemptions
     res.device_seconds = core.stats.device_seconds
+    res.step_seconds = llm.busy_seconds
     res.pins_released = core.num_pins_released
     res.pins_paused = core.pin_table.num_paused if core.pin_table is not None else 0
     if core.host_tier is not None:
@@ -268,17 +282,24 @@ def summarise(runs: list[Result], num_jobs: int) -> dict[str, float]:
         "ttft_p99_s": med(lambda r: pct(r.ttft, 0.99)), "hit_rate": med(lambda r: r.cached_tokens / max(1, r.prompt_tokens)),
         "preemptions": med(lambda r: r.preemptions), "recomputed_tokens": med(lambda r: r.recomputed_tokens),
         "pins_released": med(lambda r: r.pins_released), "pins_paused": med(lambda r: r.pins_paused), "mb_to_host": med(lambda r: r.bytes_to_host / 2**20),
-        "mb_from_host": med(lambda r: r.bytes_from_host / 2**20), "repeats": len(runs),
+        "mb_from_host": med(lambda r: r.bytes_from_host / 2**20), "engine_s": med(lambda r: r.device_seconds),
+        "step_s": med(lambda r: r.step_seconds), "repeats": len(runs),
     }
+
+
+def longest_call() -> int:
+    """Tokens of the longest LLM call of the jobs (prompt + output)."""
+    return max((len(t.prompt_ids) + t.out_len for j in JOBS for t in j.turns), default=1)
 
 
 def kv_budget(rate: float, unloaded: float, mean_context: float, shared: int) -> int:
     """Blocks for ~1/3 of the live jobs' contexts at 3x-unloaded job times (Little's law: live jobs
-    = rate x job time), the prefix every job shares (system prompt, tool list) counted once; never
-    below one full-context request plus slack."""
-    live = rate * 3 * unloaded
+    = rate x job time, at most every job of the run), the prefix every job shares (system prompt,
+    tool list) counted once; never below the longest call plus slack. Without the cap the budget
+    grew with the rate past the run's jobs (90 live of 24 at 6/s), so no rate ever saturated."""
+    live = min(len(JOBS), rate * 3 * unloaded)
     footprint = shared + live * (mean_context - shared)
-    return max(CONTEXT // BLOCK + 32, math.ceil(footprint / 3 / BLOCK))
+    return max(-(-longest_call() // BLOCK) + 32, math.ceil(footprint / 3 / BLOCK))
 
 
 def shared_prefix_len(jobs: list[Job]) -> int:
@@ -293,7 +314,7 @@ def unloaded_job_time(num_jobs: int) -> tuple[float, float]:
     saved = JOBS[:]
     try:
         JOBS[:] = [Job(j.turns, 0.0) for j in saved[:num_jobs]]
-        res = asyncio.run(run_config("vllm-like", 1.0, CONTEXT // BLOCK * 8, one_at_a_time=True))
+        res = asyncio.run(run_config("vllm-like", 1.0, -(-longest_call() // BLOCK) * 8, one_at_a_time=True))
         return statistics.median(res.jct), res.device_seconds / len(JOBS)
     finally:
         JOBS[:] = saved
@@ -319,31 +340,35 @@ def calibrate(unloaded: float, engine_s: float, mean_context: float, shared: int
 
 
 COLUMNS = ["config", "JCT mean s", "mean min..max", "p50 s", "p99 s", "jobs/min", "TTFT p50", "TTFT p99", "hit",
-           "preempt", "recomp tok", "pins rel", "paused", "MB to host", "MB from host", "x mean (a)"]
+           "preempt", "recomp tok", "pins rel", "paused", "MB to host", "MB from host", "forward s", "step s", "x mean (a)"]
 
 
 def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
     base = summary["vllm-like"]["jct_mean_s"]
     return [[name, s["jct_mean_s"], f"{s['jct_mean_min_s']:.2f}..{s['jct_mean_max_s']:.2f}", s["jct_p50_s"], s["jct_p99_s"],
              s["jobs_per_min"], s["ttft_p50_s"], s["ttft_p99_s"], s["hit_rate"], s["preemptions"], s["recomputed_tokens"],
-             s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], base / s["jct_mean_s"]] for name, s in summary.items()]
+             s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], s["engine_s"], s["step_s"], base / s["jct_mean_s"]] for name, s in summary.items()]
 
 
-DEFAULTS = {"unloaded_jobs": 8, "calibration_budget": 300.0, "equal_p50_budget": 100.0}
+DEFAULTS = {"unloaded_jobs": 0, "calibration_budget": 180.0, "equal_p50_budget": 60.0}
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=32, help="jobs per run: enough that queueing builds at the saturating rate")
+    ap.add_argument("--jobs", type=int, default=24, help="jobs per run: enough that queueing builds at the saturating rate")
     ap.add_argument("--rate", type=float, default=None, help="job arrivals per second (default: calibrated, see above)")
     ap.add_argument("--kv-blocks", type=int, default=None, help="device KV blocks of 16 tokens (default: ~1/3 of live contexts)")
-    ap.add_argument("--max-turns", type=int, default=6, help="replay at most this many turns of each run")
-    ap.add_argument("--max-output", type=int, default=24, help="cap on a replayed turn's output tokens")
+    ap.add_argument("--model", choices=("tiny", "default"), default="tiny",
+                    help="tiny: a tiny random model whose context fits whole runs (as benchmarks/routing.py); default: the shipped model")
+    ap.add_argument("--context", type=int, default=None,
+                    help="context cap in tokens (default: none for tiny, 4096 for default): a run ends at its first turn that does not fit")
+    ap.add_argument("--max-turns", type=int, default=None, help="replay at most this many turns of each run (default: all)")
+    ap.add_argument("--max-output", type=int, default=None, help="cap on a replayed turn's output tokens (default: the recorded length)")
     ap.add_argument("--tool-latency", default="0.4,4.0", help="MEDIAN,P99 seconds of the lognormal tool latency")
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
-    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50")
+    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50 (0 = all: whole runs differ in size, so a subset's p50 is not the workload's)")
     ap.add_argument("--calibration-budget", type=float, default=DEFAULTS["calibration_budget"], help="seconds for the saturating-rate ladder")
     ap.add_argument("--equal-p50-budget", type=float, default=DEFAULTS["equal_p50_budget"], help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
@@ -363,20 +388,36 @@ def setup(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]], float, i
     latency = LatencyModel(median / 10, p99 / 10) if args.quick else LatencyModel(median, p99)
     runs = select_replay_runs(args.trajectories)
     jobs = 3 if args.quick else args.jobs
+    context = args.context if args.context is not None else (CONTEXT if args.model == "default" else None)
     JOBS[:] = build_jobs(runs, jobs, args.seed, 2 if args.quick else args.max_turns, 4 if args.quick else args.max_output,
-                         latency, system=not args.quick)
+                         latency, system=not args.quick, context=context)
     return jobs, runs, statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns), shared_prefix_len(JOBS)
+
+
+def load_model(kind: str, out: Path) -> str:
+    """Sets MODEL to the engine's model (benchmarks/routing.py's build_model: the tiny model gets a
+    context that fits every call of JOBS) and returns its description."""
+    context = tiny_context([CallsJob([(t.prompt_ids, t.out_len) for t in j.turns]) for j in JOBS])
+    MODEL[0], described = build_model(kind, context, out)
+    return described
 
 
 def main() -> None:
     args = parse_args()
     jobs, runs, mean_context, shared = setup(args)
+    with tempfile.TemporaryDirectory(prefix="agent-serving-model-") as tmp:
+        described = load_model(args.model, Path(tmp) / "model")
+        print(f"model: {described}", flush=True)
+        measure(args, jobs, runs, mean_context, shared, described)
+
+
+def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mean_context: float, shared: int, described: str) -> None:
     rungs: list[Rung] = []
     saturated: float | None = None
     if args.quick:
         rate, unloaded = args.rate or 2.0, float("nan")
     else:
-        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs))
+        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs or jobs))
         print(f"unloaded p50 job time {unloaded:.2f} s, engine {engine_s:.2f} s per job", flush=True)
         if args.rate:
             rate = args.rate
@@ -403,25 +444,30 @@ def main() -> None:
     if equal is not None:
         print(f"throughput at equal p50 ({summary['vllm-like']['jct_p50_s']:.2f} s): agentrt {equal:.3g}/s vs vllm-like {rate:.3g}/s = {equal / rate:.2f}x")
     if not (args.quick or args.no_write):
-        write_docs(args, jobs, runs, turns, calls, rate, state, unloaded, shared, kv_blocks, rungs, summary, equal, extra)
+        write_docs(args, jobs, runs, turns, calls, rate, state, unloaded, shared, kv_blocks, rungs, summary, equal, extra, described)
 
 
 def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int, calls: int, rate: float, state: str,
                unloaded: float, shared: int, kv_blocks: int, rungs: list[Rung], summary: dict[str, dict[str, float]],
-               equal: float | None, extra: dict[str, Any]) -> None:
+               equal: float | None, extra: dict[str, Any], described: str) -> None:
     full, base = summary["agentrt"], summary["vllm-like"]
-    cmd = (f"python benchmarks/agent_serving.py --jobs {jobs} --max-turns {args.max_turns} --max-output {args.max_output} "
+    caps = "".join(f" --{flag.replace('_', '-')} {getattr(args, flag)}" for flag in ("context", "max_turns", "max_output")
+                   if getattr(args, flag) is not None)
+    cmd = (f"python benchmarks/agent_serving.py --model {args.model} --jobs {jobs}{caps} "
            f"--tool-latency {args.tool_latency} --seed {args.seed} --repeats {args.repeats}"
            + (f" --rate {args.rate}" if args.rate else "") + (f" --kv-blocks {args.kv_blocks}" if args.kv_blocks else "")
            + "".join(f" --{flag.replace('_', '-')} {getattr(args, flag):g}" for flag in ("unloaded_jobs", "calibration_budget", "equal_p50_budget")
                      if getattr(args, flag) != DEFAULTS[flag]))
     ladder = "; ".join(r.describe(unloaded) for r in rungs) or "rate given"
+    context = args.context if args.context is not None else (CONTEXT if args.model == "default" else None)
+    replayed = ("runs replayed whole, recorded output lengths" if context is None and args.max_turns is None and args.max_output is None
+                else f"runs cut at {context or 'no'} tokens of context, {args.max_turns or 'all'} turns, {args.max_output or 'recorded'} output tokens")
     eq = (f"{equal:.3g}/s vs {rate:.3g}/s = {equal / rate:.2f}x" if equal is not None else "not found within its time budget")
     body = (markdown_table(COLUMNS, table_rows(summary)) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
-            f"({turns} LLM turns, {calls} tool calls; at most {args.max_turns} turns and {args.max_output} output tokens each), "
-            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs)} jobs "
+            f"({turns} LLM turns, {calls} tool calls; {replayed}) on {described}, "
+            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs or jobs)} jobs "
             f"run alone, one after another, on a warm engine). Rate ladder for (a): {ladder}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
-            f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once), host tier 4x that, in every config. Tool latencies lognormal per tool "
+            f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once, and never below the longest call plus 32 blocks), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
             f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. "
             f"Full stack vs vllm-like: mean JCT {base['jct_mean_s'] / full['jct_mean_s']:.2f}x lower, p99 "

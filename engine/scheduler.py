@@ -132,6 +132,7 @@ class Scheduler:
         # program_id -> rank of its first request; least recently seen dropped past MAX_PROGRAMS.
         self._programs: OrderedDict[str, int] = OrderedDict()
         self.num_preemptions = 0
+        self.skip_hopeless = True  # skip a waiting request's admission attempt that cannot succeed (_cannot_fit)
         # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
         # (bytes restored from host, bytes restored from disk).
         self.extend_prefix: Callable[[list[int], int], tuple[int, int]] | None = None
@@ -246,6 +247,8 @@ class Scheduler:
                 break
             if self._prefix_in_flight(seq):
                 break  # wait one step: its prefix is being computed and will be cached
+            if self.skip_hopeless and self._cannot_fit(seq, budget):
+                break  # the attempt below would fail after restoring, evicting and releasing pins for nothing
             if not seq.block_table:
                 self._match_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
@@ -261,6 +264,28 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(num_new)
             budget -= num_new
+
+    def _cannot_fit(self, seq: Sequence, budget: int) -> bool:
+        """Whether the waiting `seq` certainly cannot get blocks for its next chunk (at most `budget`
+        tokens) this step: it needs more blocks past its device-cached prefix than there are blocks
+        neither running requests nor that prefix hold (free, evictable, pinned or paused alike:
+        everything `_make_room` could reach). O(running blocks + prompt).
+
+        Under KV pressure the head of the queue is otherwise tried every step: its prefix matched,
+        its host-tier blocks restored (evicting others' to make room), pins released, and then all
+        given back when its chunk does not fit; on a CPU that retry cost more than the forwards
+        (agent serving, docs/benchmarks.md). `skip_hopeless = False` keeps the retry, the reference
+        the tests compare against."""
+        if seq.block_table or self.radix is None:
+            return False
+        limit = (len(seq) - 1) // self.block_size * self.block_size
+        prefix = self.radix.prefix_blocks(seq.token_ids[:limit])
+        cached = len(prefix) * self.block_size
+        held = {b for r in self.running for b in r.block_table}
+        held.update(prefix)
+        chunk = min(len(seq) - cached, budget)
+        need = blocks_needed(cached + chunk, self.block_size) - cached // self.block_size
+        return need > self.pool.num_blocks - len(held)
 
     def _prefix_in_flight(self, seq: Sequence) -> bool:
         """Whether a running sequence is still computing blocks that `seq` shares with it.

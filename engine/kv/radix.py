@@ -113,6 +113,12 @@ class RadixCache:
         edge included), root excluded; changes nothing (no split, no LRU refresh, no counters)."""
         return self._walk(token_ids)[0]
 
+    def prefix_blocks(self, token_ids: Sequence[int]) -> list[int]:
+        """The blocks of the longest cached page-aligned prefix of `token_ids`, in order; changes
+        nothing (no split, no LRU refresh, no counters)."""
+        nodes, cached = self._walk(token_ids)
+        return [b for node in nodes for b in node.blocks][: cached // self.block_size]
+
     def _walk(self, token_ids: Sequence[int]) -> tuple[list[RadixNode], int]:
         """Read-only descent: (nodes touched, cached prefix length in tokens)."""
         bs = self.block_size

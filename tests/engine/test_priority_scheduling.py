@@ -149,3 +149,64 @@ def test_forgotten_programs_rank_anew(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(sched._programs) == ["q", "r"]  # "p" was the least recently seen
     sched.add(prog("p-2", "p", 50))
     assert sched._programs["p"] == 3  # ranked as a new arrival
+
+
+def kv_pressure_workload() -> list[Sequence]:
+    """Requests sharing an 8-token prefix, of mixed lengths: more KV than a 24-block pool holds."""
+    shared = list(range(100, 108))
+    return [Sequence(shared + list(range(200 + 100 * i, 200 + 100 * i + 12 + 13 * (i % 5))), SamplingParams(max_tokens=4 + i % 7),
+                     request_id=f"r{i}") for i in range(12)]
+
+
+def test_a_head_that_cannot_fit_is_not_tried_and_the_skip_never_refuses_a_fit() -> None:
+    """`_cannot_fit` against its reference (the admission attempt it skips, on a copy of the state):
+    whenever it says the head cannot fit, the attempt admits nothing; and a skipped attempt leaves
+    the cache alone (the attempt evicts every evictable block before failing)."""
+    import copy
+
+    config = EngineConfig(block_size=4, max_num_seqs=4, max_num_batched_tokens=64)
+    sched = Scheduler(config, num_blocks=24)
+    for s in kv_pressure_workload():
+        sched.add(s)
+    skipped = 0
+    for _ in range(400):
+        if not sched.has_unfinished():
+            break
+        head = sched.waiting.peek()
+        if head is not None and len(sched.running) < config.max_num_seqs and sched._cannot_fit(head, config.max_num_batched_tokens):
+            twin = copy.deepcopy(sched)
+            twin.skip_hopeless = False
+            twin_head = twin.waiting.peek()
+            twin.schedule()
+            assert twin_head not in twin.running  # the reference attempt failed too
+            cached = sched.radix.num_cached_blocks if sched.radix is not None else 0
+            skipped += 1
+        else:
+            cached = -1
+        batch = sched.schedule()
+        if cached >= 0 and batch.num_preempted == 0 and not any(s.num_computed_tokens % 4 == 0 for s in batch.seqs):
+            assert sched.radix is not None and sched.radix.num_cached_blocks >= cached  # nothing evicted for the head
+        for i, s in enumerate(batch.seqs):
+            if batch.samples(i):
+                s.token_ids.append(3)
+            sched.advance(s, batch.num_new_tokens[i])
+            if batch.samples(i) and s.num_output_tokens >= s.params.max_tokens:
+                sched.finish(s, FinishReason.LENGTH)
+    assert not sched.has_unfinished()
+    assert skipped > 0  # the workload does put the head out of reach
+
+
+def test_skipping_hopeless_heads_serves_every_request_the_same_tokens() -> None:
+    """With and without the skip, every request finishes with the same tokens (the skip only avoids
+    work that is undone at once; it never changes what a request computes)."""
+    outs = []
+    for skip in (True, False):
+        sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=4, max_num_batched_tokens=64), num_blocks=24)
+        sched.skip_hopeless = skip
+        seqs = kv_pressure_workload()
+        for s in seqs:
+            sched.add(s)
+        finished = run(sched)
+        assert sorted(finished) == sorted(s.request_id for s in seqs)
+        outs.append({s.request_id: list(s.token_ids) for s in seqs})
+    assert outs[0] == outs[1]
