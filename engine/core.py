@@ -97,6 +97,7 @@ class EngineCore:
         # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
         self._hint_cmds: deque[tuple[str, list[int] | None, float, float | None]] = deque()
         self.hints: dict[str, tuple[list[int], float, float | None]] = {}
+        self._soon: dict[RadixNode, float] | None = None  # _next_use of this step (None: not walked yet)
         if self.scheduler.radix is not None:
             self.scheduler.radix.next_use = self._next_use
         self._by_id: dict[str, Sequence] = {}
@@ -186,6 +187,7 @@ class EngineCore:
         self._hint_cmds.append((key, None, 0.0, None))
 
     def _apply_hints(self) -> None:
+        self._soon = None  # once per step, and whenever the hints change: the next eviction walks them again
         now = time.monotonic()
         while self._hint_cmds:
             key, token_ids, steps, ttl = self._hint_cmds.popleft()
@@ -203,13 +205,19 @@ class EngineCore:
                     self.mover.prefetch(token_ids)
 
     def _next_use(self) -> dict[RadixNode, float]:
-        """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it."""
+        """Radix eviction hook: every node on a hinted prefix -> the soonest steps announced for it.
+        Walked once per step (an eviction can run many times in one step's admissions, and walking
+        every hinted prompt each time cost agent serving seconds of step-thread time); a node the
+        step inserts after the walk counts as unannounced until the next step."""
+        if self._soon is not None:
+            return self._soon
         radix = self.scheduler.radix
         assert radix is not None
         soon: dict[RadixNode, float] = {}
         for token_ids, steps, _ in self.hints.values():
             for node in radix.path_nodes(token_ids):
                 soon[node] = min(steps, soon.get(node, steps))
+        self._soon = soon
         return soon
 
     @property

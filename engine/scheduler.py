@@ -334,15 +334,15 @@ class Scheduler:
         seq.block_table.extend(self.pool.allocate(missing))
         return True
 
-    def _make_room(self, num_blocks: int) -> bool:
+    def _make_room(self, num_blocks: int, release_pins: bool = True) -> bool:
         """Free blocks by evicting unlocked cached prefixes; when none are left, release pins (a
         pinned agent waiting on a tool pays a restore or recompute later, instead of a request
-        waiting or being preempted now) and evict again."""
+        waiting or being preempted now) and evict again, unless `release_pins` is False."""
         while not self.pool.can_allocate(num_blocks):
             if self.radix is None:
                 return False
             if self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
-                if self.release_pins is None or self.release_pins() == 0:
+                if not release_pins or self.release_pins is None or self.release_pins() == 0:
                     return False
         return True
 

@@ -29,9 +29,10 @@ class TierMover:
         for key, block in zip(block_keys(path, bs, first, parent), blocks, strict=True):
             self.host.offload(key, self.kv.k[:, block], self.kv.v[:, block], hits)
 
-    def restore(self, tokens: list[int], cached: int, host_only: bool = False) -> tuple[int, int]:
+    def restore(self, tokens: list[int], cached: int, host_only: bool = False, release_pins: bool = True) -> tuple[int, int]:
         """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk,
-        unless `host_only`). Returns the bytes restored from host and from disk."""
+        unless `host_only`), evicting cached prefixes to make room and, if `release_pins`, releasing
+        pins when that is not enough. Returns the bytes restored from host and from disk."""
         bs, radix, sched = self.block_size, self.radix, self.scheduler
         keys = block_keys(tokens, bs)
         start = cached // bs
@@ -46,7 +47,7 @@ class TierMover:
         for key in keys[start : start + found]:
             self.host.touch(key)  # nor may offloads push these blocks out of host memory
         try:
-            if not sched._make_room(found):
+            if not sched._make_room(found, release_pins):
                 return 0, 0
         finally:
             radix.unlock(prefix.node)
@@ -67,10 +68,12 @@ class TierMover:
         return moved["host"], moved["disk"]
 
     def prefetch(self, token_ids: list[int]) -> None:
-        """A prefix needed soon: its host blocks to the device now; its disk-only blocks to host
-        memory on the storage worker (the step thread never waits on the disk for a prefetch)."""
+        """A prefix needed soon: its host blocks to the device now, making room by eviction only
+        (announced prefixes go last, furthest-off first; a prefetch is a forecast and releases no
+        other agent's pin, which the request's own admission may do if it must); its disk-only
+        blocks to host memory on the storage worker (the step thread never waits on the disk)."""
         limit = (len(token_ids) - 1) // self.block_size * self.block_size
-        self.restore(token_ids[:limit], self.radix.cached_prefix_len(token_ids[:limit]), host_only=True)
+        self.restore(token_ids[:limit], self.radix.cached_prefix_len(token_ids[:limit]), host_only=True, release_pins=False)
         self.host.prefetch(block_keys(token_ids[:limit], self.block_size))
 
     def copy_to_host(self, token_ids: list[int]) -> None:

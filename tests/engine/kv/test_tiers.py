@@ -167,3 +167,31 @@ def test_a_hinted_prefix_outlives_newer_ones_and_is_prefetched_from_host(tiny_qw
     llm.core.unhint("job-2")
     llm.core.step()
     assert llm.core.hints == {}
+
+
+def test_a_prefetch_releases_no_pin(tiny_qwen: Path) -> None:
+    """A hint is a forecast: prefetching its prefix from the host tier may evict unannounced cached
+    prefixes, never release another agent's pinned conversation (its own admission may, if it
+    must). The eviction hook walks the hints once per step, again after they change."""
+    g = torch.Generator().manual_seed(11)
+    pinned = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(2)]
+    wanted = torch.randint(2, 128, (40,), generator=g).tolist()
+    llm = LLM(tiny_qwen, num_kv_blocks=26, host_kv_blocks=64, device="cpu", dtype="float32", block_size=4)
+    core, radix = llm.core, llm.core.scheduler.radix
+    assert radix is not None and core.host_tier is not None
+    llm.generate([wanted + [1]], GREEDY)
+    for i, p in enumerate(pinned):  # two agents' conversations pinned: `wanted` goes to the host tier
+        llm.generate([p + [1]], GREEDY)
+        core.pin(f"agent{i}", p, ttl=60.0)  # released under pressure, by admissions only
+    assert radix.cached_prefix_len(wanted) < 36 and core.host_tier.num_offloaded > 0
+    released = core.num_pins_released
+    core.hint("next", wanted, steps=0)
+    core.step()  # no room without releasing a pin: the prefetch waits for the request
+    assert all(radix.cached_prefix_len(p) == 40 for p in pinned) and core.num_pins_released == released
+    first = core._next_use()
+    assert core._next_use() is first  # one walk per step
+    core.unhint("next")
+    core.step()
+    assert core._next_use() is not first and core._next_use() == {}
+    out = llm.generate([wanted + [1]], GREEDY)  # the request itself may release a pin to run
+    assert len(out[0].token_ids) > 0
