@@ -113,7 +113,7 @@ class Load:
     num_requests: int = 0  # requests in flight
     active: dict[Hashable, int] = field(default_factory=dict)  # prompt block hash -> in-flight requests on it
     num_private: int = 0  # blocks budgeted for the in-flight requests' outputs (shared by none)
-    work: float = 0.0  # blocks sent here to compute (prompt misses + output budget), decayed (Router.work_half_life)
+    work: float = 0.0  # blocks sent here to compute (prompt misses + output budget), decayed; kept with balance_slack only
 
     @property
     def num_blocks(self) -> int:
@@ -222,27 +222,25 @@ class Router:
         in_flight = {r: self.loads[r].num_requests for r in names}
         fewest = min(in_flight.values())
         least_busy = [r for r in names if in_flight[r] == fewest]
+        within = [r for r in names if in_flight[r] - fewest <= self.affinity_slack]  # within the request slack
         best = max(overlap.values(), default=0)
-        holders = [r for r in names if overlap.get(r, 0) == best]
-        if self.balance_slack is not None:
-            work = {r: self.loads[r].work for r in names}
-            idle = [r for r in names if in_flight[r] - fewest <= self.affinity_slack]
-            least = min(work[r] for r in idle)
-            least_worked = [r for r in idle if work[r] == least]
-            if len(holders) == len(names):
-                return least_worked
-            keep = [r for r in holders if in_flight[r] - fewest <= self.affinity_slack]
-            mean = statistics.fmean(work.values())
-            # Leave only past the slack, and when the holder did more than twice what the move costs
-            # (the blocks the conversation re-prefills there): a replica busy mostly with this very
-            # conversation would only hand its imbalance on (one early conversation is no imbalance).
-            cost = best - max(overlap.get(r, 0) for r in least_worked)
-            if keep and all(work[r] > max((1 + self.balance_slack) * mean, self.move_cost_factor * cost) for r in keep):
-                return least_worked
-            return keep or least_busy
-        if len(holders) == len(names):
-            return least_busy
-        return [r for r in holders if in_flight[r] - fewest <= self.affinity_slack] or least_busy
+        keep = [r for r in within if overlap.get(r, 0) == best]
+        new_conversation = sum(1 for r in names if overlap.get(r, 0) == best) == len(names)
+        if self.balance_slack is None:
+            return least_busy if new_conversation else keep or least_busy
+        work = {r: self.loads[r].work for r in names}
+        least = min(work[r] for r in within)
+        least_worked = [r for r in within if work[r] == least]
+        if new_conversation:
+            return least_worked
+        # Leave only past the slack, and when the holder did more than twice what the move costs
+        # (the blocks the conversation re-prefills there): a replica busy mostly with this very
+        # conversation would only hand its imbalance on (one early conversation is no imbalance).
+        cost = best - max(overlap.get(r, 0) for r in least_worked)
+        limit = max((1 + self.balance_slack) * statistics.fmean(work.values()), self.move_cost_factor * cost)
+        if keep and all(work[r] > limit for r in keep):
+            return least_worked
+        return keep or least_busy
 
     def _cost(self, replica: str, hashes: Sequence[Hashable], overlap: int) -> tuple[float, ...]:
         load = self.loads[replica]
@@ -260,10 +258,11 @@ class Router:
         load = self.loads.get(replica)
         if load is None:
             return
-        keep = 0.5 ** (1.0 / self.work_half_life)
-        for other in self.loads.values():
-            other.work *= keep
-        load.work += len(hashes) - min(cached_blocks, len(hashes)) + num_output_blocks
+        if self.balance_slack is not None:  # the work record serves the balance only
+            keep = 0.5 ** (1.0 / self.work_half_life)
+            for other in self.loads.values():
+                other.work *= keep
+            load.work += len(hashes) - min(cached_blocks, len(hashes)) + num_output_blocks
         load.num_requests += 1
         load.num_private += num_output_blocks
         for h in hashes:

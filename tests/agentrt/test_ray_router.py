@@ -267,7 +267,7 @@ def test_a_replica_busy_with_the_conversation_itself_keeps_it() -> None:
 
 
 def test_recorded_work_counts_prompt_misses_and_output_and_decays() -> None:
-    router = Router("kv-aware", work_half_life=2.0)
+    router = Router("kv-aware", balance_slack=0.15, work_half_life=2.0)
     router.add_replica("r0")
     router.begin("r0", list(range(10)), num_output_blocks=2, cached_blocks=7)  # 3 misses + 2 output
     assert router.loads["r0"].work == pytest.approx(5.0)
