@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import math
-import random
 import statistics
 import sys
 import tempfile
@@ -52,18 +50,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agentrt import EmbeddedEngine, JobSpec, PoolLimits, Registry, Runtime, graph, tool  # noqa: E402
 from agentrt.scheduler import ServingPolicy  # noqa: E402
 from agentrt.sessions import Session  # noqa: E402
+from benchmarks.agent_workload import (  # noqa: E402,F401  (workload_task_ids: the workload-split test asks this module)
+    CONTEXT,
+    Job,
+    LatencyModel,
+    build_jobs,
+    calls_jobs,
+    select_replay_runs,
+    workload_task_ids,
+)
 from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
 from benchmarks.routing import build_model, tiny_context  # noqa: E402
-from benchmarks.routing_bounds import Job as CallsJob  # noqa: E402
+from benchmarks.routing_bounds import shared_prefix_len  # noqa: E402
 from benchmarks.serving_load import Ladder, Rung, rate_at_p50, saturating_rate  # noqa: E402
 from engine import LLM  # noqa: E402
-from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.core import EngineCore  # noqa: E402
-from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
 
-CONTEXT = 4096  # the shipped model's context; the tiny model's fits the longest run (MODEL below)
 BLOCK = 16
-Z99 = 2.3263  # the standard normal's 99th percentile
 
 CONFIGS: dict[str, tuple[str, ServingPolicy]] = {
     "vllm-like": ("fcfs", ServingPolicy(engine_priority=False, tool_pins=False, graph_hints=False, parallel_tools=False)),
@@ -72,19 +75,6 @@ CONFIGS: dict[str, tuple[str, ServingPolicy]] = {
     "+graph": ("las", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=True, parallel_tools=False)),
     "agentrt": ("las", ServingPolicy()),
 }
-
-
-@dataclass(slots=True)
-class Turn:
-    prompt_ids: list[int]
-    out_len: int
-    calls: list[tuple[str, float]]  # (tool name, seconds it takes)
-
-
-@dataclass(slots=True)
-class Job:
-    turns: list[Turn]
-    arrival: float = 0.0  # unit-rate Poisson; scaled by 1 / rate
 
 
 @dataclass(slots=True)
@@ -102,67 +92,6 @@ class Result:
     bytes_from_host: int = 0
     device_seconds: float = 0.0  # the engine's busy time (its own accounting: the model's forward passes)
     step_seconds: float = 0.0  # the engine thread's busy time: forwards plus scheduling, KV moves, pins, hints
-
-
-class LatencyModel:
-    """Per-tool lognormal latencies: tool t has median `median * 2**u_t` (u_t in [-1, 1], fixed by
-    the tool's name) and the p99/median ratio `p99 / median` of the defaults."""
-
-    def __init__(self, median: float, p99: float) -> None:
-        if not 0 < median < p99:
-            raise ValueError(f"--tool-latency needs 0 < median < p99, got {median}, {p99}")
-        self.median, self.sigma = median, math.log(p99 / median) / Z99
-
-    def tool_median(self, name: str) -> float:
-        u = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") / 2**32 * 2 - 1
-        return self.median * 2**u
-
-    def draw(self, name: str, rng: random.Random) -> float:
-        return self.tool_median(name) * math.exp(self.sigma * rng.gauss(0.0, 1.0))
-
-
-def select_replay_runs(path: Path | None) -> list[dict[str, Any]]:
-    """The runs to replay: by default the eval split of engine/train/data.py (tasks the default
-    model never trained on); a given file is used whole."""
-    if path is not None:
-        return json.loads(path.read_text())
-    from engine.train.data import split_runs
-
-    return split_runs("eval")
-
-
-def workload_task_ids() -> set[int]:
-    """Task ids of the default workload (tests/benchmarks/test_workload_split.py)."""
-    return {r["task_id"] for r in select_replay_runs(None)}
-
-
-def build_jobs(runs: list[dict[str, Any]], num_jobs: int, seed: int, max_turns: int | None, max_out: int | None,
-               latency: LatencyModel, system: bool = True, context: int | None = CONTEXT) -> list[Job]:
-    """`system=False` (--quick) drops the system prompt and the tool list: short prompts. A run ends
-    at its first turn that does not fit `context` (None: replayed whole) or past `max_turns`; each
-    turn's output is the recorded message's length (capped at `max_out` if given)."""
-    tools = json.loads(data_file("tau-bench-airline", "tools.json").read_text()) if system else None
-    tok = ChatTokenizer(DEFAULT_MODEL_DIR)
-    rng = random.Random(seed)
-    jobs, t = [], 0.0
-    for j in range(num_jobs):
-        traj = [dict(m) for m in runs[rng.randrange(len(runs))]["traj"] if system or m["role"] != "system"]
-        first = next(m for m in traj if m["role"] == "user")
-        first["content"] = f"[ticket {j}] {first['content']}"  # jobs share the system prompt only
-        turns: list[Turn] = []
-        for i, m in enumerate(traj):
-            if m["role"] != "assistant":
-                continue
-            prompt = tok.encode(render_chat(traj[:i], tools, add_generation_prompt=False))
-            out_len = max(1, len(tok.encode(render_message(m))) - 1)
-            out_len = out_len if max_out is None else min(max_out, out_len)
-            if (context is not None and len(prompt) + 1 + out_len > context) or (max_turns is not None and len(turns) >= max_turns):
-                break
-            calls = [(c["function"]["name"], latency.draw(c["function"]["name"], rng)) for c in m.get("tool_calls") or ()]
-            turns.append(Turn(prompt, out_len, calls))
-        t += rng.expovariate(1.0)
-        jobs.append(Job(turns, t))
-    return jobs
 
 
 JOBS: list[Job] = []
@@ -302,12 +231,6 @@ def kv_budget(rate: float, unloaded: float, mean_context: float, shared: int) ->
     return max(-(-longest_call() // BLOCK) + 32, math.ceil(footprint / 3 / BLOCK))
 
 
-def shared_prefix_len(jobs: list[Job]) -> int:
-    firsts = [j.turns[0].prompt_ids for j in jobs if j.turns]
-    n = min(len(p) for p in firsts)
-    return next((i for i in range(n) if len({p[i] for p in firsts}) > 1), n)
-
-
 def unloaded_job_time(num_jobs: int) -> tuple[float, float]:
     """Median job time and mean engine busy seconds per job, with the first `num_jobs` jobs run one
     after another on (a) with ample KV (the shared system prompt stays cached, as it does under load)."""
@@ -391,13 +314,13 @@ def setup(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]], float, i
     context = args.context if args.context is not None else (CONTEXT if args.model == "default" else None)
     JOBS[:] = build_jobs(runs, jobs, args.seed, 2 if args.quick else args.max_turns, 4 if args.quick else args.max_output,
                          latency, system=not args.quick, context=context)
-    return jobs, runs, statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns), shared_prefix_len(JOBS)
+    return jobs, runs, statistics.fmean(len(j.turns[-1].prompt_ids) for j in JOBS if j.turns), shared_prefix_len(calls_jobs(JOBS))
 
 
 def load_model(kind: str, out: Path) -> str:
     """Sets MODEL to the engine's model (benchmarks/routing.py's build_model: the tiny model gets a
     context that fits every call of JOBS) and returns its description."""
-    context = tiny_context([CallsJob([(t.prompt_ids, t.out_len) for t in j.turns]) for j in JOBS])
+    context = tiny_context(calls_jobs(JOBS))
     MODEL[0], described = build_model(kind, context, out)
     return described
 

@@ -61,6 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agentrt.ray.router import POLICIES  # noqa: E402
 from benchmarks.report import markdown_table, print_table, write_section  # noqa: E402
 from benchmarks.routing_bounds import (  # noqa: E402
     KV_RULE,
@@ -71,14 +72,12 @@ from benchmarks.routing_bounds import (  # noqa: E402
     round_robin_unbounded,
     shared_prefix_len,
 )
-from benchmarks.routing_sim import SimRequest, budget_sweep, simulate  # noqa: E402
+from benchmarks.routing_sim import budget_sweep, run_sim  # noqa: E402
 from engine.config import DEFAULT_MODEL_DIR, data_file  # noqa: E402
 from engine.tokenizer import ChatTokenizer, render_chat, render_message  # noqa: E402
 
 CONTEXT = 4096  # the shipped model's context (max_position_embeddings): a run ends at its first turn past it
 TINY_SEED = 0
-POLICIES = ("kv-aware", "round-robin", "least-loaded")
-MOONCAKE_BLOCK = 512
 BLOCK = 16  # engine KV block size (tokens)
 
 
@@ -232,40 +231,6 @@ def preemptions(engine: Any) -> int:
     import ray
 
     return int(sum(s["num_preemptions"] for s in ray.get([h.stats.remote() for h in engine.pool.handles.values()])))
-
-
-# ---- simulated: the full Mooncake trace at 8-64 replicas --------------------------------------
-def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]:
-    out = []
-    for j, r in enumerate(reqs):
-        n = len(r["hash_ids"])
-        sizes = [MOONCAKE_BLOCK] * (n - 1) + [r["input_length"] - MOONCAKE_BLOCK * (n - 1)]
-        out.append(SimRequest(r["timestamp"] / 1000 * stretch, list(r["hash_ids"]), sizes, r["output_length"], job=j))
-    return out
-
-
-def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
-            load: float, overlap_weight: float, affinity_slack: int | None = 1,
-            balance_slack: float | None = None) -> dict[str, dict[str, Any]]:
-    """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
-    times the replicas' capacity."""
-    duration = max(r["timestamp"] for r in reqs) / 1000
-    work = sum(r["input_length"] * prefill_s + r["output_length"] * decode_s for r in reqs)
-    capacity = max(1, int(capacity_tokens // MOONCAKE_BLOCK))
-    out: dict[str, dict[str, Any]] = {}
-    for n in counts:
-        stretch = work / (n * load * duration)
-        requests = sim_requests(reqs, stretch)
-        single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
-        out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
-        for policy in POLICIES:
-            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack, balance_slack)
-            loads = list(res.work_s.values())
-            ordered = sorted(res.jct_s)
-            out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
-                                   "jct_p99_s": ordered[int(0.99 * (len(ordered) - 1))],
-                                   "imbalance": max(loads) / statistics.fmean(loads) - 1}
-    return out
 
 
 # ---- report ---------------------------------------------------------------------------------------

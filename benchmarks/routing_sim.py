@@ -1,4 +1,5 @@
-"""The routing simulator behind `benchmarks/routing.py --sim`: no model, only block ids.
+"""The routing simulator behind `benchmarks/routing.py --sim`: no model, only block ids. It runs the
+full Mooncake trace at 8-64 replicas (`run_sim`) and the agent replay over KV budgets (`budget_sweep`).
 
 Each replica is a prefix cache of bounded capacity (engine/kv/radix.py over block ids, LRU eviction)
 and a single FIFO server whose service time is a stated cost model: `prefill_s` per prompt token it
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrt.ray.router import Router
+from agentrt.ray.router import POLICIES, Router
 from engine.kv.block_pool import BlockPool
 from engine.kv.radix import RadixCache
+
+MOONCAKE_BLOCK = 512  # tokens per Mooncake hash id
 
 
 @dataclass(slots=True)
@@ -164,3 +168,37 @@ def budget_sweep(jobs: list[Any], block_size: int, counts: list[int], concurrenc
                              "kv_vs_single": kv.hit_rate / single, "kv_vs_round_robin": kv.hit_rate / rr,
                              "imbalance": max(loads) / (sum(loads) / len(loads)) - 1})
     return rows
+
+
+# ---- the full Mooncake trace at 8-64 replicas (routing.py --sim) ------------------------------
+def sim_requests(reqs: list[dict[str, Any]], stretch: float) -> list[SimRequest]:
+    out = []
+    for j, r in enumerate(reqs):
+        n = len(r["hash_ids"])
+        sizes = [MOONCAKE_BLOCK] * (n - 1) + [r["input_length"] - MOONCAKE_BLOCK * (n - 1)]
+        out.append(SimRequest(r["timestamp"] / 1000 * stretch, list(r["hash_ids"]), sizes, r["output_length"], job=j))
+    return out
+
+
+def run_sim(reqs: list[dict[str, Any]], counts: list[int], capacity_tokens: float, prefill_s: float, decode_s: float,
+            load: float, overlap_weight: float, affinity_slack: int | None = 1,
+            balance_slack: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per replica count and policy; arrivals stretched so the offered (uncached) work is `load`
+    times the replicas' capacity."""
+    duration = max(r["timestamp"] for r in reqs) / 1000
+    work = sum(r["input_length"] * prefill_s + r["output_length"] * decode_s for r in reqs)
+    capacity = max(1, int(capacity_tokens // MOONCAKE_BLOCK))
+    out: dict[str, dict[str, Any]] = {}
+    for n in counts:
+        stretch = work / (n * load * duration)
+        requests = sim_requests(reqs, stretch)
+        single = simulate(requests, 1, "round-robin", capacity * n, prefill_s, decode_s)
+        out[f"{n}"] = {"single_replica_hit_rate": single.hit_rate}
+        for policy in POLICIES:
+            res = simulate(requests, n, policy, capacity, prefill_s, decode_s, overlap_weight, affinity_slack, balance_slack)
+            loads = list(res.work_s.values())
+            ordered = sorted(res.jct_s)
+            out[f"{n}"][policy] = {"hit_rate": res.hit_rate, "jct_mean_s": statistics.fmean(res.jct_s),
+                                   "jct_p99_s": ordered[int(0.99 * (len(ordered) - 1))],
+                                   "imbalance": max(loads) / statistics.fmean(loads) - 1}
+    return out
