@@ -187,23 +187,20 @@ def paged_tree_attention_torch(
     return out
 
 
-def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor) -> torch.Tensor:
-    """q [q_len, Hq, D] attends to k/v [ctx, Hkv, D] where mask [q_len, ctx] is True."""
+def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """q [q_len, Hq, D] attends to k/v [ctx, Hkv, D] where mask [q_len, ctx] is True (None: causal
+    from position 0)."""
     group = q.shape[1] // k.shape[1]
     qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
     kh = k.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)  # [1, Hq, ctx, D]
     vh = v.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)
-    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)[0].transpose(0, 1)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale)[0].transpose(0, 1)
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, offset: int) -> torch.Tensor:
     """q [q_len, Hq, D] at absolute positions offset.. attends to k/v [ctx, Hkv, D] causally."""
     if offset == 0:
-        group = q.shape[1] // k.shape[1]
-        qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
-        kh = k.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)  # [1, Hq, ctx, D]
-        vh = v.transpose(0, 1).repeat_interleave(group, 0).unsqueeze(0)
-        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)[0].transpose(0, 1)
+        return _masked(q, k, v, scale, None)
     q_pos = torch.arange(offset, offset + q.shape[0], device=q.device)
     return _masked(q, k, v, scale, torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None])
 
