@@ -91,7 +91,7 @@ class EngineCore:
         if self.scheduler.radix is not None:
             mover = self.mover
             hooks = PinHooks(mover.copy_to_host if mover else None, mover.restore_from_host if mover else None,
-                             self._resume_seconds_per_token, self._working_set)
+                             self._resume_seconds_per_token, self._working_set, lambda: len(self.scheduler.waiting))
             self.pin_table = PinTable(self.scheduler.radix, self.scheduler.pool, hooks, config.kv_pause_fraction)
             self.scheduler.release_pins = self.pin_table.release_one
         # Graph-aware cache hints: key -> (token ids, steps until needed, expiry); see `hint`.
@@ -178,7 +178,10 @@ class EngineCore:
         """Tell the cache that a task will need the prefix `token_ids` in about `steps` scheduling
         steps (the runtime's steps-to-execution, as in KVFlow). Eviction then takes prefixes nobody
         announced first (LRU), then announced ones, furthest-off first; with a host tier, a prefix
-        announced for `steps <= 1` is restored to the device ahead of its request. Unlike `pin` it
+        announced for `steps <= 1` is restored to the device ahead of its request, counting the
+        requests already waiting in the engine as steps ahead of it (under a queue a prefetch was
+        evicted again before its request was admitted, and took the blocks of preempted requests
+        with it: agent serving's "+graph" recomputed 127k tokens, docs/benchmarks.md). Unlike `pin` it
         never blocks eviction. Any thread; replaces the key's previous hint; `ttl` in seconds."""
         self._hint_cmds.append((key, list(token_ids), float(steps), ttl))
 
@@ -189,19 +192,20 @@ class EngineCore:
     def _apply_hints(self) -> None:
         self._soon = None  # once per step, and whenever the hints change: the next eviction walks them again
         now = time.monotonic()
+        ahead = len(self.scheduler.waiting)  # the engine's queue runs before a hinted task's request
         while self._hint_cmds:
             key, token_ids, steps, ttl = self._hint_cmds.popleft()
             if token_ids is None:
                 self.hints.pop(key, None)
                 continue
             self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
-            if steps <= 1 and self.mover is not None:
+            if steps + ahead <= 1 and self.mover is not None:
                 self.mover.prefetch(token_ids)
         for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
             del self.hints[key]
         if self.mover is not None and self.mover.host.collect():  # disk reads that finished: to the device
             for token_ids, steps, _ in list(self.hints.values()):
-                if steps <= 1:
+                if steps + ahead <= 1:
                     self.mover.prefetch(token_ids)
 
     def _next_use(self) -> dict[RadixNode, float]:

@@ -132,6 +132,7 @@ class Scheduler:
         # program_id -> rank of its first request; least recently seen dropped past MAX_PROGRAMS.
         self._programs: OrderedDict[str, int] = OrderedDict()
         self.num_preemptions = 0
+        self.num_recomputed_tokens = 0  # tokens computed again after a preemption (their KV was not cached any more)
         self.skip_hopeless = True  # skip a waiting request's admission attempt that cannot succeed (_cannot_fit)
         # Restores cached blocks from a lower tier into the tree: (tokens, cached tokens) ->
         # (bytes restored from host, bytes restored from disk).
@@ -349,6 +350,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         seq.draft_ids, seq.draft_parents = [], None
         self.running.remove(seq)
+        seq.computed_before = max(seq.computed_before, seq.num_computed_tokens)
         self._cache_prefix(seq)
         self._release(seq)
         seq.num_computed_tokens = 0
@@ -379,6 +381,8 @@ class Scheduler:
         and share newly completed blocks. Call after the step's accepted tokens were appended."""
         start = seq.num_computed_tokens
         seq.num_computed_tokens = min(start + num_valid, len(seq))
+        if seq.computed_before > start:  # tokens a preemption had computed and the cache no longer held
+            self.num_recomputed_tokens += min(seq.num_computed_tokens, seq.computed_before) - start
         seq.usage.prefill_tokens_computed += max(0, min(seq.num_computed_tokens, seq.num_prompt_tokens) - start)
         if not seq.is_finished and seq.num_computed_tokens // self.block_size > start // self.block_size:
             self._cache_prefix(seq)

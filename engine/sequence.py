@@ -103,7 +103,9 @@ class Usage:
     spec_proposed_tokens: int = 0
     spec_accepted_tokens: int = 0
     num_preemptions: int = 0
-    recomputed_tokens: int = 0  # prompt tokens computed before a preemption threw their KV away
+    # Prompt tokens computed in passes before a preemption: engine work spent, whether re-admission
+    # later finds their KV cached or computes it again (Scheduler.num_recomputed_tokens counts those).
+    recomputed_tokens: int = 0
     kv_restored_bytes_host: int = 0  # KV copied back from the host tier for this request's prefix
     kv_restored_bytes_disk: int = 0  # ... and from the disk tier
 
@@ -131,6 +133,7 @@ class Sequence:
     usage: Usage = field(default_factory=Usage)
     generator: torch.Generator | None = None
     prefix_node: object | None = None  # the radix node locked for this sequence's cached prefix
+    computed_before: int = 0  # tokens whose KV this sequence had computed when it was last preempted
     arrival: float = 0.0
     first_token_time: float | None = None
     stop_text: str = ""  # decoded text, kept only when stop strings are set

@@ -10,8 +10,12 @@
   requests or pinned prefixes hold) passes `pause_fraction` of the pool, pinned agents are paused, the longest-waiting
   first: their KV is copied to the host tier and their pin released, until the working set is back
   under the line. A pin released under pressure is paused the same way. Paused agents resume
-  smallest first once the working set is under `resume_fraction`: the prefix comes back from the
-  host tier and is pinned again until its original deadline.
+  smallest first once the working set is under `resume_fraction` and no request waits: the prefix
+  comes back from the host tier and is pinned again until its original deadline. While requests
+  wait, the free blocks are theirs: a paused agent's prefix comes back when its next turn is
+  admitted (the host-tier restore at admission). Resuming under a queue paused the same agents
+  again a few steps later (agent serving at saturation: ~700 pauses and twice the host restores of
+  the configurations without pausing, docs/benchmarks.md).
 
 Bookkeeping only: the engine core supplies the copies (`PinHooks`) and calls `apply` and `balance`
 on its step thread.
@@ -43,13 +47,14 @@ class Pin:
 class PinHooks:
     """What the engine core does for the pin table: copy a cached prefix's KV to the host tier
     (without evicting it), restore a prefix from the host tier, the seconds per token it costs to
-    bring a released prefix back, and the working set: device blocks that running requests or
-    pinned prefixes hold (the rest is free or evictable cache)."""
+    bring a released prefix back, the working set: device blocks that running requests or pinned
+    prefixes hold (the rest is free or evictable cache), and how many requests wait for admission."""
 
     copy_to_host: Callable[[list[int]], None] | None
     restore_from_host: Callable[[list[int]], None] | None
     resume_seconds_per_token: Callable[[], float]
     working_set: Callable[[], int]
+    num_waiting: Callable[[], int] = lambda: 0
 
 
 def worth_releasing(time_left: float, resume_cost: float) -> bool:
@@ -123,7 +128,8 @@ class PinTable:
 
     def balance(self) -> None:
         """ThunderAgent: pause pinned agents above `pause_fraction`, resume paused ones (smallest
-        first) below `resume_fraction`. Needs a host tier (else pausing would only lose KV)."""
+        first) below `resume_fraction` while no request waits. Needs a host tier (else pausing
+        would only lose KV)."""
         if self.pause_fraction is None or self.hooks.copy_to_host is None:
             return
         line = self.pause_fraction * self.pool.num_blocks
@@ -134,7 +140,7 @@ class PinTable:
             if not timed:
                 break
             self._pause(max(timed)[1])  # the agent expected back last
-        if self.paused:
+        if self.paused and not self.hooks.num_waiting():
             self._resume_smallest(self.resume_fraction * self.pool.num_blocks)
 
     def _pause(self, key: str) -> None:

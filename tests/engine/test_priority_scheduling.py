@@ -210,3 +210,24 @@ def test_skipping_hopeless_heads_serves_every_request_the_same_tokens() -> None:
         assert sorted(finished) == sorted(s.request_id for s in seqs)
         outs.append({s.request_id: list(s.token_ids) for s in seqs})
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("caching", [False, True])
+def test_recomputed_tokens_count_only_kv_computed_twice(caching: bool) -> None:
+    """A preempted request's KV is recomputed at re-admission only where the cache lost it: without
+    prefix caching every token it had computed is computed again; with it, only the partial block."""
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=1, enable_prefix_caching=caching), num_blocks=64)
+    sched.add(seq(10, 20, priority=5, rid="long"))
+    for _ in range(4):  # the prompt (10 tokens), then 3 decode steps: 13 tokens of KV
+        batch = sched.schedule()
+        for i, s in enumerate(batch.seqs):
+            if batch.samples(i):
+                s.token_ids.append(3)
+            sched.advance(s, batch.num_new_tokens[i])
+    long = sched.running[0]
+    assert long.num_computed_tokens == 13 and sched.num_recomputed_tokens == 0
+    sched.add(seq(4, 2, priority=0, rid="urgent", start=90))
+    assert run(sched) == ["urgent", "long"] and sched.num_preemptions == 1
+    assert long.computed_before == 13
+    assert sched.num_recomputed_tokens == (1 if caching else 13)  # cached: 3 full blocks kept, the 13th token not
+    assert long.usage.recomputed_tokens == 10  # the engine work its first pass spent on the prompt

@@ -52,9 +52,11 @@ def test_paused_agents_resume_smallest_first() -> None:
         pool.decref(blocks)  # the tree holds them
     restored: list[str] = []
     running: list[int] = []
+    waiting = [0]
     hooks = PinHooks(copy_to_host=lambda ids: None,
                      restore_from_host=lambda ids: restored.append(next(k for k, p in prompts.items() if p == ids)),
-                     resume_seconds_per_token=lambda: 0.0, working_set=lambda: radix.num_locked_blocks + len(running))
+                     resume_seconds_per_token=lambda: 0.0, working_set=lambda: radix.num_locked_blocks + len(running),
+                     num_waiting=lambda: waiting[0])
     table = PinTable(radix, pool, hooks, pause_fraction=0.95, resume_fraction=0.8)
     for ttl, key in ((100.0, "a"), (200.0, "b"), (300.0, "c")):
         table.pin(key, prompts[key], ttl)
@@ -68,6 +70,10 @@ def test_paused_agents_resume_smallest_first() -> None:
     assert set(table.paused) == {"c", "b"}
     pool.decref(running)  # the running requests finished
     running.clear()
+    waiting[0] = 1  # a request waits for admission: the free blocks are its, nobody resumes
+    table.balance()
+    assert restored == [] and set(table.paused) == {"c", "b"}
+    waiting[0] = 0
     table.balance()
     assert restored == ["c", "b"] and set(table.pins) == {"a", "b", "c"} and table.num_resumed == 2
 

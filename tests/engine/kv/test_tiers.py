@@ -8,6 +8,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.kv.tiers import HostKVTier, block_keys
+from engine.sequence import FinishReason, Sequence
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
@@ -160,6 +161,14 @@ def test_a_hinted_prefix_outlives_newer_ones_and_is_prefetched_from_host(tiny_qw
         llm.generate([o], GREEDY)
     assert radix.cached_prefix_len(soon) >= 36  # kept although least recently used
     assert radix.cached_prefix_len(later) < 36  # the unannounced one went first
+    queued = [Sequence(o + [5], SamplingParams(max_tokens=1)) for o in others[:2]]
+    for q in queued:  # requests already waiting in the engine run before job-2's: 2 steps ahead
+        llm.core.scheduler.add(q)
+    llm.core.hint("job-2", later, steps=0)
+    llm.core._apply_hints()
+    assert radix.cached_prefix_len(later) < 36  # not yet: a prefetch now would be evicted again
+    for q in queued:
+        llm.core.scheduler.finish(q, FinishReason.ABORT)
     llm.core.hint("job-2", later, steps=0)  # imminent: restored from host before it is requested
     llm.core.step()
     assert radix.cached_prefix_len(later) >= 36 and llm.core.host_tier.num_restored >= 9  # type: ignore[union-attr]
