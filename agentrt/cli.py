@@ -126,7 +126,7 @@ def run(
     input: str = typer.Option("{}", "--input", "-i", help="the graph's inputs as a JSON object"),
     graphs: Path | None = GRAPHS, tools: Path | None = TOOLS, model: Path | None = MODEL,
     llm_url: str | None = LLM_URL, llm_model: str | None = LLM_MODEL,
-    policy: str = typer.Option("las", help="scheduling policy: las or fcfs"),
+    policy: str = typer.Option("gittins", help="scheduling policy: gittins, las or fcfs (agentrt.scheduler)"),
     trace: str | None = TRACE,
     dag: Path | None = typer.Option(None, help="write the job's DAG as JSON here (and DOT beside it)"),
     json_out: bool = JSON_OUT, quiet: bool = QUIET,
@@ -141,8 +141,10 @@ def run(
     The model is loaded only when the graph makes an LLM call."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     inputs = parse_inputs(input)
-    if policy not in ("las", "fcfs"):
-        raise typer.BadParameter(f"unknown policy {policy!r}; use las or fcfs", param_hint="--policy")
+    from agentrt.scheduler import POLICIES
+
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"unknown policy {policy!r}; use {', '.join(POLICIES)}", param_hint="--policy")
     from agentrt import telemetry
 
     ray_opts = RayOptions(ray, engine_replicas, prefill_replicas, decode_replicas, router)

@@ -48,14 +48,14 @@ class Runtime:
     """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
-    limits per pool; policy "las" or "fcfs"; tools (a ToolExecutor); cost model; serving (which
+    limits per pool; policy "gittins" (default), "las" or "fcfs" (agentrt.scheduler); tools (a ToolExecutor); cost model; serving (which
     program-aware mechanisms reach the engine, default all); store of task results for replay and
     interrupts (agentrt.durable; default: in memory, the server's: its journal).
     """
 
     def __init__(
         self, registry: Registry, engine: EngineClient | None = None, *, limits: PoolLimits | None = None,
-        policy: str = "las", tools: ToolExecutor | None = None, cost: CostModel | None = None,
+        policy: str = "gittins", tools: ToolExecutor | None = None, cost: CostModel | None = None,
         serving: ServingPolicy | None = None, store: TaskStore | None = None,
     ) -> None:
         self.registry = registry

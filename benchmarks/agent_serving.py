@@ -16,7 +16,9 @@ prompt. The device KV budget is tight (about a third of the live jobs' contexts)
 of 4x that below it, in every configuration.
 
     (a) vllm-like   FCFS per request, LRU eviction, no pins, no hints, tool calls one after another
-    (b) +LAS        program-level least-attained service (engine work) as the engine's priority
+    (b) +LAS        program-level least-attained service (engine work) as the engine's priority (Autellix)
+    (b') +Gittins   the runtime's default instead: the Gittins index of the job's attained service,
+                    learned online from finished jobs (agentrt.scheduler); (c)-(e) build on it
     (c) +pins       KV pinned at tool calls for the tool's learned p90 latency, released under pressure
     (d) +graph      steps-to-execution hints: graph-aware eviction and host prefetch; agents waiting
                     on tools paused to the host tier past 95% of the KV working set (ThunderAgent)
@@ -71,9 +73,10 @@ BLOCK = 16
 CONFIGS: dict[str, tuple[str, ServingPolicy]] = {
     "vllm-like": ("fcfs", ServingPolicy(engine_priority=False, tool_pins=False, graph_hints=False, parallel_tools=False)),
     "+LAS": ("las", ServingPolicy(engine_priority=True, tool_pins=False, graph_hints=False, parallel_tools=False)),
-    "+pins": ("las", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=False, parallel_tools=False)),
-    "+graph": ("las", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=True, parallel_tools=False)),
-    "agentrt": ("las", ServingPolicy()),
+    "+Gittins": ("gittins", ServingPolicy(engine_priority=True, tool_pins=False, graph_hints=False, parallel_tools=False)),
+    "+pins": ("gittins", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=False, parallel_tools=False)),
+    "+graph": ("gittins", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=True, parallel_tools=False)),
+    "agentrt": ("gittins", ServingPolicy()),
 }
 
 

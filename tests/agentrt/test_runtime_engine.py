@@ -151,7 +151,7 @@ def recording_runtime(engine: EmbeddedEngine, **kwargs: Any) -> tuple[Runtime, l
 async def test_llm_requests_carry_their_jobs_attained_engine_work_as_priority(engine: EmbeddedEngine) -> None:
     from agentrt.scheduler import las_level
 
-    rt, seen = recording_runtime(engine)
+    rt, seen = recording_runtime(engine, policy="las")
     res = await rt.run_job(JobSpec(graph="service_probe", job_id="prio-job"))
     assert res.status == "succeeded", res.error
     first, second = seen

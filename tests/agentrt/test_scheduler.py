@@ -1,11 +1,18 @@
-"""The pure scheduling policy: LAS, priorities, FCFS, capacity limits (no event loop)."""
+"""The pure scheduling policy: LAS, Gittins, priorities, FCFS, capacity limits (no event loop)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrt.scheduler import PoolLimits, Scheduler, las_level
+from agentrt.scheduler import (
+    GITTINS_MID,
+    GITTINS_MIN_JOBS,
+    PoolLimits,
+    Scheduler,
+    ServiceDistribution,
+    las_level,
+)
 from agentrt.types import Pool, Task, TaskKind
 
 _n = iter(range(10**9))
@@ -169,3 +176,70 @@ def test_engine_priority_is_the_las_level_and_job_priority_dominates() -> None:
     assert s.engine_priority("light") == 0
     assert s.engine_priority("vip") < s.engine_priority("light")  # explicit priority beats any service
     assert Scheduler("fcfs").engine_priority("anything") == 0
+
+
+def brute_gittins(sizes: list[float], a: float) -> float:
+    """The index by its definition: sup over horizons d of P(S - a <= d | S > a) / E[min(S - a, d) | S > a]."""
+    rest = [x - a for x in sizes if x > a]
+    horizons = sorted(set(rest)) + [r + 0.5 for r in rest]
+    return max(sum(r <= d for r in rest) / sum(min(r, d) for r in rest) for d in horizons)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=25), st.integers(0, 49))
+def test_the_gittins_index_matches_its_definition(sizes: list[int], attained: int) -> None:
+    dist = ServiceDistribution()
+    for x in sizes:
+        dist.add(float(x))
+    got = dist.index(float(attained))
+    if max(sizes) <= attained:
+        assert got is None
+    else:
+        assert got is not None and abs(got - brute_gittins([float(x) for x in sizes], attained)) < 1e-12
+
+
+def learned(sizes: list[float]) -> Scheduler:
+    s = Scheduler("gittins", PoolLimits(gpu=8))
+    for i, size in enumerate(sizes):
+        s.submit_job(f"done{i}")
+        t = task(f"done{i}", Pool.GPU)
+        s.enqueue(t)
+        s.pick()
+        s.release(t, service=size)
+        s.finish_job(f"done{i}")
+    return s
+
+
+def served(s: Scheduler, job: str, service: float) -> None:
+    s.submit_job(job)
+    if service:
+        t = task(job, Pool.GPU)
+        s.enqueue(t)
+        s.pick()
+        s.release(t, service=service)
+
+
+def test_gittins_serves_jobs_near_done_first_when_sizes_are_alike_and_like_las_when_heavy_tailed() -> None:
+    # Alike (3,000-4,000 tokens): the job that has attained more is closer to done, so it goes first
+    # (LAS would put it last and share the engine among them all).
+    alike = learned([3000.0 + 50 * i for i in range(20)])
+    served(alike, "fresh", 0.0)
+    served(alike, "most-done", 2900.0)
+    assert alike.engine_priority("most-done") < alike.engine_priority("fresh")
+    # Heavy-tailed (most jobs 100 tokens, a few 100,000): a job past 100 is probably a long one, so
+    # fresh jobs go first, as under LAS.
+    heavy = learned([100.0] * 18 + [100_000.0] * 2)
+    served(heavy, "fresh", 0.0)
+    served(heavy, "long", 500.0)
+    assert heavy.engine_priority("fresh") < heavy.engine_priority("long")
+
+
+def test_gittins_ranks_every_job_alike_until_enough_jobs_have_finished() -> None:
+    s = learned([1000.0] * (GITTINS_MIN_JOBS - 1))
+    served(s, "fresh", 0.0)
+    served(s, "half", 500.0)
+    assert s.engine_priority("fresh") == s.engine_priority("half") == GITTINS_MID
+    s.finish_job("half")  # the 16th finished job: the index is used from now on
+    served(s, "again", 500.0)
+    assert s.engine_priority("again") < s.engine_priority("fresh")
+    assert Scheduler().policy == "gittins"
