@@ -24,9 +24,8 @@ class TierMover:
     def offload(self, path: list[int], blocks: list[int], hits: int = 0) -> None:
         """Radix eviction hook: keep the evicted blocks' KV in host memory."""
         bs = self.block_size
-        first = len(path) // bs - len(blocks)
-        parent = block_keys(path, bs)[first - 1] if first else b""
-        for key, block in zip(block_keys(path, bs, first, parent), blocks, strict=True):
+        keys = block_keys(path, bs)  # once: the evicted blocks' keys chain through the whole path
+        for key, block in zip(keys[len(keys) - len(blocks) :], blocks, strict=True):
             self.host.offload(key, self.kv.k[:, block], self.kv.v[:, block], hits)
 
     def restore(self, tokens: list[int], cached: int, host_only: bool = False, release_pins: bool = True) -> tuple[int, int]:

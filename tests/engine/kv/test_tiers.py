@@ -204,3 +204,21 @@ def test_a_prefetch_releases_no_pin(tiny_qwen: Path) -> None:
     assert core._next_use() is not first and core._next_use() == {}
     out = llm.generate([wanted + [1]], GREEDY)  # the request itself may release a pin to run
     assert len(out[0].token_ids) > 0
+
+
+def test_block_keys_chain_each_blocks_little_endian_ids_and_resume_from_a_parent() -> None:
+    import hashlib
+    import struct
+
+    def slow(ids: list[int], bs: int) -> list[bytes]:  # the definition, one block at a time
+        keys, key = [], b""
+        for b in range(len(ids) // bs):
+            key = hashlib.blake2b(key + struct.pack(f"<{bs}I", *ids[b * bs : (b + 1) * bs]), digest_size=16).digest()
+            keys.append(key)
+        return keys
+
+    ids = [0, 1, 151_935, 2**32 - 1] + list(range(100, 150))
+    assert block_keys(ids, 4) == slow(ids, 4) and len(block_keys(ids, 4)) == 13  # the partial block has no key
+    keys = block_keys(ids, 4)
+    assert block_keys(ids, 4, 5, keys[4]) == keys[5:]  # resuming from block 5's parent
+    assert block_keys(ids[:3], 4) == [] and block_keys([9] * 8, 4)[0] != block_keys([9] * 8, 4)[1]
