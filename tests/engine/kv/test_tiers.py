@@ -222,3 +222,20 @@ def test_block_keys_chain_each_blocks_little_endian_ids_and_resume_from_a_parent
     keys = block_keys(ids, 4)
     assert block_keys(ids, 4, 5, keys[4]) == keys[5:]  # resuming from block 5's parent
     assert block_keys(ids[:3], 4) == [] and block_keys([9] * 8, 4)[0] != block_keys([9] * 8, 4)[1]
+
+
+def test_eviction_order_walks_only_the_soonest_hints(tiny_qwen: Path) -> None:
+    from engine.core import HINT_WALK
+
+    g = torch.Generator().manual_seed(13)
+    prompts = [torch.randint(2, 128, (12,), generator=g).tolist() for _ in range(HINT_WALK + 2)]
+    llm = LLM(tiny_qwen, num_kv_blocks=256, device="cpu", dtype="float32", block_size=4)
+    core, radix = llm.core, llm.core.scheduler.radix
+    assert radix is not None
+    llm.generate([p + [1] for p in prompts], GREEDY)
+    for i, p in enumerate(prompts):  # prompt i is needed in i steps
+        core.hint(f"h{i}", p, steps=float(i))
+    core.step()
+    soon = core._next_use()
+    walked = {i for i, p in enumerate(prompts) if all(n in soon for n in radix.path_nodes(p))}
+    assert walked == set(range(HINT_WALK))  # the two furthest off count as unannounced
