@@ -48,8 +48,9 @@ class Runtime:
     """Runs jobs of registered graphs. One Runtime serves many concurrent jobs.
 
     Args: registry of tools/agents/graphs; engine (an EngineClient; None for tool-only graphs);
-    limits per pool; policy "gittins" (default), "las" or "fcfs" (agentrt.scheduler); tools (a ToolExecutor); cost model; serving (which
-    program-aware mechanisms reach the engine, default all); store of task results for replay and
+    limits per pool; policy "gittins" (default), "las" or "fcfs" (agentrt.scheduler); tools (a
+    ToolExecutor); cost model; serving (which program-aware mechanisms reach the engine, default
+    all); store of task results for replay and
     interrupts (agentrt.durable; default: in memory, the server's: its journal).
     """
 

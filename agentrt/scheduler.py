@@ -13,8 +13,10 @@ closest to done first, and LAS's processor sharing among equals is what it avoid
 benchmark's tau-bench jobs (sizes within ~3x of each other) engine-level LAS made every job finish
 late and its preempted requests lose their KV: mean job time 1.39x the baseline's, 154k tokens
 recomputed (docs/benchmarks.md). Until `GITTINS_MIN_JOBS` jobs have finished, "gittins" puts every
-job in one level (first come first served by program). Each pool has its own queue and
-capacity, so a task that does not fit its pool never blocks tasks of other pools.
+job in one level (first come first served by program).
+
+Each pool has its own queue and capacity, so a task that does not fit its pool never blocks tasks of
+other pools.
 
 Service is engine work, not wall time: the runtime credits each finished task with the tokens the
 engine computed and decoded for it (0 for tools and sub-agent coordination), so a job that waited
@@ -83,13 +85,16 @@ class ServiceDistribution:
     def index(self, attained: float) -> float | None:
         """The Gittins index at `attained` (None: longer than every finished job). The best horizon
         is always one of the remaining sizes, so only those are tried."""
-        rest = self._sorted[bisect_right(self._sorted, attained):]
-        best, used, m = 0.0, 0.0, len(rest)
-        for k, size in enumerate(rest, 1):
-            r = size - attained
+        sizes, first = self._sorted, bisect_right(self._sorted, attained)
+        m = len(sizes) - first  # the survivors
+        if m == 0:
+            return None
+        best = used = 0.0
+        for k in range(1, m + 1):
+            r = sizes[first + k - 1] - attained
             used += r  # sum of min(remaining, r) over the survivors: the first k in full, the rest r each
             best = max(best, k / (used + (m - k) * r))
-        return best if rest else None
+        return best
 
     def level(self, attained: float) -> int:
         """0 (most urgent) .. 2 * GITTINS_MID: GITTINS_MID minus twice log2 of the index relative to a
@@ -102,7 +107,7 @@ class ServiceDistribution:
         if self._g0 is None:
             self._g0 = self.index(0.0)
         g, g0 = self.index(attained), self._g0
-        if g is None or not g0:
+        if g is None or g0 is None:  # g0 is set: every sample is > 0 (finish_job adds only served jobs)
             return GITTINS_MID
         return max(0, min(2 * GITTINS_MID, GITTINS_MID - math.floor(2 * math.log2(g / g0))))
 
@@ -177,9 +182,9 @@ class Scheduler:
 
     def finish_job(self, job_id: str) -> None:
         job = self._jobs.pop(job_id, None)
-        if job is not None and job.service > 0:
-            self.sizes.add(job.service)
         if job is not None:
+            if job.service > 0:
+                self.sizes.add(job.service)
             for pool, queue in job.queues.items():
                 for t in queue:
                     if t.id in self._queued:

@@ -215,9 +215,10 @@ class EngineCore:
 
     def _next_use(self) -> dict[RadixNode, float]:
         """Radix eviction hook: every node on a hinted prefix (the HINT_WALK soonest hints) -> the
-        soonest steps announced for it. Walked once per step (an eviction can run many times in one step's admissions, and walking
-        every hinted prompt each time cost agent serving seconds of step-thread time); a node the
-        step inserts after the walk counts as unannounced until the next step."""
+        soonest steps announced for it. Walked once per step (an eviction can run many times in one
+        step's admissions, and walking every hinted prompt each time cost agent serving seconds of
+        step-thread time); a node the step inserts after the walk counts as unannounced until the
+        next step."""
         if self._soon is not None:
             return self._soon
         radix = self.scheduler.radix
