@@ -311,6 +311,17 @@ class LLM:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc)) from exc
 
+    def draft_history(self) -> list[list[int]]:
+        """The suffix drafter's global tree as token-id documents, oldest first: the outputs of the
+        requests this engine finished (each with the last tokens of its prompt) and what was
+        preloaded. Save it (any list-of-int-lists format) and `preload_drafts` it into a new
+        engine to start warm after a restart. Raises InvalidRequestError without a "suffix" drafter."""
+        with self._step_lock:
+            try:
+                return self.core.speculator.history()
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from exc
+
     # ---- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         """Prefix-cache counters, KV usage and step totals."""

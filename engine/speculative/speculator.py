@@ -49,6 +49,13 @@ class Speculator:
             raise ValueError(f"preloading drafts needs the suffix drafter; this engine drafts with {self.drafters or 'none'}")
         return self.suffix.preload(documents)
 
+    def history(self) -> list[list[int]]:
+        """The suffix drafter's global tree as documents, oldest first (`SuffixDrafter.history`).
+        Raises ValueError when the engine has no suffix drafter."""
+        if self.suffix is None:
+            raise ValueError(f"draft history needs the suffix drafter; this engine drafts with {self.drafters or 'none'}")
+        return self.suffix.history()
+
     def allowed(self, seq: Sequence) -> tuple[str, ...]:
         choice = seq.params.speculative
         if choice is False:

@@ -131,6 +131,11 @@ class SuffixTree:
         while self.num_nodes > self.max_nodes and len(self._docs) > 1:
             self._release(self._docs.popitem(last=False)[1])
 
+    def documents(self) -> list[list[int]]:
+        """The token ids of every indexed document, oldest first (the order `add` would rebuild
+        the same trie in, and the order the node budget evicts them)."""
+        return [entry[0].tolist() for entry in self._docs.values()]
+
     def remove(self, doc: Hashable) -> None:
         """Forget document `doc` (unknown documents are ignored)."""
         entry = self._docs.pop(doc, None)
@@ -332,6 +337,12 @@ class SuffixDrafter:
                 self._num_preloaded += 1
                 num += 1
         return num
+
+    def history(self) -> list[list[int]]:
+        """What the global tree holds, oldest first: each finished request's output with the last
+        `prompt_context` tokens of its prompt, and preloaded documents. `preload(history())` on a
+        fresh drafter rebuilds the same tree (a restarted server keeps its drafts)."""
+        return self.tree.documents()
 
     def propose(self, token_ids: Sequence[int], k: int) -> list[int]:
         """The draft of the longer match: the global tree's, or prompt lookup's (ties: the tree)."""

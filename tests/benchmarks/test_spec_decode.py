@@ -60,6 +60,27 @@ def test_a_warm_tree_is_seeded_from_training_tasks_only() -> None:
     seeded = {r["task_id"] for r in warm_runs()}
     assert seeded and seeded <= airline_split().train
     assert not seeded & {r["task_id"] for r in pick_runs(16, seed=0)}
-    docs = warm_documents()
+    docs = warm_documents()  # --warm-source recorded; the served history's prompts come from the same runs
     assert len(docs) > len(warm_runs())  # several assistant turns per run
     assert all(doc[-1] == docs[0][-1] for doc in docs[:50])  # each ends at the turn's end token
+
+
+@needs_data
+def test_the_served_history_is_the_models_own_output_on_training_tasks() -> None:
+    from benchmarks.spec_decode import history_prompts, served_documents
+    from engine import LLM, SamplingParams
+    from engine.speculative.suffix import SuffixDrafter
+
+    prompts = history_prompts(3000, limit=2)
+    train_prefix = history_prompts(3000)[:2]
+    assert prompts == train_prefix and all(len(p) <= 3000 for p in prompts)
+    params = SamplingParams(temperature=0.0, max_tokens=6)
+    docs = served_documents(prompts, params, "cpu")
+    keep = SuffixDrafter().prompt_context
+    plain = LLM(kv_cache_memory_gb=0.25)
+    try:
+        outs = plain.generate(prompts, params)
+    finally:
+        plain.close()
+    # each document: the prompt's last tokens, then exactly what plain decoding produces
+    assert docs == [p[-keep:] + list(o.token_ids) for p, o in zip(prompts, outs, strict=True)]

@@ -228,3 +228,25 @@ def test_preloaded_drafts_are_verified_like_any_other(tiny_qwen: Path) -> None:
     assert out.token_ids == plain.token_ids and out.usage.spec_accepted_tokens > 0
     with pytest.raises(InvalidRequestError, match="suffix drafter"):
         LLM(tiny_qwen, speculative="ngram", **opts).preload_drafts([[1, 2, 3]])  # type: ignore[arg-type]
+
+
+def test_draft_history_restores_the_same_drafts_in_a_new_engine(tiny_qwen: Path) -> None:
+    from engine.errors import InvalidRequestError
+
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=256)
+    first, second = _prompts()[0], _prompts()[1]
+    served = LLM(tiny_qwen, speculative="suffix", num_speculative_tokens=4, **opts)  # type: ignore[arg-type]
+    out = served.generate([first], GREEDY)[0]
+    history = served.draft_history()
+    keep = served.core.speculator.suffix.prompt_context  # type: ignore[union-attr]
+    assert history == [(first + out.token_ids)[len(first) - keep :]]  # the output, with its prompt's last tokens
+    restarted = LLM(tiny_qwen, speculative="suffix", num_speculative_tokens=4, **opts)  # type: ignore[arg-type]
+    assert restarted.preload_drafts(history) == 1 and restarted.draft_history() == history
+    sa, sb = served.core.speculator.suffix, restarted.core.speculator.suffix
+    assert sa is not None and sb is not None
+    for cut in range(len(first) - 2, len(first) + len(out.token_ids)):
+        context = (first + out.token_ids)[:cut]
+        assert sb.tree_draft(context, 4) == sa.tree_draft(context, 4), cut  # the same tree, the same drafts
+    assert restarted.generate([second], GREEDY)[0].token_ids == served.generate([second], GREEDY)[0].token_ids
+    with pytest.raises(InvalidRequestError, match="suffix drafter"):
+        LLM(tiny_qwen, **opts).draft_history()  # type: ignore[arg-type]
