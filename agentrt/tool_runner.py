@@ -7,7 +7,8 @@
   they end, so a hanging tool cannot pile up threads or hold slots the other jobs' tools need.
 * Async tools run on the event loop, outside the CPU limiter (they wait on I/O, not on cores), under
   a watchdog thread: when the loop stops ticking for `block_threshold` seconds while an async tool
-  runs, it logs which tool's code is on the loop thread's stack (`num_loop_blocks`).
+  runs, it logs which tool's code is on the loop thread's stack (`num_loop_blocks`); a stall with no
+  tool's code on the stack is not blamed on a tool (`num_other_blocks`, logged at info).
 * `cpu_bound` tools run in a child process per call (forkserver: safe beside threads), killed on cancel.
 """
 
@@ -171,7 +172,8 @@ class LoopWatchdog:
         self.loop, self.threshold = loop, block_threshold
         self.loop_thread = threading.get_ident()
         self.running: dict[int, tuple[str, Any]] = {}  # call id -> (tool name, code object)
-        self.num_loop_blocks = 0
+        self.num_loop_blocks = 0  # stalls with an async tool's code on the loop's stack (logged as warnings)
+        self.num_other_blocks = 0  # stalls while async tools ran but none of them was on the stack
         self._ids = itertools.count()
         self.last_tick = time.monotonic()
         loop.call_soon(self._tick)
@@ -198,18 +200,26 @@ class LoopWatchdog:
                 continue
             if not reported:
                 reported = True
-                self.num_loop_blocks += 1
-                logger.warning("event loop blocked for %.2fs by async tool %s: it must not make blocking calls "
-                               "(make it a sync tool, or await a non-blocking API)", stalled, self._culprit())
+                culprit, where = self._culprit()
+                if culprit is not None:
+                    self.num_loop_blocks += 1
+                    logger.warning("event loop blocked for %.2fs by async tool %s: it must not make blocking calls "
+                                   "(make it a sync tool, or await a non-blocking API)", stalled, culprit)
+                else:  # no tool's code on the loop's stack: the stall is not a tool's (e.g. one huge fan-out's bookkeeping)
+                    self.num_other_blocks += 1
+                    logger.info("event loop busy for %.2fs outside any async tool (in %s)", stalled, where)
 
-    def _culprit(self) -> str:
+    def _culprit(self) -> tuple[str | None, str]:
+        """(the running async tool whose code is on the loop thread's stack, or None; where the loop
+        thread is: its innermost frame)."""
         frame = sys._current_frames().get(self.loop_thread)
+        where = f"{frame.f_code.co_name} at {frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
         codes = {code: name for name, code in self.running.values()}
         while frame is not None:
             if frame.f_code in codes:
-                return repr(codes[frame.f_code])
+                return repr(codes[frame.f_code]), where
             frame = frame.f_back
-        return "one of " + ", ".join(sorted({repr(n) for n, _ in self.running.values()}))
+        return None, where
 
     async def run(self, name: str, fn: Callable[..., Any], args: dict[str, Any]) -> tuple[Any, float]:
         key = next(self._ids)

@@ -159,3 +159,22 @@ async def test_sync_tool_threads_are_reused_across_calls() -> None:
 
 async def _gather_quick(ex: LocalToolExecutor, n: int) -> list[Any]:
     return list(await asyncio.gather(*[ex.run(quick, {"x": i}) for i in range(n)]))
+
+
+async def test_the_watchdog_does_not_blame_a_tool_for_a_stall_outside_it(caplog: pytest.LogCaptureFixture) -> None:
+    ex = LocalToolExecutor(block_threshold=0.2)
+    waiting = anyio.Event()
+
+    async def slow_io() -> str:  # an async tool that only awaits: never on the loop's stack while it stalls
+        await waiting.wait()
+        return "done"
+
+    with caplog.at_level(logging.INFO, logger="agentrt.tool_runner"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ex.run, tool(slow_io), {})
+            await anyio.sleep(0.05)
+            time.sleep(0.6)  # the caller's own code blocks the loop while the tool is running
+            await anyio.sleep(0.1)
+            waiting.set()
+    assert ex.watchdog is not None and ex.watchdog.num_loop_blocks == 0 and ex.watchdog.num_other_blocks == 1
+    assert "slow_io" not in caplog.text and "outside any async tool" in caplog.text
