@@ -137,6 +137,26 @@ class RadixCache:
         return out, i
 
     def _common_pages(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
+        """Pages of `key` (its first already matched through the children dict) that equal
+        token_ids[start:] within `end`: the whole span compared in one tuple comparison, and on a
+        mismatch the first differing page found by bisection over prefix comparisons (O(log pages)
+        C-level comparisons instead of a Python loop per page: walking agent prompts of thousands
+        of tokens page by page was ~8% of agent serving's step thread). `_common_pages_ref` is the
+        page-by-page reference (tests compare them)."""
+        bs = self.block_size
+        most = max(1, min(len(key), end - start) // bs)  # pages that could match (at least the first)
+        if most == 1 or key[bs : most * bs] == tuple(token_ids[start + bs : start + most * bs]):
+            return most
+        lo, hi = 1, most - 1  # pages lo match; the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if key[lo * bs : mid * bs] == tuple(token_ids[start + lo * bs : start + mid * bs]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _common_pages_ref(self, key: tuple[int, ...], token_ids: Sequence[int], start: int, end: int) -> int:
         bs = self.block_size
         pages = 1  # the first page matched through the children dict
         while pages * bs < len(key) and start + (pages + 1) * bs <= end:

@@ -216,3 +216,17 @@ def test_eviction_does_not_scan_the_tree(monkeypatch: pytest.MonkeyPatch) -> Non
     assert cache.evict(3) == 3
     assert evicted == [[1] * BS, [3] * BS, [5] * BS]  # least recently used: the odd ones never refreshed
     assert counting.ops <= 20  # a few pops/pushes, not n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(0, 12), st.integers(0, 60), st.data())
+def test_common_pages_agrees_with_the_page_by_page_reference(bs: int, key_pages: int, extra: int, flip: int, data: st.DataObject) -> None:
+    cache = RadixCache(BlockPool(4), block_size=bs)
+    key = tuple(data.draw(st.lists(st.integers(0, 3), min_size=key_pages * bs, max_size=key_pages * bs)))
+    start = data.draw(st.integers(0, 5))
+    tokens = [9] * start + list(key) + data.draw(st.lists(st.integers(0, 3), min_size=extra, max_size=extra))
+    if flip < len(tokens) - start:
+        tokens[start + flip] += 1  # one differing token somewhere (or none)
+    tokens[start : start + bs] = key[:bs]  # the first page matched through the children dict
+    end = start + data.draw(st.integers(1, (len(tokens) - start) // bs)) * bs
+    assert cache._common_pages(key, tokens, start, end) == cache._common_pages_ref(key, tokens, start, end)
