@@ -206,19 +206,26 @@ class EngineCore:
             self.hints[key] = (token_ids, steps, None if ttl is None else now + ttl)
             if steps + ahead <= 1 and self.mover is not None:
                 self.mover.prefetch(token_ids)
+                self._soon = None  # the walk before the prefetch's eviction did not see the nodes it restored
         for key in [k for k, (_, _, exp) in self.hints.items() if exp is not None and exp <= now]:
             del self.hints[key]
         if self.mover is not None and self.mover.host.collect():  # disk reads that finished: to the device
             for token_ids, steps, _ in list(self.hints.values()):
                 if steps + ahead <= 1:
                     self.mover.prefetch(token_ids)
+                    self._soon = None
 
     def _next_use(self) -> dict[RadixNode, float]:
         """Radix eviction hook: every node on a hinted prefix (the HINT_WALK soonest hints) -> the
-        soonest steps announced for it. Walked once per step (an eviction can run many times in one
-        step's admissions, and walking every hinted prompt each time cost agent serving seconds of
-        step-thread time); a node the step inserts after the walk counts as unannounced until the
-        next step."""
+        soonest steps announced for it. While any hint is live, the prefixes of the HINT_WALK most
+        urgent requests waiting in the engine count as announced for 0 steps (KVFlow's
+        steps-to-execution: a queued request runs before any task still in a tool call). Without
+        that, an agent whose tool had returned lost its hint, its request queued unannounced, and
+        eviction took its prefix first to keep agents still in their tools (agent serving, "+graph"
+        restored and recomputed more than "+pins"). Without hints: plain LRU. Walked once per
+        step (an eviction can run many times in one step's admissions, and walking every hinted
+        prompt each time cost agent serving seconds of step-thread time); a node the step inserts
+        after the walk counts as unannounced until the next step."""
         if self._soon is not None:
             return self._soon
         radix = self.scheduler.radix
@@ -227,6 +234,8 @@ class EngineCore:
         hints = list(self.hints.values())
         if len(hints) > HINT_WALK:
             hints = heapq.nsmallest(HINT_WALK, hints, key=lambda h: h[1])
+        if hints:
+            hints += [(seq.token_ids, 0.0, None) for seq in self.scheduler.waiting.soonest(HINT_WALK)]
         for token_ids, steps, _ in hints:
             for node in radix.path_nodes(token_ids):
                 soon[node] = min(steps, soon.get(node, steps))

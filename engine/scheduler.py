@@ -84,6 +84,11 @@ class WaitingQueue:
         """Live sequences, in no particular order."""
         return (e[5] for e in self._heap if e[5].seq_id in self._queued and e[3] == e[5].queue_version)
 
+    def soonest(self, n: int) -> list[Sequence]:
+        """The `n` most urgent live sequences, most urgent first (O(queue) per call)."""
+        live = (e for e in self._heap if e[4] in self._queued and e[3] == e[5].queue_version)
+        return [e[5] for e in heapq.nsmallest(n, live, key=lambda e: e[:3])]
+
     def push(self, seq: Sequence) -> None:
         seq.queue_version += 1
         self._queued.add(seq.seq_id)
@@ -335,14 +340,15 @@ class Scheduler:
         seq.block_table.extend(self.pool.allocate(missing))
         return True
 
-    def _make_room(self, num_blocks: int, release_pins: bool = True) -> bool:
-        """Free blocks by evicting unlocked cached prefixes; when none are left, release pins (a
-        pinned agent waiting on a tool pays a restore or recompute later, instead of a request
-        waiting or being preempted now) and evict again, unless `release_pins` is False."""
+    def _make_room(self, num_blocks: int, release_pins: bool = True, evict_announced: bool = True) -> bool:
+        """Free blocks by evicting unlocked cached prefixes (announced ones too, unless
+        `evict_announced` is False); when none are left, release pins (a pinned agent waiting on a
+        tool pays a restore or recompute later, instead of a request waiting or being preempted
+        now) and evict again, unless `release_pins` is False."""
         while not self.pool.can_allocate(num_blocks):
             if self.radix is None:
                 return False
-            if self.radix.evict(num_blocks - self.pool.num_free_blocks) == 0:
+            if self.radix.evict(num_blocks - self.pool.num_free_blocks, announced=evict_announced) == 0:
                 if not release_pins or self.release_pins is None or self.release_pins() == 0:
                     return False
         return True

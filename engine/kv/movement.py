@@ -28,12 +28,14 @@ class TierMover:
         for key, block in zip(keys[len(keys) - len(blocks) :], blocks, strict=True):
             self.host.offload(key, self.kv.k[:, block], self.kv.v[:, block], hits)
 
-    def restore(self, tokens: list[int], cached: int, host_only: bool = False, release_pins: bool = True) -> tuple[int, int]:
+    def restore(self, tokens: list[int], cached: int, host_only: bool = False, release_pins: bool = True,
+                evict_announced: bool = True, keys: list[bytes] | None = None) -> tuple[int, int]:
         """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk,
-        unless `host_only`), evicting cached prefixes to make room and, if `release_pins`, releasing
-        pins when that is not enough. Returns the bytes restored from host and from disk."""
+        unless `host_only`), evicting cached prefixes to make room (announced ones only if
+        `evict_announced`) and, if `release_pins`, releasing pins when that is not enough. Returns
+        the bytes restored from host and from disk. `keys`: `block_keys(tokens)` when the caller has them."""
         bs, radix, sched = self.block_size, self.radix, self.scheduler
-        keys = block_keys(tokens, bs)
+        keys = block_keys(tokens, bs) if keys is None else keys
         start = cached // bs
         found = 0
         has = self.host.resident if host_only else self.host.__contains__
@@ -46,7 +48,7 @@ class TierMover:
         for key in keys[start : start + found]:
             self.host.touch(key)  # nor may offloads push these blocks out of host memory
         try:
-            if not sched._make_room(found, release_pins):
+            if not sched._make_room(found, release_pins, evict_announced):
                 return 0, 0
         finally:
             radix.unlock(prefix.node)
@@ -67,13 +69,16 @@ class TierMover:
         return moved["host"], moved["disk"]
 
     def prefetch(self, token_ids: list[int]) -> None:
-        """A prefix needed soon: its host blocks to the device now, making room by eviction only
-        (announced prefixes go last, furthest-off first; a prefetch is a forecast and releases no
-        other agent's pin, which the request's own admission may do if it must); its disk-only
-        blocks to host memory on the storage worker (the step thread never waits on the disk)."""
+        """A prefix needed soon: its host blocks to the device now, making room by evicting
+        unannounced prefixes only (a prefetch is a forecast: it pushes out neither what a queued
+        request or another hinted task will need, which it would restore again, nor another agent's
+        pin; the request's own admission may, if it must); its disk-only blocks to host memory on
+        the storage worker (the step thread never waits on the disk)."""
         limit = (len(token_ids) - 1) // self.block_size * self.block_size
-        self.restore(token_ids[:limit], self.radix.cached_prefix_len(token_ids[:limit]), host_only=True, release_pins=False)
-        self.host.prefetch(block_keys(token_ids[:limit], self.block_size))
+        keys = block_keys(token_ids[:limit], self.block_size)  # once for both tiers
+        self.restore(token_ids[:limit], self.radix.cached_prefix_len(token_ids[:limit]), host_only=True, release_pins=False,
+                     evict_announced=False, keys=keys)
+        self.host.prefetch(keys)
 
     def copy_to_host(self, token_ids: list[int]) -> None:
         """A paused agent's cached prefix: its KV copied to the host tier (its device blocks stay

@@ -228,26 +228,28 @@ class RadixCache:
         return self.num_cached_blocks - self.num_locked_blocks
 
     # ---- eviction ----------------------------------------------------------------------
-    def evict(self, num_blocks: int) -> int:
+    def evict(self, num_blocks: int, announced: bool = True) -> int:
         """Evict unlocked leaves until `num_blocks` blocks have left the tree or nothing is
         evictable: leaves nobody announced (`next_use`) first, least recently used first, then
-        announced ones, the furthest-off first. Returns the number of blocks released."""
+        announced ones, the furthest-off first (never, when `announced` is False: a prefetch
+        must not push out what is needed as soon as what it brings). Returns the number of
+        blocks released."""
         soon = self.next_use() if self.next_use is not None else {}
-        announced: list[tuple[float, int, int, RadixNode]] = []  # (-steps, last_access, seq, leaf)
+        waiting: list[tuple[float, int, int, RadixNode]] = []  # announced leaves: (-steps, last_access, seq, leaf)
         released = 0
         while released < num_blocks:
             node = self._pop_evictable()
             if node is not None and node in soon:
-                heapq.heappush(announced, (-soon[node], node.last_access, next(self._seq), node))
+                heapq.heappush(waiting, (-soon[node], node.last_access, next(self._seq), node))
                 continue
             if node is None:
-                if not announced:
+                if not waiting or not announced:
                     break
-                node = heapq.heappop(announced)[3]
+                node = heapq.heappop(waiting)[3]
                 if node.parent is None or node.parent.children.get(node.key[: self.block_size]) is not node:
                     continue  # a duplicate entry of a leaf already evicted
             released += self._remove(node)
-        for _, _, _, node in announced:  # not needed after all: evictable again later
+        for _, _, _, node in waiting:  # not needed after all: evictable again later
             self._offer(node)
         return released
 

@@ -239,3 +239,45 @@ def test_eviction_order_walks_only_the_soonest_hints(tiny_qwen: Path) -> None:
     soon = core._next_use()
     walked = {i for i, p in enumerate(prompts) if all(n in soon for n in radix.path_nodes(p))}
     assert walked == set(range(HINT_WALK))  # the two furthest off count as unannounced
+
+
+def test_with_hints_live_a_queued_requests_prefix_outlives_a_hinted_one(tiny_qwen: Path) -> None:
+    """A request waiting in the engine runs before any task still in a tool call: while hints are
+    live, eviction counts the queued requests' prefixes as announced for 0 steps (without hints: LRU)."""
+    g = torch.Generator().manual_seed(12)
+    queued, hinted = (torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(2))
+    llm = LLM(tiny_qwen, num_kv_blocks=64, host_kv_blocks=64, device="cpu", dtype="float32", block_size=4)
+    core, radix = llm.core, llm.core.scheduler.radix
+    assert radix is not None
+    llm.generate([queued + [1]], GREEDY)  # older: LRU would evict it first
+    llm.generate([hinted + [1]], GREEDY)
+    core.scheduler.add(Sequence(queued + [5], SamplingParams(max_tokens=1)))  # its next turn, waiting
+    core._apply_hints()
+    radix.evict(radix.num_evictable_blocks - 10)  # no hints: LRU takes the queued request's prefix
+    assert radix.cached_prefix_len(queued) < 36 and radix.cached_prefix_len(hinted) >= 36
+    llm.generate([queued + [1]], GREEDY)  # both cached again (the waiting request ran too)
+    llm.generate([hinted + [1]], GREEDY)
+    core.scheduler.add(Sequence(queued + [6], SamplingParams(max_tokens=1)))
+    core.hint("agent", hinted, steps=2)  # an agent in a tool call, back in ~2 steps
+    core._apply_hints()
+    radix.evict(radix.num_evictable_blocks - 10)
+    assert radix.cached_prefix_len(queued) >= 36 and radix.cached_prefix_len(hinted) < 36
+
+
+def test_a_prefetch_pushes_out_no_announced_prefix(tiny_qwen: Path) -> None:
+    """A prefetch is a forecast: it may evict unannounced prefixes only, not the prefix of a request
+    queued in the engine (announced for 0 steps), which would only be restored again."""
+    g = torch.Generator().manual_seed(13)
+    hinted, queued = (torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(2))
+    llm = LLM(tiny_qwen, num_kv_blocks=13, host_kv_blocks=64, device="cpu", dtype="float32", block_size=4)
+    core, radix = llm.core, llm.core.scheduler.radix
+    assert radix is not None and core.host_tier is not None
+    llm.generate([hinted + [1]], GREEDY)
+    llm.generate([queued + [1]], GREEDY)  # the device holds about one prompt: `hinted` moves to the host tier
+    assert radix.cached_prefix_len(hinted) < 36 and radix.cached_prefix_len(queued) >= 36
+    core.scheduler.add(Sequence(queued + [5], SamplingParams(max_tokens=1)))  # its next turn, waiting
+    core.hint("agent", hinted, steps=0)  # due now: one queued request ahead, so a prefetch is tried
+    restored = core.host_tier.num_restored
+    core._apply_hints()
+    assert radix.cached_prefix_len(queued) >= 36  # kept: the queued request needs it first
+    assert core.host_tier.num_restored == restored  # and the prefetch waited rather than push it out
