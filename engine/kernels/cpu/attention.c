@@ -201,6 +201,7 @@ int64_t paged_attention(const float *q, int64_t num_seqs, const int64_t *cu_q, c
         for (int64_t i = 0; i < num_items; i++) {
             const int64_t s = items[3 * i], h = items[3 * i + 1], r0 = items[3 * i + 2];
             const int64_t q_len = cu_q[s + 1] - cu_q[s], *table = block_tables + s * max_blocks;
+            (void)r0;  /* read only by the multi-row paths of the SIMD builds */
 #ifdef __AVX512F__
             if (r0 >= 0) {
                 const int64_t rows = q_len * G, nrows = rows - r0 < tile_rows ? rows - r0 : tile_rows;
