@@ -136,12 +136,20 @@ class PoolLimits:
 
 @dataclass(slots=True)
 class ServingPolicy:
-    """Which program-aware mechanisms the runtime applies on top of its pool scheduling (all on by
-    default; all off is a plain request-level serving stack, the benchmark's "vllm-like" row)."""
+    """Which program-aware mechanisms the runtime applies on top of its pool scheduling (all off is a
+    plain request-level serving stack, the agent-serving benchmark's "vllm-like" row; all on is its
+    "agentrt" row, the full stack).
 
-    engine_priority: bool = True  # LLM requests carry the job's LAS priority into the engine (Autellix)
+    Defaults follow that benchmark (docs/benchmarks.md, 3 repeats at saturation): graph hints are off,
+    because on a CPU they cost step-thread time (walks, prefetches, pausing's host copies) that their
+    cache savings did not repay (+graph 0.84x the baseline's mean job time); engine priority, pins and
+    parallel tool calls are on (no measurable change there; they are what saves recompute where it is
+    dear, a GPU under KV pressure). Turn `graph_hints` on where a restore or recompute costs more than
+    the bookkeeping."""
+
+    engine_priority: bool = True  # LLM requests carry the job's priority (Gittins or LAS) into the engine (Autellix)
     tool_pins: bool = True  # pin a turn's KV at its tool calls, TTL learned per tool (Continuum)
-    graph_hints: bool = True  # steps-to-execution hints and host prefetch from the job's graph (KVFlow)
+    graph_hints: bool = False  # steps-to-execution hints and host prefetch from the job's graph (KVFlow)
     parallel_tools: bool = True  # a turn's independent tool calls run concurrently
 
 

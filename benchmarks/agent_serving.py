@@ -76,7 +76,7 @@ CONFIGS: dict[str, tuple[str, ServingPolicy]] = {
     "+Gittins": ("gittins", ServingPolicy(engine_priority=True, tool_pins=False, graph_hints=False, parallel_tools=False)),
     "+pins": ("gittins", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=False, parallel_tools=False)),
     "+graph": ("gittins", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=True, parallel_tools=False)),
-    "agentrt": ("gittins", ServingPolicy()),
+    "agentrt": ("gittins", ServingPolicy(engine_priority=True, tool_pins=True, graph_hints=True, parallel_tools=True)),
 }
 
 

@@ -96,7 +96,7 @@ async def one_turn(ctx: Any, n: int) -> int:
 async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: EmbeddedEngine) -> None:
     import asyncio
 
-    from agentrt.scheduler import PoolLimits
+    from agentrt.scheduler import PoolLimits, ServingPolicy
 
     calls: list[tuple[str, str, float]] = []
 
@@ -112,7 +112,7 @@ async def test_queued_llm_calls_announce_their_prefixes_to_the_engine(engine: Em
     rec = Recording(engine.llm)
     reg = Registry()
     reg.register(one_turn)
-    rt = Runtime(reg, rec, limits=PoolLimits(gpu=1))  # one LLM call at a time: the others queue
+    rt = Runtime(reg, rec, limits=PoolLimits(gpu=1), serving=ServingPolicy(graph_hints=True))  # one LLM call at a time: the others queue
     results = await asyncio.gather(*[rt.run_job(JobSpec(graph="one_turn", inputs={"n": i})) for i in range(4)])
     assert all(r.status == "succeeded" for r in results)
     hinted = {key for kind, key, _ in calls if kind == "hint"}

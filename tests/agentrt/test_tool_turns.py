@@ -138,7 +138,7 @@ async def test_the_next_turn_hint_follows_the_turn_graphs_shape() -> None:
     steps = {}
     for parallel in (True, False):
         engine = FakeEngine()
-        await runtime(engine, ServingPolicy(parallel_tools=parallel)).run_job(JobSpec(graph="turn", inputs={"calls": fast}))
+        await runtime(engine, ServingPolicy(graph_hints=True, parallel_tools=parallel)).run_job(JobSpec(graph="turn", inputs={"calls": fast}))
         steps[parallel] = [s for key, s in engine.hints if key.endswith("/next")]
     assert steps[True] == [1, 1, 1]
     assert steps[False] == [3, 2, 1]
