@@ -14,7 +14,9 @@ over the suffix trie's branches and the prompt-lookup chain, as many nodes as ma
 tokens per cost under the engine's linear cost model), accepted along the longest path the output
 follows; its modelled cost is that of as many rows. `tree:measured` sizes the same trees by the
 measured step costs instead of the linear model (to check the engine's cost model). `warm` seeds the tree first with the train-split
-assistant turns (spec_decode.warm_documents). `--holdout` replays the eval turns the speed benchmark
+RECORDED assistant turns (spec_decode.warm_documents, i.e. spec_decode's `--warm-source recorded`; the
+speed benchmark's default warm row seeds the model's own served history instead, which drafts far
+better: 6.87 vs 3.47 tokens per step on the benchmark's turns). `--holdout` replays the eval turns the speed benchmark
 does not (for checking settings on turns that are not the benchmark's).
 
     python benchmarks/spec_replay.py [--holdout] [--quick]
