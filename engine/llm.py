@@ -302,9 +302,15 @@ class LLM:
     def preload_drafts(self, documents: Seq[Seq[int]]) -> int:
         """Seed the suffix drafter's global tree with earlier outputs (token ids, each with a few
         tokens of its prompt before it), as a server that has already served such requests holds
-        them. Returns how many were indexed. Raises InvalidRequestError when the engine has no
-        "suffix" drafter or a document is not a list of token ids."""
+        them. Returns how many were indexed. Raises InvalidRequestError, indexing nothing, when the
+        engine has no "suffix" drafter or a document is not a list of token ids of the model's
+        vocabulary (a draft token outside it would fail every request whose context matched it)."""
         docs = [self._token_ids(list(d)) for d in documents]
+        vocab = self.core.model_config.vocab_size
+        for i, doc in enumerate(docs):
+            bad = next((t for t in doc if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequestError(f"document {i}: token id {bad} is outside the vocabulary [0, {vocab})")
         with self._step_lock:  # the step thread owns the tree
             try:
                 return self.core.speculator.preload(docs)

@@ -250,3 +250,22 @@ def test_draft_history_restores_the_same_drafts_in_a_new_engine(tiny_qwen: Path)
     assert restarted.generate([second], GREEDY)[0].token_ids == served.generate([second], GREEDY)[0].token_ids
     with pytest.raises(InvalidRequestError, match="suffix drafter"):
         LLM(tiny_qwen, **opts).draft_history()  # type: ignore[arg-type]
+
+
+def test_preloading_a_token_outside_the_vocabulary_is_refused_and_serving_goes_on(tiny_qwen: Path) -> None:
+    from engine.errors import InvalidRequestError
+
+    opts = dict(device="cpu", dtype="float32", block_size=4, num_kv_blocks=256)
+    prompt = _prompts()[1]
+    plain = LLM(tiny_qwen, **opts).generate([prompt], GREEDY)[0]  # type: ignore[arg-type]
+    warm = LLM(tiny_qwen, speculative="suffix", num_speculative_tokens=4, **opts)  # type: ignore[arg-type]
+    vocab = warm.core.model_config.vocab_size
+    good = prompt[-4:] + plain.token_ids
+    # A saved history that was tampered with: the model's own continuation, then ids past the vocabulary.
+    # Indexed, it would be drafted after this prompt and fail the request in the engine step.
+    with pytest.raises(InvalidRequestError, match=r"document 1: token id .* outside the vocabulary"):
+        warm.preload_drafts([good, prompt[-4:] + plain.token_ids[:1] + [vocab + 7] * 4])
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        warm.preload_drafts([[1, -3, 2]])
+    assert warm.draft_history() == []  # nothing of a refused batch was indexed
+    assert warm.generate([prompt], GREEDY)[0].token_ids == plain.token_ids
