@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ class LLM:
         self.core = EngineCore(self.model, self.model_config, self.config, detokenize=detok, grammars=grammars)
         self._step_lock = threading.Lock()
         self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput | EngineError]]] = {}
-        self._texts: dict[str, str] = {}  # text delivered so far per streamed request
+        self._texts: dict[str, _StreamText] = {}  # per streamed request: its text so far, decoded incrementally
         self._failed: dict[str, EngineError] = {}  # requests a failing step took down
         self._wake = threading.Event()
         self._driver: threading.Thread | None = None
@@ -186,17 +186,28 @@ class LLM:
             listener = self._listeners.get(rid)
             if listener is None:
                 continue
-            out = self._output(step_out.seq, step_out.new_token_ids, self._texts.get(rid, ""))
-            self._texts[rid] = out.text
+            state = self._texts.setdefault(rid, _StreamText())
+            seq = step_out.seq
+            prev = state.text
+            # the last output (and a stop string's cut) decodes the whole output once; the others only
+            # their tail (decoding the whole output every step made streaming quadratic in its length)
+            text = None if seq.is_finished or seq.stop_text else state.advance(self.decode, seq.output_token_ids)
+            if state.prompt is None:
+                state.prompt = seq.token_ids[: seq.num_prompt_tokens]  # once per request, shared by its outputs
+            out = self._output(seq, step_out.new_token_ids, prev, text, state.prompt)
             if out.finished:
                 self._texts.pop(rid, None)
             listener[0].call_soon_threadsafe(listener[1].put_nowait, out)
 
-    def _output(self, seq: Sequence, new_ids: list[int], prev_text: str = "") -> RequestOutput:
-        text = seq.stop_text if seq.stop_text else self.decode(seq.output_token_ids)
+    def _output(self, seq: Sequence, new_ids: list[int], prev_text: str = "", text: str | None = None,
+                prompt: list[int] | None = None) -> RequestOutput:
+        """The request's output so far; `text`: its text when the caller decoded it (else the whole
+        output is decoded here); `prompt`: its prompt ids when the caller has them."""
+        if text is None:
+            text = seq.stop_text if seq.stop_text else self.decode(seq.output_token_ids)
         return RequestOutput(
             request_id=str(seq.request_id),
-            prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
+            prompt_token_ids=prompt if prompt is not None else seq.token_ids[: seq.num_prompt_tokens],
             token_ids=list(seq.output_token_ids),
             text=text,
             finished=seq.is_finished,
@@ -348,6 +359,37 @@ class LLM:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+
+
+
+class _StreamText:
+    """Incremental detokenization of one streamed output (the scheme of HF's TextStreamer and vLLM):
+    each step decodes only the tokens from `prefix` on, twice, with and without the new ones, and
+    appends the difference once it does not end in an incomplete character (U+FFFD: a UTF-8 sequence
+    split across tokens waits for its last byte). Decoding a few tokens before the new ones keeps
+    tokenizers that render a token by its neighbours (leading spaces) right. `text` is always a
+    prefix of the whole output's decode; `LLM._deliver` decodes the whole output at the end, the
+    reference this is tested against (tests/engine/test_llm.py)."""
+
+    __slots__ = ("prefix", "read", "text", "prompt")
+    CONTEXT = 5  # tokens decoded before the unread ones
+
+    def __init__(self) -> None:
+        self.prefix = 0
+        self.read = 0
+        self.text = ""
+        self.prompt: list[int] | None = None  # the request's prompt ids, copied once for all its outputs
+
+    def advance(self, decode: Callable[[Seq[int]], str], ids: Seq[int]) -> str:
+        """The text of `ids` (the whole output so far, grown since the last call), minus any
+        incomplete last character."""
+        before = decode(ids[self.prefix : self.read])
+        after = decode(ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd") and after.startswith(before):
+            self.text += after[len(before) :]
+            self.read = len(ids)
+            self.prefix = max(0, self.read - self.CONTEXT)
+        return self.text
 
 
 def _load_tokenizer(path: Path) -> Any:
