@@ -24,7 +24,9 @@ of 4x that below it, in every configuration.
                     on tools paused to the host tier past 95% of the KV working set (ThunderAgent)
     (e) agentrt     + the turn's tool calls run concurrently (the full stack)
 
-The arrival rate defaults to the one at which (a)'s p50 job time is >= 3x its unloaded time (found
+A job's unloaded time is its no-contention floor: its LLM calls alone on a warm engine plus its
+tool latencies; the floor's mean bounds what any configuration can gain on the mean job time.
+The arrival rate defaults to the one at which (a)'s p50 job time is >= 3x the unloaded p50 (found
 by a time-bounded ladder of (a)-only runs, benchmarks/serving_load.py; the rate is reported, and the
 table says so when the ladder ran out of time first). Throughput at equal p50: the rate at which the
 full stack's p50 equals (a)'s p50 at the saturating rate (a second short ladder, interpolated).
@@ -234,16 +236,23 @@ def kv_budget(rate: float, unloaded: float, mean_context: float, shared: int) ->
     return max(-(-longest_call() // BLOCK) + 32, math.ceil(footprint / 3 / BLOCK))
 
 
-def unloaded_job_time(num_jobs: int) -> tuple[float, float]:
-    """Median job time and mean engine busy seconds per job, with the first `num_jobs` jobs run one
-    after another on (a) with ample KV (the shared system prompt stays cached, as it does under load)."""
+def no_contention_floor(num_jobs: int) -> tuple[list[float], float]:
+    """Each of the first `num_jobs` jobs' time with nothing else running, and the engine's mean busy
+    seconds per job: the job's LLM calls run one job after another on (a) with ample KV (tools
+    returning at once; the shared system prompt stays cached, as it does under load), plus its tool
+    latencies, each turn's calls taking their longest (concurrent, the least any configuration can
+    wait for them; no replayed turn here has two calls, so it equals their sum). No scheduler can
+    finish a job sooner than this, so `vllm-like mean / floor mean` bounds what any configuration can
+    gain on the mean. (All 96 jobs take ~1 minute this way; sleeping the tools took ~8.)"""
     saved = JOBS[:]
     try:
-        JOBS[:] = [Job(j.turns, 0.0) for j in saved[:num_jobs]]
+        JOBS[:] = [Job([dataclasses.replace(t, calls=[(n, 0.0) for n, _ in t.calls]) for t in j.turns], 0.0)
+                   for j in saved[:num_jobs]]
         res = asyncio.run(run_config("vllm-like", 1.0, -(-longest_call() // BLOCK) * 8, one_at_a_time=True))
-        return statistics.median(res.jct), res.device_seconds / len(JOBS)
     finally:
         JOBS[:] = saved
+    tools = [sum(max((s for _, s in t.calls), default=0.0) for t in j.turns) for j in saved[:num_jobs]]
+    return [llm + tool for llm, tool in zip(res.jct, tools, strict=True)], res.device_seconds / max(1, num_jobs)
 
 
 def p50_at(name: str, kv_blocks: Any) -> Any:
@@ -276,9 +285,8 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[list[Any]]:
              s["pins_released"], s["pins_paused"], s["mb_to_host"], s["mb_from_host"], s["engine_s"], s["step_s"], base / s["jct_mean_s"]] for name, s in summary.items()]
 
 
-# 96 jobs: 24 arriving at once left (a)'s p50 at 1.4x unloaded (the tools dominated), so no rate saturated;
-# 96 saturate near 3/s. Their unloaded p50 comes from the first 32 (all 96 one after another take ~8 minutes).
-DEFAULTS = {"unloaded_jobs": 32, "calibration_budget": 300.0, "equal_p50_budget": 60.0}
+# 96 jobs: 24 arriving at once left (a)'s p50 at 1.4x unloaded (the tools dominated), so no rate saturated.
+DEFAULTS = {"unloaded_jobs": 0, "calibration_budget": 300.0, "equal_p50_budget": 60.0}
 
 
 def parse_args() -> argparse.Namespace:
@@ -296,7 +304,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--trajectories", type=Path, default=None, help="runs in tau-bench trajectories.json format")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of every config (median and spread)")
-    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs run one after another for the unloaded p50 (0 = all; whole runs differ in size, so the subset must not be small: the first 8 jobs gave 1.76 s against the workload's 4.65 s)")
+    ap.add_argument("--unloaded-jobs", type=int, default=DEFAULTS["unloaded_jobs"], help="jobs whose no-contention floor gives the unloaded p50 (0 = all; whole runs differ in size: the first 32 gave 3.58 s against all 96's 4.53 s)")
     ap.add_argument("--calibration-budget", type=float, default=DEFAULTS["calibration_budget"], help="seconds for the saturating-rate ladder")
     ap.add_argument("--equal-p50-budget", type=float, default=DEFAULTS["equal_p50_budget"], help="seconds for the full stack's equal-p50 ladder (0 = skip)")
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 turns, short outputs, fixed rate; seconds")
@@ -342,17 +350,18 @@ def main() -> None:
 def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mean_context: float, shared: int, described: str) -> None:
     rungs: list[Rung] = []
     saturated: float | None = None
+    floor, engine_s = no_contention_floor(min(jobs, args.unloaded_jobs or jobs))
+    unloaded = statistics.median(floor)
+    print(f"no-contention floor: mean {statistics.fmean(floor):.2f} s, p50 {unloaded:.2f} s; engine {engine_s:.3f} s per job", flush=True)
     if args.quick:
-        rate, unloaded = args.rate or 2.0, float("nan")
+        rate = args.rate or 2.0
     else:
-        unloaded, engine_s = unloaded_job_time(min(jobs, args.unloaded_jobs or jobs))
-        print(f"unloaded p50 job time {unloaded:.2f} s, engine {engine_s:.2f} s per job", flush=True)
         if args.rate:
             rate = args.rate
         else:
             saturated, rungs = calibrate(unloaded, engine_s, mean_context, shared, args.calibration_budget)
             rate = saturated or max(r.rate for r in rungs)  # not saturated: the highest rate tried, and said so
-    kv_blocks = args.kv_blocks or kv_budget(rate, unloaded if not args.quick else 1.0, mean_context, shared)
+    kv_blocks = args.kv_blocks or kv_budget(rate, unloaded, mean_context, shared)
     results: dict[str, list[Result]] = {name: [] for name in CONFIGS}
     for _ in range(1 if args.quick else max(1, args.repeats)):  # interleaved: machine noise hits every config alike
         for name in CONFIGS:
@@ -366,7 +375,9 @@ def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mea
     state = "" if args.quick or args.rate or saturated else " (NOT saturated: the ladder ran out of time)"
     print_table(f"agent serving: {jobs} jobs ({turns} LLM turns, {calls} tool calls) at {rate:.3g}/s{state}, {kv_blocks} KV blocks", COLUMNS, rows)
     known = not (args.quick or args.rate)  # a given rate was not checked against the 3x line
-    extra = {"rate": rate, "saturated": (saturated is not None) if known else None, "unloaded_s": unloaded, "kv_blocks": kv_blocks,
+    bound = {"jct_mean_s": statistics.fmean(floor), "jct_p50_s": unloaded, "jct_p99_s": pct(floor, 0.99), "jobs": len(floor)}
+    print(f"no configuration's mean JCT can be lower than the floor's: at most {summary['vllm-like']['jct_mean_s'] / bound['jct_mean_s']:.2f}x below vllm-like's here")
+    extra = {"rate": rate, "saturated": (saturated is not None) if known else None, "unloaded_s": unloaded, "floor": bound, "kv_blocks": kv_blocks,
              "rate_at_equal_p50": {"vllm-like": rate, "agentrt": equal}}
     print(json.dumps({**extra, "configs": summary}))
     if equal is not None:
@@ -378,7 +389,7 @@ def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mea
 def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int, calls: int, rate: float, state: str,
                unloaded: float, shared: int, kv_blocks: int, rungs: list[Rung], summary: dict[str, dict[str, float]],
                equal: float | None, extra: dict[str, Any], described: str) -> None:
-    full, base = summary["agentrt"], summary["vllm-like"]
+    full, base, floor = summary["agentrt"], summary["vllm-like"], extra["floor"]
     caps = "".join(f" --{flag.replace('_', '-')} {getattr(args, flag)}" for flag in ("context", "max_turns", "max_output")
                    if getattr(args, flag) is not None)
     cmd = (f"python benchmarks/agent_serving.py --model {args.model} --jobs {jobs}{caps} "
@@ -393,8 +404,10 @@ def write_docs(args: argparse.Namespace, jobs: int, runs: list[Any], turns: int,
     eq = (f"{equal:.3g}/s vs {rate:.3g}/s = {equal / rate:.2f}x" if equal is not None else "not found within its time budget")
     body = (markdown_table(COLUMNS, table_rows(summary)) + f"\n\n{jobs} jobs replaying the {len(runs)} held-out tau-bench airline runs "
             f"({turns} LLM turns, {calls} tool calls; {replayed}) on {described}, "
-            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s (the first {min(jobs, args.unloaded_jobs or jobs)} jobs "
-            f"run alone, one after another, on a warm engine). Rate ladder for (a): {ladder}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
+            f"Poisson arrivals at {rate:.3g}/s{state}; unloaded p50 job time {unloaded:.2f} s: the no-contention floor of {floor['jobs']} jobs "
+            f"(each job's LLM calls alone on a warm engine plus its tool latencies; mean {floor['jct_mean_s']:.2f} s, p99 {floor['jct_p99_s']:.2f} s). "
+            f"No configuration's mean job time can go below the floor's, so none can be more than "
+            f"{base['jct_mean_s'] / floor['jct_mean_s']:.2f}x below vllm-like's here. Rate ladder for (a): {ladder}. Device KV {kv_blocks} blocks of {BLOCK} tokens "
             f"(~1/3 of the live jobs' contexts, the {shared}-token shared prefix counted once, and never below the longest call plus 32 blocks), host tier 4x that, in every config. Tool latencies lognormal per tool "
             f"(median, p99 = {args.tool_latency} s, each tool's median scaled by 2^[-1,1]). Figures: median of "
             f"{args.repeats} interleaved runs; 'mean min..max' is the spread of the mean job time. "

@@ -3,6 +3,7 @@ columns (shape only; no figure asserted)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,3 +28,7 @@ def test_agent_serving_quick_mode_prints_every_configuration_and_column() -> Non
     rows = {name: [line for line in lines if line.startswith(f"│ {name} ")] for name in ("vllm-like", "+LAS", "+pins", "+graph", "agentrt")}
     assert all(len(r) == 1 for r in rows.values()), rows
     assert all(r[0].count("│") == header.count("┃") for r in rows.values())  # every cell filled
+    summary = json.loads(next(line for line in lines if line.startswith("{")))
+    floor = summary["floor"]  # every job alone: what bounds any configuration's gain on the mean
+    assert floor["jobs"] == 3 and 0 < floor["jct_p50_s"] <= floor["jct_p99_s"] and floor["jct_mean_s"] > 0
+    assert summary["unloaded_s"] == floor["jct_p50_s"]
