@@ -29,11 +29,13 @@ class TierMover:
             self.host.offload(key, self.kv.k[:, block], self.kv.v[:, block], hits)
 
     def restore(self, tokens: list[int], cached: int, host_only: bool = False, release_pins: bool = True,
-                evict_announced: bool = True, keys: list[bytes] | None = None) -> tuple[int, int]:
+                evict_announced: bool = True, keys: list[bytes] | None = None, partial: bool = True) -> tuple[int, int]:
         """Scheduler hook: bring the blocks after the cached prefix back from host memory (or disk,
         unless `host_only`), evicting cached prefixes to make room (announced ones only if
-        `evict_announced`) and, if `release_pins`, releasing pins when that is not enough. Returns
-        the bytes restored from host and from disk. `keys`: `block_keys(tokens)` when the caller has them."""
+        `evict_announced`) and, if `release_pins`, releasing pins when that is not enough. When the
+        room is too small for all of them, restores the leading blocks that fit (one block left
+        for the request's next chunk), or, unless `partial`, none. Returns the bytes restored from
+        host and from disk. `keys`: `block_keys(tokens)` when the caller has them."""
         bs, radix, sched = self.block_size, self.radix, self.scheduler
         keys = block_keys(tokens, bs) if keys is None else keys
         start = cached // bs
@@ -49,7 +51,12 @@ class TierMover:
             self.host.touch(key)  # nor may offloads push these blocks out of host memory
         try:
             if not sched._make_room(found, release_pins, evict_announced):
-                return 0, 0
+                # Room for part only. All or nothing recomputed every host-resident block when
+                # chunked prefill then admitted the request with a chunk that fitted (preempted long
+                # turns under a burst); a forecast (prefetch) still waits for room for the whole.
+                found = sched.pool.num_free_blocks - 1 if partial else 0
+                if found <= 0:
+                    return 0, 0
         finally:
             radix.unlock(prefix.node)
         found = next((i for i in range(found) if not has(keys[start + i])), found)
@@ -77,7 +84,7 @@ class TierMover:
         limit = (len(token_ids) - 1) // self.block_size * self.block_size
         keys = block_keys(token_ids[:limit], self.block_size)  # once for both tiers
         self.restore(token_ids[:limit], self.radix.cached_prefix_len(token_ids[:limit]), host_only=True, release_pins=False,
-                     evict_announced=False, keys=keys)
+                     evict_announced=False, keys=keys, partial=False)
         self.host.prefetch(keys)
 
     def copy_to_host(self, token_ids: list[int]) -> None:

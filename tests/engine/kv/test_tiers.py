@@ -281,3 +281,32 @@ def test_a_prefetch_pushes_out_no_announced_prefix(tiny_qwen: Path) -> None:
     core._apply_hints()
     assert radix.cached_prefix_len(queued) >= 36  # kept: the queued request needs it first
     assert core.host_tier.num_restored == restored  # and the prefetch waited rather than push it out
+
+
+def test_a_restore_with_room_for_part_brings_back_the_leading_blocks(tiny_qwen: Path) -> None:
+    """Admission restores what fits of a host-resident prefix (one block left for the next chunk)
+    instead of nothing: chunked prefill admits the request anyway, and all or nothing recomputed
+    every block past the room. A prefetch (partial=False) still waits for room for the whole."""
+    g = torch.Generator().manual_seed(17)
+    long = torch.randint(2, 128, (60,), generator=g).tolist()
+    others = [torch.randint(2, 128, (40,), generator=g).tolist() for _ in range(2)]
+    opts = dict(device="cpu", dtype="float32", block_size=4)
+    ref = LLM(tiny_qwen, num_kv_blocks=512, **opts).generate([long + [7]], GREEDY)[0].token_ids  # type: ignore[arg-type]
+    llm = LLM(tiny_qwen, num_kv_blocks=24, host_kv_blocks=64, **opts)  # type: ignore[arg-type]
+    llm.generate([long + [1]], GREEDY)
+    for o in others:
+        llm.generate([o], GREEDY)
+    core, sched = llm.core, llm.core.scheduler
+    radix, mover = sched.radix, core.mover
+    assert radix is not None and mover is not None and core.host_tier is not None
+    radix.evict(10**6)  # everything to the host tier
+    held = sched.pool.allocate(sched.pool.num_free_blocks - 6)  # running requests' blocks: 6 stay free
+    assert mover.restore(long, 0, partial=False) == (0, 0) and radix.cached_prefix_len(long) == 0
+    host, disk = mover.restore(long, 0)
+    kv = core.runner.kv_cache
+    block_bytes = 2 * kv.k[:, 0].numel() * kv.k.element_size()
+    assert (host, disk) == (5 * block_bytes, 0) and radix.cached_prefix_len(long) == 5 * 4
+    assert sched.pool.num_free_blocks == 1
+    sched.pool.decref(held)
+    out = llm.generate([long + [7]], GREEDY)[0]
+    assert out.token_ids == ref and out.usage.cached_tokens >= 5 * 4
