@@ -226,13 +226,16 @@ class Scheduler:
 
     def _preempt_for_urgent(self, batch: ScheduledBatch) -> None:
         """Preempt the least urgent running sequences while the most urgent waiting one has a strictly
-        more urgent priority and cannot be admitted for want of a batch slot or KV blocks. Arrival and
+        more urgent priority and cannot be admitted for want of a batch slot or KV blocks (blocks:
+        after releasing what pins `release_pins` gives up, as `_make_room` does). Arrival and
         program rank never preempt: a request preempted at equal priority could otherwise take its
         place back at once (and the two would trade places every step)."""
         while self.running:
             head, worst = self.waiting.peek(), self.running[-1]
             if head is None or head.priority >= worst.priority or self._admissible(head):
                 return
+            if len(self.running) < self.config.max_num_seqs and self.release_pins is not None and self.release_pins():
+                continue  # short of blocks: an agent's pin (it waits on a tool) gives way before a running request
             self._preempt(worst)
             batch.num_preempted += 1
 

@@ -231,3 +231,33 @@ def test_recomputed_tokens_count_only_kv_computed_twice(caching: bool) -> None:
     assert long.computed_before == 13
     assert sched.num_recomputed_tokens == (1 if caching else 13)  # cached: 3 full blocks kept, the 13th token not
     assert long.usage.recomputed_tokens == 10  # the engine work its first pass spent on the prompt
+
+
+def test_an_urgent_request_short_of_blocks_releases_a_pin_before_preempting() -> None:
+    """A pinned agent waits on a tool; a running request is decoding. An urgent request that lacks
+    blocks takes the pin's (Continuum: a pin gives way to a request that would otherwise wait), not
+    the running request's: preempting it would lose work that is being used now."""
+    sched = Scheduler(EngineConfig(block_size=4, max_num_seqs=4), num_blocks=14)
+    pinned = seq(16, 1, rid="agent", start=100)
+    sched.add(pinned)
+    assert run(sched) == ["agent"]
+    radix = sched.radix
+    assert radix is not None
+    node = radix.match_prefix(pinned.token_ids[:16]).node
+    radix.lock(node)  # the pin: 4 cached blocks nobody may evict
+    released: list[int] = []
+
+    def release_pins() -> int:
+        if released:
+            return 0
+        radix.unlock(node)
+        released.append(1)
+        return 1
+
+    sched.release_pins = release_pins
+    sched.add(seq(16, 20, priority=9, rid="low", start=200))
+    sched.schedule()  # low runs: 4 pinned + 4-5 of its own, 5-6 free
+    sched.add(seq(28, 2, priority=0, rid="urgent", start=300))  # its 7 blocks need the pin's
+    order = run(sched)
+    assert released and sched.num_preemptions == 0
+    assert order[0] == "urgent" and set(order) == {"urgent", "low"}
