@@ -353,14 +353,11 @@ def measure(args: argparse.Namespace, jobs: int, runs: list[dict[str, Any]], mea
     floor, engine_s = no_contention_floor(min(jobs, args.unloaded_jobs or jobs))
     unloaded = statistics.median(floor)
     print(f"no-contention floor: mean {statistics.fmean(floor):.2f} s, p50 {unloaded:.2f} s; engine {engine_s:.3f} s per job", flush=True)
-    if args.quick:
+    if args.quick or args.rate:
         rate = args.rate or 2.0
     else:
-        if args.rate:
-            rate = args.rate
-        else:
-            saturated, rungs = calibrate(unloaded, engine_s, mean_context, shared, args.calibration_budget)
-            rate = saturated or max(r.rate for r in rungs)  # not saturated: the highest rate tried, and said so
+        saturated, rungs = calibrate(unloaded, engine_s, mean_context, shared, args.calibration_budget)
+        rate = saturated or max(r.rate for r in rungs)  # not saturated: the highest rate tried, and said so
     kv_blocks = args.kv_blocks or kv_budget(rate, unloaded, mean_context, shared)
     results: dict[str, list[Result]] = {name: [] for name in CONFIGS}
     for _ in range(1 if args.quick else max(1, args.repeats)):  # interleaved: machine noise hits every config alike

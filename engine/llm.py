@@ -361,7 +361,6 @@ class LLM:
         self._wake.set()
 
 
-
 class _StreamText:
     """Incremental detokenization of one streamed output (the scheme of HF's TextStreamer and vLLM):
     each step decodes only the tokens from `prefix` on, twice, with and without the new ones, and
@@ -369,7 +368,7 @@ class _StreamText:
     split across tokens waits for its last byte). Decoding a few tokens before the new ones keeps
     tokenizers that render a token by its neighbours (leading spaces) right. `text` is always a
     prefix of the whole output's decode; `LLM._deliver` decodes the whole output at the end, the
-    reference this is tested against (tests/engine/test_llm.py)."""
+    reference this is tested against (tests/engine/chat/test_stream_detokenize.py)."""
 
     __slots__ = ("prefix", "read", "text", "prompt")
     CONTEXT = 5  # tokens decoded before the unread ones

@@ -80,14 +80,17 @@ class WaitingQueue:
     def __contains__(self, seq: Sequence) -> bool:
         return seq.seq_id in self._queued
 
+    def _live(self) -> Iterator[tuple[int, int, int, int, int, Sequence]]:
+        """Heap entries that are not stale (their sequence still waits at that version)."""
+        return (e for e in self._heap if e[4] in self._queued and e[3] == e[5].queue_version)
+
     def __iter__(self) -> Iterator[Sequence]:
         """Live sequences, in no particular order."""
-        return (e[5] for e in self._heap if e[5].seq_id in self._queued and e[3] == e[5].queue_version)
+        return (e[5] for e in self._live())
 
     def soonest(self, n: int) -> list[Sequence]:
         """The `n` most urgent live sequences, most urgent first (O(queue) per call)."""
-        live = (e for e in self._heap if e[4] in self._queued and e[3] == e[5].queue_version)
-        return [e[5] for e in heapq.nsmallest(n, live, key=lambda e: e[:3])]
+        return [e[5] for e in heapq.nsmallest(n, self._live(), key=lambda e: e[:3])]
 
     def push(self, seq: Sequence) -> None:
         seq.queue_version += 1
